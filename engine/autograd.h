@@ -1,0 +1,126 @@
+// The tape: a Wengert list of recorded nodes, reverse-mode grad() over it, and forward-mode tangents.
+//
+// Every differentiable op records one Node holding a vjp rule (reverse mode, written with raw backend functions, never
+// itself recorded) and a jvp rule (forward mode, written with differentiable ops, so the tangent computation is
+// recorded on the tape like any other). Tangents reach an op in two ways:
+//  - eagerly: an input carries a tangent (Tensor::set_tangent), and the op attaches its output tangent;
+//  - by replay: tangent_forward() propagates seed tangents through already-recorded nodes with their jvp rules. LLR
+//    uses this to push v = (c_i δ_i) through the nominal pass after the γ search has chosen δ.
+// Either way one reverse pass then differentiates through nominal and tangent computations together: the tape is
+// never differentiated twice.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace llr {
+
+// out_cotangents: one per output (zeros where nothing flowed); needs: which inputs want a cotangent.
+// Returns one cotangent per input (undefined where not needed).
+using VjpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& out_cotangents,
+                                                const std::vector<bool>& needs)>;
+// in_tangents: one per input (undefined = zero). Returns one tangent per output (undefined = zero).
+using JvpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& in_tangents)>;
+
+struct TensorMeta {
+  Shape shape;
+  DType dtype;
+  Device device;
+  Layout layout;
+};
+
+struct Node {
+  std::string name;
+  size_t position = 0;            // index on the tape
+  std::vector<Tensor> inputs;     // strong references; the rules capture what they need
+  std::vector<uint64_t> output_ids;
+  std::vector<TensorMeta> output_meta;
+  VjpFn vjp;
+  JvpFn jvp;
+  bool released = false;  // its rules were freed by a backward without Retain::yes
+};
+
+enum class Retain { no, yes };
+
+class Tape {
+ public:
+  static Tape& current();  // one tape per thread
+  void clear();            // frees every node; tensors that pointed at them can no longer be differentiated
+  size_t size() const { return nodes_.size(); }
+  const std::vector<std::shared_ptr<Node>>& nodes() const { return nodes_; }
+  std::shared_ptr<Node> push(std::shared_ptr<Node> node);
+
+ private:
+  std::vector<std::shared_ptr<Node>> nodes_;
+};
+
+// Gradient recording on/off (evaluation, bookkeeping).
+class GradMode {
+ public:
+  static bool enabled();
+  static void set(bool on);
+};
+class NoGradGuard {
+ public:
+  NoGradGuard() : prev_(GradMode::enabled()) { GradMode::set(false); }
+  ~NoGradGuard() { GradMode::set(prev_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// While active, ops ignore their inputs' tangents. Set while a jvp rule runs (its ops see the primal inputs, which
+// may carry tangents themselves: that would be a second-order tangent, which the engine does not compute).
+class TangentSuppressGuard {
+ public:
+  TangentSuppressGuard();
+  ~TangentSuppressGuard();
+  TangentSuppressGuard(const TangentSuppressGuard&) = delete;
+  TangentSuppressGuard& operator=(const TangentSuppressGuard&) = delete;
+  static bool active();
+
+ private:
+  bool prev_;
+};
+
+// Reverse mode: cotangent of sum_k <cotangents[k], outputs[k]> with respect to each of `inputs`. Only nodes that
+// lie between the inputs and the outputs run, and each vjp is told which of its inputs need a cotangent (asking
+// for an input gradient computes no filter gradient). Inputs that the outputs do not depend on get zeros.
+// With Retain::no the traversed nodes are released and a second backward through them throws.
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& cotangents,
+                         const std::vector<Tensor>& inputs, Retain retain = Retain::no);
+
+// Reverse mode into the .grad() of every leaf that requires grad (accumulating); seed: ones like `loss`.
+void backward(const Tensor& loss, Retain retain = Retain::no);
+
+// Forward mode by replay: tangents of `outputs` when each seeds_primal[k] moves along seeds_tangent[k], propagated
+// through the recorded nodes between them with the ops' jvp rules. The jvp computations are recorded.
+std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, const std::vector<Tensor>& seeds_tangent,
+                                    const std::vector<Tensor>& outputs);
+
+namespace detail {
+// Called by every differentiable op after computing its outputs: records the node when gradient mode is on and an
+// input requires grad, and attaches output tangents when an input carries one (and tangents are not suppressed).
+void finish_op(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor>& outputs, VjpFn vjp,
+               JvpFn jvp);
+}  // namespace detail
+
+// Counters of backend work, so tests can assert what a backward did or did not compute.
+struct OpCounters {
+  uint64_t conv2d_forward = 0;
+  uint64_t conv2d_backward_data = 0;
+  uint64_t conv2d_backward_filter = 0;
+  uint64_t matmul = 0;
+  uint64_t vjp_calls = 0;
+  uint64_t jvp_calls = 0;
+};
+OpCounters& op_counters();
+
+}  // namespace llr

@@ -1,0 +1,278 @@
+// CPU backend: batch-norm statistics, normalisation, their tangents and all their vjps. Statistics are over every
+// axis but the last (N, H, W for NHWC); reductions accumulate in double.
+#include <cmath>
+#include <vector>
+
+#include "engine/cpu/cpu_common.h"
+
+namespace llr::backend {
+
+namespace {
+
+template <class T>
+Tensor channel_tensor(const std::vector<double>& v, DType dtype) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, dtype);
+  T* p = t.data<T>();
+  for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<T>(v[i]);
+  return t;
+}
+
+// Validates x and its per-channel companions, returns the channel view of x.
+cpu::ChannelView bn_view(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
+  cpu::require_cpu_floating(op, {&x});
+  auto v = cpu::channel_view(op, x);
+  LLR_CHECK(v.rows > 0, op, ": no elements per channel in ", x.describe());
+  for (const Tensor* t : per_channel) {
+    if (!t->defined()) continue;
+    cpu::require_cpu_floating(op, {&x, t});
+    cpu::require_channel_vector(op, "per-channel tensor", *t, v.channels);
+  }
+  return v;
+}
+
+}  // namespace
+
+std::pair<Tensor, Tensor> batch_stats(const Tensor& x) {
+  auto v = bn_view("batch_stats", x, {});
+  return dispatch_floating(x.dtype(), "batch_stats", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    std::vector<double> mean(v.channels, 0.0), var(v.channels, 0.0);
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) mean[c] += px[r * v.channels + c];
+    for (auto& m : mean) m /= double(v.rows);
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        double d = px[r * v.channels + c] - mean[c];
+        var[c] += d * d;
+      }
+    for (auto& s : var) s /= double(v.rows);
+    return std::make_pair(channel_tensor<T>(mean, x.dtype()), channel_tensor<T>(var, x.dtype()));
+  });
+}
+
+Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
+  auto v = bn_view("batch_stats_backward", x, {&mean, &g_mean, &g_var});
+  return dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *gm = g_mean.data<T>(), *gv = g_var.data<T>();
+    Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* o = dx.data<T>();
+    T inv_m = T(1) / T(v.rows);
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = r * v.channels + c;
+        o[i] = inv_m * (gm[c] + T(2) * (px[i] - pm[c]) * gv[c]);
+      }
+    return dx;
+  });
+}
+
+std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
+  auto v = bn_view("batch_stats_tangent", x, {&mean});
+  cpu::require_cpu_floating("batch_stats_tangent", {&x, &xdot});
+  cpu::require_same_shape("batch_stats_tangent", x, xdot);
+  return dispatch_floating(x.dtype(), "batch_stats_tangent", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
+    std::vector<double> mdot(v.channels, 0.0), vdot(v.channels, 0.0);
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = r * v.channels + c;
+        mdot[c] += pd[i];
+        vdot[c] += (double(px[i]) - pm[c]) * pd[i];
+      }
+    for (int64_t c = 0; c < v.channels; ++c) {
+      mdot[c] /= double(v.rows);
+      vdot[c] *= 2.0 / double(v.rows);
+    }
+    return std::make_pair(channel_tensor<T>(mdot, x.dtype()), channel_tensor<T>(vdot, x.dtype()));
+  });
+}
+
+BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                    const Tensor& g_mean_dot, const Tensor& g_var_dot) {
+  auto v = bn_view("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
+  cpu::require_same_shape("batch_stats_tangent_backward", x, xdot);
+  return dispatch_floating(x.dtype(), "batch_stats_tangent_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
+    const T *ga = g_mean_dot.data<T>(), *gb = g_var_dot.data<T>();
+    BatchStatsTangentGrads out;
+    out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
+    std::vector<double> dm(v.channels, 0.0);
+    T inv_m = T(1) / T(v.rows);
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = r * v.channels + c;
+        dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c]));
+        dx[i] = inv_m * T(2) * gb[c] * pd[i];
+        dm[c] += pd[i];
+      }
+    for (int64_t c = 0; c < v.channels; ++c) dm[c] *= -2.0 * double(gb[c]) / double(v.rows);
+    out.mean = channel_tensor<T>(dm, x.dtype());
+    return out;
+  });
+}
+
+Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                    double eps) {
+  auto v = bn_view("batch_norm", x, {&mean, &var, &scale, &shift});
+  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
+            "batch_norm: mean, var, scale and shift are required");
+  return dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
+            *pb = shift.data<T>();
+    std::vector<T> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* o = y.data<T>();
+    for (int64_t row = 0; row < v.rows; ++row)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = row * v.channels + c;
+        o[i] = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
+      }
+    return y;
+  });
+}
+
+BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                       const Tensor& gy, double eps) {
+  auto v = bn_view("batch_norm_backward", x, {&mean, &var, &scale});
+  cpu::require_same_shape("batch_norm_backward", x, gy);
+  return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
+            *g = gy.data<T>();
+    std::vector<double> sum_g(v.channels, 0.0), sum_gxc(v.channels, 0.0);
+    BnNormalizeGrads out;
+    out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* dx = out.x.data<T>();
+    std::vector<T> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
+    for (int64_t row = 0; row < v.rows; ++row)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = row * v.channels + c;
+        dx[i] = pg[c] * r[c] * g[i];
+        sum_g[c] += g[i];
+        sum_gxc[c] += double(g[i]) * (double(px[i]) - pm[c]);
+      }
+    std::vector<double> dm(v.channels), dv(v.channels), dg(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) {
+      double rc = r[c];
+      dm[c] = -double(pg[c]) * rc * sum_g[c];
+      dv[c] = -0.5 * double(pg[c]) * rc * rc * rc * sum_gxc[c];
+      dg[c] = rc * sum_gxc[c];
+    }
+    out.mean = channel_tensor<T>(dm, x.dtype());
+    out.var = channel_tensor<T>(dv, x.dtype());
+    out.scale = channel_tensor<T>(dg, x.dtype());
+    out.shift = channel_tensor<T>(sum_g, x.dtype());
+    return out;
+  });
+}
+
+Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,
+                  const Tensor& mean_dot, const Tensor& var_dot, double eps) {
+  auto v = bn_view("bn_tangent", x, {&mean, &var, &scale, &mean_dot, &var_dot});
+  cpu::require_cpu_floating("bn_tangent", {&x, &xdot});
+  cpu::require_same_shape("bn_tangent", x, xdot);
+  return dispatch_floating(x.dtype(), "bn_tangent", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
+            *pd = xdot.data<T>();
+    const T* pmd = mean_dot.defined() ? mean_dot.data<T>() : nullptr;
+    const T* pvd = var_dot.defined() ? var_dot.data<T>() : nullptr;
+    std::vector<T> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
+    Tensor t = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* o = t.data<T>();
+    for (int64_t row = 0; row < v.rows; ++row)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = row * v.channels + c;
+        o[i] = math::bn_tangent<T>(px[i], pm[c], r[c], pg[c], pd[i], pmd ? pmd[c] : T(0), pvd ? pvd[c] : T(0));
+      }
+    return t;
+  });
+}
+
+// t = s r (xd - md) - s r^3 (x - m) vd / 2, with r = (v + eps)^(-1/2). Cotangent gt gives
+//   d xd = s r gt,  d md = -s r sum gt,  d vd = -s r^3 sum gt (x - m) / 2,
+//   d x = -s r^3 vd gt / 2,  d m = s r^3 vd sum gt / 2,
+//   d v = sum gt [ -s r^3 (xd - md) / 2 + 3 s r^5 vd (x - m) / 4 ],
+//   d s = sum gt [ r (xd - md) - r^3 (x - m) vd / 2 ].
+BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                   const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                   const Tensor& gt, double eps) {
+  auto v = bn_view("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
+  cpu::require_same_shape("bn_tangent_backward", x, xdot);
+  cpu::require_same_shape("bn_tangent_backward", x, gt);
+  return dispatch_floating(x.dtype(), "bn_tangent_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *ps = scale.data<T>(),
+            *pd = xdot.data<T>(), *g = gt.data<T>();
+    const T* pmd = mean_dot.defined() ? mean_dot.data<T>() : nullptr;
+    const T* pvd = var_dot.defined() ? var_dot.data<T>() : nullptr;
+    std::vector<double> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = 1.0 / std::sqrt(double(pv[c]) + eps);
+    BnTangentGrads out;
+    out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
+    std::vector<double> sum_g(v.channels, 0.0), sum_gxc(v.channels, 0.0), sum_gdd(v.channels, 0.0);
+    for (int64_t row = 0; row < v.rows; ++row)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = row * v.channels + c;
+        double s = ps[c], rc = r[c], vd = pvd ? pvd[c] : 0.0, md = pmd ? pmd[c] : 0.0;
+        double xc = double(px[i]) - pm[c];
+        dd[i] = static_cast<T>(s * rc * g[i]);
+        dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * vd * g[i]);
+        sum_g[c] += g[i];
+        sum_gxc[c] += g[i] * xc;
+        sum_gdd[c] += g[i] * (double(pd[i]) - md);
+      }
+    std::vector<double> dm(v.channels), dv(v.channels), ds(v.channels), dmd(v.channels), dvd(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) {
+      double s = ps[c], rc = r[c], r3 = rc * rc * rc, vd = pvd ? pvd[c] : 0.0;
+      dmd[c] = -s * rc * sum_g[c];
+      dvd[c] = -0.5 * s * r3 * sum_gxc[c];
+      dm[c] = 0.5 * s * r3 * vd * sum_g[c];
+      dv[c] = -0.5 * s * r3 * sum_gdd[c] + 0.75 * s * r3 * rc * rc * vd * sum_gxc[c];
+      ds[c] = rc * sum_gdd[c] - 0.5 * r3 * vd * sum_gxc[c];
+    }
+    out.mean = channel_tensor<T>(dm, x.dtype());
+    out.var = channel_tensor<T>(dv, x.dtype());
+    out.scale = channel_tensor<T>(ds, x.dtype());
+    out.mean_dot = channel_tensor<T>(dmd, x.dtype());
+    out.var_dot = channel_tensor<T>(dvd, x.dtype());
+    return out;
+  });
+}
+
+void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
+                       double momentum, int64_t count) {
+  cpu::require_cpu_floating("bn_update_running", {&running_mean, &running_var, &mean, &var});
+  int64_t c = running_mean.numel();
+  cpu::require_channel_vector("bn_update_running", "running_var", running_var, c);
+  cpu::require_channel_vector("bn_update_running", "batch mean", mean, c);
+  cpu::require_channel_vector("bn_update_running", "batch var", var, c);
+  LLR_CHECK(momentum >= 0 && momentum <= 1, "bn_update_running: momentum ", momentum, " not in [0, 1]");
+  LLR_CHECK(count >= 2, "bn_update_running: need at least 2 values per channel for an unbiased variance, got ",
+            count);
+  double unbias = double(count) / double(count - 1);
+  dispatch_floating(mean.dtype(), "bn_update_running", [&](auto tag) {
+    using T = decltype(tag);
+    T *rm = running_mean.data<T>(), *rv = running_var.data<T>();
+    const T *m = mean.data<T>(), *v = var.data<T>();
+    for (int64_t k = 0; k < c; ++k) {
+      rm[k] = static_cast<T>((1 - momentum) * rm[k] + momentum * m[k]);
+      rv[k] = static_cast<T>((1 - momentum) * rv[k] + momentum * unbias * v[k]);
+    }
+    return 0;
+  });
+}
+
+}  // namespace llr::backend

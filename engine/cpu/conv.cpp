@@ -1,0 +1,246 @@
+// CPU backend: convolution (NHWC activations, KRSC filters) by im2col + Eigen GEMM, and matrix products.
+// The im2col buffer is built for a chunk of examples at a time so its size stays bounded.
+#include <Eigen/Core>
+#include <algorithm>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/cpu/cpu_common.h"
+
+namespace llr {
+
+int64_t conv2d_output_size(int64_t in, int64_t kernel, const Conv2dGeometry& g) {
+  LLR_CHECK(g.stride >= 1 && g.padding >= 0, "conv2d: stride must be >= 1 and padding >= 0, got stride ", g.stride,
+            " padding ", g.padding);
+  int64_t out = (in + 2 * g.padding - kernel) / g.stride + 1;
+  LLR_CHECK(in + 2 * g.padding >= kernel && out >= 1, "conv2d: kernel ", kernel, " does not fit input extent ", in,
+            " with padding ", g.padding);
+  return out;
+}
+
+namespace {
+
+template <class T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MapMat = Eigen::Map<RowMat<T>>;
+template <class T>
+using ConstMapMat = Eigen::Map<const RowMat<T>>;
+
+struct ConvDims {
+  int64_t n, h, w, c, k, r, s, p, q;
+  int64_t rsc() const { return r * s * c; }
+  int64_t pq() const { return p * q; }
+};
+
+ConvDims conv_dims(const char* op, const Shape& x, const Shape& wshape, const Conv2dGeometry& g) {
+  LLR_CHECK(x.size() == 4 && wshape.size() == 4, op, ": expected rank-4 input and filter, got ", shape_str(x),
+            " and ", shape_str(wshape));
+  ConvDims d{x[0], x[1], x[2], x[3], wshape[0], wshape[1], wshape[2], 0, 0};
+  LLR_CHECK(d.c == wshape[3], op, ": input has ", d.c, " channels but the KRSC filter ", shape_str(wshape), " expects ",
+            wshape[3]);
+  d.p = conv2d_output_size(d.h, d.r, g);
+  d.q = conv2d_output_size(d.w, d.s, g);
+  return d;
+}
+
+void check_conv_layouts(const char* op, const Tensor& x, const Tensor& w) {
+  LLR_CHECK(x.layout() == Layout::nhwc, op, ": input must be NHWC, got ", x.describe(),
+            " (convert NCHW data before it reaches the engine)");
+  LLR_CHECK(w.layout() == Layout::krsc, op, ": filter must be KRSC, got ", w.describe());
+}
+
+bool is_pointwise(const ConvDims& d, const Conv2dGeometry& g) {
+  return d.r == 1 && d.s == 1 && g.stride == 1 && g.padding == 0;
+}
+
+int64_t chunk_examples(const ConvDims& d, size_t elem) {
+  const int64_t budget = int64_t(32) << 20;  // bytes of im2col buffer
+  int64_t per_example = d.pq() * d.rsc() * static_cast<int64_t>(elem);
+  return std::max<int64_t>(1, std::min<int64_t>(d.n, budget / std::max<int64_t>(per_example, 1)));
+}
+
+// col[(i, p, q), (r, s, c)] = x[n0 + i, p*stride - pad + r, q*stride - pad + s, c] (0 outside).
+template <class T>
+void im2col(const T* x, const ConvDims& d, const Conv2dGeometry& g, int64_t n0, int64_t nb, T* col) {
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t p = 0; p < d.p; ++p)
+      for (int64_t q = 0; q < d.q; ++q) {
+        T* row = col + ((i * d.p + p) * d.q + q) * d.rsc();
+        for (int64_t r = 0; r < d.r; ++r) {
+          int64_t hh = p * g.stride - g.padding + r;
+          for (int64_t s = 0; s < d.s; ++s) {
+            int64_t ww = q * g.stride - g.padding + s;
+            T* dst = row + (r * d.s + s) * d.c;
+            if (hh < 0 || hh >= d.h || ww < 0 || ww >= d.w) {
+              std::fill(dst, dst + d.c, T(0));
+            } else {
+              const T* src = x + (((n0 + i) * d.h + hh) * d.w + ww) * d.c;
+              std::copy(src, src + d.c, dst);
+            }
+          }
+        }
+      }
+}
+
+// The adjoint of im2col: dx[n0 + i, ...] += scattered col rows.
+template <class T>
+void col2im_add(const T* col, const ConvDims& d, const Conv2dGeometry& g, int64_t n0, int64_t nb, T* dx) {
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t p = 0; p < d.p; ++p)
+      for (int64_t q = 0; q < d.q; ++q) {
+        const T* row = col + ((i * d.p + p) * d.q + q) * d.rsc();
+        for (int64_t r = 0; r < d.r; ++r) {
+          int64_t hh = p * g.stride - g.padding + r;
+          if (hh < 0 || hh >= d.h) continue;
+          for (int64_t s = 0; s < d.s; ++s) {
+            int64_t ww = q * g.stride - g.padding + s;
+            if (ww < 0 || ww >= d.w) continue;
+            const T* src = row + (r * d.s + s) * d.c;
+            T* dst = dx + (((n0 + i) * d.h + hh) * d.w + ww) * d.c;
+            for (int64_t c = 0; c < d.c; ++c) dst[c] += src[c];
+          }
+        }
+      }
+}
+
+}  // namespace
+
+namespace backend {
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+  cpu::require_cpu_floating("conv2d", {&x, &w});
+  check_conv_layouts("conv2d", x, w);
+  ConvDims d = conv_dims("conv2d", x.shape(), w.shape(), g);
+  ++op_counters().conv2d_forward;
+  return dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor y = Tensor::empty({d.n, d.p, d.q, d.k}, x.dtype(), Layout::nhwc);
+    ConstMapMat<T> wm(w.data<T>(), d.k, d.rsc());
+    if (is_pointwise(d, g)) {
+      ConstMapMat<T> xm(x.data<T>(), d.n * d.pq(), d.c);
+      MapMat<T>(y.data<T>(), d.n * d.pq(), d.k).noalias() = xm * wm.transpose();
+      return y;
+    }
+    int64_t chunk = chunk_examples(d, sizeof(T));
+    std::vector<T> col(static_cast<size_t>(chunk * d.pq() * d.rsc()));
+    for (int64_t n0 = 0; n0 < d.n; n0 += chunk) {
+      int64_t nb = std::min(chunk, d.n - n0);
+      im2col(x.data<T>(), d, g, n0, nb, col.data());
+      ConstMapMat<T> cm(col.data(), nb * d.pq(), d.rsc());
+      MapMat<T>(y.data<T>() + n0 * d.pq() * d.k, nb * d.pq(), d.k).noalias() = cm * wm.transpose();
+    }
+    return y;
+  });
+}
+
+Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+  cpu::require_cpu_floating("conv2d_backward_data", {&gy, &w});
+  ConvDims d = conv_dims("conv2d_backward_data", x_shape, w.shape(), g);
+  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_data: output gradient ", gy.describe(),
+            " does not match the convolution output [", d.n, ",", d.p, ",", d.q, ",", d.k, "]");
+  ++op_counters().conv2d_backward_data;
+  return dispatch_floating(gy.dtype(), "conv2d_backward_data", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor dx = Tensor::zeros(x_shape, gy.dtype(), Layout::nhwc);
+    ConstMapMat<T> wm(w.data<T>(), d.k, d.rsc());
+    if (is_pointwise(d, g)) {
+      ConstMapMat<T> gm(gy.data<T>(), d.n * d.pq(), d.k);
+      MapMat<T>(dx.data<T>(), d.n * d.pq(), d.c).noalias() = gm * wm;
+      return dx;
+    }
+    int64_t chunk = chunk_examples(d, sizeof(T));
+    RowMat<T> col(chunk * d.pq(), d.rsc());
+    for (int64_t n0 = 0; n0 < d.n; n0 += chunk) {
+      int64_t nb = std::min(chunk, d.n - n0);
+      ConstMapMat<T> gm(gy.data<T>() + n0 * d.pq() * d.k, nb * d.pq(), d.k);
+      MapMat<T> cm(col.data(), nb * d.pq(), d.rsc());
+      cm.noalias() = gm * wm;
+      col2im_add(col.data(), d, g, n0, nb, dx.data<T>());
+    }
+    return dx;
+  });
+}
+
+Tensor conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
+  cpu::require_cpu_floating("conv2d_backward_filter", {&x, &gy});
+  ConvDims d = conv_dims("conv2d_backward_filter", x.shape(), w_shape, g);
+  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_filter: output gradient ", gy.describe(),
+            " does not match the convolution output");
+  ++op_counters().conv2d_backward_filter;
+  return dispatch_floating(x.dtype(), "conv2d_backward_filter", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor dw = Tensor::zeros(w_shape, x.dtype(), Layout::krsc);
+    MapMat<T> dwm(dw.data<T>(), d.k, d.rsc());
+    if (is_pointwise(d, g)) {
+      ConstMapMat<T> gm(gy.data<T>(), d.n * d.pq(), d.k);
+      ConstMapMat<T> xm(x.data<T>(), d.n * d.pq(), d.c);
+      dwm.noalias() = gm.transpose() * xm;
+      return dw;
+    }
+    int64_t chunk = chunk_examples(d, sizeof(T));
+    std::vector<T> col(static_cast<size_t>(chunk * d.pq() * d.rsc()));
+    for (int64_t n0 = 0; n0 < d.n; n0 += chunk) {
+      int64_t nb = std::min(chunk, d.n - n0);
+      im2col(x.data<T>(), d, g, n0, nb, col.data());
+      ConstMapMat<T> cm(col.data(), nb * d.pq(), d.rsc());
+      ConstMapMat<T> gm(gy.data<T>() + n0 * d.pq() * d.k, nb * d.pq(), d.k);
+      dwm.noalias() += gm.transpose() * cm;
+    }
+    return dw;
+  });
+}
+
+static void require_matrix(const char* op, const Tensor& t) {
+  LLR_CHECK(t.rank() == 2, op, ": expected a 2-D tensor, got ", t.describe());
+}
+
+Tensor matmul_nt(const Tensor& a, const Tensor& b) {
+  cpu::require_cpu_floating("matmul_nt", {&a, &b});
+  require_matrix("matmul_nt", a);
+  require_matrix("matmul_nt", b);
+  LLR_CHECK(a.dim(1) == b.dim(1), "matmul_nt: inner sizes differ, ", a.describe(), " times transposed ",
+            b.describe());
+  ++op_counters().matmul;
+  return dispatch_floating(a.dtype(), "matmul_nt", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({a.dim(0), b.dim(0)}, a.dtype());
+    MapMat<T>(out.data<T>(), a.dim(0), b.dim(0)).noalias() =
+        ConstMapMat<T>(a.data<T>(), a.dim(0), a.dim(1)) * ConstMapMat<T>(b.data<T>(), b.dim(0), b.dim(1)).transpose();
+    return out;
+  });
+}
+
+Tensor matmul_nn(const Tensor& a, const Tensor& b) {
+  cpu::require_cpu_floating("matmul_nn", {&a, &b});
+  require_matrix("matmul_nn", a);
+  require_matrix("matmul_nn", b);
+  LLR_CHECK(a.dim(1) == b.dim(0), "matmul_nn: inner sizes differ, ", a.describe(), " times ", b.describe());
+  ++op_counters().matmul;
+  return dispatch_floating(a.dtype(), "matmul_nn", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({a.dim(0), b.dim(1)}, a.dtype());
+    MapMat<T>(out.data<T>(), a.dim(0), b.dim(1)).noalias() =
+        ConstMapMat<T>(a.data<T>(), a.dim(0), a.dim(1)) * ConstMapMat<T>(b.data<T>(), b.dim(0), b.dim(1));
+    return out;
+  });
+}
+
+Tensor matmul_tn(const Tensor& a, const Tensor& b) {
+  cpu::require_cpu_floating("matmul_tn", {&a, &b});
+  require_matrix("matmul_tn", a);
+  require_matrix("matmul_tn", b);
+  LLR_CHECK(a.dim(0) == b.dim(0), "matmul_tn: inner sizes differ, transposed ", a.describe(), " times ",
+            b.describe());
+  ++op_counters().matmul;
+  return dispatch_floating(a.dtype(), "matmul_tn", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({a.dim(1), b.dim(1)}, a.dtype());
+    MapMat<T>(out.data<T>(), a.dim(1), b.dim(1)).noalias() =
+        ConstMapMat<T>(a.data<T>(), a.dim(0), a.dim(1)).transpose() * ConstMapMat<T>(b.data<T>(), b.dim(0), b.dim(1));
+    return out;
+  });
+}
+
+}  // namespace backend
+}  // namespace llr

@@ -1,0 +1,244 @@
+// CPU backend: elementwise, broadcasting, reduction and activation functions.
+#include <cstring>
+
+#include "engine/cpu/cpu_common.h"
+
+namespace llr {
+
+namespace cpu {
+void require_labels(const char* op, const Tensor& labels, int64_t n, int64_t classes) {
+  LLR_CHECK(labels.defined(), op, ": undefined labels");
+  LLR_CHECK(labels.dtype() == DType::i32, op, ": labels must be i32, got ", labels.describe());
+  LLR_CHECK(labels.device() == Device::cpu, op, ": labels on the GPU but this build has no CUDA backend");
+  LLR_CHECK(labels.rank() == 1 && labels.dim(0) == n, op, ": labels must have shape [", n, "], got ",
+            labels.describe());
+  const int32_t* y = labels.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    LLR_CHECK(y[i] >= 0 && y[i] < classes, op, ": label ", y[i], " of example ", i, " is outside [0, ", classes, ")");
+}
+}  // namespace cpu
+
+using cpu::require_cpu_floating;
+using cpu::require_same_shape;
+
+namespace backend {
+
+Tensor zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
+  return Tensor::zeros(shape, dtype, layout, device);
+}
+
+Tensor full_like(const Tensor& x, double value) {
+  require_cpu_floating("full_like", {&x});
+  return dispatch_floating(x.dtype(), "full_like", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = static_cast<T>(value);
+    return out;
+  });
+}
+
+template <class F>
+static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
+  require_cpu_floating(op, {&a, &b});
+  require_same_shape(op, a, b);
+  LLR_CHECK(a.layout() == b.layout(), op, ": layout mismatch, ", a.describe(), " vs ", b.describe());
+  return dispatch_floating(a.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(a.shape(), a.dtype(), a.layout());
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = f(pa[i], pb[i]);
+    return out;
+  });
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary("add", a, b, [](auto x, auto y) { return x + y; });
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return binary("sub", a, b, [](auto x, auto y) { return x - y; });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary("mul", a, b, [](auto x, auto y) { return x * y; });
+}
+
+Tensor scale(const Tensor& x, double s) {
+  require_cpu_floating("scale", {&x});
+  return dispatch_floating(x.dtype(), "scale", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    const T* px = x.data<T>();
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = static_cast<T>(s) * px[i];
+    return out;
+  });
+}
+
+static int64_t per_example_size(const char* op, const Tensor& x) {
+  LLR_CHECK(x.rank() >= 1 && x.dim(0) > 0, op, ": needs a leading batch axis, got ", x.describe());
+  return x.numel() / x.dim(0);
+}
+
+Tensor scale_per_example(const Tensor& x, const Tensor& c) {
+  require_cpu_floating("scale_per_example", {&x, &c});
+  int64_t inner = per_example_size("scale_per_example", x);
+  LLR_CHECK(c.rank() == 1 && c.dim(0) == x.dim(0), "scale_per_example: factors must have shape [", x.dim(0),
+            "], got ", c.describe());
+  return dispatch_floating(x.dtype(), "scale_per_example", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    const T* px = x.data<T>();
+    const T* pc = c.data<T>();
+    T* o = out.data<T>();
+    for (int64_t n = 0; n < x.dim(0); ++n)
+      for (int64_t j = 0; j < inner; ++j) o[n * inner + j] = px[n * inner + j] * pc[n];
+    return out;
+  });
+}
+
+Tensor per_example_dot(const Tensor& a, const Tensor& b) {
+  require_cpu_floating("per_example_dot", {&a, &b});
+  require_same_shape("per_example_dot", a, b);
+  int64_t inner = per_example_size("per_example_dot", a);
+  return dispatch_floating(a.dtype(), "per_example_dot", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({a.dim(0)}, a.dtype());
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* o = out.data<T>();
+    for (int64_t n = 0; n < a.dim(0); ++n) {
+      double acc = 0;
+      for (int64_t j = 0; j < inner; ++j) acc += double(pa[n * inner + j]) * double(pb[n * inner + j]);
+      o[n] = static_cast<T>(acc);
+    }
+    return out;
+  });
+}
+
+Tensor sum_all(const Tensor& x) {
+  require_cpu_floating("sum", {&x});
+  return dispatch_floating(x.dtype(), "sum", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    double acc = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) acc += px[i];
+    return Tensor::scalar(acc, x.dtype());
+  });
+}
+
+Tensor broadcast_scalar(const Tensor& s, const Tensor& like) {
+  require_cpu_floating("broadcast_scalar", {&s, &like});
+  LLR_CHECK(s.numel() == 1, "broadcast_scalar: expected one element, got ", s.describe());
+  return full_like(like, s.at(0));
+}
+
+Tensor bias_add(const Tensor& x, const Tensor& b) {
+  require_cpu_floating("bias_add", {&x, &b});
+  auto v = cpu::channel_view("bias_add", x);
+  cpu::require_channel_vector("bias_add", "bias", b, v.channels);
+  return dispatch_floating(x.dtype(), "bias_add", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    const T* px = x.data<T>();
+    const T* pb = b.data<T>();
+    T* o = out.data<T>();
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) o[r * v.channels + c] = px[r * v.channels + c] + pb[c];
+    return out;
+  });
+}
+
+Tensor sum_to_last_axis(const Tensor& g) {
+  require_cpu_floating("sum_to_last_axis", {&g});
+  auto v = cpu::channel_view("sum_to_last_axis", g);
+  return dispatch_floating(g.dtype(), "sum_to_last_axis", [&](auto tag) {
+    using T = decltype(tag);
+    std::vector<double> acc(v.channels, 0.0);
+    const T* pg = g.data<T>();
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) acc[c] += pg[r * v.channels + c];
+    Tensor out = Tensor::empty({v.channels}, g.dtype());
+    T* o = out.data<T>();
+    for (int64_t c = 0; c < v.channels; ++c) o[c] = static_cast<T>(acc[c]);
+    return out;
+  });
+}
+
+Tensor activation_forward(Act act, const Tensor& a) {
+  require_cpu_floating("activation", {&a});
+  return dispatch_floating(a.dtype(), "activation", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(a.shape(), a.dtype(), a.layout());
+    const T* pa = a.data<T>();
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < a.numel(); ++i) o[i] = math::activation_derivative<T>(act, 0, pa[i]);
+    return out;
+  });
+}
+
+Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
+  require_cpu_floating("activation_derivative_mul", {&a, &t});
+  require_same_shape("activation_derivative_mul", a, t);
+  if (t2.defined()) {
+    require_cpu_floating("activation_derivative_mul", {&a, &t2});
+    require_same_shape("activation_derivative_mul", a, t2);
+  }
+  LLR_CHECK(order >= 1 && order <= 3, "activation_derivative_mul: derivative order ", order, " not in 1..3");
+  return dispatch_floating(a.dtype(), "activation_derivative_mul", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(a.shape(), a.dtype(), t.layout());
+    const T* pa = a.data<T>();
+    const T* pt = t.data<T>();
+    const T* pt2 = t2.defined() ? t2.data<T>() : nullptr;
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      T v = math::activation_derivative<T>(act, order, pa[i]) * pt[i];
+      o[i] = pt2 ? v * pt2[i] : v;
+    }
+    return out;
+  });
+}
+
+Tensor global_avg_pool(const Tensor& x) {
+  require_cpu_floating("global_avg_pool", {&x});
+  LLR_CHECK(x.layout() == Layout::nhwc, "global_avg_pool: input must be NHWC, got ", x.describe());
+  int64_t n = x.dim(0), hw = x.dim(1) * x.dim(2), c = x.dim(3);
+  LLR_CHECK(hw > 0, "global_avg_pool: empty spatial extent in ", x.describe());
+  return dispatch_floating(x.dtype(), "global_avg_pool", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({n, c}, x.dtype());
+    const T* px = x.data<T>();
+    T* o = out.data<T>();
+    std::vector<double> acc(c);
+    for (int64_t i = 0; i < n; ++i) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t p = 0; p < hw; ++p)
+        for (int64_t k = 0; k < c; ++k) acc[k] += px[(i * hw + p) * c + k];
+      for (int64_t k = 0; k < c; ++k) o[i * c + k] = static_cast<T>(acc[k] / double(hw));
+    }
+    return out;
+  });
+}
+
+Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
+  require_cpu_floating("global_avg_pool_backward", {&gy});
+  int64_t n = x_shape[0], hw = x_shape[1] * x_shape[2], c = x_shape[3];
+  LLR_CHECK(gy.shape() == Shape({n, c}), "global_avg_pool_backward: gradient ", gy.describe(), " for input ",
+            shape_str(x_shape));
+  return dispatch_floating(gy.dtype(), "global_avg_pool_backward", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty(x_shape, gy.dtype(), Layout::nhwc);
+    const T* pg = gy.data<T>();
+    T* o = out.data<T>();
+    T inv = T(1) / T(hw);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t p = 0; p < hw; ++p)
+        for (int64_t k = 0; k < c; ++k) o[(i * hw + p) * c + k] = pg[i * c + k] * inv;
+    return out;
+  });
+}
+
+}  // namespace backend
+}  // namespace llr

@@ -1,0 +1,194 @@
+// CPU backend: per-example softmax cross-entropy and margin loss on logits (N, K), their vjps and tangents.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "engine/cpu/cpu_common.h"
+
+namespace llr::backend {
+
+namespace {
+
+struct LogitsView {
+  int64_t n, k;
+};
+
+LogitsView logits_view(const char* op, const Tensor& z, const Tensor& labels) {
+  cpu::require_cpu_floating(op, {&z});
+  LLR_CHECK(z.rank() == 2 && z.dim(1) >= 2, op, ": logits must have shape [N, K] with K >= 2, got ", z.describe());
+  cpu::require_labels(op, labels, z.dim(0), z.dim(1));
+  return {z.dim(0), z.dim(1)};
+}
+
+// Softmax of one row, computed in double.
+template <class T>
+void softmax_row(const T* z, int64_t k, double* p) {
+  double mx = z[0];
+  for (int64_t j = 1; j < k; ++j) mx = std::max(mx, double(z[j]));
+  double s = 0;
+  for (int64_t j = 0; j < k; ++j) s += (p[j] = std::exp(double(z[j]) - mx));
+  for (int64_t j = 0; j < k; ++j) p[j] /= s;
+}
+
+// The best class other than y (the first on ties).
+template <class T>
+int64_t best_other(const T* z, int64_t k, int32_t y) {
+  int64_t best = -1;
+  for (int64_t j = 0; j < k; ++j)
+    if (j != y && (best < 0 || z[j] > z[best])) best = j;
+  return best;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& z) {
+  cpu::require_cpu_floating("softmax", {&z});
+  LLR_CHECK(z.rank() == 2, "softmax: logits must be [N, K], got ", z.describe());
+  return dispatch_floating(z.dtype(), "softmax", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = z.dim(0), k = z.dim(1);
+    Tensor out = Tensor::empty(z.shape(), z.dtype());
+    std::vector<double> p(k);
+    for (int64_t i = 0; i < n; ++i) {
+      softmax_row(z.data<T>() + i * k, k, p.data());
+      for (int64_t j = 0; j < k; ++j) out.data<T>()[i * k + j] = static_cast<T>(p[j]);
+    }
+    return out;
+  });
+}
+
+Tensor cross_entropy(const Tensor& z, const Tensor& labels) {
+  auto v = logits_view("cross_entropy", z, labels);
+  return dispatch_floating(z.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({v.n}, z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    for (int64_t i = 0; i < v.n; ++i) {
+      const T* zi = z.data<T>() + i * v.k;
+      double mx = zi[0];
+      for (int64_t j = 1; j < v.k; ++j) mx = std::max(mx, double(zi[j]));
+      double s = 0;
+      for (int64_t j = 0; j < v.k; ++j) s += std::exp(double(zi[j]) - mx);
+      out.data<T>()[i] = static_cast<T>(mx + std::log(s) - double(zi[y[i]]));
+    }
+    return out;
+  });
+}
+
+Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  auto v = logits_view("cross_entropy_backward", z, labels);
+  cpu::require_cpu_floating("cross_entropy_backward", {&z, &g});
+  LLR_CHECK(g.shape() == Shape({v.n}), "cross_entropy_backward: gradient must be [", v.n, "], got ", g.describe());
+  return dispatch_floating(z.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor dz = Tensor::empty(z.shape(), z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    std::vector<double> p(v.k);
+    for (int64_t i = 0; i < v.n; ++i) {
+      softmax_row(z.data<T>() + i * v.k, v.k, p.data());
+      double gi = g.data<T>()[i];
+      for (int64_t j = 0; j < v.k; ++j) dz.data<T>()[i * v.k + j] = static_cast<T>(gi * (p[j] - (j == y[i])));
+    }
+    return dz;
+  });
+}
+
+Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  auto v = logits_view("cross_entropy_tangent", z, labels);
+  cpu::require_cpu_floating("cross_entropy_tangent", {&z, &zdot});
+  cpu::require_same_shape("cross_entropy_tangent", z, zdot);
+  return dispatch_floating(z.dtype(), "cross_entropy_tangent", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({v.n}, z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    std::vector<double> p(v.k);
+    for (int64_t i = 0; i < v.n; ++i) {
+      softmax_row(z.data<T>() + i * v.k, v.k, p.data());
+      const T* zd = zdot.data<T>() + i * v.k;
+      double acc = 0;
+      for (int64_t j = 0; j < v.k; ++j) acc += (p[j] - (j == y[i])) * double(zd[j]);
+      out.data<T>()[i] = static_cast<T>(acc);
+    }
+    return out;
+  });
+}
+
+// t_i = <p_i - e_y, zdot_i>: d zdot = g (p - e_y); d z = g H zdot = g p * (zdot - <p, zdot>).
+std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels, const Tensor& zdot,
+                                                         const Tensor& g) {
+  auto v = logits_view("cross_entropy_tangent_backward", z, labels);
+  cpu::require_cpu_floating("cross_entropy_tangent_backward", {&z, &zdot, &g});
+  cpu::require_same_shape("cross_entropy_tangent_backward", z, zdot);
+  LLR_CHECK(g.shape() == Shape({v.n}), "cross_entropy_tangent_backward: gradient must be [", v.n, "], got ",
+            g.describe());
+  return dispatch_floating(z.dtype(), "cross_entropy_tangent_backward", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor dz = Tensor::empty(z.shape(), z.dtype());
+    Tensor dzd = Tensor::empty(z.shape(), z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    std::vector<double> p(v.k);
+    for (int64_t i = 0; i < v.n; ++i) {
+      softmax_row(z.data<T>() + i * v.k, v.k, p.data());
+      const T* zd = zdot.data<T>() + i * v.k;
+      double gi = g.data<T>()[i];
+      double pz = 0;
+      for (int64_t j = 0; j < v.k; ++j) pz += p[j] * double(zd[j]);
+      for (int64_t j = 0; j < v.k; ++j) {
+        dzd.data<T>()[i * v.k + j] = static_cast<T>(gi * (p[j] - (j == y[i])));
+        dz.data<T>()[i * v.k + j] = static_cast<T>(gi * p[j] * (double(zd[j]) - pz));
+      }
+    }
+    return std::make_pair(dz, dzd);
+  });
+}
+
+Tensor margin_loss(const Tensor& z, const Tensor& labels) {
+  auto v = logits_view("margin_loss", z, labels);
+  return dispatch_floating(z.dtype(), "margin_loss", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({v.n}, z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    for (int64_t i = 0; i < v.n; ++i) {
+      const T* zi = z.data<T>() + i * v.k;
+      out.data<T>()[i] = zi[y[i]] - zi[best_other(zi, v.k, y[i])];
+    }
+    return out;
+  });
+}
+
+// Also the vjp of margin_loss_tangent with respect to zdot: the same scatter of g to (y, j*).
+Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  auto v = logits_view("margin_loss_backward", z, labels);
+  cpu::require_cpu_floating("margin_loss_backward", {&z, &g});
+  LLR_CHECK(g.shape() == Shape({v.n}), "margin_loss_backward: gradient must be [", v.n, "], got ", g.describe());
+  return dispatch_floating(z.dtype(), "margin_loss_backward", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor dz = Tensor::zeros(z.shape(), z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    for (int64_t i = 0; i < v.n; ++i) {
+      const T* zi = z.data<T>() + i * v.k;
+      dz.data<T>()[i * v.k + y[i]] += g.data<T>()[i];
+      dz.data<T>()[i * v.k + best_other(zi, v.k, y[i])] -= g.data<T>()[i];
+    }
+    return dz;
+  });
+}
+
+Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  auto v = logits_view("margin_loss_tangent", z, labels);
+  cpu::require_cpu_floating("margin_loss_tangent", {&z, &zdot});
+  cpu::require_same_shape("margin_loss_tangent", z, zdot);
+  return dispatch_floating(z.dtype(), "margin_loss_tangent", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({v.n}, z.dtype());
+    const int32_t* y = labels.data<int32_t>();
+    for (int64_t i = 0; i < v.n; ++i) {
+      const T* zi = z.data<T>() + i * v.k;
+      const T* zd = zdot.data<T>() + i * v.k;
+      out.data<T>()[i] = zd[y[i]] - zd[best_other(zi, v.k, y[i])];
+    }
+    return out;
+  });
+}
+
+}  // namespace llr::backend

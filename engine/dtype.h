@@ -1,0 +1,41 @@
+// Element types, devices and memory layouts of tensors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace llr {
+
+// bf16 exists for the CUDA backend (bf16 storage, f32 accumulation); the CPU backend computes in f32 and f64.
+// i32 holds labels and indices.
+enum class DType : uint8_t { f32, f64, bf16, i32 };
+enum class Device : uint8_t { cpu, cuda };
+
+// What a tensor's axes mean. Activations are NHWC and convolution filters KRSC (cuDNN's NHWC filter layout) on
+// every device; NCHW/KCRS exist only at the edges (PyTorch checkpoints, foreign data) and ops that need NHWC/KRSC
+// refuse them instead of silently reading the wrong element.
+enum class Layout : uint8_t { plain, nhwc, nchw, krsc, kcrs };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+const char* device_name(Device d);
+const char* layout_name(Layout l);
+inline bool is_floating(DType t) { return t != DType::i32; }
+
+template <class T>
+struct dtype_of;
+template <>
+struct dtype_of<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::f64;
+};
+template <>
+struct dtype_of<int32_t> {
+  static constexpr DType value = DType::i32;
+};
+
+}  // namespace llr

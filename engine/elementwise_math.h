@@ -1,0 +1,70 @@
+// Per-element formulas shared by the CPU loops and the CUDA kernels (LLR_HD = __host__ __device__ under nvcc).
+// Keeping them in one place means the CPU tests check the arithmetic the GPU runs.
+#pragma once
+
+#include <cmath>
+
+#include "engine/host_device.h"
+
+namespace llr {
+
+enum class Act : int { relu = 0, softplus = 1, abs = 2 };
+
+namespace math {
+
+template <class T>
+LLR_HD T sigmoid(T a) {
+  if (a >= T(0)) return T(1) / (T(1) + exp(-a));
+  T e = exp(a);
+  return e / (T(1) + e);
+}
+
+// log(1 + e^a) without overflow.
+template <class T>
+LLR_HD T softplus(T a) {
+  return (a > T(0) ? a : T(0)) + log1p(exp(-fabs(a)));
+}
+
+// The order-th derivative of the activation at a (order 0 = the activation). ReLU and abs are treated as smooth
+// away from 0 (their second derivative is 0); softplus has phi' = s, phi'' = s(1-s), phi''' = s(1-s)(1-2s).
+template <class T>
+LLR_HD T activation_derivative(Act act, int order, T a) {
+  switch (act) {
+    case Act::relu:
+      if (order == 0) return a > T(0) ? a : T(0);
+      if (order == 1) return a > T(0) ? T(1) : T(0);
+      return T(0);
+    case Act::abs:
+      if (order == 0) return fabs(a);
+      if (order == 1) return a > T(0) ? T(1) : (a < T(0) ? T(-1) : T(0));
+      return T(0);
+    case Act::softplus: {
+      if (order == 0) return softplus(a);
+      T s = sigmoid(a);
+      if (order == 1) return s;
+      if (order == 2) return s * (T(1) - s);
+      return s * (T(1) - s) * (T(1) - T(2) * s);
+    }
+  }
+  return T(0);
+}
+
+// Batch-norm normalisation y = scale (x - mean) r + shift with r = 1/sqrt(var + eps).
+template <class T>
+LLR_HD T bn_inv_std(T var, T eps) {
+  return T(1) / sqrt(var + eps);
+}
+template <class T>
+LLR_HD T bn_normalize(T x, T mean, T inv_std, T scale, T shift) {
+  return scale * (x - mean) * inv_std + shift;
+}
+
+// Tangent of the normalisation along (xdot, mean_dot, var_dot) with scale and shift fixed:
+// scale r (xdot - mean_dot) - scale r^3 (x - mean) var_dot / 2.
+template <class T>
+LLR_HD T bn_tangent(T x, T mean, T inv_std, T scale, T xdot, T mean_dot, T var_dot) {
+  return scale * inv_std * ((xdot - mean_dot) - T(0.5) * inv_std * inv_std * (x - mean) * var_dot);
+}
+
+}  // namespace math
+}  // namespace llr

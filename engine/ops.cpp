@@ -1,0 +1,304 @@
+#include "engine/ops.h"
+
+namespace llr {
+
+namespace {
+
+using Tensors = std::vector<Tensor>;
+
+Tensor record1(const char* name, const Tensors& inputs, Tensor out, VjpFn vjp, JvpFn jvp) {
+  Tensors outs{std::move(out)};
+  detail::finish_op(name, inputs, outs, std::move(vjp), std::move(jvp));
+  return outs[0];
+}
+
+// a + b where either may be undefined (a zero tangent).
+Tensor add_defined(const Tensor& a, const Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return add(a, b);
+}
+
+[[noreturn]] void no_second_order(const char* op) {
+  LLR_FAIL(op, ": the tangent of a tangent op (second-order forward mode) is not supported");
+}
+
+Tensor zeros_like(const Tensor& x) { return backend::zeros(x.shape(), x.dtype(), x.layout(), x.device()); }
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOptions options) {
+  Conv2dGeometry g{options.stride, options.padding};
+  Tensor y = backend::conv2d_forward(x, w, g);
+  y = record1(
+      "conv2d", {x, w}, y,
+      [x, w, g](const Tensors& gy, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::conv2d_backward_data(gy[0], w, x.shape(), g) : Tensor(),
+                needs[1] ? backend::conv2d_backward_filter(x, gy[0], w.shape(), g) : Tensor()};
+      },
+      [x, w, options](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = conv2d(t[0], w, {}, options);
+        if (t[1].defined()) out = add_defined(out, conv2d(x, t[1], {}, options));
+        return {out};
+      });
+  return bias.defined() ? bias_add(y, bias) : y;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  Tensor y = backend::matmul_nt(x, w);
+  y = record1(
+      "linear", {x, w}, y,
+      [x, w](const Tensors& gy, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::matmul_nn(gy[0], w) : Tensor(),
+                needs[1] ? backend::matmul_tn(gy[0], x) : Tensor()};
+      },
+      [x, w](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = linear(t[0], w);
+        if (t[1].defined()) out = add_defined(out, linear(x, t[1]));
+        return {out};
+      });
+  return bias.defined() ? bias_add(y, bias) : y;
+}
+
+Tensor bias_add(const Tensor& x, const Tensor& b) {
+  return record1(
+      "bias_add", {x, b}, backend::bias_add(x, b),
+      [](const Tensors& gy, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? gy[0] : Tensor(), needs[1] ? backend::sum_to_last_axis(gy[0]) : Tensor()};
+      },
+      [x](const Tensors& t) -> Tensors {
+        if (!t[1].defined()) return {t[0]};
+        return {bias_add(t[0].defined() ? t[0] : zeros_like(x), t[1])};
+      });
+}
+
+BatchStats batch_stats(const Tensor& x) {
+  auto [m, v] = backend::batch_stats(x);
+  Tensors outs{m, v};
+  Tensor mean_out = m;
+  detail::finish_op(
+      "batch_stats", {x}, outs,
+      [x, mean_out](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::batch_stats_backward(x, mean_out, g[0], g[1])};
+      },
+      [x, mean_out](const Tensors& t) -> Tensors {
+        if (!t[0].defined()) return {Tensor(), Tensor()};
+        BatchStats d = batch_stats_tangent(x, mean_out, t[0]);
+        return {d.mean, d.var};
+      });
+  return {outs[0], outs[1]};
+}
+
+BatchStats batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& x_dot) {
+  auto [md, vd] = backend::batch_stats_tangent(x, mean, x_dot);
+  Tensors outs{md, vd};
+  detail::finish_op(
+      "batch_stats_tangent", {x, mean, x_dot}, outs,
+      [x, mean, x_dot](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto r = backend::batch_stats_tangent_backward(x, mean, x_dot, g[0], g[1]);
+        return {r.x, r.mean, r.xdot};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("batch_stats_tangent"); });
+  return {outs[0], outs[1]};
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                  double eps) {
+  LLR_CHECK(eps > 0, "batch_norm: eps must be positive, got ", eps);
+  return record1(
+      "batch_norm", {x, mean, var, scale, shift}, backend::bn_normalize(x, mean, var, scale, shift, eps),
+      [x, mean, var, scale, eps](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto r = backend::bn_normalize_backward(x, mean, var, scale, g[0], eps);
+        return {r.x, r.mean, r.var, r.scale, r.shift};
+      },
+      [x, mean, var, scale, eps](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined() || t[1].defined() || t[2].defined())
+          out = bn_tangent(x, mean, var, scale, t[0].defined() ? t[0] : zeros_like(x), t[1], t[2], eps);
+        if (t[3].defined() || t[4].defined()) {
+          // batch_norm is affine in (scale, shift): its tangent along them is batch_norm with (scale_dot, shift_dot).
+          Tensor part = batch_norm(x, mean, var, t[3].defined() ? t[3] : zeros_like(scale),
+                                   t[4].defined() ? t[4] : zeros_like(scale), eps);
+          out = add_defined(out, part);
+        }
+        return {out};
+      });
+}
+
+Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& x_dot,
+                  const Tensor& mean_dot, const Tensor& var_dot, double eps) {
+  return record1(
+      "bn_tangent", {x, mean, var, scale, x_dot, mean_dot, var_dot},
+      backend::bn_tangent(x, mean, var, scale, x_dot, mean_dot, var_dot, eps),
+      [x, mean, var, scale, x_dot, mean_dot, var_dot, eps](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto r = backend::bn_tangent_backward(x, mean, var, scale, x_dot, mean_dot, var_dot, g[0], eps);
+        return {r.x, r.mean, r.var, r.scale, r.xdot, r.mean_dot, r.var_dot};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("bn_tangent"); });
+}
+
+void update_running_stats(Tensor& running_mean, Tensor& running_var, const BatchStats& batch, double momentum,
+                          int64_t count_per_channel) {
+  backend::bn_update_running(running_mean, running_var, batch.mean, batch.var, momentum, count_per_channel);
+}
+
+Tensor activation(Act act, const Tensor& x) {
+  return record1(
+      "activation", {x}, backend::activation_forward(act, x),
+      [act, x](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::activation_derivative_mul(act, 1, x, g[0])};
+      },
+      [act, x](const Tensors& t) -> Tensors { return {activation_tangent(act, x, t[0])}; });
+}
+
+Tensor activation_tangent(Act act, const Tensor& a, const Tensor& a_dot) {
+  return record1(
+      "activation_tangent", {a, a_dot}, backend::activation_derivative_mul(act, 1, a, a_dot),
+      [act, a, a_dot](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::activation_derivative_mul(act, 2, a, a_dot, g[0]) : Tensor(),
+                needs[1] ? backend::activation_derivative_mul(act, 1, a, g[0]) : Tensor()};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("activation_tangent"); });
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  return record1(
+      "add", {a, b}, backend::add(a, b),
+      [](const Tensors& g, const std::vector<bool>&) -> Tensors { return {g[0], g[0]}; },
+      [](const Tensors& t) -> Tensors { return {add_defined(t[0], t[1])}; });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return record1(
+      "sub", {a, b}, backend::sub(a, b),
+      [](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {g[0], needs[1] ? backend::scale(g[0], -1.0) : Tensor()};
+      },
+      [](const Tensors& t) -> Tensors {
+        if (!t[1].defined()) return {t[0]};
+        return {t[0].defined() ? sub(t[0], t[1]) : scale(t[1], -1.0)};
+      });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return record1(
+      "mul", {a, b}, backend::mul(a, b),
+      [a, b](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::mul(g[0], b) : Tensor(), needs[1] ? backend::mul(g[0], a) : Tensor()};
+      },
+      [a, b](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = mul(t[0], b);
+        if (t[1].defined()) out = add_defined(out, mul(a, t[1]));
+        return {out};
+      });
+}
+
+Tensor scale(const Tensor& x, double s) {
+  return record1(
+      "scale", {x}, backend::scale(x, s),
+      [s](const Tensors& g, const std::vector<bool>&) -> Tensors { return {backend::scale(g[0], s)}; },
+      [s](const Tensors& t) -> Tensors { return {scale(t[0], s)}; });
+}
+
+Tensor scale_per_example(const Tensor& x, const Tensor& c) {
+  return record1(
+      "scale_per_example", {x, c}, backend::scale_per_example(x, c),
+      [x, c](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::scale_per_example(g[0], c) : Tensor(),
+                needs[1] ? backend::per_example_dot(g[0], x) : Tensor()};
+      },
+      [x, c](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = scale_per_example(t[0], c);
+        if (t[1].defined()) out = add_defined(out, scale_per_example(x, t[1]));
+        return {out};
+      });
+}
+
+Tensor per_example_dot(const Tensor& a, const Tensor& b) {
+  return record1(
+      "per_example_dot", {a, b}, backend::per_example_dot(a, b),
+      [a, b](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::scale_per_example(b, g[0]) : Tensor(),
+                needs[1] ? backend::scale_per_example(a, g[0]) : Tensor()};
+      },
+      [a, b](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = per_example_dot(t[0], b);
+        if (t[1].defined()) out = add_defined(out, per_example_dot(a, t[1]));
+        return {out};
+      });
+}
+
+Tensor global_avg_pool(const Tensor& x) {
+  return record1(
+      "global_avg_pool", {x}, backend::global_avg_pool(x),
+      [x](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::global_avg_pool_backward(g[0], x.shape())};
+      },
+      [](const Tensors& t) -> Tensors { return {global_avg_pool(t[0])}; });
+}
+
+Tensor sum(const Tensor& x) {
+  return record1(
+      "sum", {x}, backend::sum_all(x),
+      [x](const Tensors& g, const std::vector<bool>&) -> Tensors { return {backend::broadcast_scalar(g[0], x)}; },
+      [](const Tensors& t) -> Tensors { return {sum(t[0])}; });
+}
+
+Tensor mean(const Tensor& x) {
+  LLR_CHECK(x.numel() > 0, "mean of an empty tensor ", x.describe());
+  return scale(sum(x), 1.0 / double(x.numel()));
+}
+
+Tensor reshape(const Tensor& x, const Shape& shape, Layout layout) {
+  return record1(
+      "reshape", {x}, x.reshaped(shape, layout),
+      [x](const Tensors& g, const std::vector<bool>&) -> Tensors { return {g[0].reshaped(x.shape(), x.layout())}; },
+      [shape, layout](const Tensors& t) -> Tensors { return {reshape(t[0], shape, layout)}; });
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
+  return record1(
+      "cross_entropy", {logits, labels}, backend::cross_entropy(logits, labels),
+      [logits, labels](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::cross_entropy_backward(logits, labels, g[0]), Tensor()};
+      },
+      [logits, labels](const Tensors& t) -> Tensors { return {cross_entropy_tangent(logits, labels, t[0])}; });
+}
+
+Tensor cross_entropy_tangent(const Tensor& logits, const Tensor& labels, const Tensor& logits_dot) {
+  return record1(
+      "cross_entropy_tangent", {logits, labels, logits_dot},
+      backend::cross_entropy_tangent(logits, labels, logits_dot),
+      [logits, labels, logits_dot](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto [dz, dzd] = backend::cross_entropy_tangent_backward(logits, labels, logits_dot, g[0]);
+        return {dz, Tensor(), dzd};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("cross_entropy_tangent"); });
+}
+
+Tensor margin_loss(const Tensor& logits, const Tensor& labels) {
+  return record1(
+      "margin_loss", {logits, labels}, backend::margin_loss(logits, labels),
+      [logits, labels](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::margin_loss_backward(logits, labels, g[0]), Tensor()};
+      },
+      [logits, labels](const Tensors& t) -> Tensors { return {margin_loss_tangent(logits, labels, t[0])}; });
+}
+
+// Piecewise linear in the logits: its derivative with respect to them is zero away from ties.
+Tensor margin_loss_tangent(const Tensor& logits, const Tensor& labels, const Tensor& logits_dot) {
+  return record1(
+      "margin_loss_tangent", {logits, labels, logits_dot}, backend::margin_loss_tangent(logits, labels, logits_dot),
+      [logits, labels](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? zeros_like(logits) : Tensor(), Tensor(),
+                needs[2] ? backend::margin_loss_backward(logits, labels, g[0]) : Tensor()};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("margin_loss_tangent"); });
+}
+
+}  // namespace llr

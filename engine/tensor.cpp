@@ -1,0 +1,270 @@
+#include "engine/tensor.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace llr {
+
+namespace {
+std::atomic<uint64_t> next_tensor_id{1};
+}
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) {
+    LLR_CHECK(d >= 0, "negative dimension in shape ", shape_str(s));
+    n *= d;
+  }
+  return n;
+}
+
+Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+  LLR_CHECK(device == Device::cpu, "CUDA storage is allocated by the CUDA backend, which is not in this build");
+  size_t rounded = (bytes + 63) / 64 * 64;
+  data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
+}
+
+Storage::~Storage() { std::free(data_); }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device device) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->id = next_tensor_id++;
+  impl->shape = shape;
+  impl->dtype = dtype;
+  impl->device = device;
+  impl->layout = layout;
+  if (layout == Layout::nhwc || layout == Layout::nchw || layout == Layout::krsc || layout == Layout::kcrs)
+    LLR_CHECK(shape.size() == 4, "layout ", layout_name(layout), " needs a rank-4 shape, got ", shape_str(shape));
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  return Tensor(impl);
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
+  Tensor t = empty(shape, dtype, layout, device);
+  std::memset(t.raw_data(), 0, t.numel() * dtype_size(dtype));
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Layout layout) {
+  Tensor t = empty(shape, dtype, layout);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, value);
+  return t;
+}
+
+Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape, DType dtype, Layout layout) {
+  LLR_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ", values.size(),
+            " values for shape ", shape_str(shape));
+  Tensor t = empty(shape, dtype, layout);
+  for (size_t i = 0; i < values.size(); ++i) t.set(static_cast<int64_t>(i), values[i]);
+  return t;
+}
+
+Tensor Tensor::from_labels(const std::vector<int32_t>& labels) {
+  Tensor t = empty({static_cast<int64_t>(labels.size())}, DType::i32);
+  std::memcpy(t.raw_data(), labels.data(), labels.size() * sizeof(int32_t));
+  return t;
+}
+
+Tensor Tensor::scalar(double value, DType dtype) { return full({}, value, dtype); }
+
+void Tensor::check_defined(const char* what) const {
+  LLR_CHECK(impl_ != nullptr, what, " on an undefined tensor");
+}
+
+const Shape& Tensor::shape() const {
+  check_defined("shape()");
+  return impl_->shape;
+}
+
+int64_t Tensor::dim(int i) const {
+  const Shape& s = shape();
+  int n = static_cast<int>(s.size());
+  int j = i < 0 ? i + n : i;
+  LLR_CHECK(j >= 0 && j < n, "dim(", i, ") out of range for shape ", shape_str(s));
+  return s[j];
+}
+
+int64_t Tensor::numel() const { return shape_numel(shape()); }
+DType Tensor::dtype() const {
+  check_defined("dtype()");
+  return impl_->dtype;
+}
+Device Tensor::device() const {
+  check_defined("device()");
+  return impl_->device;
+}
+Layout Tensor::layout() const {
+  check_defined("layout()");
+  return impl_->layout;
+}
+uint64_t Tensor::id() const {
+  check_defined("id()");
+  return impl_->id;
+}
+
+std::string Tensor::describe() const {
+  if (!impl_) return "undefined";
+  std::ostringstream os;
+  os << dtype_name(impl_->dtype) << shape_str(impl_->shape);
+  if (impl_->layout != Layout::plain) os << " " << layout_name(impl_->layout);
+  os << " " << device_name(impl_->device);
+  return os.str();
+}
+
+void* Tensor::raw_data() const {
+  check_defined("data()");
+  return impl_->storage->data();
+}
+
+template <class T>
+T* Tensor::data() {
+  check_defined("data()");
+  LLR_CHECK(impl_->dtype == dtype_of<T>::value, "data<", dtype_name(dtype_of<T>::value), ">() on a ",
+            describe(), " tensor");
+  LLR_CHECK(impl_->device == Device::cpu, "host access to a CUDA tensor; copy it to the CPU first");
+  return static_cast<T*>(impl_->storage->data());
+}
+
+template <class T>
+const T* Tensor::data() const {
+  return const_cast<Tensor*>(this)->data<T>();
+}
+
+template float* Tensor::data<float>();
+template double* Tensor::data<double>();
+template int32_t* Tensor::data<int32_t>();
+template const float* Tensor::data<float>() const;
+template const double* Tensor::data<double>() const;
+template const int32_t* Tensor::data<int32_t>() const;
+
+double Tensor::at(int64_t i) const {
+  LLR_CHECK(i >= 0 && i < numel(), "index ", i, " out of range for ", describe());
+  LLR_CHECK(device() == Device::cpu, "host access to a CUDA tensor");
+  switch (dtype()) {
+    case DType::f32: return data<float>()[i];
+    case DType::f64: return data<double>()[i];
+    case DType::i32: return data<int32_t>()[i];
+    case DType::bf16: break;
+  }
+  LLR_FAIL("element access to a bf16 tensor on the CPU");
+}
+
+void Tensor::set(int64_t i, double value) {
+  LLR_CHECK(i >= 0 && i < numel(), "index ", i, " out of range for ", describe());
+  switch (dtype()) {
+    case DType::f32: data<float>()[i] = static_cast<float>(value); return;
+    case DType::f64: data<double>()[i] = value; return;
+    case DType::i32: data<int32_t>()[i] = static_cast<int32_t>(value); return;
+    case DType::bf16: break;
+  }
+  LLR_FAIL("element access to a bf16 tensor on the CPU");
+}
+
+double Tensor::item() const {
+  LLR_CHECK(numel() == 1, "item() on ", describe(), ", which has ", numel(), " elements");
+  return at(0);
+}
+
+std::vector<double> Tensor::to_vector() const {
+  std::vector<double> v(static_cast<size_t>(numel()));
+  for (int64_t i = 0; i < numel(); ++i) v[i] = at(i);
+  return v;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  Tensor out = empty(shape(), dtype, layout(), device());
+  for (int64_t i = 0; i < numel(); ++i) out.set(i, at(i));
+  return out;
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape(), dtype(), layout(), device());
+  std::memcpy(out.raw_data(), raw_data(), numel() * dtype_size(dtype()));
+  return out;
+}
+
+Tensor Tensor::detach() const {
+  check_defined("detach()");
+  auto impl = std::make_shared<TensorImpl>();
+  impl->id = next_tensor_id++;
+  impl->shape = impl_->shape;
+  impl->dtype = impl_->dtype;
+  impl->device = impl_->device;
+  impl->layout = impl_->layout;
+  impl->storage = impl_->storage;
+  return Tensor(impl);
+}
+
+Tensor Tensor::with_layout(Layout l) const {
+  Tensor t = detach();
+  if (l == Layout::nhwc || l == Layout::nchw || l == Layout::krsc || l == Layout::kcrs)
+    LLR_CHECK(rank() == 4, "layout ", layout_name(l), " needs a rank-4 tensor, got ", describe());
+  t.impl_->layout = l;
+  return t;
+}
+
+Tensor Tensor::reshaped(const Shape& new_shape, Layout l) const {
+  LLR_CHECK(shape_numel(new_shape) == numel(), "reshape of ", describe(), " to ", shape_str(new_shape),
+            " changes the number of elements");
+  Tensor t = detach();
+  t.impl_->shape = new_shape;
+  return t.with_layout(l);
+}
+
+Tensor& Tensor::requires_grad_(bool value) {
+  check_defined("requires_grad_()");
+  LLR_CHECK(!impl_->recorded, "requires_grad_() on a tensor produced by a recorded op; detach() it first");
+  LLR_CHECK(!value || is_floating(impl_->dtype), "only floating tensors can require grad, got ", describe());
+  impl_->leaf_requires_grad = value;
+  return *this;
+}
+
+bool Tensor::requires_grad() const { return impl_ && (impl_->leaf_requires_grad || impl_->recorded); }
+bool Tensor::is_leaf() const { return impl_ && !impl_->recorded; }
+
+Tensor Tensor::grad() const {
+  check_defined("grad()");
+  return Tensor(impl_->grad);
+}
+
+void Tensor::zero_grad() {
+  check_defined("zero_grad()");
+  impl_->grad.reset();
+}
+
+Tensor Tensor::tangent() const {
+  check_defined("tangent()");
+  return Tensor(impl_->tangent);
+}
+
+bool Tensor::has_tangent() const { return impl_ && impl_->tangent != nullptr; }
+
+void Tensor::set_tangent(const Tensor& t) {
+  check_defined("set_tangent()");
+  if (!t.defined()) {
+    impl_->tangent.reset();
+    return;
+  }
+  LLR_CHECK(t.shape() == shape(), "tangent shape ", shape_str(t.shape()), " does not match tensor ", describe());
+  LLR_CHECK(t.dtype() == dtype(), "tangent dtype ", dtype_name(t.dtype()), " does not match tensor ", describe());
+  LLR_CHECK(t.device() == device(), "tangent device does not match tensor ", describe());
+  impl_->tangent = t.impl_ptr();
+}
+
+void Tensor::clear_tangent() {
+  check_defined("clear_tangent()");
+  impl_->tangent.reset();
+}
+
+}  // namespace llr

@@ -1,0 +1,126 @@
+// Tensor: shape, dtype, device, layout and shared contiguous storage, plus the autograd bookkeeping (the node that
+// produced it on the tape, a leaf's accumulated gradient, and an optional forward-mode tangent).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/dtype.h"
+#include "engine/error.h"
+
+namespace llr {
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& s);
+int64_t shape_numel(const Shape& s);
+
+// Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
+class Storage {
+ public:
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  Device device_;
+};
+
+struct Node;
+
+struct TensorImpl {
+  uint64_t id = 0;
+  Shape shape;
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  Layout layout = Layout::plain;
+  std::shared_ptr<Storage> storage;
+  bool leaf_requires_grad = false;
+  bool recorded = false;      // produced by a node on the tape
+  std::weak_ptr<Node> node;   // that node; expires when the tape is cleared
+  std::shared_ptr<TensorImpl> grad;     // accumulated gradient of a leaf
+  std::shared_ptr<TensorImpl> tangent;  // forward-mode tangent carried by this tensor
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  static Tensor empty(const Shape& shape, DType dtype = DType::f32, Layout layout = Layout::plain,
+                      Device device = Device::cpu);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Layout layout = Layout::plain,
+                      Device device = Device::cpu);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Layout layout = Layout::plain);
+  static Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType dtype = DType::f32,
+                            Layout layout = Layout::plain);
+  static Tensor from_labels(const std::vector<int32_t>& labels);
+  static Tensor scalar(double value, DType dtype = DType::f32);
+
+  bool defined() const { return impl_ != nullptr; }
+  const Shape& shape() const;
+  int64_t dim(int i) const;  // negative counts from the end
+  int rank() const { return static_cast<int>(shape().size()); }
+  int64_t numel() const;
+  DType dtype() const;
+  Device device() const;
+  Layout layout() const;
+  uint64_t id() const;
+  std::string describe() const;  // e.g. "f32[2,8,8,3] NHWC cpu"
+
+  // Raw element access; checks dtype and device.
+  template <class T>
+  T* data();
+  template <class T>
+  const T* data() const;
+  void* raw_data() const;
+
+  double item() const;                    // a one-element tensor's value
+  std::vector<double> to_vector() const;  // any floating or integer dtype, as double
+  double at(int64_t flat_index) const;
+  void set(int64_t flat_index, double value);  // in-place, outside autograd
+
+  Tensor to(DType dtype) const;        // converted copy (not recorded)
+  Tensor clone() const;                // copy of the values (not recorded)
+  Tensor detach() const;               // shares storage; no node, no grad, no tangent
+  Tensor with_layout(Layout l) const;  // shares storage, relabels the layout (not recorded)
+  Tensor reshaped(const Shape& shape, Layout l = Layout::plain) const;  // shares storage (not recorded)
+
+  // Leaf gradient flag; a tensor produced by a recorded op requires grad implicitly.
+  Tensor& requires_grad_(bool value = true);
+  bool requires_grad() const;
+  bool is_leaf() const;
+  Tensor grad() const;  // undefined until a backward() accumulated into this leaf
+  void zero_grad();
+
+  // Forward-mode tangent carried by this tensor (undefined = zero tangent).
+  Tensor tangent() const;
+  bool has_tangent() const;
+  void set_tangent(const Tensor& t);
+  void clear_tangent();
+
+  TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+
+ private:
+  void check_defined(const char* what) const;
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+// Calls f(T{}) with T the C++ type of a floating dtype on the CPU (f32 or f64); throws for others.
+template <class F>
+decltype(auto) dispatch_floating(DType dtype, const char* op, F&& f) {
+  if (dtype == DType::f32) return f(float{});
+  if (dtype == DType::f64) return f(double{});
+  LLR_FAIL(op, ": dtype ", dtype_name(dtype), " is not supported on the CPU (f32 or f64)");
+}
+
+}  // namespace llr

@@ -1,0 +1,176 @@
+// Tape semantics: accumulation for shared inputs, input-only gradients, no-grad mode, retain/release, leaf .grad,
+// eager tangents vs replayed tangents.
+#include "tests/test_util.h"
+
+namespace llr::test {
+namespace {
+
+struct TapeReset {
+  TapeReset() { Tape::current().clear(); }
+  ~TapeReset() { Tape::current().clear(); }
+};
+
+Tensor one(DType dtype = DType::f64) { return Tensor::scalar(1.0, dtype); }
+
+TEST_CASE("a tensor used twice accumulates its gradient") {
+  TapeReset reset;
+  Generator gen(5);
+  Tensor x = gen.normal({3, 4}, 0, 1, DType::f64).requires_grad_();
+  Tensor s = sum(add(mul(x, x), scale(x, 3.0)));  // d/dx = 2x + 3
+  Tensor g = grad({s}, {one()}, {x})[0];
+  for (int64_t i = 0; i < x.numel(); ++i) CHECK(g.at(i) == doctest::Approx(2 * x.at(i) + 3).epsilon(1e-14));
+}
+
+TEST_CASE("an input-only gradient computes no filter gradient, a full one does") {
+  TapeReset reset;
+  Generator gen(6);
+  Tensor x = gen.normal({2, 6, 6, 3}, 0, 1, DType::f64, Layout::nhwc).requires_grad_();
+  Tensor w1 = gen.normal({4, 3, 3, 3}, 0, 0.3, DType::f64, Layout::krsc).requires_grad_();
+  Tensor w2 = gen.normal({5, 3, 3, 4}, 0, 0.3, DType::f64, Layout::krsc).requires_grad_();
+  Tensor fc = gen.normal({3, 5}, 0, 0.3, DType::f64).requires_grad_();
+  Tensor labels = gen.randint({2}, 0, 3);
+  Tensor logits = linear(global_avg_pool(softplus(conv2d(softplus(conv2d(x, w1, {}, {1, 1})), w2, {}, {2, 1}))), fc);
+  Tensor loss = sum(cross_entropy(logits, labels));
+
+  OpCounters before = op_counters();
+  Tensor gx = grad({loss}, {one()}, {x}, Retain::yes)[0];
+  OpCounters after = op_counters();
+  CHECK(after.conv2d_backward_filter == before.conv2d_backward_filter);
+  CHECK(after.conv2d_backward_data == before.conv2d_backward_data + 2);
+  CHECK(after.matmul == before.matmul + 1);  // d logits -> d features only, no weight gradient of the linear layer
+  CHECK(max_abs(gx) > 0);
+
+  before = op_counters();
+  std::vector<Tensor> g = grad({loss}, {one()}, {x, w1, w2, fc});
+  after = op_counters();
+  CHECK(after.conv2d_backward_filter == before.conv2d_backward_filter + 2);
+  // The first conv's input gradient is requested again, so both backward-data calls run.
+  CHECK(after.conv2d_backward_data == before.conv2d_backward_data + 2);
+  Comparison c = compare(g[0], gx, 0, 1e-15);
+  CHECK(c.max_violation <= 1.0);
+}
+
+TEST_CASE("a gradient with respect to the weights only skips the first layer's input gradient") {
+  TapeReset reset;
+  Generator gen(7);
+  Tensor x = gen.normal({2, 5, 5, 3}, 0, 1, DType::f64, Layout::nhwc);  // data: no gradient
+  Tensor w = gen.normal({4, 3, 3, 3}, 0, 0.3, DType::f64, Layout::krsc).requires_grad_();
+  Tensor loss = sum(softplus(conv2d(x, w, {}, {1, 1})));
+  OpCounters before = op_counters();
+  grad({loss}, {one()}, {w});
+  OpCounters after = op_counters();
+  CHECK(after.conv2d_backward_data == before.conv2d_backward_data);
+  CHECK(after.conv2d_backward_filter == before.conv2d_backward_filter + 1);
+}
+
+TEST_CASE("no-grad mode records nothing") {
+  TapeReset reset;
+  Generator gen(8);
+  Tensor x = gen.normal({3, 4}, 0, 1, DType::f64).requires_grad_();
+  size_t size = Tape::current().size();
+  {
+    NoGradGuard guard;
+    Tensor y = sum(softplus(x));
+    CHECK_FALSE(y.requires_grad());
+    CHECK(Tape::current().size() == size);
+    CHECK_THROWS_WITH_AS(grad({y}, {one()}, {x}), doctest::Contains("does not require grad"), Error);
+  }
+  Tensor y = sum(softplus(x));
+  CHECK(y.requires_grad());
+  CHECK(Tape::current().size() == size + 2);
+}
+
+TEST_CASE("nothing is recorded when no input requires grad") {
+  TapeReset reset;
+  Generator gen(9);
+  Tensor x = gen.normal({3, 4}, 0, 1, DType::f64);
+  Tensor y = sum(softplus(x));
+  CHECK_FALSE(y.requires_grad());
+  CHECK(Tape::current().size() == 0);
+}
+
+TEST_CASE("backward accumulates into leaves, and without retain the graph is freed") {
+  TapeReset reset;
+  Generator gen(10);
+  Tensor x = gen.normal({4}, 0, 1, DType::f64).requires_grad_();
+  Tensor s = sum(mul(x, x));
+  backward(s, Retain::yes);
+  backward(s);  // second pass through the retained graph accumulates
+  for (int64_t i = 0; i < 4; ++i) CHECK(x.grad().at(i) == doctest::Approx(4 * x.at(i)).epsilon(1e-14));
+  CHECK_THROWS_WITH_AS(backward(s), doctest::Contains("freed graph"), Error);
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+}
+
+TEST_CASE("a backward that reaches a released node through a new op throws instead of giving zeros") {
+  TapeReset reset;
+  Generator gen(11);
+  Tensor x = gen.normal({4}, 0, 1, DType::f64).requires_grad_();
+  Tensor h = softplus(x);
+  Tensor s1 = sum(h);
+  grad({s1}, {one()}, {x});  // releases softplus and sum
+  Tensor s2 = sum(scale(h, 2.0));
+  CHECK_THROWS_WITH_AS(grad({s2}, {one()}, {x}), doctest::Contains("freed graph"), Error);
+}
+
+TEST_CASE("clearing the tape frees every graph") {
+  TapeReset reset;
+  Generator gen(12);
+  Tensor x = gen.normal({4}, 0, 1, DType::f64).requires_grad_();
+  Tensor s = sum(softplus(x));
+  Tape::current().clear();
+  CHECK_THROWS_WITH_AS(grad({s}, {one()}, {x}), doctest::Contains("tape that recorded this tensor was cleared"),
+                       Error);
+}
+
+TEST_CASE("inputs the output does not depend on get zero gradients") {
+  TapeReset reset;
+  Generator gen(13);
+  Tensor x = gen.normal({3}, 0, 1, DType::f64).requires_grad_();
+  Tensor z = gen.normal({3}, 0, 1, DType::f64).requires_grad_();
+  Tensor s = sum(softplus(x));
+  Tensor gz = grad({s}, {one()}, {z})[0];
+  CHECK(max_abs(gz) == 0.0);
+  CHECK(gz.shape() == z.shape());
+}
+
+TEST_CASE("gradients with respect to an intermediate tensor") {
+  TapeReset reset;
+  Generator gen(14);
+  Tensor x = gen.normal({5}, 0, 1, DType::f64).requires_grad_();
+  Tensor h = scale(x, 2.0);
+  Tensor s = sum(mul(h, h));
+  Tensor gh = grad({s}, {one()}, {h})[0];
+  for (int64_t i = 0; i < 5; ++i) CHECK(gh.at(i) == doctest::Approx(2 * h.at(i)).epsilon(1e-14));
+}
+
+TEST_CASE("eager tangents equal replayed tangents, and tangent computations are recorded") {
+  TapeReset reset;
+  Generator gen(15);
+  Tensor x = gen.normal({2, 5, 5, 3}, 0, 1, DType::f64, Layout::nhwc).requires_grad_();
+  Tensor w = gen.normal({4, 3, 3, 3}, 0, 0.3, DType::f64, Layout::krsc).requires_grad_();
+  Tensor v = gen.normal({2, 5, 5, 3}, 0, 1, DType::f64, Layout::nhwc);
+  auto f = [&](const Tensor& in) {
+    Tensor h = conv2d(in, w, {}, {1, 1});
+    BatchStats st = batch_stats(h);
+    return sum(softplus(batch_norm(h, st.mean, st.var, Tensor::full({4}, 1.0, DType::f64),
+                                   Tensor::full({4}, 0.1, DType::f64), 1e-5)));
+  };
+  Tensor s = f(x);
+  size_t recorded = Tape::current().size();
+  Tensor replayed = tangent_forward({x}, {v}, {s})[0];
+  CHECK(Tape::current().size() > recorded);  // the jvp ops went onto the tape
+  bool saw_bn_tangent = false;
+  for (const auto& node : Tape::current().nodes()) saw_bn_tangent = saw_bn_tangent || node->name == "bn_tangent";
+  CHECK(saw_bn_tangent);
+  CHECK(replayed.requires_grad());  // differentiable with respect to w through the tangent ops
+
+  Tensor xe = x.detach();
+  xe.set_tangent(v);
+  Tensor se = f(xe);
+  REQUIRE(se.has_tangent());
+  CHECK(se.tangent().item() == doctest::Approx(replayed.item()).epsilon(1e-13));
+}
+
+}  // namespace
+}  // namespace llr::test
