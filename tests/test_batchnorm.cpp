@@ -1,0 +1,75 @@
+// Batch-norm rules beyond the gradient checks: running averages, evaluation with running statistics, and a pass that
+// reuses another pass's statistics.
+#include "engine/gradcheck.h"
+#include "tests/test_util.h"
+
+namespace llr::test {
+namespace {
+
+TEST_CASE("running averages use momentum and the unbiased batch variance") {
+  Generator gen(3);
+  Tensor x = gen.normal({4, 3, 3, 2}, 1.0, 2.0, DType::f64, Layout::nhwc);
+  BatchStats s = batch_stats(x);
+  // Direct two-pass reference for channel 1.
+  double m = 0, v = 0;
+  const int64_t count = 4 * 3 * 3;
+  for (int64_t r = 0; r < count; ++r) m += x.at(r * 2 + 1) / count;
+  for (int64_t r = 0; r < count; ++r) v += (x.at(r * 2 + 1) - m) * (x.at(r * 2 + 1) - m) / count;
+  CHECK(s.mean.at(1) == doctest::Approx(m).epsilon(1e-14));
+  CHECK(s.var.at(1) == doctest::Approx(v).epsilon(1e-14));
+
+  Tensor rm = Tensor::full({2}, 0.5, DType::f64);
+  Tensor rv = Tensor::full({2}, 2.0, DType::f64);
+  update_running_stats(rm, rv, s, 0.1, count);
+  CHECK(rm.at(1) == doctest::Approx(0.9 * 0.5 + 0.1 * m).epsilon(1e-14));
+  CHECK(rv.at(1) == doctest::Approx(0.9 * 2.0 + 0.1 * v * count / (count - 1)).epsilon(1e-14));
+  CHECK_THROWS_WITH_AS(update_running_stats(rm, rv, s, 1.5, count), doctest::Contains("momentum"), Error);
+}
+
+TEST_CASE("training-mode batch norm equals normalisation with the same statistics given as constants") {
+  Generator gen(4);
+  Tensor x = gen.normal({3, 4, 4, 5}, 0.3, 1.7, DType::f64, Layout::nhwc);
+  Tensor g = gen.uniform({5}, 0.5, 1.5, DType::f64), b = gen.normal({5}, 0, 1, DType::f64);
+  BatchStats s = batch_stats(x);
+  Tensor train = batch_norm(x, s.mean, s.var, g, b, 1e-5);
+  Tensor eval = batch_norm(x, s.mean.clone(), s.var.clone(), g, b, 1e-5);
+  CHECK(compare(train, eval, 0, 1e-15).max_violation <= 1.0);
+  // Normalised output has per-channel mean shift and std scale (up to eps).
+  BatchStats out = batch_stats(train);
+  for (int64_t c = 0; c < 5; ++c) {
+    CHECK(out.mean.at(c) == doctest::Approx(b.at(c)).epsilon(1e-12));
+    CHECK(std::sqrt(out.var.at(c)) == doctest::Approx(g.at(c)).epsilon(1e-4));
+  }
+}
+
+TEST_CASE("a pass normalising with another pass's statistics sends gradients into that pass") {
+  // f(x) = sum softplus(BN(xp; stats of x)) with xp a fixed batch: its x-gradient flows only through the statistics.
+  Generator gen(5);
+  Tensor x = gen.normal({2, 3, 3, 4}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor d = gen.normal({2, 3, 3, 4}, 0, 0.1, DType::f64, Layout::nhwc);
+  Tensor g = gen.uniform({4}, 0.5, 1.5, DType::f64), b = gen.normal({4}, 0, 1, DType::f64);
+  Tensor xp = backend::add(x, d);
+  gradcheck::Function shared = [&](const std::vector<Tensor>& in) {
+    BatchStats s = batch_stats(in[0]);
+    return sum(softplus(batch_norm(xp, s.mean, s.var, g, b, 1e-5)));
+  };
+  gradcheck::Report r = gradcheck::check_vjp(shared, {x}, {true});
+  INFO(r.worst);
+  CHECK(r.max_rel_error < 1e-6);
+  Tensor xg = x.clone().requires_grad_();
+  Tensor gx = grad({shared({xg})}, {Tensor::scalar(1.0, DType::f64)}, {xg})[0];
+  CHECK(max_abs(gx) > 1e-3);
+}
+
+TEST_CASE("the gradient checker skips elements whose finite difference straddles a kink") {
+  Tensor x = Tensor::from_vector({0.0, 0.5, -0.7, 2e-7}, {4}, DType::f64);
+  gradcheck::Function f = [](const std::vector<Tensor>& in) { return relu(in[0]); };
+  gradcheck::Report r = gradcheck::check_vjp(f, {x}, {true});
+  CHECK(r.skipped_kinks == 2);  // 0 and 2e-7 lie within one step of the kink
+  CHECK(r.checked == 2);
+  CHECK(r.max_rel_error < 1e-9);
+  Tape::current().clear();
+}
+
+}  // namespace
+}  // namespace llr::test
