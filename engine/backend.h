@@ -1,6 +1,7 @@
 // The raw compute interface: every heavy or per-element operation the differentiable ops need, without autograd.
-// One narrow interface so a device backend (CPU/Eigen here, CUDA in kernels/) implements the same list. vjp rules call
-// these directly; they are never recorded. All functions allocate their outputs.
+// One narrow interface (class Backend) that each device implements: engine/cpu/ (Eigen) for Device::cpu, kernels/
+// (cuDNN, cuBLAS, our kernels) for Device::cuda, which registers itself at start-up. vjp rules call these directly;
+// they are never recorded. All functions allocate their outputs; tensors passed together must share one device.
 #pragma once
 
 #include <utility>
@@ -18,86 +19,208 @@ struct Conv2dGeometry {
 // Output spatial size of a convolution, checking that it is positive.
 int64_t conv2d_output_size(int64_t in, int64_t kernel, const Conv2dGeometry& g);
 
+struct BatchStatsTangentGrads {
+  Tensor x, mean, xdot;
+};
+struct BnNormalizeGrads {
+  Tensor x, mean, var, scale, shift;
+};
+struct BnTangentGrads {
+  Tensor x, mean, var, scale, xdot, mean_dot, var_dot;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Memory: fill in place, dtype conversion on the same device.
+  virtual void fill(Tensor& t, double value) = 0;
+  virtual Tensor convert(const Tensor& x, DType dtype) = 0;
+
+  // Elementwise, same shapes and layouts.
+  virtual Tensor add(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor sub(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor mul(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor scale(const Tensor& x, double s) = 0;
+
+  // Per-example (first axis) operations.
+  virtual Tensor scale_per_example(const Tensor& x, const Tensor& c) = 0;  // x[i, ...] * c[i]
+  virtual Tensor per_example_dot(const Tensor& a, const Tensor& b) = 0;    // sum over all but the first axis of a*b
+
+  virtual Tensor sum_all(const Tensor& x) = 0;                               // shape {}
+  virtual Tensor broadcast_scalar(const Tensor& s, const Tensor& like) = 0;  // s (one element) in like's shape
+
+  // Channel-last (last axis) broadcasting.
+  virtual Tensor bias_add(const Tensor& x, const Tensor& b) = 0;
+  virtual Tensor sum_to_last_axis(const Tensor& g) = 0;  // (C): sum over all but the last axis
+
+  // phi^(order)(a) * t * (t2 if defined).
+  virtual Tensor activation_forward(Act act, const Tensor& a) = 0;
+  virtual Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t,
+                                           const Tensor& t2) = 0;
+
+  // Convolution, NHWC activations, KRSC filters, no bias.
+  virtual Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) = 0;
+  virtual Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape,
+                                      const Conv2dGeometry& g) = 0;
+  virtual Tensor conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape,
+                                        const Conv2dGeometry& g) = 0;
+
+  // Matrix products of row-major 2-D tensors: nt = A B^T, nn = A B, tn = A^T B.
+  virtual Tensor matmul_nt(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor matmul_nn(const Tensor& a, const Tensor& b) = 0;
+  virtual Tensor matmul_tn(const Tensor& a, const Tensor& b) = 0;
+
+  // Batch norm over all but the last axis; var is the biased (population) variance.
+  virtual std::pair<Tensor, Tensor> batch_stats(const Tensor& x) = 0;
+  virtual Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean,
+                                      const Tensor& g_var) = 0;
+  virtual std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) = 0;
+  virtual BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                              const Tensor& g_mean_dot, const Tensor& g_var_dot) = 0;
+  virtual Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                              const Tensor& shift, double eps) = 0;
+  virtual BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                 const Tensor& scale, const Tensor& gy, double eps) = 0;
+  // mean_dot / var_dot may be undefined (zero).
+  virtual Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                            const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps) = 0;
+  virtual BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                             const Tensor& scale, const Tensor& xdot, const Tensor& mean_dot,
+                                             const Tensor& var_dot, const Tensor& gt, double eps) = 0;
+  // running = (1 - momentum) running + momentum batch; the variance enters unbiased (count / (count - 1)).
+  virtual void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
+                                 double momentum, int64_t count) = 0;
+
+  // NHWC -> (N, C) mean over H and W.
+  virtual Tensor global_avg_pool(const Tensor& x) = 0;
+  virtual Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) = 0;
+
+  // Losses on logits (N, K) with i32 labels (N).
+  virtual Tensor softmax(const Tensor& z) = 0;
+  virtual Tensor cross_entropy(const Tensor& z, const Tensor& labels) = 0;
+  virtual Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) = 0;
+  virtual Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) = 0;
+  virtual std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels,
+                                                                   const Tensor& zdot, const Tensor& g) = 0;
+  virtual Tensor margin_loss(const Tensor& z, const Tensor& labels) = 0;
+  virtual Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) = 0;
+  virtual Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) = 0;
+};
+
+// The backend of a device; throws a clear error when this build or process has none for it.
+Backend& backend_for(Device device);
+void register_backend(Device device, Backend* backend);
+bool has_backend(Device device);
+
+// Device copies (through the CUDA backend's registered copier).
+class DeviceCopier {
+ public:
+  virtual ~DeviceCopier() = default;
+  virtual void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) = 0;
+};
+void register_device_copier(DeviceCopier* copier);
+Tensor to_device(const Tensor& x, Device device);  // a copy on `device` (same dtype, layout)
+
+// Call sites write backend::add(a, b); the first tensor argument's device picks the implementation.
 namespace backend {
 
 Tensor zeros(const Shape& shape, DType dtype, Layout layout, Device device);
 Tensor full_like(const Tensor& x, double value);
 
-// Elementwise, same shapes.
-Tensor add(const Tensor& a, const Tensor& b);
-Tensor sub(const Tensor& a, const Tensor& b);
-Tensor mul(const Tensor& a, const Tensor& b);
-Tensor scale(const Tensor& x, double s);
-
-// Per-example (first axis) operations.
-Tensor scale_per_example(const Tensor& x, const Tensor& c);  // x[i, ...] * c[i]
-Tensor per_example_dot(const Tensor& a, const Tensor& b);    // sum over all but the first axis of a*b
-
-Tensor sum_all(const Tensor& x);                                   // shape {}
-Tensor broadcast_scalar(const Tensor& s, const Tensor& like);      // s (one element) filled into like's shape
-
-// Channel-last (last axis) broadcasting.
-Tensor bias_add(const Tensor& x, const Tensor& b);
-Tensor sum_to_last_axis(const Tensor& g);  // (C): sum over all but the last axis
-
-// phi^(order)(a) * t * (t2 if defined).
-Tensor activation_forward(Act act, const Tensor& a);
-Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2 = {});
-
-// Convolution, NHWC activations, KRSC filters, no bias.
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g);
-Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g);
-Tensor conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g);
-
-// Matrix products of row-major 2-D tensors: nt = A B^T, nn = A B, tn = A^T B.
-Tensor matmul_nt(const Tensor& a, const Tensor& b);
-Tensor matmul_nn(const Tensor& a, const Tensor& b);
-Tensor matmul_tn(const Tensor& a, const Tensor& b);
-
-// Batch norm over all but the last axis; var is the biased (population) variance.
-std::pair<Tensor, Tensor> batch_stats(const Tensor& x);
-Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var);
-std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot);
-struct BatchStatsTangentGrads {
-  Tensor x, mean, xdot;
-};
-BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
-                                                    const Tensor& g_mean_dot, const Tensor& g_var_dot);
-
-Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
-                    double eps);
-struct BnNormalizeGrads {
-  Tensor x, mean, var, scale, shift;
-};
-BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                       const Tensor& gy, double eps);
-// mean_dot / var_dot may be undefined (zero).
-Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,
-                  const Tensor& mean_dot, const Tensor& var_dot, double eps);
-struct BnTangentGrads {
-  Tensor x, mean, var, scale, xdot, mean_dot, var_dot;
-};
-BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                   const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
-                                   const Tensor& gt, double eps);
-// running = (1 - momentum) running + momentum batch; the variance enters unbiased (count / (count - 1)).
-void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
-                       double momentum, int64_t count);
-
-// NHWC -> (N, C) mean over H and W.
-Tensor global_avg_pool(const Tensor& x);
-Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape);
-
-// Losses on logits (N, K) with i32 labels (N).
-Tensor softmax(const Tensor& z);
-Tensor cross_entropy(const Tensor& z, const Tensor& labels);
-Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g);  // (p - onehot) g_i
-Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot);  // <p - onehot, zdot_i>
-std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels, const Tensor& zdot,
-                                                         const Tensor& g);  // (dz, dzdot)
-Tensor margin_loss(const Tensor& z, const Tensor& labels);                 // z_y - max_{j != y} z_j
-Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g);
-Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot);  // zdot_y - zdot_j*
+inline Tensor add(const Tensor& a, const Tensor& b) { return backend_for(a.device()).add(a, b); }
+inline Tensor sub(const Tensor& a, const Tensor& b) { return backend_for(a.device()).sub(a, b); }
+inline Tensor mul(const Tensor& a, const Tensor& b) { return backend_for(a.device()).mul(a, b); }
+inline Tensor scale(const Tensor& x, double s) { return backend_for(x.device()).scale(x, s); }
+inline Tensor scale_per_example(const Tensor& x, const Tensor& c) {
+  return backend_for(x.device()).scale_per_example(x, c);
+}
+inline Tensor per_example_dot(const Tensor& a, const Tensor& b) {
+  return backend_for(a.device()).per_example_dot(a, b);
+}
+inline Tensor sum_all(const Tensor& x) { return backend_for(x.device()).sum_all(x); }
+inline Tensor broadcast_scalar(const Tensor& s, const Tensor& like) {
+  return backend_for(like.device()).broadcast_scalar(s, like);
+}
+inline Tensor bias_add(const Tensor& x, const Tensor& b) { return backend_for(x.device()).bias_add(x, b); }
+inline Tensor sum_to_last_axis(const Tensor& g) { return backend_for(g.device()).sum_to_last_axis(g); }
+inline Tensor activation_forward(Act act, const Tensor& a) { return backend_for(a.device()).activation_forward(act, a); }
+inline Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2 = {}) {
+  return backend_for(a.device()).activation_derivative_mul(act, order, a, t, t2);
+}
+inline Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+  return backend_for(x.device()).conv2d_forward(x, w, g);
+}
+inline Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+  return backend_for(gy.device()).conv2d_backward_data(gy, w, x_shape, g);
+}
+inline Tensor conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape,
+                                     const Conv2dGeometry& g) {
+  return backend_for(x.device()).conv2d_backward_filter(x, gy, w_shape, g);
+}
+inline Tensor matmul_nt(const Tensor& a, const Tensor& b) { return backend_for(a.device()).matmul_nt(a, b); }
+inline Tensor matmul_nn(const Tensor& a, const Tensor& b) { return backend_for(a.device()).matmul_nn(a, b); }
+inline Tensor matmul_tn(const Tensor& a, const Tensor& b) { return backend_for(a.device()).matmul_tn(a, b); }
+inline std::pair<Tensor, Tensor> batch_stats(const Tensor& x) { return backend_for(x.device()).batch_stats(x); }
+inline Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
+  return backend_for(x.device()).batch_stats_backward(x, mean, g_mean, g_var);
+}
+inline std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
+  return backend_for(x.device()).batch_stats_tangent(x, mean, xdot);
+}
+inline BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                           const Tensor& g_mean_dot, const Tensor& g_var_dot) {
+  return backend_for(x.device()).batch_stats_tangent_backward(x, mean, xdot, g_mean_dot, g_var_dot);
+}
+inline Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                           const Tensor& shift, double eps) {
+  return backend_for(x.device()).bn_normalize(x, mean, var, scale, shift, eps);
+}
+inline BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                              const Tensor& scale, const Tensor& gy, double eps) {
+  return backend_for(x.device()).bn_normalize_backward(x, mean, var, scale, gy, eps);
+}
+inline Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                         const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps) {
+  return backend_for(x.device()).bn_tangent(x, mean, var, scale, xdot, mean_dot, var_dot, eps);
+}
+inline BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                          const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                          const Tensor& gt, double eps) {
+  return backend_for(x.device()).bn_tangent_backward(x, mean, var, scale, xdot, mean_dot, var_dot, gt, eps);
+}
+inline void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
+                              double momentum, int64_t count) {
+  backend_for(running_mean.device()).bn_update_running(running_mean, running_var, mean, var, momentum, count);
+}
+inline Tensor global_avg_pool(const Tensor& x) { return backend_for(x.device()).global_avg_pool(x); }
+inline Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
+  return backend_for(gy.device()).global_avg_pool_backward(gy, x_shape);
+}
+inline Tensor softmax(const Tensor& z) { return backend_for(z.device()).softmax(z); }
+inline Tensor cross_entropy(const Tensor& z, const Tensor& labels) {
+  return backend_for(z.device()).cross_entropy(z, labels);
+}
+inline Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  return backend_for(z.device()).cross_entropy_backward(z, labels, g);
+}
+inline Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  return backend_for(z.device()).cross_entropy_tangent(z, labels, zdot);
+}
+inline std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels,
+                                                                const Tensor& zdot, const Tensor& g) {
+  return backend_for(z.device()).cross_entropy_tangent_backward(z, labels, zdot, g);
+}
+inline Tensor margin_loss(const Tensor& z, const Tensor& labels) {
+  return backend_for(z.device()).margin_loss(z, labels);
+}
+inline Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  return backend_for(z.device()).margin_loss_backward(z, labels, g);
+}
+inline Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  return backend_for(z.device()).margin_loss_tangent(z, labels, zdot);
+}
 
 }  // namespace backend
 }  // namespace llr

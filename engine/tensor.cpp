@@ -1,5 +1,7 @@
 #include "engine/tensor.h"
 
+#include "engine/backend.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -9,7 +11,10 @@ namespace llr {
 
 namespace {
 std::atomic<uint64_t> next_tensor_id{1};
-}
+DeviceAllocator* device_allocator = nullptr;
+}  // namespace
+
+void register_device_allocator(DeviceAllocator* allocator) { device_allocator = allocator; }
 
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
@@ -29,13 +34,23 @@ int64_t shape_numel(const Shape& s) {
 }
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  LLR_CHECK(device == Device::cpu, "CUDA storage is allocated by the CUDA backend, which is not in this build");
+  if (device == Device::cuda) {
+    LLR_CHECK(device_allocator != nullptr,
+              "no CUDA allocator: this build has no CUDA support, or llr::cuda::init() was not called");
+    data_ = device_allocator->allocate(bytes);
+    return;
+  }
   size_t rounded = (bytes + 63) / 64 * 64;
   data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() {
+  if (device_ == Device::cuda)
+    device_allocator->deallocate(data_, bytes_);
+  else
+    std::free(data_);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device device) {
   auto impl = std::make_shared<TensorImpl>();
@@ -52,13 +67,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device devi
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
   Tensor t = empty(shape, dtype, layout, device);
-  std::memset(t.raw_data(), 0, t.numel() * dtype_size(dtype));
+  if (device == Device::cpu)
+    std::memset(t.raw_data(), 0, t.numel() * dtype_size(dtype));
+  else
+    backend_for(device).fill(t, 0.0);
   return t;
 }
 
-Tensor Tensor::full(const Shape& shape, double value, DType dtype, Layout layout) {
-  Tensor t = empty(shape, dtype, layout);
-  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, value);
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Layout layout, Device device) {
+  Tensor t = empty(shape, dtype, layout, device);
+  backend_for(device).fill(t, value);
   return t;
 }
 
@@ -183,15 +201,19 @@ std::vector<double> Tensor::to_vector() const {
 }
 
 Tensor Tensor::to(DType dtype) const {
-  Tensor out = empty(shape(), dtype, layout(), device());
-  for (int64_t i = 0; i < numel(); ++i) out.set(i, at(i));
-  return out;
+  check_defined("to()");
+  if (dtype == impl_->dtype) return clone();
+  return backend_for(device()).convert(*this, dtype);
+}
+
+Tensor Tensor::to(Device device) const {
+  check_defined("to()");
+  return to_device(*this, device);
 }
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype(), layout(), device());
-  std::memcpy(out.raw_data(), raw_data(), numel() * dtype_size(dtype()));
-  return out;
+  check_defined("clone()");
+  return to_device(*this, device());
 }
 
 Tensor Tensor::detach() const {

@@ -17,6 +17,15 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
 
+// Device memory comes from an allocator the CUDA backend registers (a caching allocator); never managed memory.
+class DeviceAllocator {
+ public:
+  virtual ~DeviceAllocator() = default;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* ptr, size_t bytes) = 0;
+};
+void register_device_allocator(DeviceAllocator* allocator);
+
 // Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
 class Storage {
  public:
@@ -59,7 +68,8 @@ class Tensor {
                       Device device = Device::cpu);
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Layout layout = Layout::plain,
                       Device device = Device::cpu);
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Layout layout = Layout::plain);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Layout layout = Layout::plain,
+                     Device device = Device::cpu);
   static Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType dtype = DType::f32,
                             Layout layout = Layout::plain);
   static Tensor from_labels(const std::vector<int32_t>& labels);
@@ -88,7 +98,8 @@ class Tensor {
   double at(int64_t flat_index) const;
   void set(int64_t flat_index, double value);  // in-place, outside autograd
 
-  Tensor to(DType dtype) const;        // converted copy (not recorded)
+  Tensor to(DType dtype) const;        // converted copy on the same device (not recorded)
+  Tensor to(Device device) const;      // copy on another device (not recorded)
   Tensor clone() const;                // copy of the values (not recorded)
   Tensor detach() const;               // shares storage; no node, no grad, no tangent
   Tensor with_layout(Layout l) const;  // shares storage, relabels the layout (not recorded)

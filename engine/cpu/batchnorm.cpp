@@ -3,9 +3,10 @@
 #include <cmath>
 #include <vector>
 
+#include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/cpu_common.h"
 
-namespace llr::backend {
+namespace llr {
 
 namespace {
 
@@ -32,7 +33,7 @@ cpu::ChannelView bn_view(const char* op, const Tensor& x, std::initializer_list<
 
 }  // namespace
 
-std::pair<Tensor, Tensor> batch_stats(const Tensor& x) {
+std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
   auto v = bn_view("batch_stats", x, {});
   return dispatch_floating(x.dtype(), "batch_stats", [&](auto tag) {
     using T = decltype(tag);
@@ -51,7 +52,7 @@ std::pair<Tensor, Tensor> batch_stats(const Tensor& x) {
   });
 }
 
-Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
+Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
   auto v = bn_view("batch_stats_backward", x, {&mean, &g_mean, &g_var});
   return dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
     using T = decltype(tag);
@@ -68,7 +69,7 @@ Tensor batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g
   });
 }
 
-std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
+std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
   auto v = bn_view("batch_stats_tangent", x, {&mean});
   cpu::require_cpu_floating("batch_stats_tangent", {&x, &xdot});
   cpu::require_same_shape("batch_stats_tangent", x, xdot);
@@ -90,7 +91,7 @@ std::pair<Tensor, Tensor> batch_stats_tangent(const Tensor& x, const Tensor& mea
   });
 }
 
-BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
                                                     const Tensor& g_mean_dot, const Tensor& g_var_dot) {
   auto v = bn_view("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
   cpu::require_same_shape("batch_stats_tangent_backward", x, xdot);
@@ -117,7 +118,7 @@ BatchStatsTangentGrads batch_stats_tangent_backward(const Tensor& x, const Tenso
   });
 }
 
-Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
                     double eps) {
   auto v = bn_view("batch_norm", x, {&mean, &var, &scale, &shift});
   LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
@@ -139,7 +140,7 @@ Tensor bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, cons
   });
 }
 
-BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                        const Tensor& gy, double eps) {
   auto v = bn_view("batch_norm_backward", x, {&mean, &var, &scale});
   cpu::require_same_shape("batch_norm_backward", x, gy);
@@ -175,7 +176,7 @@ BnNormalizeGrads bn_normalize_backward(const Tensor& x, const Tensor& mean, cons
   });
 }
 
-Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,
+Tensor CpuBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,
                   const Tensor& mean_dot, const Tensor& var_dot, double eps) {
   auto v = bn_view("bn_tangent", x, {&mean, &var, &scale, &mean_dot, &var_dot});
   cpu::require_cpu_floating("bn_tangent", {&x, &xdot});
@@ -204,7 +205,7 @@ Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const 
 //   d x = -s r^3 vd gt / 2,  d m = s r^3 vd sum gt / 2,
 //   d v = sum gt [ -s r^3 (xd - md) / 2 + 3 s r^5 vd (x - m) / 4 ],
 //   d s = sum gt [ r (xd - md) - r^3 (x - m) vd / 2 ].
-BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                    const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
                                    const Tensor& gt, double eps) {
   auto v = bn_view("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
@@ -252,7 +253,7 @@ BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, const Te
   });
 }
 
-void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
+void CpuBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                        double momentum, int64_t count) {
   cpu::require_cpu_floating("bn_update_running", {&running_mean, &running_var, &mean, &var});
   int64_t c = running_mean.numel();
@@ -275,4 +276,4 @@ void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& 
   });
 }
 
-}  // namespace llr::backend
+}  // namespace llr

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/cpu_common.h"
 
 namespace llr {
@@ -106,9 +107,8 @@ void col2im_add(const T* col, const ConvDims& d, const Conv2dGeometry& g, int64_
 
 }  // namespace
 
-namespace backend {
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+Tensor CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   cpu::require_cpu_floating("conv2d", {&x, &w});
   check_conv_layouts("conv2d", x, w);
   ConvDims d = conv_dims("conv2d", x.shape(), w.shape(), g);
@@ -134,7 +134,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g)
   });
 }
 
-Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   cpu::require_cpu_floating("conv2d_backward_data", {&gy, &w});
   ConvDims d = conv_dims("conv2d_backward_data", x_shape, w.shape(), g);
   LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_data: output gradient ", gy.describe(),
@@ -162,7 +162,7 @@ Tensor conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_sh
   });
 }
 
-Tensor conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
+Tensor CpuBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
   cpu::require_cpu_floating("conv2d_backward_filter", {&x, &gy});
   ConvDims d = conv_dims("conv2d_backward_filter", x.shape(), w_shape, g);
   LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_filter: output gradient ", gy.describe(),
@@ -195,7 +195,7 @@ static void require_matrix(const char* op, const Tensor& t) {
   LLR_CHECK(t.rank() == 2, op, ": expected a 2-D tensor, got ", t.describe());
 }
 
-Tensor matmul_nt(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::matmul_nt(const Tensor& a, const Tensor& b) {
   cpu::require_cpu_floating("matmul_nt", {&a, &b});
   require_matrix("matmul_nt", a);
   require_matrix("matmul_nt", b);
@@ -211,7 +211,7 @@ Tensor matmul_nt(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor matmul_nn(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::matmul_nn(const Tensor& a, const Tensor& b) {
   cpu::require_cpu_floating("matmul_nn", {&a, &b});
   require_matrix("matmul_nn", a);
   require_matrix("matmul_nn", b);
@@ -226,7 +226,7 @@ Tensor matmul_nn(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor matmul_tn(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::matmul_tn(const Tensor& a, const Tensor& b) {
   cpu::require_cpu_floating("matmul_tn", {&a, &b});
   require_matrix("matmul_tn", a);
   require_matrix("matmul_tn", b);
@@ -242,5 +242,4 @@ Tensor matmul_tn(const Tensor& a, const Tensor& b) {
   });
 }
 
-}  // namespace backend
 }  // namespace llr

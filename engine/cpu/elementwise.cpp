@@ -1,6 +1,8 @@
 // CPU backend: elementwise, broadcasting, reduction and activation functions.
+#include <algorithm>
 #include <cstring>
 
+#include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/cpu_common.h"
 
 namespace llr {
@@ -21,21 +23,24 @@ void require_labels(const char* op, const Tensor& labels, int64_t n, int64_t cla
 using cpu::require_cpu_floating;
 using cpu::require_same_shape;
 
-namespace backend {
 
-Tensor zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
-  return Tensor::zeros(shape, dtype, layout, device);
+void CpuBackend::fill(Tensor& t, double value) {
+  LLR_CHECK(t.device() == Device::cpu, "fill: ", t.describe(), " is not on the CPU");
+  switch (t.dtype()) {
+    case DType::f32: std::fill(t.data<float>(), t.data<float>() + t.numel(), static_cast<float>(value)); return;
+    case DType::f64: std::fill(t.data<double>(), t.data<double>() + t.numel(), value); return;
+    case DType::i32: std::fill(t.data<int32_t>(), t.data<int32_t>() + t.numel(), static_cast<int32_t>(value)); return;
+    case DType::bf16: break;
+  }
+  LLR_FAIL("fill: bf16 is not supported on the CPU");
 }
 
-Tensor full_like(const Tensor& x, double value) {
-  require_cpu_floating("full_like", {&x});
-  return dispatch_floating(x.dtype(), "full_like", [&](auto tag) {
-    using T = decltype(tag);
-    Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
-    T* o = out.data<T>();
-    for (int64_t i = 0; i < out.numel(); ++i) o[i] = static_cast<T>(value);
-    return out;
-  });
+Tensor CpuBackend::convert(const Tensor& x, DType dtype) {
+  LLR_CHECK(x.device() == Device::cpu, "convert: ", x.describe(), " is not on the CPU");
+  LLR_CHECK(x.dtype() != DType::bf16 && dtype != DType::bf16, "convert: bf16 is not supported on the CPU");
+  Tensor out = Tensor::empty(x.shape(), dtype, x.layout());
+  for (int64_t i = 0; i < x.numel(); ++i) out.set(i, x.at(i));
+  return out;
 }
 
 template <class F>
@@ -54,17 +59,17 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
   });
 }
 
-Tensor add(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::add(const Tensor& a, const Tensor& b) {
   return binary("add", a, b, [](auto x, auto y) { return x + y; });
 }
-Tensor sub(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::sub(const Tensor& a, const Tensor& b) {
   return binary("sub", a, b, [](auto x, auto y) { return x - y; });
 }
-Tensor mul(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::mul(const Tensor& a, const Tensor& b) {
   return binary("mul", a, b, [](auto x, auto y) { return x * y; });
 }
 
-Tensor scale(const Tensor& x, double s) {
+Tensor CpuBackend::scale(const Tensor& x, double s) {
   require_cpu_floating("scale", {&x});
   return dispatch_floating(x.dtype(), "scale", [&](auto tag) {
     using T = decltype(tag);
@@ -81,7 +86,7 @@ static int64_t per_example_size(const char* op, const Tensor& x) {
   return x.numel() / x.dim(0);
 }
 
-Tensor scale_per_example(const Tensor& x, const Tensor& c) {
+Tensor CpuBackend::scale_per_example(const Tensor& x, const Tensor& c) {
   require_cpu_floating("scale_per_example", {&x, &c});
   int64_t inner = per_example_size("scale_per_example", x);
   LLR_CHECK(c.rank() == 1 && c.dim(0) == x.dim(0), "scale_per_example: factors must have shape [", x.dim(0),
@@ -98,7 +103,7 @@ Tensor scale_per_example(const Tensor& x, const Tensor& c) {
   });
 }
 
-Tensor per_example_dot(const Tensor& a, const Tensor& b) {
+Tensor CpuBackend::per_example_dot(const Tensor& a, const Tensor& b) {
   require_cpu_floating("per_example_dot", {&a, &b});
   require_same_shape("per_example_dot", a, b);
   int64_t inner = per_example_size("per_example_dot", a);
@@ -117,7 +122,7 @@ Tensor per_example_dot(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor sum_all(const Tensor& x) {
+Tensor CpuBackend::sum_all(const Tensor& x) {
   require_cpu_floating("sum", {&x});
   return dispatch_floating(x.dtype(), "sum", [&](auto tag) {
     using T = decltype(tag);
@@ -128,13 +133,13 @@ Tensor sum_all(const Tensor& x) {
   });
 }
 
-Tensor broadcast_scalar(const Tensor& s, const Tensor& like) {
+Tensor CpuBackend::broadcast_scalar(const Tensor& s, const Tensor& like) {
   require_cpu_floating("broadcast_scalar", {&s, &like});
   LLR_CHECK(s.numel() == 1, "broadcast_scalar: expected one element, got ", s.describe());
-  return full_like(like, s.at(0));
+  return backend::full_like(like, s.at(0));
 }
 
-Tensor bias_add(const Tensor& x, const Tensor& b) {
+Tensor CpuBackend::bias_add(const Tensor& x, const Tensor& b) {
   require_cpu_floating("bias_add", {&x, &b});
   auto v = cpu::channel_view("bias_add", x);
   cpu::require_channel_vector("bias_add", "bias", b, v.channels);
@@ -150,7 +155,7 @@ Tensor bias_add(const Tensor& x, const Tensor& b) {
   });
 }
 
-Tensor sum_to_last_axis(const Tensor& g) {
+Tensor CpuBackend::sum_to_last_axis(const Tensor& g) {
   require_cpu_floating("sum_to_last_axis", {&g});
   auto v = cpu::channel_view("sum_to_last_axis", g);
   return dispatch_floating(g.dtype(), "sum_to_last_axis", [&](auto tag) {
@@ -166,7 +171,7 @@ Tensor sum_to_last_axis(const Tensor& g) {
   });
 }
 
-Tensor activation_forward(Act act, const Tensor& a) {
+Tensor CpuBackend::activation_forward(Act act, const Tensor& a) {
   require_cpu_floating("activation", {&a});
   return dispatch_floating(a.dtype(), "activation", [&](auto tag) {
     using T = decltype(tag);
@@ -178,7 +183,7 @@ Tensor activation_forward(Act act, const Tensor& a) {
   });
 }
 
-Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
+Tensor CpuBackend::activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
   require_cpu_floating("activation_derivative_mul", {&a, &t});
   require_same_shape("activation_derivative_mul", a, t);
   if (t2.defined()) {
@@ -201,7 +206,7 @@ Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tens
   });
 }
 
-Tensor global_avg_pool(const Tensor& x) {
+Tensor CpuBackend::global_avg_pool(const Tensor& x) {
   require_cpu_floating("global_avg_pool", {&x});
   LLR_CHECK(x.layout() == Layout::nhwc, "global_avg_pool: input must be NHWC, got ", x.describe());
   int64_t n = x.dim(0), hw = x.dim(1) * x.dim(2), c = x.dim(3);
@@ -222,7 +227,7 @@ Tensor global_avg_pool(const Tensor& x) {
   });
 }
 
-Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
+Tensor CpuBackend::global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
   require_cpu_floating("global_avg_pool_backward", {&gy});
   int64_t n = x_shape[0], hw = x_shape[1] * x_shape[2], c = x_shape[3];
   LLR_CHECK(gy.shape() == Shape({n, c}), "global_avg_pool_backward: gradient ", gy.describe(), " for input ",
@@ -240,5 +245,4 @@ Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
   });
 }
 
-}  // namespace backend
 }  // namespace llr

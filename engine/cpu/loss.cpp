@@ -3,9 +3,10 @@
 #include <limits>
 #include <vector>
 
+#include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/cpu_common.h"
 
-namespace llr::backend {
+namespace llr {
 
 namespace {
 
@@ -41,7 +42,7 @@ int64_t best_other(const T* z, int64_t k, int32_t y) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& z) {
+Tensor CpuBackend::softmax(const Tensor& z) {
   cpu::require_cpu_floating("softmax", {&z});
   LLR_CHECK(z.rank() == 2, "softmax: logits must be [N, K], got ", z.describe());
   return dispatch_floating(z.dtype(), "softmax", [&](auto tag) {
@@ -57,7 +58,7 @@ Tensor softmax(const Tensor& z) {
   });
 }
 
-Tensor cross_entropy(const Tensor& z, const Tensor& labels) {
+Tensor CpuBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
   auto v = logits_view("cross_entropy", z, labels);
   return dispatch_floating(z.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
@@ -75,7 +76,7 @@ Tensor cross_entropy(const Tensor& z, const Tensor& labels) {
   });
 }
 
-Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+Tensor CpuBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   auto v = logits_view("cross_entropy_backward", z, labels);
   cpu::require_cpu_floating("cross_entropy_backward", {&z, &g});
   LLR_CHECK(g.shape() == Shape({v.n}), "cross_entropy_backward: gradient must be [", v.n, "], got ", g.describe());
@@ -93,7 +94,7 @@ Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tenso
   });
 }
 
-Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+Tensor CpuBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   auto v = logits_view("cross_entropy_tangent", z, labels);
   cpu::require_cpu_floating("cross_entropy_tangent", {&z, &zdot});
   cpu::require_same_shape("cross_entropy_tangent", z, zdot);
@@ -114,7 +115,7 @@ Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor
 }
 
 // t_i = <p_i - e_y, zdot_i>: d zdot = g (p - e_y); d z = g H zdot = g p * (zdot - <p, zdot>).
-std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels, const Tensor& zdot,
+std::pair<Tensor, Tensor> CpuBackend::cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels, const Tensor& zdot,
                                                          const Tensor& g) {
   auto v = logits_view("cross_entropy_tangent_backward", z, labels);
   cpu::require_cpu_floating("cross_entropy_tangent_backward", {&z, &zdot, &g});
@@ -142,7 +143,7 @@ std::pair<Tensor, Tensor> cross_entropy_tangent_backward(const Tensor& z, const 
   });
 }
 
-Tensor margin_loss(const Tensor& z, const Tensor& labels) {
+Tensor CpuBackend::margin_loss(const Tensor& z, const Tensor& labels) {
   auto v = logits_view("margin_loss", z, labels);
   return dispatch_floating(z.dtype(), "margin_loss", [&](auto tag) {
     using T = decltype(tag);
@@ -157,7 +158,7 @@ Tensor margin_loss(const Tensor& z, const Tensor& labels) {
 }
 
 // Also the vjp of margin_loss_tangent with respect to zdot: the same scatter of g to (y, j*).
-Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+Tensor CpuBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   auto v = logits_view("margin_loss_backward", z, labels);
   cpu::require_cpu_floating("margin_loss_backward", {&z, &g});
   LLR_CHECK(g.shape() == Shape({v.n}), "margin_loss_backward: gradient must be [", v.n, "], got ", g.describe());
@@ -174,7 +175,7 @@ Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor&
   });
 }
 
-Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+Tensor CpuBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   auto v = logits_view("margin_loss_tangent", z, labels);
   cpu::require_cpu_floating("margin_loss_tangent", {&z, &zdot});
   cpu::require_same_shape("margin_loss_tangent", z, zdot);
@@ -191,4 +192,4 @@ Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& 
   });
 }
 
-}  // namespace llr::backend
+}  // namespace llr

@@ -1,0 +1,59 @@
+#include "engine/backend.h"
+#include <cstring>
+
+#include "engine/cpu/cpu_backend.h"
+
+namespace llr {
+
+namespace {
+Backend* cuda_backend = nullptr;
+DeviceCopier* device_copier = nullptr;
+}  // namespace
+
+Backend& backend_for(Device device) {
+  if (device == Device::cpu) {
+    static CpuBackend cpu;
+    return cpu;
+  }
+  LLR_CHECK(cuda_backend != nullptr,
+            "no CUDA backend: this build has no CUDA support, or llr::cuda::init() was not called");
+  return *cuda_backend;
+}
+
+void register_backend(Device device, Backend* backend) {
+  LLR_CHECK(device == Device::cuda, "only the CUDA backend is registered at run time");
+  cuda_backend = backend;
+}
+
+bool has_backend(Device device) { return device == Device::cpu || cuda_backend != nullptr; }
+
+void register_device_copier(DeviceCopier* copier) { device_copier = copier; }
+
+Tensor to_device(const Tensor& x, Device device) {
+  LLR_CHECK(x.defined(), "to_device: undefined tensor");
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout(), device);
+  size_t bytes = static_cast<size_t>(x.numel()) * dtype_size(x.dtype());
+  if (x.device() == Device::cpu && device == Device::cpu) {
+    if (bytes) std::memcpy(out.raw_data(), x.raw_data(), bytes);
+    return out;
+  }
+  LLR_CHECK(device_copier != nullptr, "to_device: no CUDA backend to copy ", x.describe(), " to ",
+            device_name(device));
+  device_copier->copy(out.raw_data(), device, x.raw_data(), x.device(), bytes);
+  return out;
+}
+
+namespace backend {
+
+Tensor zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
+  return Tensor::zeros(shape, dtype, layout, device);
+}
+
+Tensor full_like(const Tensor& x, double value) {
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout(), x.device());
+  backend_for(x.device()).fill(out, value);
+  return out;
+}
+
+}  // namespace backend
+}  // namespace llr
