@@ -22,6 +22,9 @@ const char* dtype_name(DType t);
 const char* device_name(Device d);
 const char* layout_name(Layout l);
 inline bool is_floating(DType t) { return t != DType::i32; }
+// Per-channel statistics, per-channel parameters and per-example values of a tensor of dtype t: f32 for bf16 data
+// (bf16 storage, f32 accumulation and master values), the same dtype otherwise.
+inline DType stat_dtype(DType t) { return t == DType::bf16 ? DType::f32 : t; }
 
 template <class T>
 struct dtype_of;

@@ -261,6 +261,16 @@ Tensor reshape(const Tensor& x, const Shape& shape, Layout layout) {
       [shape, layout](const Tensors& t) -> Tensors { return {reshape(t[0], shape, layout)}; });
 }
 
+Tensor cast(const Tensor& x, DType dtype) {
+  LLR_CHECK(is_floating(x.dtype()) && is_floating(dtype), "cast: only between floating dtypes, got ", x.describe(),
+            " to ", dtype_name(dtype));
+  DType from = x.dtype();
+  return record1(
+      "cast", {x}, x.to(dtype),
+      [from](const Tensors& g, const std::vector<bool>&) -> Tensors { return {g[0].to(from)}; },
+      [dtype](const Tensors& t) -> Tensors { return {cast(t[0], dtype)}; });
+}
+
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
   return record1(
       "cross_entropy", {logits, labels}, backend::cross_entropy(logits, labels),

@@ -53,6 +53,8 @@ Tensor global_avg_pool(const Tensor& x);                     // NHWC -> [N, C]
 Tensor sum(const Tensor& x);                                 // shape {}
 Tensor mean(const Tensor& x);                                // shape {}
 Tensor reshape(const Tensor& x, const Shape& shape, Layout layout = Layout::plain);
+// Converted to another floating dtype (e.g. f32 master weights to bf16); the gradient converts back.
+Tensor cast(const Tensor& x, DType dtype);
 
 // Per-example losses on logits [N, K] with i32 labels [N].
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels);

@@ -144,6 +144,28 @@ TEST_CASE("gradients with respect to an intermediate tensor") {
   for (int64_t i = 0; i < 5; ++i) CHECK(gh.at(i) == doctest::Approx(2 * h.at(i)).epsilon(1e-14));
 }
 
+TEST_CASE("cast converts values, gradients and tangents between dtypes") {
+  // Finite differences cannot see through f32 rounding, so check the rules directly.
+  TapeReset reset;
+  Generator gen(16);
+  Tensor x = gen.normal({2, 3}, 0, 1, DType::f64).requires_grad_();
+  Tensor xdot = gen.normal({2, 3}, 0, 1, DType::f64);
+  Tensor xt = x.detach().requires_grad_();
+  xt.set_tangent(xdot);
+  Tensor y = cast(xt, DType::f32);
+  REQUIRE(y.dtype() == DType::f32);
+  REQUIRE(y.has_tangent());
+  CHECK(y.tangent().dtype() == DType::f32);
+  Tensor s = sum(mul(y, y));  // ds/dx = 2 y, in f64
+  Tensor g = grad({s}, {Tensor::scalar(1.0, DType::f32)}, {xt})[0];
+  CHECK(g.dtype() == DType::f64);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    CHECK(y.at(i) == static_cast<float>(x.at(i)));
+    CHECK(y.tangent().at(i) == static_cast<float>(xdot.at(i)));
+    CHECK(g.at(i) == doctest::Approx(2.0 * static_cast<float>(x.at(i))).epsilon(1e-6));
+  }
+}
+
 TEST_CASE("eager tangents equal replayed tangents, and tangent computations are recorded") {
   TapeReset reset;
   Generator gen(15);

@@ -30,7 +30,7 @@ void run_all(Check which) {
     std::printf("gradcheck %-10s %-42s max rel. error %.2e over %lld elements (%lld kinks skipped)\n", label,
                 c.name.c_str(), r.max_rel_error, static_cast<long long>(r.checked),
                 static_cast<long long>(r.skipped_kinks));
-    INFO(label, " of ", c.name, " (seed ", kSeed, "): worst ", r.worst);
+    INFO(std::string(label), " of ", c.name, " (seed ", kSeed, "): worst ", r.worst);
     CHECK(r.checked > 0);
     CHECK(r.skipped_kinks == 0);  // inputs are built away from kinks
     CHECK(r.max_rel_error < kTolerance);

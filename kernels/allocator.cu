@@ -1,0 +1,101 @@
+#include <sstream>
+
+#include "kernels/allocator.h"
+#include "kernels/context.h"
+#include "kernels/cuda_check.h"
+
+namespace llr::cuda {
+
+namespace {
+std::string mib(size_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << static_cast<double>(bytes) / (1024.0 * 1024.0) << " MiB";
+  return os.str();
+}
+}  // namespace
+
+CachingAllocator& allocator() {
+  static CachingAllocator* instance = new CachingAllocator();  // never destroyed: tensors may outlive main's scope
+  return *instance;
+}
+
+CachingAllocator::~CachingAllocator() { release_cache(); }
+
+size_t CachingAllocator::size_class(size_t bytes) {
+  if (bytes == 0) return 256;
+  // Small: multiples of 512 bytes. Large (>= 1 MiB): multiples of 2 MiB, so blocks of similar tensors are shared.
+  const size_t small = 512, large = size_t(2) << 20;
+  if (bytes < (size_t(1) << 20)) return (bytes + small - 1) / small * small;
+  return (bytes + large - 1) / large * large;
+}
+
+void* CachingAllocator::allocate(size_t bytes) {
+  size_t cls = size_class(bytes);
+  void* ptr = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_lists_.find(cls);
+    if (it != free_lists_.end() && !it->second.empty()) {
+      ptr = it->second.back();
+      it->second.pop_back();
+      stats_.bytes_cached -= cls;
+      ++stats_.reuses;
+    }
+  }
+  if (!ptr) {
+    cudaError_t status = cudaMalloc(&ptr, cls);
+    if (status == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cache();
+      status = cudaMalloc(&ptr, cls);
+    }
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      std::lock_guard<std::mutex> lock(mutex_);
+      LLR_FAIL("CUDA out of memory: asked for ", mib(bytes), " (", bytes, " bytes) with ", mib(stats_.bytes_in_use),
+               " in use by tensors and ", mib(stats_.bytes_cached), " cached (", cudaGetErrorString(status), ")");
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.cuda_malloc_calls;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.bytes_in_use += cls;
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+  }
+  if (poison_) LLR_CUDA_CHECK(cudaMemsetAsync(ptr, 0xFF, cls, context().stream()));
+  return ptr;
+}
+
+void CachingAllocator::deallocate(void* ptr, size_t bytes) {
+  if (!ptr) return;
+  size_t cls = size_class(bytes);
+  std::lock_guard<std::mutex> lock(mutex_);
+  free_lists_[cls].push_back(ptr);
+  stats_.bytes_in_use -= cls;
+  stats_.bytes_cached += cls;
+}
+
+AllocatorStats CachingAllocator::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void CachingAllocator::reset_peak() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.peak_bytes_in_use = stats_.bytes_in_use;
+}
+
+void CachingAllocator::release_cache() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cudaStreamSynchronize(context_stream_or_null());
+  for (auto& [cls, list] : free_lists_) {
+    for (void* p : list) cudaFree(p);
+    stats_.bytes_cached -= cls * list.size();
+    list.clear();
+  }
+}
+
+}  // namespace llr::cuda

@@ -1,0 +1,47 @@
+// Caching device allocator over cudaMalloc: requests are rounded up to size classes and freed blocks go to per-class
+// free lists for reuse (all work runs on one stream, so a freed block is safe to hand out again). Counts bytes in use,
+// bytes held (in use + cached) and the peak in use. Out of memory: frees the cache, retries once, then throws with
+// the request and what is held.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace llr::cuda {
+
+struct AllocatorStats {
+  size_t bytes_in_use = 0;
+  size_t bytes_cached = 0;
+  size_t peak_bytes_in_use = 0;
+  size_t cuda_malloc_calls = 0;
+  size_t reuses = 0;
+};
+
+class CachingAllocator final : public DeviceAllocator {
+ public:
+  ~CachingAllocator() override;
+  void* allocate(size_t bytes) override;
+  void deallocate(void* ptr, size_t bytes) override;
+
+  static size_t size_class(size_t bytes);  // the rounded size a request is served with
+  AllocatorStats stats() const;
+  void reset_peak();
+  void release_cache();  // cudaFree every cached block
+  // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
+  // fails the CUDA-vs-CPU tests.
+  void set_poison(bool on) { poison_ = on; }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<size_t, std::vector<void*>> free_lists_;
+  AllocatorStats stats_;
+  bool poison_ = false;
+};
+
+CachingAllocator& allocator();
+
+}  // namespace llr::cuda

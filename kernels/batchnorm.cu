@@ -1,0 +1,337 @@
+// CUDA backend: batch-norm statistics, normalisation, their tangents and vjps (statistics over all but the last axis,
+// accumulated in f32, or f64 for f64 data). Per-element formulas come from engine/elementwise_math.h.
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace llr::cuda {
+
+namespace {
+
+struct View {
+  int64_t rows, channels;
+};
+
+View bn_view(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
+  require_cuda_floating(op, {&x});
+  View v{};
+  channel_view(op, x, v.rows, v.channels);
+  LLR_CHECK(v.rows > 0, op, ": no elements per channel in ", x.describe());
+  for (const Tensor* t : per_channel)
+    if (t->defined()) require_stat_vector(op, "per-channel tensor", *t, v.channels, x);
+  return v;
+}
+
+Tensor scratch(int64_t n, const Tensor& data) {
+  return Tensor::empty({n}, stat_dtype(data.dtype()), Layout::plain, Device::cuda);
+}
+
+template <class T>
+std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
+  using S = acc_t<T>;
+  Tensor mean = new_stat(v.channels, x), var = new_stat(v.channels, x);
+  const T* px = ptr<T>(x);
+  S* pm = ptr<S>(mean);
+  S* pv = ptr<S>(var);
+  int64_t C = v.channels;
+  S inv = S(1) / S(v.rows);
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) { o[0] = ld(px, r * C + c); }, pm);
+  for_each(C, [=] __device__(int64_t c) { pm[c] *= inv; });
+  // Second pass over centred values: no cancellation between E[x^2] and E[x]^2.
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
+    S d = ld(px, r * C + c) - pm[c];
+    o[0] = d * d;
+  }, pv);
+  for_each(C, [=] __device__(int64_t c) { pv[c] *= inv; });
+  return {mean, var};
+}
+
+template <class T>
+Tensor batch_stats_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv, View v) {
+  using S = acc_t<T>;
+  Tensor dx = new_like(x);
+  const T* px = ptr<T>(x);
+  const S *pm = ptr<S>(mean), *pgm = ptr<S>(gm), *pgv = ptr<S>(gv);
+  T* o = ptr<T>(dx);
+  int64_t C = v.channels;
+  S inv = S(1) / S(v.rows);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    st(o, i, inv * (pgm[c] + S(2) * (ld(px, i) - pm[c]) * pgv[c]));
+  });
+  return dx;
+}
+
+template <class T>
+std::pair<Tensor, Tensor> batch_stats_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& xdot, View v) {
+  using S = acc_t<T>;
+  Tensor sums = scratch(2 * v.channels, x);
+  const T *px = ptr<T>(x), *pd = ptr<T>(xdot);
+  const S* pm = ptr<S>(mean);
+  int64_t C = v.channels;
+  S* ps = ptr<S>(sums);
+  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
+    int64_t i = r * C + c;
+    S d = ld(pd, i);
+    o[0] = d;
+    o[1] = (ld(px, i) - pm[c]) * d;
+  }, ps);
+  Tensor md = new_stat(C, x), vd = new_stat(C, x);
+  S *pmd = ptr<S>(md), *pvd = ptr<S>(vd);
+  S inv = S(1) / S(v.rows);
+  for_each(C, [=] __device__(int64_t c) {
+    pmd[c] = ps[c] * inv;
+    pvd[c] = S(2) * ps[C + c] * inv;
+  });
+  return {md, vd};
+}
+
+template <class T>
+BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                         const Tensor& ga, const Tensor& gb, View v) {
+  using S = acc_t<T>;
+  BatchStatsTangentGrads out;
+  out.x = new_like(x);
+  out.xdot = new_like(x);
+  out.mean = new_stat(v.channels, x);
+  const T *px = ptr<T>(x), *pd = ptr<T>(xdot);
+  const S *pm = ptr<S>(mean), *pa = ptr<S>(ga), *pb = ptr<S>(gb);
+  T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
+  S* dm = ptr<S>(out.mean);
+  int64_t C = v.channels;
+  S inv = S(1) / S(v.rows);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    S d = ld(pd, i);
+    st(dd, i, inv * (pa[c] + S(2) * pb[c] * (ld(px, i) - pm[c])));
+    st(dx, i, inv * S(2) * pb[c] * d);
+  });
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) { o[0] = ld(pd, r * C + c); }, dm);
+  for_each(C, [=] __device__(int64_t c) { dm[c] *= S(-2) * pb[c] * inv; });
+  return out;
+}
+
+template <class T>
+Tensor bn_normalize_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                         const Tensor& shift, double eps, View v) {
+  using S = acc_t<T>;
+  Tensor y = new_like(x);
+  const T* px = ptr<T>(x);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *pg = ptr<S>(scale), *pb = ptr<S>(shift);
+  T* o = ptr<T>(y);
+  int64_t C = v.channels;
+  S e = static_cast<S>(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    st(o, i, math::bn_normalize<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]));
+  });
+  return y;
+}
+
+template <class T>
+BnNormalizeGrads bn_normalize_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                            const Tensor& scale, const Tensor& gy, double eps, View v) {
+  using S = acc_t<T>;
+  int64_t C = v.channels;
+  Tensor sums = scratch(2 * C, x);
+  const T *px = ptr<T>(x), *pg = ptr<T>(gy);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale);
+  S* sp = ptr<S>(sums);
+  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
+    int64_t i = r * C + c;
+    S g = ld(pg, i);
+    o[0] = g;
+    o[1] = g * (ld(px, i) - pm[c]);
+  }, sp);
+  BnNormalizeGrads out;
+  out.x = new_like(x);
+  out.mean = new_stat(C, x);
+  out.var = new_stat(C, x);
+  out.scale = new_stat(C, x);
+  out.shift = new_stat(C, x);
+  T* dx = ptr<T>(out.x);
+  S *dm = ptr<S>(out.mean), *dv = ptr<S>(out.var), *dg = ptr<S>(out.scale), *db = ptr<S>(out.shift);
+  S e = static_cast<S>(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    st(dx, i, ps[c] * math::bn_inv_std<S>(pv[c], e) * ld(pg, i));
+  });
+  for_each(C, [=] __device__(int64_t c) {
+    S r = math::bn_inv_std<S>(pv[c], e);
+    dm[c] = -ps[c] * r * sp[c];
+    dv[c] = S(-0.5) * ps[c] * r * r * r * sp[C + c];
+    dg[c] = r * sp[C + c];
+    db[c] = sp[c];
+  });
+  return out;
+}
+
+template <class T>
+Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                       const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps, View v) {
+  using S = acc_t<T>;
+  Tensor t = new_like(x);
+  const T *px = ptr<T>(x), *pd = ptr<T>(xdot);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale);
+  const S *pmd = ptr_or_null<S>(mean_dot), *pvd = ptr_or_null<S>(var_dot);
+  T* o = ptr<T>(t);
+  int64_t C = v.channels;
+  S e = static_cast<S>(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    st(o, i, math::bn_tangent<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), ps[c], ld(pd, i),
+                                 pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0)));
+  });
+  return t;
+}
+
+// The same formulas as the CPU backend (engine/cpu/batchnorm.cpp, bn_tangent_backward).
+template <class T>
+BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                        const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                        const Tensor& gt, double eps, View v) {
+  using S = acc_t<T>;
+  int64_t C = v.channels;
+  Tensor sums = scratch(3 * C, x);
+  const T *px = ptr<T>(x), *pd = ptr<T>(xdot), *pg = ptr<T>(gt);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale);
+  const S *pmd = ptr_or_null<S>(mean_dot), *pvd = ptr_or_null<S>(var_dot);
+  S* sp = ptr<S>(sums);
+  channel_sum<3, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
+    int64_t i = r * C + c;
+    S g = ld(pg, i);
+    o[0] = g;
+    o[1] = g * (ld(px, i) - pm[c]);
+    o[2] = g * (ld(pd, i) - (pmd ? pmd[c] : S(0)));
+  }, sp);
+  BnTangentGrads out;
+  out.x = new_like(x);
+  out.xdot = new_like(x);
+  for (Tensor* t : {&out.mean, &out.var, &out.scale, &out.mean_dot, &out.var_dot}) *t = new_stat(C, x);
+  T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
+  S e = static_cast<S>(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    int64_t c = i % C;
+    S r = math::bn_inv_std<S>(pv[c], e), g = ld(pg, i), vd = pvd ? pvd[c] : S(0);
+    st(dd, i, ps[c] * r * g);
+    st(dx, i, S(-0.5) * ps[c] * r * r * r * vd * g);
+  });
+  S *dm = ptr<S>(out.mean), *dv = ptr<S>(out.var), *dsc = ptr<S>(out.scale), *dmd = ptr<S>(out.mean_dot),
+    *dvd = ptr<S>(out.var_dot);
+  for_each(C, [=] __device__(int64_t c) {
+    S s = ps[c], r = math::bn_inv_std<S>(pv[c], e), r3 = r * r * r, vd = pvd ? pvd[c] : S(0);
+    S sum_g = sp[c], sum_gxc = sp[C + c], sum_gdd = sp[2 * C + c];
+    dmd[c] = -s * r * sum_g;
+    dvd[c] = S(-0.5) * s * r3 * sum_gxc;
+    dm[c] = S(0.5) * s * r3 * vd * sum_g;
+    dv[c] = S(-0.5) * s * r3 * sum_gdd + S(0.75) * s * r3 * r * r * vd * sum_gxc;
+    dsc[c] = r * sum_gdd - S(0.5) * r3 * vd * sum_gxc;
+  });
+  return out;
+}
+
+template <class S>
+void update_running_impl(Tensor& rm, Tensor& rv, const Tensor& m, const Tensor& v, double momentum, double unbias) {
+  S *prm = ptr<S>(rm), *prv = ptr<S>(rv);
+  const S *pm = ptr<S>(m), *pv = ptr<S>(v);
+  S mo = static_cast<S>(momentum), ub = static_cast<S>(unbias);
+  for_each(rm.numel(), [=] __device__(int64_t c) {
+    prm[c] = (S(1) - mo) * prm[c] + mo * pm[c];
+    prv[c] = (S(1) - mo) * prv[c] + mo * ub * pv[c];
+  });
+}
+
+}  // namespace
+
+std::pair<Tensor, Tensor> CudaBackend::batch_stats(const Tensor& x) {
+  LLR_NVTX_RANGE("batch_stats");
+  View v = bn_view("batch_stats", x, {});
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats", batch_stats_impl, x, v);
+}
+
+Tensor CudaBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean,
+                                         const Tensor& g_var) {
+  LLR_NVTX_RANGE("batch_stats_backward");
+  View v = bn_view("batch_stats_backward", x, {&mean, &g_mean, &g_var});
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_backward", batch_stats_backward_impl, x, mean, g_mean, g_var, v);
+}
+
+std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
+  LLR_NVTX_RANGE("batch_stats_tangent");
+  View v = bn_view("batch_stats_tangent", x, {&mean});
+  require_cuda_floating("batch_stats_tangent", {&x, &xdot});
+  require_same_shape("batch_stats_tangent", x, xdot);
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent", batch_stats_tangent_impl, x, mean, xdot, v);
+}
+
+BatchStatsTangentGrads CudaBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean,
+                                                                 const Tensor& xdot, const Tensor& g_mean_dot,
+                                                                 const Tensor& g_var_dot) {
+  LLR_NVTX_RANGE("batch_stats_tangent_backward");
+  View v = bn_view("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
+  require_cuda_floating("batch_stats_tangent_backward", {&x, &xdot});
+  require_same_shape("batch_stats_tangent_backward", x, xdot);
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent_backward", batch_stats_tangent_backward_impl, x, mean,
+                           xdot, g_mean_dot, g_var_dot, v);
+}
+
+Tensor CudaBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                 const Tensor& shift, double eps) {
+  LLR_NVTX_RANGE("batch_norm");
+  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
+            "batch_norm: mean, var, scale and shift are required");
+  View v = bn_view("batch_norm", x, {&mean, &var, &scale, &shift});
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm", bn_normalize_impl, x, mean, var, scale, shift, eps, v);
+}
+
+BnNormalizeGrads CudaBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                    const Tensor& scale, const Tensor& gy, double eps) {
+  LLR_NVTX_RANGE("batch_norm_backward");
+  View v = bn_view("batch_norm_backward", x, {&mean, &var, &scale});
+  require_cuda_floating("batch_norm_backward", {&x, &gy});
+  require_same_shape("batch_norm_backward", x, gy);
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm_backward", bn_normalize_backward_impl, x, mean, var, scale, gy, eps,
+                           v);
+}
+
+Tensor CudaBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                               const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps) {
+  LLR_NVTX_RANGE("bn_tangent");
+  View v = bn_view("bn_tangent", x, {&mean, &var, &scale, &mean_dot, &var_dot});
+  require_cuda_floating("bn_tangent", {&x, &xdot});
+  require_same_shape("bn_tangent", x, xdot);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent", bn_tangent_impl, x, mean, var, scale, xdot, mean_dot, var_dot,
+                           eps, v);
+}
+
+BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                const Tensor& scale, const Tensor& xdot, const Tensor& mean_dot,
+                                                const Tensor& var_dot, const Tensor& gt, double eps) {
+  LLR_NVTX_RANGE("bn_tangent_backward");
+  View v = bn_view("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
+  require_cuda_floating("bn_tangent_backward", {&x, &xdot, &gt});
+  require_same_shape("bn_tangent_backward", x, xdot);
+  require_same_shape("bn_tangent_backward", x, gt);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent_backward", bn_tangent_backward_impl, x, mean, var, scale, xdot,
+                           mean_dot, var_dot, gt, eps, v);
+}
+
+void CudaBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
+                                    double momentum, int64_t count) {
+  LLR_NVTX_RANGE("bn_update_running");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&running_mean, &running_var, &mean, &var})
+    LLR_CHECK(t->device() == Device::cuda && t->dtype() == running_mean.dtype() && t->numel() == running_mean.numel(),
+              "bn_update_running: running and batch statistics must be GPU vectors of one dtype and length, got ",
+              t->describe());
+  LLR_CHECK(momentum >= 0 && momentum <= 1, "bn_update_running: momentum ", momentum, " not in [0, 1]");
+  LLR_CHECK(count >= 2, "bn_update_running: need at least 2 values per channel for an unbiased variance, got ",
+            count);
+  double unbias = double(count) / double(count - 1);
+  if (running_mean.dtype() == DType::f64)
+    update_running_impl<double>(running_mean, running_var, mean, var, momentum, unbias);
+  else if (running_mean.dtype() == DType::f32)
+    update_running_impl<float>(running_mean, running_var, mean, var, momentum, unbias);
+  else
+    LLR_FAIL("bn_update_running: running statistics must be f32 or f64, got ", running_mean.describe());
+}
+
+}  // namespace llr::cuda

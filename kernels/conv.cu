@@ -1,0 +1,324 @@
+// CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
+// For each convolution shape and direction, cuDNN's algorithms are benchmarked once (cudnnFind*AlgorithmEx) and the
+// fastest that fits the workspace limit is cached for the run; workspaces come from the caching allocator.
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "engine/autograd.h"
+#include "kernels/allocator.h"
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace llr::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceLimit = size_t(1) << 30;  // bytes a convolution algorithm may use
+
+cudnnDataType_t cudnn_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return CUDNN_DATA_FLOAT;
+    case DType::f64: return CUDNN_DATA_DOUBLE;
+    case DType::bf16: return CUDNN_DATA_BFLOAT16;
+    default: break;
+  }
+  LLR_FAIL("cuDNN convolution: unsupported dtype ", dtype_name(t));
+}
+
+// TF32 for f32 when enabled, tensor cores for bf16, plain math for f64.
+cudnnMathType_t cudnn_math(DType t) {
+  if (t == DType::bf16) return CUDNN_TENSOR_OP_MATH;
+  if (t == DType::f32) return context().tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  return CUDNN_DEFAULT_MATH;
+}
+
+class TensorDesc {
+ public:
+  TensorDesc(const Shape& nhwc, DType t) {
+    LLR_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_));
+    LLR_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NHWC, cudnn_dtype(t), int(nhwc[0]), int(nhwc[3]),
+                                               int(nhwc[1]), int(nhwc[2])));
+  }
+  ~TensorDesc() { cudnnDestroyTensorDescriptor(d_); }
+  TensorDesc(const TensorDesc&) = delete;
+  TensorDesc& operator=(const TensorDesc&) = delete;
+  operator cudnnTensorDescriptor_t() const { return d_; }
+
+ private:
+  cudnnTensorDescriptor_t d_ = nullptr;
+};
+
+class FilterDesc {
+ public:
+  FilterDesc(const Shape& krsc, DType t) {
+    LLR_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d_));
+    LLR_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d_, cudnn_dtype(t), CUDNN_TENSOR_NHWC, int(krsc[0]), int(krsc[3]),
+                                               int(krsc[1]), int(krsc[2])));
+  }
+  ~FilterDesc() { cudnnDestroyFilterDescriptor(d_); }
+  FilterDesc(const FilterDesc&) = delete;
+  FilterDesc& operator=(const FilterDesc&) = delete;
+  operator cudnnFilterDescriptor_t() const { return d_; }
+
+ private:
+  cudnnFilterDescriptor_t d_ = nullptr;
+};
+
+class ConvDesc {
+ public:
+  ConvDesc(const Conv2dGeometry& g, DType t) {
+    LLR_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d_));
+    cudnnDataType_t compute = t == DType::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+    LLR_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d_, g.padding, g.padding, g.stride, g.stride, 1, 1,
+                                                    CUDNN_CROSS_CORRELATION, compute));
+    LLR_CUDNN_CHECK(cudnnSetConvolutionMathType(d_, cudnn_math(t)));
+  }
+  ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d_); }
+  ConvDesc(const ConvDesc&) = delete;
+  ConvDesc& operator=(const ConvDesc&) = delete;
+  operator cudnnConvolutionDescriptor_t() const { return d_; }
+
+ private:
+  cudnnConvolutionDescriptor_t d_ = nullptr;
+};
+
+// Device scratch memory from the caching allocator, returned on scope exit.
+class Workspace {
+ public:
+  explicit Workspace(size_t bytes) : bytes_(bytes) {
+    if (bytes_) ptr_ = allocator().allocate(bytes_);
+  }
+  ~Workspace() {
+    if (ptr_) allocator().deallocate(ptr_, bytes_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_;
+  void* ptr_ = nullptr;
+};
+
+struct AlgoChoice {
+  int algo;
+  size_t workspace;
+};
+
+enum class Direction { forward, backward_data, backward_filter };
+
+std::string algo_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
+  std::ostringstream os;
+  os << int(d) << ':' << shape_str(x) << shape_str(w) << ':' << g.stride << ',' << g.padding << ':' << int(t) << ':'
+     << int(cudnn_math(t));
+  return os.str();
+}
+
+std::map<std::string, AlgoChoice>& algo_cache() {
+  static std::map<std::string, AlgoChoice> cache;
+  return cache;
+}
+
+// Picks the fastest successful result within the workspace limit.
+template <class Perf>
+AlgoChoice pick(const Perf* perf, int count, const char* what) {
+  for (int i = 0; i < count; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit)
+      return {int(perf[i].algo), perf[i].memory};
+  LLR_FAIL("cuDNN found no usable ", what, " algorithm");
+}
+
+void alpha_beta(DType t, const void*& alpha, const void*& beta) {
+  static const float f1 = 1.0f, f0 = 0.0f;
+  static const double d1 = 1.0, d0 = 0.0;
+  alpha = t == DType::f64 ? static_cast<const void*>(&d1) : static_cast<const void*>(&f1);
+  beta = t == DType::f64 ? static_cast<const void*>(&d0) : static_cast<const void*>(&f0);
+}
+
+struct ConvShapes {
+  Shape x, w, y;
+};
+
+ConvShapes conv_shapes(const char* op, const Shape& x, const Shape& w, const Conv2dGeometry& g) {
+  LLR_CHECK(x.size() == 4 && w.size() == 4, op, ": expected rank-4 input and filter, got ", shape_str(x), " and ",
+            shape_str(w));
+  LLR_CHECK(x[3] == w[3], op, ": input has ", x[3], " channels but the KRSC filter ", shape_str(w), " expects ",
+            w[3]);
+  return {x, w, {x[0], conv2d_output_size(x[1], w[1], g), conv2d_output_size(x[2], w[2], g), w[0]}};
+}
+
+cublasComputeType_t cublas_compute(DType t) {
+  if (t == DType::f64) return CUBLAS_COMPUTE_64F;
+  if (t == DType::f32 && context().tf32()) return CUBLAS_COMPUTE_32F_FAST_TF32;
+  return CUBLAS_COMPUTE_32F;
+}
+
+cudaDataType_t cuda_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::f64: return CUDA_R_64F;
+    case DType::bf16: return CUDA_R_16BF;
+    default: break;
+  }
+  LLR_FAIL("cuBLAS: unsupported dtype ", dtype_name(t));
+}
+
+// Column-major GEMM C = op(A) op(B) (m x n, inner k) on row-major tensors; see the callers for the mapping.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda, const Tensor& b,
+          int64_t ldb, Tensor& c, int64_t ldc) {
+  const void *alpha, *beta;
+  alpha_beta(c.dtype(), alpha, beta);
+  cudaDataType_t t = cuda_dtype(c.dtype());
+  LLR_CUBLAS_CHECK(cublasGemmEx(context().cublas(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, int(m), int(n), int(k), alpha, a.raw_data(), t,
+                                int(lda), b.raw_data(), t, int(ldb), beta, c.raw_data(), t, int(ldc),
+                                cublas_compute(c.dtype()), CUBLAS_GEMM_DEFAULT));
+}
+
+void require_matrices(const char* op, const Tensor& a, const Tensor& b) {
+  require_cuda_floating(op, {&a, &b});
+  LLR_CHECK(a.rank() == 2 && b.rank() == 2, op, ": expected 2-D tensors, got ", a.describe(), " and ",
+            b.describe());
+}
+
+}  // namespace
+
+Tensor CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+  LLR_NVTX_RANGE("conv2d_forward");
+  require_cuda_floating("conv2d", {&x, &w});
+  LLR_CHECK(x.layout() == Layout::nhwc, "conv2d: input must be NHWC, got ", x.describe());
+  LLR_CHECK(w.layout() == Layout::krsc, "conv2d: filter must be KRSC, got ", w.describe());
+  ConvShapes s = conv_shapes("conv2d", x.shape(), w.shape(), g);
+  ++op_counters().conv2d_forward;
+  Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
+  TensorDesc xd(s.x, x.dtype()), yd(s.y, x.dtype());
+  FilterDesc wd(s.w, x.dtype());
+  ConvDesc cd(g, x.dtype());
+  cudnnHandle_t h = context().cudnn();
+  std::string key = algo_key(Direction::forward, s.x, s.w, g, x.dtype());
+  auto it = algo_cache().find(key);
+  if (it == algo_cache().end()) {
+    Workspace ws(kWorkspaceLimit);
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int n = 0;
+    LLR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
+                                                           y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf,
+                                                           ws.get(), ws.bytes()));
+    it = algo_cache().emplace(key, pick(perf, n, "forward convolution")).first;
+  }
+  Workspace ws(it->second.workspace);
+  const void *alpha, *beta;
+  alpha_beta(x.dtype(), alpha, beta);
+  LLR_CUDNN_CHECK(cudnnConvolutionForward(h, alpha, xd, x.raw_data(), wd, w.raw_data(), cd,
+                                          cudnnConvolutionFwdAlgo_t(it->second.algo), ws.get(), ws.bytes(), beta, yd,
+                                          y.raw_data()));
+  return y;
+}
+
+Tensor CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape,
+                                         const Conv2dGeometry& g) {
+  LLR_NVTX_RANGE("conv2d_backward_data");
+  require_cuda_floating("conv2d_backward_data", {&gy, &w});
+  ConvShapes s = conv_shapes("conv2d_backward_data", x_shape, w.shape(), g);
+  LLR_CHECK(gy.shape() == s.y, "conv2d_backward_data: output gradient ", gy.describe(), " does not match ",
+            shape_str(s.y));
+  ++op_counters().conv2d_backward_data;
+  Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
+  TensorDesc dxd(s.x, gy.dtype()), dyd(s.y, gy.dtype());
+  FilterDesc wd(s.w, gy.dtype());
+  ConvDesc cd(g, gy.dtype());
+  cudnnHandle_t h = context().cudnn();
+  std::string key = algo_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  auto it = algo_cache().find(key);
+  if (it == algo_cache().end()) {
+    Workspace ws(kWorkspaceLimit);
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    int n = 0;
+    LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
+                                                                dx.raw_data(), CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                                &n, perf, ws.get(), ws.bytes()));
+    it = algo_cache().emplace(key, pick(perf, n, "backward-data convolution")).first;
+  }
+  Workspace ws(it->second.workspace);
+  const void *alpha, *beta;
+  alpha_beta(gy.dtype(), alpha, beta);
+  LLR_CUDNN_CHECK(cudnnConvolutionBackwardData(h, alpha, wd, w.raw_data(), dyd, gy.raw_data(), cd,
+                                               cudnnConvolutionBwdDataAlgo_t(it->second.algo), ws.get(), ws.bytes(),
+                                               beta, dxd, dx.raw_data()));
+  return dx;
+}
+
+Tensor CudaBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape,
+                                           const Conv2dGeometry& g) {
+  LLR_NVTX_RANGE("conv2d_backward_filter");
+  require_cuda_floating("conv2d_backward_filter", {&x, &gy});
+  ConvShapes s = conv_shapes("conv2d_backward_filter", x.shape(), w_shape, g);
+  LLR_CHECK(gy.shape() == s.y, "conv2d_backward_filter: output gradient ", gy.describe(), " does not match ",
+            shape_str(s.y));
+  ++op_counters().conv2d_backward_filter;
+  Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
+  TensorDesc xd(s.x, x.dtype()), dyd(s.y, x.dtype());
+  FilterDesc dwd(s.w, x.dtype());
+  ConvDesc cd(g, x.dtype());
+  cudnnHandle_t h = context().cudnn();
+  std::string key = algo_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
+  auto it = algo_cache().find(key);
+  if (it == algo_cache().end()) {
+    Workspace ws(kWorkspaceLimit);
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int n = 0;
+    LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd, dwd,
+                                                                  dw.raw_data(),
+                                                                  CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf,
+                                                                  ws.get(), ws.bytes()));
+    it = algo_cache().emplace(key, pick(perf, n, "backward-filter convolution")).first;
+  }
+  Workspace ws(it->second.workspace);
+  const void *alpha, *beta;
+  alpha_beta(x.dtype(), alpha, beta);
+  LLR_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, alpha, xd, x.raw_data(), dyd, gy.raw_data(), cd,
+                                                 cudnnConvolutionBwdFilterAlgo_t(it->second.algo), ws.get(),
+                                                 ws.bytes(), beta, dwd, dw.raw_data()));
+  return dw;
+}
+
+// Row-major C[M,N] = A[M,K] B[N,K]^T  <=>  column-major C^T = B A^T: gemm(T, N, N, M, K, B, K, A, K, C, N).
+Tensor CudaBackend::matmul_nt(const Tensor& a, const Tensor& b) {
+  LLR_NVTX_RANGE("matmul_nt");
+  require_matrices("matmul_nt", a, b);
+  LLR_CHECK(a.dim(1) == b.dim(1), "matmul_nt: inner sizes differ, ", a.describe(), " times transposed ", b.describe());
+  ++op_counters().matmul;
+  int64_t m = a.dim(0), k = a.dim(1), n = b.dim(0);
+  Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
+  gemm(true, false, n, m, k, b, k, a, k, c, n);
+  return c;
+}
+
+// Row-major C[M,N] = A[M,K] B[K,N]  <=>  C^T = B^T A^T: gemm(N, N, N, M, K, B, N, A, K, C, N).
+Tensor CudaBackend::matmul_nn(const Tensor& a, const Tensor& b) {
+  LLR_NVTX_RANGE("matmul_nn");
+  require_matrices("matmul_nn", a, b);
+  LLR_CHECK(a.dim(1) == b.dim(0), "matmul_nn: inner sizes differ, ", a.describe(), " times ", b.describe());
+  ++op_counters().matmul;
+  int64_t m = a.dim(0), k = a.dim(1), n = b.dim(1);
+  Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
+  gemm(false, false, n, m, k, b, n, a, k, c, n);
+  return c;
+}
+
+// Row-major C[M,N] = A[K,M]^T B[K,N]  <=>  C^T = B^T A: gemm(N, T, N, M, K, B, N, A, M, C, N).
+Tensor CudaBackend::matmul_tn(const Tensor& a, const Tensor& b) {
+  LLR_NVTX_RANGE("matmul_tn");
+  require_matrices("matmul_tn", a, b);
+  LLR_CHECK(a.dim(0) == b.dim(0), "matmul_tn: inner sizes differ, transposed ", a.describe(), " times ",
+            b.describe());
+  ++op_counters().matmul;
+  int64_t k = a.dim(0), m = a.dim(1), n = b.dim(1);
+  Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
+  gemm(false, true, n, m, k, b, n, a, m, c, n);
+  return c;
+}
+
+}  // namespace llr::cuda

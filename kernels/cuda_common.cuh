@@ -1,0 +1,224 @@
+// Helpers shared by the CUDA backend's kernels: dtype dispatch, loads and stores that widen bf16 to f32, argument
+// checks, and launch helpers (grid-stride loops, per-channel and per-row sums).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+#include "engine/backend.h"
+#include "kernels/context.h"
+#include "kernels/cuda_check.h"
+#include "kernels/nvtx.h"
+
+namespace llr::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Accumulation (and per-channel / per-example) type of a storage type.
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <class T>
+using acc_t = typename AccOf<T>::type;
+
+template <class T>
+__device__ __forceinline__ acc_t<T> ld(const T* p, int64_t i) {
+  return static_cast<acc_t<T>>(p[i]);
+}
+template <>
+__device__ __forceinline__ float ld<bf16>(const bf16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+template <class T>
+__device__ __forceinline__ void st(T* p, int64_t i, acc_t<T> v) {
+  p[i] = static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ void st<bf16>(bf16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16(v);
+}
+
+// Calls FN<T>(args...) for the storage type T of a floating dtype.
+#define LLR_CUDA_DISPATCH(dtype, op, FN, ...)                                                   \
+  [&]() {                                                                                       \
+    switch (dtype) {                                                                            \
+      case ::llr::DType::f32: return FN<float>(__VA_ARGS__);                                    \
+      case ::llr::DType::f64: return FN<double>(__VA_ARGS__);                                   \
+      case ::llr::DType::bf16: return FN<::llr::cuda::bf16>(__VA_ARGS__);                       \
+      default: break;                                                                           \
+    }                                                                                           \
+    LLR_FAIL(op, ": dtype ", ::llr::dtype_name(dtype), " is not a floating dtype");             \
+  }()
+
+template <class T>
+T* ptr(Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
+template <class T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.raw_data());
+}
+template <class T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
+}
+
+// Every tensor defined, on the GPU, and of one floating dtype.
+inline void require_cuda_floating(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    LLR_CHECK(t->defined(), op, ": undefined tensor argument");
+    LLR_CHECK(t->device() == Device::cuda, op, ": ", t->describe(), " is not on the GPU");
+    LLR_CHECK(is_floating(t->dtype()), op, ": expected a floating tensor, got ", t->describe());
+    if (!first) first = t;
+    LLR_CHECK(t->dtype() == first->dtype(), op, ": dtype mismatch, ", first->describe(), " vs ", t->describe());
+  }
+}
+inline void require_same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  LLR_CHECK(a.shape() == b.shape(), op, ": shape mismatch, ", a.describe(), " vs ", b.describe());
+}
+// A per-channel (or per-example) vector of length n in the statistics dtype of `data`.
+inline void require_stat_vector(const char* op, const char* what, const Tensor& t, int64_t n, const Tensor& data) {
+  LLR_CHECK(t.defined() && t.device() == Device::cuda, op, ": ", what, " must be a GPU tensor");
+  LLR_CHECK(t.rank() == 1 && t.dim(0) == n, op, ": ", what, " must have shape [", n, "], got ", t.describe());
+  LLR_CHECK(t.dtype() == stat_dtype(data.dtype()), op, ": ", what, " must be ", dtype_name(stat_dtype(data.dtype())),
+            " for ", data.describe(), ", got ", t.describe());
+}
+inline void require_labels(const char* op, const Tensor& labels, int64_t n) {
+  LLR_CHECK(labels.defined() && labels.dtype() == DType::i32 && labels.device() == Device::cuda, op,
+            ": labels must be an i32 GPU tensor, got ", labels.describe());
+  LLR_CHECK(labels.rank() == 1 && labels.dim(0) == n, op, ": labels must have shape [", n, "], got ",
+            labels.describe());
+}
+
+inline int grid_for(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  int64_t cap = static_cast<int64_t>(std::max(1, context().sm_count())) * 32;
+  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+template <class F>
+__global__ void for_each_kernel(int64_t n, F f) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i);
+}
+
+// f(i) for i in [0, n) on the context stream.
+template <class F>
+void for_each(int64_t n, F f) {
+  if (n <= 0) return;
+  for_each_kernel<<<grid_for(n, 256), 256, 0, context().stream()>>>(n, f);
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+// out[v * C + c] = sum over rows r of f(r, c, vals)[v], for NV values per element. out is zeroed here.
+template <int NV, class S, class F>
+__global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, S* out) {
+  __shared__ S partial[NV][8][33];
+  int64_t c = blockIdx.x * 32 + threadIdx.x;
+  S acc[NV];
+  for (int k = 0; k < NV; ++k) acc[k] = S(0);
+  if (c < channels) {
+    for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += static_cast<int64_t>(gridDim.y) * 8) {
+      S v[NV];
+      f(r, c, v);
+      for (int k = 0; k < NV; ++k) acc[k] += v[k];
+    }
+  }
+  for (int k = 0; k < NV; ++k) partial[k][threadIdx.y][threadIdx.x] = acc[k];
+  __syncthreads();
+  if (threadIdx.y == 0 && c < channels) {
+    for (int k = 0; k < NV; ++k) {
+      S s = S(0);
+      for (int j = 0; j < 8; ++j) s += partial[k][j][threadIdx.x];
+      atomicAdd(out + k * channels + c, s);
+    }
+  }
+}
+
+template <int NV, class S, class F>
+void channel_sum(int64_t rows, int64_t channels, F f, S* out) {
+  cudaStream_t s = context().stream();
+  LLR_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(S) * NV * channels, s));
+  if (rows <= 0 || channels <= 0) return;
+  int64_t cblocks = (channels + 31) / 32;
+  int64_t want = std::max<int64_t>(1, static_cast<int64_t>(context().sm_count()) * 8 / cblocks);
+  int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, want));
+  dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(std::min<int64_t>(rblocks, 65535)));
+  channel_sum_kernel<NV, S><<<grid, dim3(32, 8), 0, s>>>(rows, channels, f, out);
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+template <class S>
+__device__ S block_sum(S v) {
+  __shared__ S warp_sums[32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  int nwarps = (blockDim.x + 31) / 32;
+  v = threadIdx.x < nwarps ? warp_sums[threadIdx.x] : S(0);
+  if (warp == 0)
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  __syncthreads();
+  return v;  // valid in thread 0
+}
+
+// out[r] = sum over j in [0, inner) of f(r, j), one block per row.
+template <class S, class F>
+__global__ void row_sum_kernel(int64_t inner, F f, S* out) {
+  int64_t r = blockIdx.x;
+  S acc = S(0);
+  for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) acc += f(r, j);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) out[r] = acc;
+}
+
+template <class S, class F>
+void row_sum(int64_t rows, int64_t inner, F f, S* out) {
+  if (rows <= 0) return;
+  row_sum_kernel<S><<<static_cast<unsigned>(rows), 256, 0, context().stream()>>>(inner, f, out);
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+// *out = sum over i in [0, n) of f(i). out is zeroed here.
+template <class S, class F>
+__global__ void total_sum_kernel(int64_t n, F f, S* out) {
+  S acc = S(0);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    acc += f(i);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) atomicAdd(out, acc);
+}
+
+template <class S, class F>
+void total_sum(int64_t n, F f, S* out) {
+  cudaStream_t s = context().stream();
+  LLR_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(S), s));
+  if (n <= 0) return;
+  total_sum_kernel<S><<<grid_for(n, 256), 256, 0, s>>>(n, f, out);
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+// Channel-last view of x: rows = numel / C.
+inline void channel_view(const char* op, const Tensor& x, int64_t& rows, int64_t& channels) {
+  LLR_CHECK(x.rank() >= 1, op, ": needs at least one axis, got ", x.describe());
+  channels = x.dim(-1);
+  rows = channels == 0 ? 0 : x.numel() / channels;
+}
+
+inline Tensor new_like(const Tensor& x) { return Tensor::empty(x.shape(), x.dtype(), x.layout(), Device::cuda); }
+inline Tensor new_stat(int64_t n, const Tensor& data) {
+  return Tensor::empty({n}, stat_dtype(data.dtype()), Layout::plain, Device::cuda);
+}
+
+}  // namespace llr::cuda

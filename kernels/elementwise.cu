@@ -1,0 +1,308 @@
+// CUDA backend: fill and conversion, elementwise ops, per-example ops, reductions, bias, activations, global pooling.
+// Per-element formulas come from engine/elementwise_math.h, shared with the CPU backend.
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace llr::cuda {
+
+namespace {
+
+template <class T>
+void fill_impl(Tensor& t, double value) {
+  T* p = ptr<T>(t);
+  acc_t<T> v = static_cast<acc_t<T>>(value);
+  for_each(t.numel(), [=] __device__(int64_t i) { st(p, i, v); });
+}
+
+void fill_i32(Tensor& t, double value) {
+  int32_t* p = ptr<int32_t>(t);
+  int32_t v = static_cast<int32_t>(value);
+  for_each(t.numel(), [=] __device__(int64_t i) { p[i] = v; });
+}
+
+template <class Src, class Dst>
+void convert_pair(const Tensor& x, Tensor& out) {
+  const Src* s = ptr<Src>(x);
+  Dst* d = ptr<Dst>(out);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    double v = static_cast<double>(ld(s, i));
+    st(d, i, static_cast<acc_t<Dst>>(v));
+  });
+}
+
+template <class Src>
+void convert_from(const Tensor& x, Tensor& out) {
+  switch (out.dtype()) {
+    case DType::f32: return convert_pair<Src, float>(x, out);
+    case DType::f64: return convert_pair<Src, double>(x, out);
+    case DType::bf16: return convert_pair<Src, bf16>(x, out);
+    default: LLR_FAIL("convert: cannot convert to ", dtype_name(out.dtype()));
+  }
+}
+
+enum class Binary { add, sub, mul };
+
+template <class T>
+Tensor binary_impl(const Tensor& a, const Tensor& b, Binary op) {
+  Tensor out = new_like(a);
+  const T *pa = ptr<T>(a), *pb = ptr<T>(b);
+  T* o = ptr<T>(out);
+  switch (op) {
+    case Binary::add: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) + ld(pb, i)); }); break;
+    case Binary::sub: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) - ld(pb, i)); }); break;
+    case Binary::mul: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) * ld(pb, i)); }); break;
+  }
+  return out;
+}
+
+Tensor binary(const char* name, const Tensor& a, const Tensor& b, Binary op) {
+  LLR_NVTX_RANGE(name);
+  require_cuda_floating(name, {&a, &b});
+  require_same_shape(name, a, b);
+  LLR_CHECK(a.layout() == b.layout(), name, ": layout mismatch, ", a.describe(), " vs ", b.describe());
+  return LLR_CUDA_DISPATCH(a.dtype(), name, binary_impl, a, b, op);
+}
+
+template <class T>
+Tensor scale_impl(const Tensor& x, double s) {
+  Tensor out = new_like(x);
+  const T* px = ptr<T>(x);
+  T* o = ptr<T>(out);
+  acc_t<T> f = static_cast<acc_t<T>>(s);
+  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, f * ld(px, i)); });
+  return out;
+}
+
+int64_t per_example_size(const char* op, const Tensor& x) {
+  LLR_CHECK(x.rank() >= 1 && x.dim(0) > 0, op, ": needs a leading batch axis, got ", x.describe());
+  return x.numel() / x.dim(0);
+}
+
+template <class T>
+Tensor scale_per_example_impl(const Tensor& x, const Tensor& c) {
+  int64_t inner = x.numel() / x.dim(0);
+  Tensor out = new_like(x);
+  const T* px = ptr<T>(x);
+  const acc_t<T>* pc = ptr<acc_t<T>>(c);
+  T* o = ptr<T>(out);
+  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) * pc[i / inner]); });
+  return out;
+}
+
+template <class T>
+Tensor per_example_dot_impl(const Tensor& a, const Tensor& b) {
+  int64_t inner = a.numel() / a.dim(0);
+  Tensor out = new_stat(a.dim(0), a);
+  const T *pa = ptr<T>(a), *pb = ptr<T>(b);
+  row_sum<acc_t<T>>(a.dim(0), inner, [=] __device__(int64_t r, int64_t j) {
+    return ld(pa, r * inner + j) * ld(pb, r * inner + j);
+  }, ptr<acc_t<T>>(out));
+  return out;
+}
+
+template <class T>
+Tensor sum_all_impl(const Tensor& x) {
+  Tensor out = Tensor::empty({}, stat_dtype(x.dtype()), Layout::plain, Device::cuda);
+  const T* px = ptr<T>(x);
+  total_sum<acc_t<T>>(x.numel(), [=] __device__(int64_t i) { return ld(px, i); }, ptr<acc_t<T>>(out));
+  return out;
+}
+
+template <class T>
+Tensor broadcast_scalar_impl(const Tensor& s, const Tensor& like) {
+  Tensor out = new_like(like);
+  const acc_t<T>* ps = ptr<acc_t<T>>(s);
+  T* o = ptr<T>(out);
+  for_each(like.numel(), [=] __device__(int64_t i) { st(o, i, ps[0]); });
+  return out;
+}
+
+template <class T>
+Tensor bias_add_impl(const Tensor& x, const Tensor& b, int64_t channels) {
+  Tensor out = new_like(x);
+  const T* px = ptr<T>(x);
+  const acc_t<T>* pb = ptr<acc_t<T>>(b);
+  T* o = ptr<T>(out);
+  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) + pb[i % channels]); });
+  return out;
+}
+
+template <class T>
+Tensor sum_to_last_axis_impl(const Tensor& g, int64_t rows, int64_t channels) {
+  Tensor out = new_stat(channels, g);
+  const T* pg = ptr<T>(g);
+  channel_sum<1, acc_t<T>>(rows, channels, [=] __device__(int64_t r, int64_t c, acc_t<T>* v) {
+    v[0] = ld(pg, r * channels + c);
+  }, ptr<acc_t<T>>(out));
+  return out;
+}
+
+template <class T>
+Tensor activation_forward_impl(Act act, const Tensor& a) {
+  Tensor out = new_like(a);
+  const T* pa = ptr<T>(a);
+  T* o = ptr<T>(out);
+  for_each(a.numel(), [=] __device__(int64_t i) {
+    st(o, i, math::activation_derivative<acc_t<T>>(act, 0, ld(pa, i)));
+  });
+  return out;
+}
+
+template <class T>
+Tensor activation_derivative_mul_impl(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), t.layout(), Device::cuda);
+  const T *pa = ptr<T>(a), *pt = ptr<T>(t), *pt2 = ptr_or_null<T>(t2);
+  T* o = ptr<T>(out);
+  for_each(a.numel(), [=] __device__(int64_t i) {
+    acc_t<T> v = math::activation_derivative<acc_t<T>>(act, order, ld(pa, i)) * ld(pt, i);
+    st(o, i, pt2 ? v * ld(pt2, i) : v);
+  });
+  return out;
+}
+
+template <class T>
+Tensor global_avg_pool_impl(const Tensor& x) {
+  int64_t n = x.dim(0), hw = x.dim(1) * x.dim(2), c = x.dim(3);
+  Tensor out = Tensor::empty({n, c}, x.dtype(), Layout::plain, Device::cuda);
+  const T* px = ptr<T>(x);
+  T* o = ptr<T>(out);
+  acc_t<T> inv = acc_t<T>(1) / acc_t<T>(hw);
+  for_each(n * c, [=] __device__(int64_t i) {
+    int64_t img = i / c, ch = i % c;
+    acc_t<T> s = 0;
+    for (int64_t p = 0; p < hw; ++p) s += ld(px, (img * hw + p) * c + ch);
+    st(o, i, s * inv);
+  });
+  return out;
+}
+
+template <class T>
+Tensor global_avg_pool_backward_impl(const Tensor& gy, const Shape& x_shape) {
+  int64_t hw = x_shape[1] * x_shape[2], c = x_shape[3];
+  Tensor out = Tensor::empty(x_shape, gy.dtype(), Layout::nhwc, Device::cuda);
+  const T* pg = ptr<T>(gy);
+  T* o = ptr<T>(out);
+  acc_t<T> inv = acc_t<T>(1) / acc_t<T>(hw);
+  for_each(shape_numel(x_shape), [=] __device__(int64_t i) {
+    int64_t img = i / (hw * c), ch = i % c;
+    st(o, i, ld(pg, img * c + ch) * inv);
+  });
+  return out;
+}
+
+}  // namespace
+
+void CudaBackend::fill(Tensor& t, double value) {
+  LLR_CHECK(t.device() == Device::cuda, "fill: ", t.describe(), " is not on the GPU");
+  if (t.dtype() == DType::i32) return fill_i32(t, value);
+  LLR_CUDA_DISPATCH(t.dtype(), "fill", fill_impl, t, value);
+}
+
+Tensor CudaBackend::convert(const Tensor& x, DType dtype) {
+  LLR_NVTX_RANGE("convert");
+  LLR_CHECK(x.device() == Device::cuda, "convert: ", x.describe(), " is not on the GPU");
+  LLR_CHECK(is_floating(x.dtype()) && is_floating(dtype), "convert: only floating dtypes, got ", x.describe(),
+            " to ", dtype_name(dtype));
+  Tensor out = Tensor::empty(x.shape(), dtype, x.layout(), Device::cuda);
+  switch (x.dtype()) {
+    case DType::f32: convert_from<float>(x, out); break;
+    case DType::f64: convert_from<double>(x, out); break;
+    case DType::bf16: convert_from<bf16>(x, out); break;
+    default: break;
+  }
+  return out;
+}
+
+Tensor CudaBackend::add(const Tensor& a, const Tensor& b) { return binary("add", a, b, Binary::add); }
+Tensor CudaBackend::sub(const Tensor& a, const Tensor& b) { return binary("sub", a, b, Binary::sub); }
+Tensor CudaBackend::mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b, Binary::mul); }
+
+Tensor CudaBackend::scale(const Tensor& x, double s) {
+  LLR_NVTX_RANGE("scale");
+  require_cuda_floating("scale", {&x});
+  return LLR_CUDA_DISPATCH(x.dtype(), "scale", scale_impl, x, s);
+}
+
+Tensor CudaBackend::scale_per_example(const Tensor& x, const Tensor& c) {
+  LLR_NVTX_RANGE("scale_per_example");
+  require_cuda_floating("scale_per_example", {&x});
+  per_example_size("scale_per_example", x);
+  require_stat_vector("scale_per_example", "factors", c, x.dim(0), x);
+  return LLR_CUDA_DISPATCH(x.dtype(), "scale_per_example", scale_per_example_impl, x, c);
+}
+
+Tensor CudaBackend::per_example_dot(const Tensor& a, const Tensor& b) {
+  LLR_NVTX_RANGE("per_example_dot");
+  require_cuda_floating("per_example_dot", {&a, &b});
+  require_same_shape("per_example_dot", a, b);
+  per_example_size("per_example_dot", a);
+  return LLR_CUDA_DISPATCH(a.dtype(), "per_example_dot", per_example_dot_impl, a, b);
+}
+
+Tensor CudaBackend::sum_all(const Tensor& x) {
+  LLR_NVTX_RANGE("sum");
+  require_cuda_floating("sum", {&x});
+  return LLR_CUDA_DISPATCH(x.dtype(), "sum", sum_all_impl, x);
+}
+
+Tensor CudaBackend::broadcast_scalar(const Tensor& s, const Tensor& like) {
+  require_cuda_floating("broadcast_scalar", {&like});
+  LLR_CHECK(s.device() == Device::cuda && s.numel() == 1 && s.dtype() == stat_dtype(like.dtype()),
+            "broadcast_scalar: expected one ", dtype_name(stat_dtype(like.dtype())), " GPU element, got ",
+            s.describe());
+  return LLR_CUDA_DISPATCH(like.dtype(), "broadcast_scalar", broadcast_scalar_impl, s, like);
+}
+
+Tensor CudaBackend::bias_add(const Tensor& x, const Tensor& b) {
+  LLR_NVTX_RANGE("bias_add");
+  require_cuda_floating("bias_add", {&x});
+  int64_t rows, channels;
+  channel_view("bias_add", x, rows, channels);
+  require_stat_vector("bias_add", "bias", b, channels, x);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bias_add", bias_add_impl, x, b, channels);
+}
+
+Tensor CudaBackend::sum_to_last_axis(const Tensor& g) {
+  LLR_NVTX_RANGE("sum_to_last_axis");
+  require_cuda_floating("sum_to_last_axis", {&g});
+  int64_t rows, channels;
+  channel_view("sum_to_last_axis", g, rows, channels);
+  return LLR_CUDA_DISPATCH(g.dtype(), "sum_to_last_axis", sum_to_last_axis_impl, g, rows, channels);
+}
+
+Tensor CudaBackend::activation_forward(Act act, const Tensor& a) {
+  LLR_NVTX_RANGE("activation");
+  require_cuda_floating("activation", {&a});
+  return LLR_CUDA_DISPATCH(a.dtype(), "activation", activation_forward_impl, act, a);
+}
+
+Tensor CudaBackend::activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
+  LLR_NVTX_RANGE("activation_derivative_mul");
+  require_cuda_floating("activation_derivative_mul", {&a, &t});
+  require_same_shape("activation_derivative_mul", a, t);
+  if (t2.defined()) {
+    require_cuda_floating("activation_derivative_mul", {&a, &t2});
+    require_same_shape("activation_derivative_mul", a, t2);
+  }
+  LLR_CHECK(order >= 1 && order <= 3, "activation_derivative_mul: derivative order ", order, " not in 1..3");
+  return LLR_CUDA_DISPATCH(a.dtype(), "activation_derivative_mul", activation_derivative_mul_impl, act, order, a, t,
+                           t2);
+}
+
+Tensor CudaBackend::global_avg_pool(const Tensor& x) {
+  LLR_NVTX_RANGE("global_avg_pool");
+  require_cuda_floating("global_avg_pool", {&x});
+  LLR_CHECK(x.layout() == Layout::nhwc, "global_avg_pool: input must be NHWC, got ", x.describe());
+  LLR_CHECK(x.dim(1) * x.dim(2) > 0, "global_avg_pool: empty spatial extent in ", x.describe());
+  return LLR_CUDA_DISPATCH(x.dtype(), "global_avg_pool", global_avg_pool_impl, x);
+}
+
+Tensor CudaBackend::global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
+  LLR_NVTX_RANGE("global_avg_pool_backward");
+  require_cuda_floating("global_avg_pool_backward", {&gy});
+  LLR_CHECK(x_shape.size() == 4 && gy.shape() == Shape({x_shape[0], x_shape[3]}),
+            "global_avg_pool_backward: gradient ", gy.describe(), " for input ", shape_str(x_shape));
+  return LLR_CUDA_DISPATCH(gy.dtype(), "global_avg_pool_backward", global_avg_pool_backward_impl, gy, x_shape);
+}
+
+}  // namespace llr::cuda

@@ -1,0 +1,240 @@
+// CUDA backend: per-example softmax cross-entropy and margin loss on logits [N, K] (one thread per example; K is the
+// number of classes, small), their vjps and tangents. Per-example outputs are in the statistics dtype (f32 for bf16).
+// A label outside [0, K) gives a NaN loss rather than a read out of bounds.
+#include <cmath>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace llr::cuda {
+
+namespace {
+
+struct Logits {
+  int64_t n, k;
+};
+
+Logits logits_view(const char* op, const Tensor& z, const Tensor& labels) {
+  require_cuda_floating(op, {&z});
+  LLR_CHECK(z.rank() == 2 && z.dim(1) >= 2, op, ": logits must have shape [N, K] with K >= 2, got ", z.describe());
+  require_labels(op, labels, z.dim(0));
+  return {z.dim(0), z.dim(1)};
+}
+
+template <class T>
+__device__ acc_t<T> row_max(const T* z, int64_t k) {
+  acc_t<T> m = ld(z, 0);
+  for (int64_t j = 1; j < k; ++j) m = max(m, ld(z, j));
+  return m;
+}
+
+// p_j = softmax(z)_j is recomputed from (max, sum) as needed.
+template <class T>
+__device__ acc_t<T> row_sum_exp(const T* z, int64_t k, acc_t<T> m) {
+  acc_t<T> s = 0;
+  for (int64_t j = 0; j < k; ++j) s += exp(ld(z, j) - m);
+  return s;
+}
+
+template <class T>
+__device__ int64_t best_other(const T* z, int64_t k, int32_t y) {
+  int64_t best = -1;
+  for (int64_t j = 0; j < k; ++j)
+    if (j != y && (best < 0 || ld(z, j) > ld(z, best))) best = j;
+  return best;
+}
+
+template <class T>
+Tensor softmax_impl(const Tensor& z) {
+  int64_t n = z.dim(0), k = z.dim(1);
+  Tensor out = new_like(z);
+  const T* pz = ptr<T>(z);
+  T* o = ptr<T>(out);
+  for_each(n, [=] __device__(int64_t i) {
+    const T* zi = pz + i * k;
+    acc_t<T> m = row_max(zi, k), s = row_sum_exp(zi, k, m);
+    for (int64_t j = 0; j < k; ++j) st(o, i * k + j, exp(ld(zi, j) - m) / s);
+  });
+  return out;
+}
+
+template <class T>
+Tensor cross_entropy_impl(const Tensor& z, const Tensor& labels, Logits v) {
+  using S = acc_t<T>;
+  Tensor out = new_stat(v.n, z);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  S* o = ptr<S>(out);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    if (y[i] < 0 || y[i] >= k) {
+      o[i] = S(NAN);
+      return;
+    }
+    const T* zi = pz + i * k;
+    S m = row_max(zi, k);
+    o[i] = m + log(row_sum_exp(zi, k, m)) - ld(zi, y[i]);
+  });
+  return out;
+}
+
+template <class T>
+Tensor cross_entropy_backward_impl(const Tensor& z, const Tensor& labels, const Tensor& g, Logits v) {
+  using S = acc_t<T>;
+  Tensor dz = new_like(z);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  const S* pg = ptr<S>(g);
+  T* o = ptr<T>(dz);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    const T* zi = pz + i * k;
+    S m = row_max(zi, k), s = row_sum_exp(zi, k, m);
+    for (int64_t j = 0; j < k; ++j) st(o, i * k + j, pg[i] * (exp(ld(zi, j) - m) / s - S(j == y[i])));
+  });
+  return dz;
+}
+
+template <class T>
+Tensor cross_entropy_tangent_impl(const Tensor& z, const Tensor& labels, const Tensor& zdot, Logits v) {
+  using S = acc_t<T>;
+  Tensor out = new_stat(v.n, z);
+  const T *pz = ptr<T>(z), *pd = ptr<T>(zdot);
+  const int32_t* y = ptr<int32_t>(labels);
+  S* o = ptr<S>(out);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    const T* zi = pz + i * k;
+    S m = row_max(zi, k), s = row_sum_exp(zi, k, m), acc = 0;
+    for (int64_t j = 0; j < k; ++j) acc += (exp(ld(zi, j) - m) / s - S(j == y[i])) * ld(pd, i * k + j);
+    o[i] = acc;
+  });
+  return out;
+}
+
+template <class T>
+std::pair<Tensor, Tensor> cross_entropy_tangent_backward_impl(const Tensor& z, const Tensor& labels,
+                                                              const Tensor& zdot, const Tensor& g, Logits v) {
+  using S = acc_t<T>;
+  Tensor dz = new_like(z), dzd = new_like(z);
+  const T *pz = ptr<T>(z), *pd = ptr<T>(zdot);
+  const int32_t* y = ptr<int32_t>(labels);
+  const S* pg = ptr<S>(g);
+  T *o = ptr<T>(dz), *od = ptr<T>(dzd);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    const T* zi = pz + i * k;
+    S m = row_max(zi, k), s = row_sum_exp(zi, k, m), pz_dot = 0;
+    for (int64_t j = 0; j < k; ++j) pz_dot += exp(ld(zi, j) - m) / s * ld(pd, i * k + j);
+    for (int64_t j = 0; j < k; ++j) {
+      S p = exp(ld(zi, j) - m) / s;
+      st(od, i * k + j, pg[i] * (p - S(j == y[i])));
+      st(o, i * k + j, pg[i] * p * (ld(pd, i * k + j) - pz_dot));
+    }
+  });
+  return {dz, dzd};
+}
+
+template <class T>
+Tensor margin_loss_impl(const Tensor& z, const Tensor& labels, const Tensor& zdot, Logits v) {
+  using S = acc_t<T>;
+  Tensor out = new_stat(v.n, z);
+  const T* pz = ptr<T>(z);
+  const T* pd = zdot.defined() ? ptr<T>(zdot) : pz;  // the tangent picks the same entries from zdot
+  const int32_t* y = ptr<int32_t>(labels);
+  S* o = ptr<S>(out);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    if (y[i] < 0 || y[i] >= k) {
+      o[i] = S(NAN);
+      return;
+    }
+    int64_t j = best_other(pz + i * k, k, y[i]);
+    o[i] = ld(pd, i * k + y[i]) - ld(pd, i * k + j);
+  });
+  return out;
+}
+
+template <class T>
+Tensor margin_loss_backward_impl(const Tensor& z, const Tensor& labels, const Tensor& g, Logits v) {
+  using S = acc_t<T>;
+  Tensor dz = new_like(z);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  const S* pg = ptr<S>(g);
+  T* o = ptr<T>(dz);
+  int64_t k = v.k;
+  for_each(v.n, [=] __device__(int64_t i) {
+    int64_t best = best_other(pz + i * k, k, y[i]);
+    for (int64_t j = 0; j < k; ++j) st(o, i * k + j, j == y[i] ? pg[i] : (j == best ? -pg[i] : S(0)));
+  });
+  return dz;
+}
+
+void require_per_example(const char* op, const Tensor& g, const Tensor& z) {
+  require_stat_vector(op, "per-example gradient", g, z.dim(0), z);
+}
+
+}  // namespace
+
+Tensor CudaBackend::softmax(const Tensor& z) {
+  LLR_NVTX_RANGE("softmax");
+  require_cuda_floating("softmax", {&z});
+  LLR_CHECK(z.rank() == 2, "softmax: logits must be [N, K], got ", z.describe());
+  return LLR_CUDA_DISPATCH(z.dtype(), "softmax", softmax_impl, z);
+}
+
+Tensor CudaBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
+  LLR_NVTX_RANGE("cross_entropy");
+  Logits v = logits_view("cross_entropy", z, labels);
+  return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy", cross_entropy_impl, z, labels, v);
+}
+
+Tensor CudaBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  LLR_NVTX_RANGE("cross_entropy_backward");
+  Logits v = logits_view("cross_entropy_backward", z, labels);
+  require_per_example("cross_entropy_backward", g, z);
+  return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_backward", cross_entropy_backward_impl, z, labels, g, v);
+}
+
+Tensor CudaBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  LLR_NVTX_RANGE("cross_entropy_tangent");
+  Logits v = logits_view("cross_entropy_tangent", z, labels);
+  require_cuda_floating("cross_entropy_tangent", {&z, &zdot});
+  require_same_shape("cross_entropy_tangent", z, zdot);
+  return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent", cross_entropy_tangent_impl, z, labels, zdot, v);
+}
+
+std::pair<Tensor, Tensor> CudaBackend::cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels,
+                                                                      const Tensor& zdot, const Tensor& g) {
+  LLR_NVTX_RANGE("cross_entropy_tangent_backward");
+  Logits v = logits_view("cross_entropy_tangent_backward", z, labels);
+  require_cuda_floating("cross_entropy_tangent_backward", {&z, &zdot});
+  require_same_shape("cross_entropy_tangent_backward", z, zdot);
+  require_per_example("cross_entropy_tangent_backward", g, z);
+  return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent_backward", cross_entropy_tangent_backward_impl, z,
+                           labels, zdot, g, v);
+}
+
+Tensor CudaBackend::margin_loss(const Tensor& z, const Tensor& labels) {
+  LLR_NVTX_RANGE("margin_loss");
+  Logits v = logits_view("margin_loss", z, labels);
+  return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss", margin_loss_impl, z, labels, Tensor(), v);
+}
+
+Tensor CudaBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
+  LLR_NVTX_RANGE("margin_loss_backward");
+  Logits v = logits_view("margin_loss_backward", z, labels);
+  require_per_example("margin_loss_backward", g, z);
+  return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_backward", margin_loss_backward_impl, z, labels, g, v);
+}
+
+Tensor CudaBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
+  LLR_NVTX_RANGE("margin_loss_tangent");
+  Logits v = logits_view("margin_loss_tangent", z, labels);
+  require_cuda_floating("margin_loss_tangent", {&z, &zdot});
+  require_same_shape("margin_loss_tangent", z, zdot);
+  return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_tangent", margin_loss_impl, z, labels, zdot, v);
+}
+
+}  // namespace llr::cuda
