@@ -1,6 +1,7 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
 // For each convolution shape and direction, cuDNN's algorithms are benchmarked once (cudnnFind*AlgorithmEx) and the
 // fastest that fits the workspace limit is cached for the run; workspaces come from the caching allocator.
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -116,6 +117,16 @@ std::string algo_key(Direction d, const Shape& x, const Shape& w, const Conv2dGe
   return os.str();
 }
 
+// LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
+// under compute-sanitizer, where benchmarking is slow and its timings meaningless).
+bool heuristic_only() {
+  static const bool on = [] {
+    const char* v = std::getenv("LLR_CUDNN_HEURISTIC");
+    return v && *v && *v != '0';
+  }();
+  return on;
+}
+
 std::map<std::string, AlgoChoice>& algo_cache() {
   static std::map<std::string, AlgoChoice> cache;
   return cache;
@@ -200,12 +211,17 @@ Tensor CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2
   std::string key = algo_key(Direction::forward, s.x, s.w, g, x.dtype());
   auto it = algo_cache().find(key);
   if (it == algo_cache().end()) {
-    Workspace ws(kWorkspaceLimit);
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int n = 0;
-    LLR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
-                                                           y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf,
-                                                           ws.get(), ws.bytes()));
+    if (heuristic_only()) {
+      LLR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
+                                                             perf));
+    } else {
+      Workspace ws(kWorkspaceLimit);
+      LLR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
+                                                             y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
+                                                             perf, ws.get(), ws.bytes()));
+    }
     it = algo_cache().emplace(key, pick(perf, n, "forward convolution")).first;
   }
   Workspace ws(it->second.workspace);
@@ -233,12 +249,18 @@ Tensor CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, cons
   std::string key = algo_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
   auto it = algo_cache().find(key);
   if (it == algo_cache().end()) {
-    Workspace ws(kWorkspaceLimit);
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int n = 0;
-    LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
-                                                                dx.raw_data(), CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                                &n, perf, ws.get(), ws.bytes()));
+    if (heuristic_only()) {
+      LLR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
+                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
+    } else {
+      Workspace ws(kWorkspaceLimit);
+      LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
+                                                                  dx.raw_data(),
+                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf,
+                                                                  ws.get(), ws.bytes()));
+    }
     it = algo_cache().emplace(key, pick(perf, n, "backward-data convolution")).first;
   }
   Workspace ws(it->second.workspace);
@@ -266,13 +288,19 @@ Tensor CudaBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, co
   std::string key = algo_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
   auto it = algo_cache().find(key);
   if (it == algo_cache().end()) {
-    Workspace ws(kWorkspaceLimit);
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int n = 0;
-    LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd, dwd,
-                                                                  dw.raw_data(),
-                                                                  CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf,
-                                                                  ws.get(), ws.bytes()));
+    if (heuristic_only()) {
+      LLR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd,
+                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                                    perf));
+    } else {
+      Workspace ws(kWorkspaceLimit);
+      LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd,
+                                                                    dwd, dw.raw_data(),
+                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                                    perf, ws.get(), ws.bytes()));
+    }
     it = algo_cache().emplace(key, pick(perf, n, "backward-filter convolution")).first;
   }
   Workspace ws(it->second.workspace);
