@@ -29,17 +29,23 @@ bool has_backend(Device device) { return device == Device::cpu || cuda_backend !
 
 void register_device_copier(DeviceCopier* copier) { device_copier = copier; }
 
+void copy_into(const Tensor& dst, const Tensor& src) {
+  LLR_CHECK(dst.defined() && src.defined(), "copy_into: undefined tensor");
+  LLR_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "copy_into: ", src.describe(), " into ",
+            dst.describe());
+  size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype());
+  if (src.device() == Device::cpu && dst.device() == Device::cpu) {
+    if (bytes) std::memcpy(dst.raw_data(), src.raw_data(), bytes);
+    return;
+  }
+  LLR_CHECK(device_copier != nullptr, "copy_into: no CUDA backend to copy ", src.describe(), " to ", dst.describe());
+  device_copier->copy(dst.raw_data(), dst.device(), src.raw_data(), src.device(), bytes);
+}
+
 Tensor to_device(const Tensor& x, Device device) {
   LLR_CHECK(x.defined(), "to_device: undefined tensor");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout(), device);
-  size_t bytes = static_cast<size_t>(x.numel()) * dtype_size(x.dtype());
-  if (x.device() == Device::cpu && device == Device::cpu) {
-    if (bytes) std::memcpy(out.raw_data(), x.raw_data(), bytes);
-    return out;
-  }
-  LLR_CHECK(device_copier != nullptr, "to_device: no CUDA backend to copy ", x.describe(), " to ",
-            device_name(device));
-  device_copier->copy(out.raw_data(), device, x.raw_data(), x.device(), bytes);
+  copy_into(out, x);
   return out;
 }
 

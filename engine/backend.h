@@ -107,6 +107,18 @@ class Backend {
   virtual Tensor margin_loss(const Tensor& z, const Tensor& labels) = 0;
   virtual Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) = 0;
   virtual Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) = 0;
+
+  // Training support (not differentiable).
+  // A batch from u8 NHWC images: out[b] = images[indices[b]] scaled to [0, 1] in `dtype`, augmented when `augment`
+  // (kernels/augment_math.h: reflect-pad 4, random crop, random flip, drawn from (seed, step, b)).
+  virtual Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed,
+                               uint64_t step, DType dtype) = 0;
+  // labels[indices[b]].
+  virtual Tensor gather_labels(const Tensor& labels, const Tensor& indices) = 0;
+  // One fused SGD step in place (PyTorch semantics): g' = g + wd p; buf = g' on the first step, else
+  // momentum buf + g'; p -= lr (nesterov ? g' + momentum buf : buf).
+  virtual void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+                          double weight_decay, bool nesterov, bool first_step) = 0;
 };
 
 // The backend of a device; throws a clear error when this build or process has none for it.
@@ -122,6 +134,8 @@ class DeviceCopier {
 };
 void register_device_copier(DeviceCopier* copier);
 Tensor to_device(const Tensor& x, Device device);  // a copy on `device` (same dtype, layout)
+// Copies src's values into dst's storage (same shape and dtype; any devices), e.g. loading a checkpoint in place.
+void copy_into(const Tensor& dst, const Tensor& src);
 
 // Call sites write backend::add(a, b); the first tensor argument's device picks the implementation.
 namespace backend {
@@ -220,6 +234,19 @@ inline Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const 
 }
 inline Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   return backend_for(z.device()).margin_loss_tangent(z, labels, zdot);
+}
+
+inline Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step,
+                            DType dtype) {
+  return backend_for(images.device()).gather_images(images, indices, augment, seed, step, dtype);
+}
+inline Tensor gather_labels(const Tensor& labels, const Tensor& indices) {
+  return backend_for(labels.device()).gather_labels(labels, indices);
+}
+inline void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+                       double weight_decay, bool nesterov, bool first_step) {
+  backend_for(param.device()).sgd_update(param, grad, momentum_buffer, lr, momentum, weight_decay, nesterov,
+                                         first_step);
 }
 
 }  // namespace backend

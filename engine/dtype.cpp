@@ -8,6 +8,7 @@ size_t dtype_size(DType t) {
     case DType::f64: return 8;
     case DType::bf16: return 2;
     case DType::i32: return 4;
+    case DType::u8: return 1;
   }
   return 0;
 }
@@ -18,6 +19,7 @@ const char* dtype_name(DType t) {
     case DType::f64: return "f64";
     case DType::bf16: return "bf16";
     case DType::i32: return "i32";
+    case DType::u8: return "u8";
   }
   return "?";
 }

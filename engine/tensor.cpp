@@ -162,9 +162,11 @@ const T* Tensor::data() const {
 template float* Tensor::data<float>();
 template double* Tensor::data<double>();
 template int32_t* Tensor::data<int32_t>();
+template uint8_t* Tensor::data<uint8_t>();
 template const float* Tensor::data<float>() const;
 template const double* Tensor::data<double>() const;
 template const int32_t* Tensor::data<int32_t>() const;
+template const uint8_t* Tensor::data<uint8_t>() const;
 
 double Tensor::at(int64_t i) const {
   LLR_CHECK(i >= 0 && i < numel(), "index ", i, " out of range for ", describe());
@@ -173,6 +175,7 @@ double Tensor::at(int64_t i) const {
     case DType::f32: return data<float>()[i];
     case DType::f64: return data<double>()[i];
     case DType::i32: return data<int32_t>()[i];
+    case DType::u8: return data<uint8_t>()[i];
     case DType::bf16: break;
   }
   LLR_FAIL("element access to a bf16 tensor on the CPU");
@@ -184,6 +187,7 @@ void Tensor::set(int64_t i, double value) {
     case DType::f32: data<float>()[i] = static_cast<float>(value); return;
     case DType::f64: data<double>()[i] = value; return;
     case DType::i32: data<int32_t>()[i] = static_cast<int32_t>(value); return;
+    case DType::u8: data<uint8_t>()[i] = static_cast<uint8_t>(value); return;
     case DType::bf16: break;
   }
   LLR_FAIL("element access to a bf16 tensor on the CPU");

@@ -45,6 +45,21 @@ __device__ __forceinline__ void st<bf16>(bf16* p, int64_t i, float v) {
   p[i] = __float2bfloat16(v);
 }
 
+template <class T>
+DType dtype_of_storage();
+template <>
+inline DType dtype_of_storage<float>() {
+  return DType::f32;
+}
+template <>
+inline DType dtype_of_storage<double>() {
+  return DType::f64;
+}
+template <>
+inline DType dtype_of_storage<bf16>() {
+  return DType::bf16;
+}
+
 // Calls FN<T>(args...) for the storage type T of a floating dtype.
 #define LLR_CUDA_DISPATCH(dtype, op, FN, ...)                                                   \
   [&]() {                                                                                       \

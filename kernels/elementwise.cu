@@ -14,10 +14,19 @@ void fill_impl(Tensor& t, double value) {
   for_each(t.numel(), [=] __device__(int64_t i) { st(p, i, v); });
 }
 
-void fill_i32(Tensor& t, double value) {
-  int32_t* p = ptr<int32_t>(t);
-  int32_t v = static_cast<int32_t>(value);
+template <class I>
+void fill_integer(Tensor& t, double value) {
+  I* p = ptr<I>(t);
+  I v = static_cast<I>(value);
   for_each(t.numel(), [=] __device__(int64_t i) { p[i] = v; });
+}
+
+// Pixels 0..255 to [0, 1].
+template <class Dst>
+void convert_u8(const Tensor& x, Tensor& out) {
+  const uint8_t* s = ptr<uint8_t>(x);
+  Dst* d = ptr<Dst>(out);
+  for_each(x.numel(), [=] __device__(int64_t i) { st(d, i, acc_t<Dst>(s[i]) / acc_t<Dst>(255)); });
 }
 
 template <class Src, class Dst>
@@ -194,16 +203,21 @@ Tensor global_avg_pool_backward_impl(const Tensor& gy, const Shape& x_shape) {
 
 void CudaBackend::fill(Tensor& t, double value) {
   LLR_CHECK(t.device() == Device::cuda, "fill: ", t.describe(), " is not on the GPU");
-  if (t.dtype() == DType::i32) return fill_i32(t, value);
+  if (t.dtype() == DType::i32) return fill_integer<int32_t>(t, value);
+  if (t.dtype() == DType::u8) return fill_integer<uint8_t>(t, value);
   LLR_CUDA_DISPATCH(t.dtype(), "fill", fill_impl, t, value);
 }
 
 Tensor CudaBackend::convert(const Tensor& x, DType dtype) {
   LLR_NVTX_RANGE("convert");
   LLR_CHECK(x.device() == Device::cuda, "convert: ", x.describe(), " is not on the GPU");
-  LLR_CHECK(is_floating(x.dtype()) && is_floating(dtype), "convert: only floating dtypes, got ", x.describe(),
-            " to ", dtype_name(dtype));
+  LLR_CHECK((is_floating(x.dtype()) || x.dtype() == DType::u8) && is_floating(dtype),
+            "convert: only to floating dtypes from floating or u8, got ", x.describe(), " to ", dtype_name(dtype));
   Tensor out = Tensor::empty(x.shape(), dtype, x.layout(), Device::cuda);
+  if (x.dtype() == DType::u8) {
+    LLR_CUDA_DISPATCH(dtype, "convert", convert_u8, x, out);
+    return out;
+  }
   switch (x.dtype()) {
     case DType::f32: convert_from<float>(x, out); break;
     case DType::f64: convert_from<double>(x, out); break;

@@ -1,11 +1,12 @@
-// llrtrain: command-line entry point.
-//   llrtrain --version      version, build configuration and visible GPUs
-//   llrtrain selfcheck      exact tangent pass vs reverse pass and a finite-difference check on a small net (CPU)
-// Training, evaluation and benchmarking subcommands are added as the engine grows.
+// llrtrain: command-line entry point. `llrtrain --help` lists the commands, `llrtrain COMMAND --help` their flags.
 #include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
+
+#include <CLI/CLI.hpp>
 
 #include "engine/autograd.h"
 #include "engine/gradcheck.h"
@@ -13,18 +14,29 @@
 #include "engine/rng.h"
 #include "engine/version.h"
 #include "nets/conv_bn_net.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
 
 #ifdef LLR_HAVE_CUDA
+#include "kernels/context.h"
 #include "kernels/device_info.h"
 #endif
 
 namespace {
 
+using namespace llr;
+
+void init_gpu() {
+#ifdef LLR_HAVE_CUDA
+  if (cuda::available()) cuda::init();
+#endif
+}
+
 void print_version() {
-  std::printf("llrtrain %s\n", llr::kVersion);
+  std::printf("llrtrain %s\n", kVersion);
 #ifdef LLR_HAVE_CUDA
   std::printf("backends: cpu (Eigen), cuda (compiled)\n");
-  std::printf("gpu: %s\n", llr::cuda::device_summary().c_str());
+  std::printf("gpu: %s\n", cuda::device_summary().c_str());
 #else
   std::printf("backends: cpu (Eigen); built without CUDA\n");
 #endif
@@ -34,7 +46,6 @@ void print_version() {
 // S = sum_i CE(f(x_i), y_i) along v from one tangent pass equals <v, grad_x S> from one reverse pass, and the
 // reverse pass through that tangent computation matches finite differences.
 int selfcheck(uint64_t seed) {
-  using namespace llr;
   std::printf("selfcheck: seed %llu, f64, conv-BN-softplus net on a batch of 4 8x8x3 images\n",
               static_cast<unsigned long long>(seed));
   Generator gen(seed);
@@ -54,14 +65,12 @@ int selfcheck(uint64_t seed) {
               tangent, reverse, rel);
   Tape::current().clear();
 
-  // Gradient of D_v S with respect to every parameter (reverse over the tangent pass) vs finite differences.
   gradcheck::Function dvs = [&](const std::vector<Tensor>& p) {
     nets::ConvBnNet n = net;
     n.w1 = p[0], n.g1 = p[1], n.b1 = p[2], n.w2 = p[3], n.g2 = p[4], n.b2 = p[5], n.fc_w = p[6], n.fc_b = p[7];
     Tensor xc = x.detach();
     xc.set_tangent(v);
-    Tensor s = sum(cross_entropy(n.forward(xc), labels));
-    return s.tangent();
+    return sum(cross_entropy(n.forward(xc), labels)).tangent();
   };
   std::vector<Tensor> params = net.parameters();
   gradcheck::Options opt;
@@ -74,49 +83,136 @@ int selfcheck(uint64_t seed) {
   return ok ? 0 : 1;
 }
 
-void usage() {
-  std::printf(
-      "usage: llrtrain <command> [options]\n"
-      "  --version, version    print the version, build configuration and visible GPUs\n"
-      "  selfcheck [--seed N]  check the engine's exact tangent pass on a small net (CPU, f64)\n");
+std::vector<double> parse_list(const std::string& s) {
+  std::vector<double> out;
+  size_t at = 0;
+  while (at < s.size()) {
+    size_t comma = s.find(',', at);
+    std::string part = s.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(part, &used));
+      if (used != part.size()) throw std::invalid_argument(part);
+    } catch (const std::exception&) {
+      throw Error("expected a comma-separated list of numbers, got '" + s + "'");
+    }
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+int run_eval(const std::string& checkpoint, const std::string& data_dir, const std::string& split, int64_t n,
+             int64_t batch, const std::string& device_name_, const std::string& json_path, uint64_t seed) {
+  Device device = resolve_device(device_name_);
+  ckpt::ModelInfo info = ckpt::read_model_info(checkpoint);
+  auto model = nets::make_model(info.model, info.act, info.classes, 0, device, info.dtype);
+  ckpt::load_model(checkpoint, *model);
+  data::Splits s = data_dir == "synthetic" ? data::synthetic_splits(1, 10000, seed + 17) : data::load_cifar10(data_dir, 0);
+  data::Dataset d = split == "train" ? s.train : split == "val" ? s.val : s.test;
+  if (split == "test" && d.empty() && data_dir == "synthetic") d = s.val;
+  LLR_CHECK(!d.empty(), "no ", split, " split in ", data_dir,
+            split == "test" ? " (test_batch.bin is missing; try --split val with a training run's --holdout)" : "");
+  d = data::to_device(d, device);
+  EvalResult r = evaluate(*model, d, batch, info.dtype == DType::f64 ? DType::f64 : DType::f32, n);
+  std::printf("%s (%s) on %s/%s: clean accuracy %.4f over %lld images, mean cross-entropy %.4f\n", info.model.c_str(),
+              nets::act_name(info.act), data_dir.c_str(), split.c_str(), r.accuracy, static_cast<long long>(r.n),
+              r.loss);
+  std::string out = json_path.empty()
+                        ? (std::filesystem::path(checkpoint).parent_path() / "eval.json").string()
+                        : json_path;
+  nlohmann::json j = {{"checkpoint", checkpoint}, {"model", info.model}, {"act", nets::act_name(info.act)},
+                      {"data", data_dir},        {"split", split},      {"n", r.n},
+                      {"clean_accuracy", r.accuracy}, {"loss", r.loss}};
+  io::write_file_atomic(out.empty() ? "eval.json" : out, j.dump(2) + "\n");
+  std::printf("wrote %s\n", out.c_str());
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  CLI::App app{"llrtrain: robust training with the Local Linearity Regularizer, on one engine"};
+  app.require_subcommand(0, 1);
+  bool version = false;
+  app.add_flag("--version", version, "print the version, build configuration and visible GPUs");
+
+  CLI::App* sc = app.add_subcommand("selfcheck", "check the engine's exact tangent pass on a small net (CPU, f64)");
+  uint64_t sc_seed = 1;
+  sc->add_option("--seed", sc_seed, "random seed")->capture_default_str();
+
+  CLI::App* tr = app.add_subcommand("train", "train a classifier (natural training)");
+  TrainConfig cfg;
+  std::string decay_at = "0.5,0.75", resume;
+  tr->add_option("--data", cfg.data, "'synthetic' or a CIFAR-10 binary folder (data_batch_1.bin ...)")->capture_default_str();
+  tr->add_option("--synthetic-train", cfg.synthetic_train, "synthetic training images")->capture_default_str();
+  tr->add_option("--synthetic-val", cfg.synthetic_val, "synthetic validation images")->capture_default_str();
+  tr->add_option("--holdout", cfg.holdout, "CIFAR-10: training images held out for validation")->capture_default_str();
+  tr->add_option("--n-train", cfg.n_train, "use only the first N training images (0: all)")->capture_default_str();
+  tr->add_option("--model", cfg.model, "wrn-D-K (e.g. wrn-28-10) or preact-rn18")->capture_default_str();
+  tr->add_option("--act", cfg.act, "relu or softplus")->capture_default_str();
+  tr->add_option("--epochs", cfg.epochs, "epochs")->capture_default_str();
+  tr->add_option("--steps", cfg.steps, "train for this many steps instead (0: use --epochs)")->capture_default_str();
+  tr->add_option("--batch", cfg.batch, "batch size")->capture_default_str();
+  tr->add_option("--lr", cfg.lr, "base learning rate")->capture_default_str();
+  tr->add_option("--schedule", cfg.schedule, "constant, piecewise or cosine")->capture_default_str();
+  tr->add_option("--decay-at", decay_at, "piecewise: fractions of training at which the rate decays")->capture_default_str();
+  tr->add_option("--decay-factor", cfg.decay_factor, "piecewise: factor of each decay")->capture_default_str();
+  tr->add_option("--warmup-steps", cfg.warmup_steps, "linear warm-up steps")->capture_default_str();
+  tr->add_option("--wd", cfg.weight_decay, "weight decay (convolution and linear weights)")->capture_default_str();
+  tr->add_option("--momentum", cfg.momentum, "SGD momentum")->capture_default_str();
+  tr->add_flag("--nesterov", cfg.nesterov, "Nesterov momentum");
+  tr->add_flag("!--no-augment", cfg.augment, "no random crop and flip");
+  tr->add_option("--seed", cfg.seed, "random seed (initialisation, data order, augmentation)")->capture_default_str();
+  tr->add_option("--device", cfg.device, "auto, cuda or cpu")->capture_default_str();
+  tr->add_option("--precision", cfg.precision, "fp32 or bf16 (GPU)")->capture_default_str();
+  tr->add_option("--out", cfg.out, "run folder (default runs/MODEL-TIME)");
+  tr->add_option("--log-every", cfg.log_every, "steps between metrics lines")->capture_default_str();
+  tr->add_option("--eval-batch", cfg.eval_batch, "evaluation batch size")->capture_default_str();
+  tr->add_option("--resume", resume, "continue the run in this folder from its last checkpoint");
+  tr->add_option("--stop-after", cfg.stop_after, "stop after this step as if interrupted (testing resume)");
+
+  CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
+  std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json;
+  int64_t ev_n = 0, ev_batch = 500;
+  uint64_t ev_seed = 0;
+  ev->add_option("--checkpoint", ev_ckpt, "model.safetensors written by llrtrain train")->required();
+  ev->add_option("--data", ev_data, "'synthetic' or a CIFAR-10 binary folder")->capture_default_str();
+  ev->add_option("--split", ev_split, "test, val or train")->capture_default_str();
+  ev->add_option("--n", ev_n, "evaluate the first N images (0: all)")->capture_default_str();
+  ev->add_option("--batch", ev_batch, "batch size")->capture_default_str();
+  ev->add_option("--device", ev_device, "auto, cuda or cpu")->capture_default_str();
+  ev->add_option("--json", ev_json, "result file (default: eval.json beside the checkpoint)");
+  ev->add_option("--seed", ev_seed, "synthetic data seed (the training run's --seed)")->capture_default_str();
+
   try {
-    if (argc < 2) {
-      usage();
-      return 2;
-    }
-    std::string cmd = argv[1];
-    if (cmd == "--version" || cmd == "version") {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (version || app.get_subcommands().empty()) {
       print_version();
+      if (!version) std::printf("\n%s", app.help().c_str());
       return 0;
     }
-    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-      usage();
+    init_gpu();
+    if (sc->parsed()) {
+      print_version();
+      return selfcheck(sc_seed);
+    }
+    if (tr->parsed()) {
+      cfg.decay_at = parse_list(decay_at);
+      TrainSummary s = train(cfg, resume);
+      if (!s.eval_split.empty())
+        std::printf("final %s accuracy %.4f (%lld images) after %lld steps\n", s.eval_split.c_str(),
+                    s.final_eval.accuracy, static_cast<long long>(s.final_eval.n), static_cast<long long>(s.steps));
       return 0;
     }
-    if (cmd == "selfcheck") {
-      uint64_t seed = 1;
-      for (int i = 2; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
-          char* end = nullptr;
-          seed = std::strtoull(argv[++i], &end, 10);
-          if (!end || *end) throw llr::Error(std::string("--seed expects a non-negative integer, got '") +
-                                             argv[i] + "'");
-        } else {
-          throw llr::Error(std::string("selfcheck: unknown option '") + argv[i] + "'");
-        }
-      }
-      print_version();
-      return selfcheck(seed);
-    }
-    std::fprintf(stderr, "llrtrain: unknown command '%s' (try llrtrain --help)\n", cmd.c_str());
-    return 2;
+    if (ev->parsed()) return run_eval(ev_ckpt, ev_data, ev_split, ev_n, ev_batch, ev_device, ev_json, ev_seed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "llrtrain: error: %s\n", e.what());
     return 1;
   }
+  return 0;
 }

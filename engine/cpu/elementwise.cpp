@@ -30,6 +30,7 @@ void CpuBackend::fill(Tensor& t, double value) {
     case DType::f32: std::fill(t.data<float>(), t.data<float>() + t.numel(), static_cast<float>(value)); return;
     case DType::f64: std::fill(t.data<double>(), t.data<double>() + t.numel(), value); return;
     case DType::i32: std::fill(t.data<int32_t>(), t.data<int32_t>() + t.numel(), static_cast<int32_t>(value)); return;
+    case DType::u8: std::fill(t.data<uint8_t>(), t.data<uint8_t>() + t.numel(), static_cast<uint8_t>(value)); return;
     case DType::bf16: break;
   }
   LLR_FAIL("fill: bf16 is not supported on the CPU");
@@ -38,6 +39,17 @@ void CpuBackend::fill(Tensor& t, double value) {
 Tensor CpuBackend::convert(const Tensor& x, DType dtype) {
   LLR_CHECK(x.device() == Device::cpu, "convert: ", x.describe(), " is not on the CPU");
   LLR_CHECK(x.dtype() != DType::bf16 && dtype != DType::bf16, "convert: bf16 is not supported on the CPU");
+  if (x.dtype() == DType::u8 && is_floating(dtype)) {  // pixels 0..255 to [0, 1]
+    Tensor out = Tensor::empty(x.shape(), dtype, x.layout());
+    const uint8_t* p = x.data<uint8_t>();
+    dispatch_floating(dtype, "convert", [&](auto tag) {
+      using T = decltype(tag);
+      T* o = out.data<T>();
+      for (int64_t i = 0; i < x.numel(); ++i) o[i] = static_cast<T>(p[i]) / T(255);
+      return 0;
+    });
+    return out;
+  }
   Tensor out = Tensor::empty(x.shape(), dtype, x.layout());
   for (int64_t i = 0; i < x.numel(); ++i) out.set(i, x.at(i));
   return out;

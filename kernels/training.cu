@@ -1,0 +1,91 @@
+// CUDA backend: batch gathering with augmentation (one kernel: gather, reflect-pad, crop, flip, scale to [0, 1]) and
+// the fused SGD update. Index math comes from engine/augment_math.h, shared with the CPU backend.
+#include "engine/augment_math.h"
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace llr::cuda {
+
+namespace {
+
+template <class T>
+Tensor gather_images_impl(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step) {
+  int64_t nb = indices.numel();
+  int h = int(images.dim(1)), w = int(images.dim(2)), c = int(images.dim(3));
+  Tensor out = Tensor::empty({nb, h, w, c}, dtype_of_storage<T>(), Layout::nhwc, Device::cuda);
+  const uint8_t* src = ptr<uint8_t>(images);
+  const int32_t* idx = ptr<int32_t>(indices);
+  int64_t n_images = images.dim(0);
+  T* o = ptr<T>(out);
+  for_each(out.numel(), [=] __device__(int64_t i) {
+    int k = int(i % c);
+    int64_t pix = i / c;
+    int x = int(pix % w), y = int((pix / w) % h);
+    int64_t b = pix / (int64_t(w) * h);
+    int row = y, col = x;
+    if (augment) augment::source(augment::params(seed, step, b), y, x, h, w, &row, &col);
+    int64_t img = idx[b];
+    if (img < 0 || img >= n_images) {  // out-of-range index: poison rather than read out of bounds
+      st(o, i, acc_t<T>(NAN));
+      return;
+    }
+    st(o, i, acc_t<T>(src[((img * h + row) * w + col) * c + k]) / acc_t<T>(255));
+  });
+  return out;
+}
+
+template <class T>
+void sgd_impl(Tensor& param, const Tensor& grad, Tensor& buf, double lr, double momentum, double wd, bool nesterov,
+              bool first) {
+  using S = acc_t<T>;
+  T* p = ptr<T>(param);
+  T* m = ptr<T>(buf);
+  const T* g = ptr<T>(grad);
+  S lr_ = S(lr), mo = S(momentum), wd_ = S(wd);
+  for_each(param.numel(), [=] __device__(int64_t i) {
+    S pi = ld(p, i);
+    S gi = ld(g, i) + wd_ * pi;
+    S mi = first ? gi : mo * ld(m, i) + gi;
+    st(m, i, mi);
+    st(p, i, pi - lr_ * (nesterov ? gi + mo * mi : mi));
+  });
+}
+
+}  // namespace
+
+Tensor CudaBackend::gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed,
+                                  uint64_t step, DType dtype) {
+  LLR_NVTX_RANGE("gather_images");
+  LLR_CHECK(images.device() == Device::cuda && images.dtype() == DType::u8 && images.layout() == Layout::nhwc,
+            "gather_images: images must be u8 NHWC on the GPU, got ", images.describe());
+  LLR_CHECK(indices.device() == Device::cuda && indices.dtype() == DType::i32 && indices.rank() == 1,
+            "gather_images: indices must be i32 [B] on the GPU, got ", indices.describe());
+  LLR_CHECK(!augment || (images.dim(1) > augment::kPad && images.dim(2) > augment::kPad),
+            "gather_images: images too small to augment");
+  return LLR_CUDA_DISPATCH(dtype, "gather_images", gather_images_impl, images, indices, augment, seed, step);
+}
+
+Tensor CudaBackend::gather_labels(const Tensor& labels, const Tensor& indices) {
+  LLR_CHECK(labels.device() == Device::cuda && labels.dtype() == DType::i32 && labels.rank() == 1,
+            "gather_labels: labels must be i32 [N] on the GPU, got ", labels.describe());
+  LLR_CHECK(indices.device() == Device::cuda && indices.dtype() == DType::i32 && indices.rank() == 1,
+            "gather_labels: indices must be i32 [B] on the GPU, got ", indices.describe());
+  Tensor out = Tensor::empty({indices.numel()}, DType::i32, Layout::plain, Device::cuda);
+  const int32_t *l = ptr<int32_t>(labels), *idx = ptr<int32_t>(indices);
+  int32_t* o = ptr<int32_t>(out);
+  int64_t n = labels.numel();
+  for_each(indices.numel(), [=] __device__(int64_t b) { o[b] = (idx[b] >= 0 && idx[b] < n) ? l[idx[b]] : -1; });
+  return out;
+}
+
+void CudaBackend::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+                             double weight_decay, bool nesterov, bool first_step) {
+  LLR_NVTX_RANGE("sgd_update");
+  require_cuda_floating("sgd_update", {&param, &grad, &momentum_buffer});
+  require_same_shape("sgd_update", param, grad);
+  require_same_shape("sgd_update", param, momentum_buffer);
+  LLR_CUDA_DISPATCH(param.dtype(), "sgd_update", sgd_impl, param, grad, momentum_buffer, lr, momentum, weight_decay,
+                    nesterov, first_step);
+}
+
+}  // namespace llr::cuda

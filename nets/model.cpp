@@ -1,0 +1,138 @@
+#include "nets/model.h"
+
+#include <cmath>
+#include <regex>
+
+#include "engine/backend.h"
+
+namespace llr::nets {
+
+Tensor Registry::add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter) {
+  for (const NamedTensor& e : entries_) LLR_CHECK(e.name != name, "duplicate tensor name ", name);
+  if (kind != TensorKind::buffer) t.requires_grad_();
+  entries_.push_back({name, t, kind, conv_filter});
+  return t;
+}
+
+std::vector<Tensor> Registry::parameters() const {
+  std::vector<Tensor> out;
+  for (const NamedTensor& e : entries_)
+    if (e.kind != TensorKind::buffer) out.push_back(e.tensor);
+  return out;
+}
+
+namespace {
+// Weights cast to the compute dtype (bf16 compute keeps f32 master weights; the cast's vjp converts back).
+Tensor as_compute(const Tensor& w, const ForwardContext& ctx) {
+  return w.dtype() == ctx.compute ? w : cast(w, ctx.compute);
+}
+}  // namespace
+
+Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, int kernel, int stride, int padding,
+               Init init)
+    : stride_(stride), padding_(padding) {
+  // He initialisation with fan-out, as the Wide-ResNet and torchvision code do.
+  double sd = std::sqrt(2.0 / double(kernel * kernel * out));
+  weight_ = r.add(name + ".weight",
+                  init.place(init.gen->normal({out, kernel, kernel, in}, 0.0, sd, init.dtype, Layout::krsc)),
+                  TensorKind::weight, true);
+}
+
+Tensor Conv2d::forward(const Tensor& x, const ForwardContext& ctx) const {
+  return conv2d(x, as_compute(weight_, ctx), {}, {stride_, padding_});
+}
+
+BatchNorm::BatchNorm(Registry& r, const std::string& name, int64_t channels, Init init) {
+  auto fill = [&](double v) { return Tensor::full({channels}, v, init.dtype, Layout::plain, init.device); };
+  weight_ = r.add(name + ".weight", fill(1.0), TensorKind::no_decay);
+  bias_ = r.add(name + ".bias", fill(0.0), TensorKind::no_decay);
+  running_mean_ = r.add(name + ".running_mean", fill(0.0), TensorKind::buffer);
+  running_var_ = r.add(name + ".running_var", fill(1.0), TensorKind::buffer);
+  r.counters().push_back({name + ".num_batches_tracked", num_batches_tracked_.get()});
+}
+
+Tensor BatchNorm::forward(const Tensor& x, ForwardContext& ctx) {
+  switch (ctx.bn) {
+    case BnMode::eval:
+      return batch_norm(x, running_mean_, running_var_, weight_, bias_, eps_);
+    case BnMode::shared: {
+      LLR_CHECK(ctx.use && ctx.next < ctx.use->size(), "batch norm in shared mode: no recorded statistics for layer ",
+                ctx.next);
+      const BatchStats& s = (*ctx.use)[ctx.next++];
+      return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
+    }
+    case BnMode::train: {
+      BatchStats s = batch_stats(x);
+      if (ctx.record) ctx.record->push_back(s);
+      if (ctx.update_running) {
+        update_running_stats(running_mean_, running_var_, {s.mean.detach(), s.var.detach()}, momentum_,
+                             x.numel() / x.dim(-1));
+        ++*num_batches_tracked_;
+      }
+      return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
+    }
+  }
+  LLR_FAIL("unknown batch-norm mode");
+}
+
+Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, Init init) {
+  // PyTorch's default for the weight; the Wide-ResNet code zeroes the bias.
+  double bound = 1.0 / std::sqrt(double(in));
+  weight_ = r.add(name + ".weight", init.place(init.gen->uniform({out, in}, -bound, bound, init.dtype)),
+                  TensorKind::weight);
+  bias_ = r.add(name + ".bias", Tensor::full({out}, 0.0, init.dtype, Layout::plain, init.device), TensorKind::no_decay);
+}
+
+Tensor Linear::forward(const Tensor& x, const ForwardContext& ctx) const {
+  return linear(x, as_compute(weight_, ctx), bias_);
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const Tensor& p : parameters()) n += p.numel();
+  return n;
+}
+
+Tensor Model::normalize_input(const Tensor& x, const ForwardContext& ctx) const {
+  static const double mean[3] = {0.4914, 0.4822, 0.4465}, stdev[3] = {0.2471, 0.2435, 0.2616};
+  const double eps = 1e-5;
+  DType sd = stat_dtype(ctx.compute);
+  Tensor m = Tensor::from_vector({mean[0], mean[1], mean[2]}, {3}, sd);
+  Tensor v = Tensor::from_vector({stdev[0] * stdev[0] - eps, stdev[1] * stdev[1] - eps, stdev[2] * stdev[2] - eps},
+                                 {3}, sd);
+  Tensor one = Tensor::full({3}, 1.0, sd), zero = Tensor::full({3}, 0.0, sd);
+  Device dev = x.device();
+  if (dev != Device::cpu) m = m.to(dev), v = v.to(dev), one = one.to(dev), zero = zero.to(dev);
+  Tensor xc = x.dtype() == ctx.compute ? x : cast(x, ctx.compute);
+  return batch_norm(xc, m, v, one, zero, eps);
+}
+
+Act parse_act(const std::string& s) {
+  if (s == "relu") return Act::relu;
+  if (s == "softplus") return Act::softplus;
+  LLR_FAIL("unknown activation '", s, "' (relu or softplus)");
+}
+
+const char* act_name(Act a) { return a == Act::relu ? "relu" : a == Act::softplus ? "softplus" : "abs"; }
+
+std::unique_ptr<Model> make_wide_resnet(int depth, int widen, Act act, int64_t classes, Init init);
+std::unique_ptr<Model> make_preact_resnet18(Act act, int64_t classes, Init init);
+
+std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t classes, uint64_t seed, Device device,
+                                  DType dtype) {
+  LLR_CHECK(dtype == DType::f32 || dtype == DType::f64, "model parameters are f32 or f64, got ", dtype_name(dtype));
+  Generator gen(seed);
+  Init init{&gen, dtype, device};
+  std::unique_ptr<Model> m;
+  std::smatch match;
+  if (std::regex_match(name, match, std::regex("wrn-(\\d+)-(\\d+)"))) {
+    m = make_wide_resnet(std::stoi(match[1]), std::stoi(match[2]), act, classes, init);
+  } else if (name == "preact-rn18") {
+    m = make_preact_resnet18(act, classes, init);
+  } else {
+    LLR_FAIL("unknown model '", name, "' (wrn-D-K such as wrn-28-10, or preact-rn18)");
+  }
+  return m;
+}
+
+}  // namespace llr::nets

@@ -1,0 +1,125 @@
+// Layers and models. Parameters and buffers carry the names of the PyTorch reference model
+// (tools/reference/models.py), so a checkpoint is a state dict PyTorch loads with load_state_dict.
+//
+// Batch norm follows DESIGN.md: a pass runs in one of three modes (ForwardContext::bn) -
+//   train:  the batch's own statistics, differentiated through, recorded for later passes; running averages are
+//           updated when update_running is set (once per step, by the nominal pass);
+//   shared: the statistics an earlier pass recorded, in the same order (LLR's perturbed and search passes);
+//   eval:   the running averages.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/ops.h"
+#include "engine/rng.h"
+
+namespace llr::nets {
+
+enum class BnMode { train, shared, eval };
+
+struct ForwardContext {
+  BnMode bn = BnMode::train;
+  std::vector<BatchStats>* record = nullptr;     // train: statistics of each batch norm, in order
+  const std::vector<BatchStats>* use = nullptr;  // shared: statistics to use, in order
+  size_t next = 0;                               // shared: position in `use`
+  bool update_running = false;                   // train: update running averages
+  DType compute = DType::f32;                    // f32, f64, or bf16 (activations bf16, master weights f32)
+};
+
+enum class TensorKind { weight, no_decay, buffer };  // weight decay applies to convolution and linear weights only
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+  TensorKind kind;
+  bool conv_filter;  // stored KRSC here, OIHW in checkpoints
+};
+
+// Ordered registry of a model's tensors (the state dict).
+class Registry {
+ public:
+  Tensor add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter = false);
+  const std::vector<NamedTensor>& entries() const { return entries_; }
+  std::vector<NamedTensor>& entries() { return entries_; }
+  std::vector<Tensor> parameters() const;  // weights and no-decay parameters
+  // Batch-norm step counters (PyTorch's num_batches_tracked), by batch-norm prefix.
+  std::vector<std::pair<std::string, int64_t*>>& counters() { return counters_; }
+
+ private:
+  std::vector<NamedTensor> entries_;
+  std::vector<std::pair<std::string, int64_t*>> counters_;
+};
+
+struct Init {
+  Generator* gen;
+  DType dtype;    // of the master weights: f32 (also for bf16 compute) or f64
+  Device device;  // where the parameters live
+  Tensor place(const Tensor& t) const { return device == Device::cpu ? t : t.to(device); }
+};
+
+class Conv2d {
+ public:
+  Conv2d() = default;
+  Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, int kernel, int stride, int padding, Init init);
+  Tensor forward(const Tensor& x, const ForwardContext& ctx) const;
+  int64_t out_channels() const { return weight_.dim(0); }
+
+ private:
+  Tensor weight_;  // KRSC
+  int stride_ = 1, padding_ = 0;
+};
+
+class BatchNorm {
+ public:
+  BatchNorm() = default;
+  BatchNorm(Registry& r, const std::string& name, int64_t channels, Init init);
+  Tensor forward(const Tensor& x, ForwardContext& ctx);
+
+ private:
+  Tensor weight_, bias_, running_mean_, running_var_;
+  std::unique_ptr<int64_t> num_batches_tracked_ = std::make_unique<int64_t>(0);
+  double eps_ = 1e-5, momentum_ = 0.1;
+};
+
+class Linear {
+ public:
+  Linear() = default;
+  Linear(Registry& r, const std::string& name, int64_t in, int64_t out, Init init);
+  Tensor forward(const Tensor& x, const ForwardContext& ctx) const;
+
+ private:
+  Tensor weight_, bias_;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  // Logits [N, classes] for images x in [0, 1], NHWC; normalisation happens inside.
+  virtual Tensor forward(const Tensor& x, ForwardContext& ctx) = 0;
+  Registry& registry() { return registry_; }
+  std::vector<Tensor> parameters() const { return registry_.parameters(); }
+  int64_t parameter_count() const;
+  const std::string& name() const { return name_; }
+  Act act() const { return act_; }
+  int64_t classes() const { return classes_; }
+
+ protected:
+  Model(std::string name, Act act, int64_t classes) : name_(std::move(name)), act_(act), classes_(classes) {}
+  // (x - mean) / std per channel with the CIFAR-10 statistics, written as a batch norm with fixed statistics.
+  Tensor normalize_input(const Tensor& x, const ForwardContext& ctx) const;
+  Registry registry_;
+  std::string name_;
+  Act act_;
+  int64_t classes_;
+};
+
+// Names: "wrn-D-K" (Wide-ResNet, depth D = 6n + 4, widen factor K), "preact-rn18". Activation relu or softplus.
+// Parameters live on `device` in f32 (f64 when dtype is f64).
+std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t classes, uint64_t seed, Device device,
+                                  DType dtype = DType::f32);
+Act parse_act(const std::string& s);
+const char* act_name(Act a);
+
+}  // namespace llr::nets

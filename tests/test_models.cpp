@@ -1,0 +1,71 @@
+// Model construction: parameter counts, output shapes, state-dict names, batch-norm modes.
+#include "nets/model.h"
+#include "tests/test_util.h"
+
+namespace llr::test {
+namespace {
+
+TEST_CASE("parameter counts of the standard models") {
+  auto wrn = nets::make_model("wrn-28-10", Act::relu, 10, 1, Device::cpu);
+  CHECK(wrn->parameter_count() == 36479194);  // 36.5M
+  auto rn18 = nets::make_model("preact-rn18", Act::relu, 10, 1, Device::cpu);
+  CHECK(rn18->parameter_count() == 11172170);  // 11.2M, the same as tools/reference/models.py
+  auto wrn28_8 = nets::make_model("wrn-28-8", Act::softplus, 10, 1, Device::cpu);
+  CHECK(wrn28_8->parameter_count() == 23354842);
+}
+
+TEST_CASE("state-dict names follow the PyTorch reference") {
+  auto m = nets::make_model("wrn-16-2", Act::relu, 10, 1, Device::cpu);
+  std::vector<std::string> names;
+  for (const auto& e : m->registry().entries()) names.push_back(e.name);
+  auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  CHECK(names.front() == "conv1.weight");
+  CHECK(has("block1.layer.0.bn1.running_var"));
+  CHECK(has("block1.layer.0.convShortcut.weight"));  // 16 -> 32 channels
+  CHECK_FALSE(has("block1.layer.1.convShortcut.weight"));
+  CHECK(has("block3.layer.1.conv2.weight"));
+  CHECK(has("bn1.bias"));
+  CHECK(names.back() == "fc.bias");
+  CHECK(m->registry().counters().size() == 2 * 6 + 1);  // one num_batches_tracked per batch norm
+}
+
+TEST_CASE("forward shapes, and batch-norm modes record, share and update statistics") {
+  Generator gen(2);
+  for (const char* name : {"wrn-10-1", "preact-rn18"}) {
+    auto m = nets::make_model(name, Act::softplus, 10, 3, Device::cpu);
+    Tensor x = gen.uniform({2, 32, 32, 3}, 0, 1, DType::f32, Layout::nhwc);
+    std::vector<BatchStats> stats;
+    nets::ForwardContext train;
+    train.record = &stats;
+    train.update_running = true;
+    Tensor logits = m->forward(x, train);
+    CHECK(logits.shape() == Shape{2, 10});
+    CHECK(!stats.empty());
+    CHECK(*m->registry().counters().front().second == 1);
+
+    // Shared statistics of the same batch reproduce the training-mode logits exactly.
+    nets::ForwardContext shared;
+    shared.bn = nets::BnMode::shared;
+    shared.use = &stats;
+    Tensor again = m->forward(x, shared);
+    CHECK(compare(again, logits, 1e-30, 0).max_violation <= 1.0);
+    CHECK(shared.next == stats.size());
+
+    nets::ForwardContext eval;
+    eval.bn = nets::BnMode::eval;
+    Tensor ev = m->forward(x, eval);
+    CHECK(ev.shape() == Shape{2, 10});
+    Tape::current().clear();
+  }
+}
+
+TEST_CASE("unknown models and activations are refused") {
+  CHECK_THROWS_WITH_AS(nets::make_model("vgg-16", Act::relu, 10, 1, Device::cpu), doctest::Contains("unknown model"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-27-10", Act::relu, 10, 1, Device::cpu), doctest::Contains("6n + 4"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nets::parse_act("tanh"), doctest::Contains("unknown activation"), Error);
+}
+
+}  // namespace
+}  // namespace llr::test

@@ -1,0 +1,27 @@
+#include "train/optimizer.h"
+
+#include "engine/backend.h"
+
+namespace llr {
+
+Sgd::Sgd(nets::Model& model, SgdOptions options) : options_(options) {
+  for (const nets::NamedTensor& e : model.registry().entries()) {
+    if (e.kind == nets::TensorKind::buffer) continue;
+    params_.push_back(e.tensor);
+    decay_.push_back(e.kind == nets::TensorKind::weight);
+    buffers_.push_back(Tensor::zeros(e.tensor.shape(), e.tensor.dtype(), e.tensor.layout(), e.tensor.device()));
+  }
+}
+
+void Sgd::step(const std::vector<Tensor>& grads, double lr) {
+  LLR_CHECK(grads.size() == params_.size(), "Sgd::step: ", grads.size(), " gradients for ", params_.size(),
+            " parameters");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor p = params_[i].detach();  // updated in place, outside the tape
+    backend::sgd_update(p, grads[i], buffers_[i], lr, options_.momentum, decay_[i] ? options_.weight_decay : 0.0,
+                        options_.nesterov, steps_ == 0);
+  }
+  ++steps_;
+}
+
+}  // namespace llr

@@ -1,0 +1,36 @@
+// SGD with momentum (optionally Nesterov) and weight decay on convolution and linear weights only, with PyTorch's
+// update rule; each parameter's update is one fused backend call (one kernel on the GPU).
+#pragma once
+
+#include <vector>
+
+#include "nets/model.h"
+
+namespace llr {
+
+struct SgdOptions {
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 5e-4;
+};
+
+class Sgd {
+ public:
+  Sgd(nets::Model& model, SgdOptions options);
+  // One update with gradients in the order of model.parameters().
+  void step(const std::vector<Tensor>& grads, double lr);
+  int64_t steps_taken() const { return steps_; }
+  void set_steps_taken(int64_t s) { steps_ = s; }
+  const SgdOptions& options() const { return options_; }
+  std::vector<Tensor>& momentum_buffers() { return buffers_; }
+  const std::vector<Tensor>& momentum_buffers() const { return buffers_; }
+
+ private:
+  std::vector<Tensor> params_;
+  std::vector<bool> decay_;
+  std::vector<Tensor> buffers_;
+  SgdOptions options_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace llr
