@@ -56,12 +56,13 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device devi
   auto impl = std::make_shared<TensorImpl>();
   impl->id = next_tensor_id++;
   impl->shape = shape;
+  impl->numel = shape_numel(shape);
   impl->dtype = dtype;
   impl->device = device;
   impl->layout = layout;
   if (layout == Layout::nhwc || layout == Layout::nchw || layout == Layout::krsc || layout == Layout::kcrs)
     LLR_CHECK(shape.size() == 4, "layout ", layout_name(layout), " needs a rank-4 shape, got ", shape_str(shape));
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(impl->numel) * dtype_size(dtype), device);
   return Tensor(impl);
 }
 
@@ -113,7 +114,10 @@ int64_t Tensor::dim(int i) const {
   return s[j];
 }
 
-int64_t Tensor::numel() const { return shape_numel(shape()); }
+int64_t Tensor::numel() const {
+  check_defined("numel()");
+  return impl_->numel;
+}
 DType Tensor::dtype() const {
   check_defined("dtype()");
   return impl_->dtype;
@@ -225,6 +229,7 @@ Tensor Tensor::detach() const {
   auto impl = std::make_shared<TensorImpl>();
   impl->id = next_tensor_id++;
   impl->shape = impl_->shape;
+  impl->numel = impl_->numel;
   impl->dtype = impl_->dtype;
   impl->device = impl_->device;
   impl->layout = impl_->layout;
@@ -245,6 +250,7 @@ Tensor Tensor::reshaped(const Shape& new_shape, Layout l) const {
             " changes the number of elements");
   Tensor t = detach();
   t.impl_->shape = new_shape;
+  t.impl_->numel = shape_numel(new_shape);
   return t.with_layout(l);
 }
 

@@ -48,6 +48,7 @@ struct Node;
 struct TensorImpl {
   uint64_t id = 0;
   Shape shape;
+  int64_t numel = 0;  // product of shape, kept in step with it
   DType dtype = DType::f32;
   Device device = Device::cpu;
   Layout layout = Layout::plain;

@@ -15,6 +15,8 @@
 #include "engine/version.h"
 #include "nets/conv_bn_net.h"
 #include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/safetensors.h"
 #include "train/trainer.h"
 
 #ifdef LLR_HAVE_CUDA
@@ -102,8 +104,35 @@ std::vector<double> parse_list(const std::string& s) {
   return out;
 }
 
+// The first n images of d with the model's logits (evaluation mode), for tools/reference/compare_logits.py.
+void dump_logits(const std::string& path, nets::Model& model, const data::Dataset& d, int64_t n, DType compute) {
+  NoGradGuard no_grad;
+  n = std::min<int64_t>(n, d.size());
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
+  data::Batch b = data::make_batch(d, order, 0, n, false, 0, 0, compute);
+  nets::ForwardContext ctx;
+  ctx.bn = nets::BnMode::eval;
+  ctx.compute = compute;
+  Tensor logits = model.forward(b.images, ctx);
+  auto stored = [](const Tensor& t) {
+    Tensor h = t.to(Device::cpu);
+    if (h.dtype() == DType::f64) h = h.to(DType::f32);
+    io::StoredTensor s;
+    s.dtype = h.dtype() == DType::i32 ? "I32" : "F32";
+    s.shape = h.shape();
+    const uint8_t* p = static_cast<const uint8_t*>(h.raw_data());
+    s.bytes.assign(p, p + h.numel() * 4);
+    return s;
+  };
+  io::write_safetensors(path, {{"images_nhwc", stored(b.images)}, {"labels", stored(b.labels)}, {"logits", stored(logits)}},
+                        {{"format", "llrtrain-logits"}});
+  std::printf("wrote %lld images and their logits to %s\n", static_cast<long long>(n), path.c_str());
+}
+
 int run_eval(const std::string& checkpoint, const std::string& data_dir, const std::string& split, int64_t n,
-             int64_t batch, const std::string& device_name_, const std::string& json_path, uint64_t seed) {
+             int64_t batch, const std::string& device_name_, const std::string& json_path, uint64_t seed,
+             const std::string& dump_path) {
   Device device = resolve_device(device_name_);
   ckpt::ModelInfo info = ckpt::read_model_info(checkpoint);
   auto model = nets::make_model(info.model, info.act, info.classes, 0, device, info.dtype);
@@ -114,7 +143,9 @@ int run_eval(const std::string& checkpoint, const std::string& data_dir, const s
   LLR_CHECK(!d.empty(), "no ", split, " split in ", data_dir,
             split == "test" ? " (test_batch.bin is missing; try --split val with a training run's --holdout)" : "");
   d = data::to_device(d, device);
-  EvalResult r = evaluate(*model, d, batch, info.dtype == DType::f64 ? DType::f64 : DType::f32, n);
+  DType compute = info.dtype == DType::f64 ? DType::f64 : DType::f32;
+  if (!dump_path.empty()) dump_logits(dump_path, *model, d, n > 0 ? n : 64, compute);
+  EvalResult r = evaluate(*model, d, batch, compute, n);
   std::printf("%s (%s) on %s/%s: clean accuracy %.4f over %lld images, mean cross-entropy %.4f\n", info.model.c_str(),
               nets::act_name(info.act), data_dir.c_str(), split.c_str(), r.accuracy, static_cast<long long>(r.n),
               r.loss);
@@ -173,7 +204,7 @@ int main(int argc, char** argv) {
   tr->add_option("--stop-after", cfg.stop_after, "stop after this step as if interrupted (testing resume)");
 
   CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
-  std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json;
+  std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json, ev_dump;
   int64_t ev_n = 0, ev_batch = 500;
   uint64_t ev_seed = 0;
   ev->add_option("--checkpoint", ev_ckpt, "model.safetensors written by llrtrain train")->required();
@@ -184,6 +215,9 @@ int main(int argc, char** argv) {
   ev->add_option("--device", ev_device, "auto, cuda or cpu")->capture_default_str();
   ev->add_option("--json", ev_json, "result file (default: eval.json beside the checkpoint)");
   ev->add_option("--seed", ev_seed, "synthetic data seed (the training run's --seed)")->capture_default_str();
+  ev->add_option("--dump-logits", ev_dump,
+                 "also write the first --n images (default 64) and their logits as safetensors, for "
+                 "tools/reference/compare_logits.py");
 
   try {
     app.parse(argc, argv);
@@ -209,7 +243,8 @@ int main(int argc, char** argv) {
                     s.final_eval.accuracy, static_cast<long long>(s.final_eval.n), static_cast<long long>(s.steps));
       return 0;
     }
-    if (ev->parsed()) return run_eval(ev_ckpt, ev_data, ev_split, ev_n, ev_batch, ev_device, ev_json, ev_seed);
+    if (ev->parsed())
+      return run_eval(ev_ckpt, ev_data, ev_split, ev_n, ev_batch, ev_device, ev_json, ev_seed, ev_dump);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "llrtrain: error: %s\n", e.what());
     return 1;

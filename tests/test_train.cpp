@@ -1,0 +1,257 @@
+// Data, augmentation, checkpoints, resumption and a short real training run.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <cstring>
+#include <unistd.h>
+
+#include "engine/augment_math.h"
+#include "engine/backend.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/trainer.h"
+#include "tests/test_util.h"
+
+namespace llr::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("llr_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// CIFAR records: label, then R, G, B planes; pixel value = (record * 7 + plane * 3 + position) mod 256.
+std::string cifar_bytes(int records, int bad_label_at = -1) {
+  std::string s;
+  for (int i = 0; i < records; ++i) {
+    s.push_back(static_cast<char>(i == bad_label_at ? 12 : i % 10));
+    for (int c = 0; c < 3; ++c)
+      for (int p = 0; p < 1024; ++p) s.push_back(static_cast<char>((i * 7 + c * 3 + p) % 256));
+  }
+  return s;
+}
+
+void write(const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
+
+TEST_CASE("the CIFAR-10 reader converts planar records to NHWC and keeps labels") {
+  fs::path dir = temp_dir("cifar_ok");
+  write(dir / "data_batch_1.bin", cifar_bytes(3));
+  data::Dataset d = data::read_cifar_file((dir / "data_batch_1.bin").string());
+  REQUIRE(d.size() == 3);
+  CHECK(d.images.shape() == Shape{3, 32, 32, 3});
+  CHECK(d.images.layout() == Layout::nhwc);
+  CHECK(d.labels.to_vector() == std::vector<double>{0, 1, 2});
+  // record 2, row 5, column 9, green: position 5*32+9 in plane 1.
+  CHECK(d.images.at(((2 * 32 + 5) * 32 + 9) * 3 + 1) == (2 * 7 + 1 * 3 + 5 * 32 + 9) % 256);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the CIFAR-10 reader rejects truncated files, bad labels and missing folders, naming file and offset") {
+  fs::path dir = temp_dir("cifar_bad");
+  std::string good = cifar_bytes(2);
+  write(dir / "truncated.bin", good + good.substr(0, 100));
+  CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "truncated.bin").string()),
+                       doctest::Contains("truncated.bin is truncated or not CIFAR-10"), Error);
+  write(dir / "label.bin", cifar_bytes(3, 1));
+  CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "label.bin").string()),
+                       doctest::Contains("label 12 at byte offset 3073 (record 1) is not in 0..9"), Error);
+  write(dir / "empty.bin", "");
+  CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "empty.bin").string()), doctest::Contains("is empty"), Error);
+  CHECK_THROWS_WITH_AS(data::load_cifar10((dir / "nowhere").string(), 0), doctest::Contains("does not exist"), Error);
+  for (int k : {1, 2, 4, 5}) write(dir / ("data_batch_" + std::to_string(k) + ".bin"), good);
+  CHECK_THROWS_WITH_AS(data::load_cifar10(dir.string(), 0), doctest::Contains("lacks data_batch_3.bin"), Error);
+  write(dir / "data_batch_3.bin", good);
+  data::Splits s = data::load_cifar10(dir.string(), 4);
+  CHECK(s.train.size() == 6);
+  CHECK(s.val.size() == 4);
+  CHECK(s.test.empty());
+  CHECK_THROWS_WITH_AS(data::load_cifar10(dir.string(), 10), doctest::Contains("--holdout 10"), Error);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("augmentation keeps labels, stays in [0, 1], crops and flips the reflect-padded image") {
+  data::Dataset d = data::synthetic(12, 5);
+  std::vector<int32_t> order = data::epoch_order(d.size(), 1, 0);
+  data::Batch plain = data::make_batch(d, order, 2, 6, false, 9, 3, DType::f32);
+  data::Batch aug = data::make_batch(d, order, 2, 6, true, 9, 3, DType::f32);
+  data::Batch again = data::make_batch(d, order, 2, 6, true, 9, 3, DType::f32);
+  data::Batch other = data::make_batch(d, order, 2, 6, true, 9, 4, DType::f32);
+  CHECK(aug.images.to_vector() == again.images.to_vector());   // same (seed, step): same batch
+  CHECK(aug.images.to_vector() != other.images.to_vector());   // next step: new crops
+  bool any_flip = false, any_shift = false;
+  for (int64_t b = 0; b < 6; ++b) {
+    int32_t src = order[2 + b];
+    CHECK(aug.labels.at(b) == d.labels.at(src));
+    CHECK(plain.labels.at(b) == d.labels.at(src));
+    augment::Params p = augment::params(9, 3, b);
+    any_flip = any_flip || p.flip;
+    any_shift = any_shift || p.dy != augment::kPad || p.dx != augment::kPad;
+    for (int y = 0; y < 32; ++y)
+      for (int x = 0; x < 32; ++x)
+        for (int c = 0; c < 3; ++c) {
+          int row, col;
+          augment::source(p, y, x, 32, 32, &row, &col);
+          REQUIRE(row >= 0);
+          REQUIRE(row < 32);
+          REQUIRE(col >= 0);
+          REQUIRE(col < 32);
+          double v = aug.images.at(((b * 32 + y) * 32 + x) * 3 + c);
+          CHECK(v == static_cast<float>(d.images.at(((src * 32 + row) * 32 + col) * 3 + c) / 255.0f));
+          double u = plain.images.at(((b * 32 + y) * 32 + x) * 3 + c);
+          CHECK(u == static_cast<float>(d.images.at(((src * 32 + y) * 32 + x) * 3 + c) / 255.0f));
+          CHECK(v >= 0.0);
+          CHECK(v <= 1.0);
+        }
+  }
+  CHECK(any_flip);
+  CHECK(any_shift);
+  CHECK(augment::reflect(-1, 32) == 1);
+  CHECK(augment::reflect(32, 32) == 30);
+}
+
+TEST_CASE("a checkpoint round trip is bit-exact; truncated or corrupt checkpoints are refused") {
+  fs::path dir = temp_dir("ckpt");
+  auto a = nets::make_model("wrn-10-1", Act::softplus, 10, 1, Device::cpu);
+  auto b = nets::make_model("wrn-10-1", Act::softplus, 10, 2, Device::cpu);
+  *a->registry().counters()[3].second = 17;
+  std::string path = (dir / "model.safetensors").string();
+  ckpt::save_model(path, *a, {{"step", "5"}});
+  CHECK_FALSE(fs::exists(path + ".tmp." + std::to_string(::getpid())));
+  ckpt::ModelInfo info = ckpt::read_model_info(path);
+  CHECK(info.model == "wrn-10-1");
+  CHECK(info.act == Act::softplus);
+  ckpt::load_model(path, *b);
+  const auto& ea = a->registry().entries();
+  const auto& eb = b->registry().entries();
+  REQUIRE(ea.size() == eb.size());
+  for (size_t i = 0; i < ea.size(); ++i) {
+    INFO(ea[i].name);
+    CHECK(std::memcmp(ea[i].tensor.raw_data(), eb[i].tensor.raw_data(), ea[i].tensor.numel() * 4) == 0);
+  }
+  CHECK(*b->registry().counters()[3].second == 17);
+
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  write(dir / "cut.safetensors", bytes.substr(0, bytes.size() - 1000));
+  CHECK_THROWS_WITH_AS(ckpt::load_model((dir / "cut.safetensors").string(), *b), doctest::Contains("truncated"), Error);
+  write(dir / "tiny.safetensors", bytes.substr(0, 5));
+  CHECK_THROWS_WITH_AS(ckpt::load_model((dir / "tiny.safetensors").string(), *b), doctest::Contains("truncated"),
+                       Error);
+  std::string corrupt = bytes;
+  corrupt[10] = '#';
+  write(dir / "corrupt.safetensors", corrupt);
+  CHECK_THROWS_WITH_AS(ckpt::load_model((dir / "corrupt.safetensors").string(), *b), doctest::Contains("corrupt"),
+                       Error);
+  auto other = nets::make_model("wrn-16-1", Act::softplus, 10, 2, Device::cpu);
+  CHECK_THROWS_AS(ckpt::load_model(path, *other), Error);
+  fs::remove_all(dir);
+}
+
+std::vector<std::string> lines(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<std::string> out;
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an uninterrupted run does") {
+  fs::path dir = temp_dir("resume");
+  TrainConfig c;
+  c.data = "synthetic";
+  c.synthetic_train = 128;
+  c.synthetic_val = 32;
+  c.model = "wrn-10-1";
+  c.batch = 32;
+  c.epochs = 3;  // 4 steps per epoch
+  c.lr = 0.05;
+  c.schedule = "piecewise";
+  c.decay_at = {0.5};
+  c.device = "cpu";
+  c.log_every = 1;
+  c.seed = 3;
+  c.out = (dir / "full").string();
+  TrainSummary full = train(c);
+  CHECK(full.steps == 12);
+
+  c.out = (dir / "split").string();
+  c.stop_after = 6;  // mid-epoch
+  TrainSummary first = train(c);
+  CHECK(first.interrupted);
+  CHECK(first.steps == 6);
+  TrainConfig r;
+  r.epochs = 0;
+  TrainSummary second = train(r, c.out);
+  CHECK(second.steps == 12);
+
+  // Same weights, bit for bit.
+  io::SafetensorsFile a = io::read_safetensors((dir / "full" / "model.safetensors").string());
+  io::SafetensorsFile b = io::read_safetensors((dir / "split" / "model.safetensors").string());
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  for (const auto& [name, t] : a.tensors) {
+    INFO(name);
+    CHECK(t.bytes == b.tensors.at(name).bytes);
+  }
+  // The same training metrics lines (step, loss, learning rate), apart from timings.
+  auto strip = [](std::vector<std::string> ls) {
+    std::vector<std::string> out;
+    for (std::string& l : ls) {
+      if (l.find("\"split\":\"train\"") == std::string::npos) continue;
+      size_t t = l.find("\"elapsed_s\"");
+      size_t i = l.find("\"images_per_s\"");
+      out.push_back(l.substr(0, std::min(t, i)) + l.substr(l.find("\"loss\"")));
+    }
+    return out;
+  };
+  std::vector<std::string> la = strip(lines(dir / "full" / "metrics.jsonl"));
+  std::vector<std::string> lb = strip(lines(dir / "split" / "metrics.jsonl"));
+  CHECK(la.size() == 12);
+  CHECK(la == lb);
+  fs::remove_all(dir);
+}
+
+// Real CIFAR-10 images from ../shared (skipped when absent): 3,000 records of data_batch_1, written as five small
+// batch files, 2,000 for training and the last 1,000 held out.
+TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chance on 1,000 held-out ones") {
+  fs::path xz = fs::path(LLR_SOURCE_DIR) / ".." / "shared" / "data" / "cifar10" / "data_batch_1.bin.xz";
+  if (const char* env = std::getenv("LLR_CIFAR10_XZ")) xz = env;
+  if (!fs::exists(xz)) {
+    std::printf("SKIPPED real CIFAR-10 training: %s not found\n", xz.string().c_str());
+    MESSAGE("skipped: no CIFAR-10 data at ", xz.string());
+    return;
+  }
+  fs::path dir = temp_dir("cifar_real");
+  std::string cmd = "xz -dc '" + xz.string() + "' | head -c " + std::to_string(3000 * data::kCifarRecordBytes) + " > '" +
+                    (dir / "all.bin").string() + "'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in(dir / "all.bin", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(all.size() == 3000 * data::kCifarRecordBytes);
+  for (int k = 0; k < 5; ++k)
+    write(dir / ("data_batch_" + std::to_string(k + 1) + ".bin"),
+          all.substr(k * 600 * data::kCifarRecordBytes, 600 * data::kCifarRecordBytes));
+  TrainConfig c;
+  c.data = dir.string();
+  c.holdout = 1000;
+  c.model = "wrn-10-1";
+  c.batch = 50;
+  c.epochs = 5;
+  c.lr = 0.05;
+  c.schedule = "cosine";
+  c.device = "cpu";
+  c.seed = 1;
+  c.out = (dir / "run").string();
+  TrainSummary s = train(c);
+  std::printf("real CIFAR-10, wrn-10-1, 2000 train / 1000 held out, 5 epochs on the CPU: held-out accuracy %.3f\n",
+              s.final_eval.accuracy);
+  CHECK(s.eval_split == "val");
+  CHECK(s.final_eval.n == 1000);
+  CHECK(s.final_eval.accuracy > 0.2);  // chance is 0.1; a 1,000-image estimate has a standard error near 0.01
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace llr::test
