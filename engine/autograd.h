@@ -76,6 +76,18 @@ class NoGradGuard {
   bool prev_;
 };
 
+// Sets gradient recording on or off for a scope (e.g. an input-gradient pass inside code that runs under no-grad).
+class GradModeGuard {
+ public:
+  explicit GradModeGuard(bool on) : prev_(GradMode::enabled()) { GradMode::set(on); }
+  ~GradModeGuard() { GradMode::set(prev_); }
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
 // While active, ops ignore their inputs' tangents. Set while a jvp rule runs (its ops see the primal inputs, which
 // may carry tangents themselves: that would be a second-order tangent, which the engine does not compute).
 class TangentSuppressGuard {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "engine/elementwise_math.h"
+#include "engine/perturbation_math.h"
 #include "engine/tensor.h"
 
 namespace llr {
@@ -27,6 +28,14 @@ struct BnNormalizeGrads {
 };
 struct BnTangentGrads {
   Tensor x, mean, var, scale, xdot, mean_dot, var_dot;
+};
+// LLR per-example coefficients (see Backend::llr_coefficients).
+struct LlrCoefficients {
+  Tensor nominal_weight;    // w_nom - lambda sign(g_i): weight of l_i(x)
+  Tensor perturbed_weight;  // lambda sign(g_i): weight of l_i(x + delta)
+  Tensor tangent_weight;    // c_i = mu sign(d_i) - lambda sign(g_i): v = c_i delta_i
+  Tensor abs_g;             // |g_i|, the local-linearity estimate
+  Tensor sign_g;            // sign(g_i)
 };
 
 class Backend {
@@ -107,6 +116,24 @@ class Backend {
   virtual Tensor margin_loss(const Tensor& z, const Tensor& labels) = 0;
   virtual Tensor margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) = 0;
   virtual Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) = 0;
+
+  // Per-example KL(softmax(zp) || softmax(zq)) on logits [N, K] (TRADES), and its vjp with respect to both.
+  virtual Tensor kl_div(const Tensor& zp, const Tensor& zq) = 0;
+  virtual std::pair<Tensor, Tensor> kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) = 0;
+
+  // The fused perturbation step (LLR search, PGD attacks), in place on delta (and the Adam moments m, v):
+  //   direction = grad_weighted - sign_g[i] gx   (gx and sign_g undefined for PGD: direction = grad_weighted),
+  //   delta += step (sign or Adam), projected onto |delta| <= eps and x + delta in [0, 1];
+  // returns d_i = <delta_i, gx_i> for the updated delta when gx is defined (else undefined).
+  virtual Tensor perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+                                   const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) = 0;
+  // LLR per-example coefficients from the nominal losses l, perturbed losses lp and d, with g = lp - l - d.
+  virtual LlrCoefficients llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,
+                                           double lambda, double mu) = 0;
+  // A random start inside the eps-ball, projected so that x + delta is in [0, 1]: uniform in [-eps, eps], or
+  // normal_scale * N(0, 1) when normal_scale > 0 (TRADES). Element i draws from (seed, counter + i).
+  virtual Tensor perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
+                                   uint64_t counter) = 0;
 
   // Training support (not differentiable).
   // A batch from u8 NHWC images: out[b] = images[indices[b]] scaled to [0, 1] in `dtype`, augmented when `augment`
@@ -236,6 +263,21 @@ inline Tensor margin_loss_tangent(const Tensor& z, const Tensor& labels, const T
   return backend_for(z.device()).margin_loss_tangent(z, labels, zdot);
 }
 
+inline Tensor kl_div(const Tensor& zp, const Tensor& zq) { return backend_for(zp.device()).kl_div(zp, zq); }
+inline std::pair<Tensor, Tensor> kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) {
+  return backend_for(zp.device()).kl_div_backward(zp, zq, g);
+}
+inline Tensor perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+                                const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
+  return backend_for(delta.device()).perturbation_step(delta, x, grad_weighted, gx, sign_g, m, v, p);
+}
+inline LlrCoefficients llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,
+                                        double lambda, double mu) {
+  return backend_for(l.device()).llr_coefficients(l, lp, d, w_nom, lambda, mu);
+}
+inline Tensor perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed, uint64_t counter) {
+  return backend_for(x.device()).perturbation_init(x, eps, normal_scale, seed, counter);
+}
 inline Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step,
                             DType dtype) {
   return backend_for(images.device()).gather_images(images, indices, augment, seed, step, dtype);

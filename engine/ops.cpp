@@ -280,6 +280,16 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
       [logits, labels](const Tensors& t) -> Tensors { return {cross_entropy_tangent(logits, labels, t[0])}; });
 }
 
+Tensor kl_div(const Tensor& zp, const Tensor& zq) {
+  return record1(
+      "kl_div", {zp, zq}, backend::kl_div(zp, zq),
+      [zp, zq](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto [dp, dq] = backend::kl_div_backward(zp, zq, g[0]);
+        return {dp, dq};
+      },
+      [](const Tensors&) -> Tensors { LLR_FAIL("kl_div: forward-mode tangents are not implemented"); });
+}
+
 Tensor cross_entropy_tangent(const Tensor& logits, const Tensor& labels, const Tensor& logits_dot) {
   return record1(
       "cross_entropy_tangent", {logits, labels, logits_dot},

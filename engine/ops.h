@@ -59,6 +59,8 @@ Tensor cast(const Tensor& x, DType dtype);
 // Per-example losses on logits [N, K] with i32 labels [N].
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels);
 Tensor margin_loss(const Tensor& logits, const Tensor& labels);  // z_y - max_{j != y} z_j
+// Per-example KL(softmax(zp) || softmax(zq)) (TRADES). First order only: it has a vjp but no jvp.
+Tensor kl_div(const Tensor& zp, const Tensor& zq);
 
 // Tangent ops (DESIGN.md, "the exact gradient without double backprop").
 Tensor activation_tangent(Act act, const Tensor& a, const Tensor& a_dot);  // phi'(a) a_dot

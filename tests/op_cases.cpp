@@ -119,6 +119,12 @@ std::vector<OpCase> build() {
                    [](Generator& g) { return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), g.randint({4}, 0, 5)}; },
                    {true, false}, [](const Tensors& in) { return margin_loss(in[0], in[1]); }});
 
+  cases.push_back({"kl_div (vjp only)",
+                   [](Generator& g) {
+                     return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), normal(g, {4, 5}, Layout::plain, 2.0)};
+                   },
+                   {true, true}, [](const Tensors& in) { return kl_div(in[0], in[1]); }, true});
+
   // Tangent ops: vjp only.
   cases.push_back(activation_tangent_case(Act::relu, "activation_tangent relu"));
   cases.push_back(activation_tangent_case(Act::softplus, "activation_tangent softplus"));

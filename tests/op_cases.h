@@ -16,7 +16,7 @@ struct OpCase {
   std::function<std::vector<Tensor>(Generator&)> make_inputs;
   std::vector<bool> differentiable;
   std::function<Tensor(const std::vector<Tensor>&)> fn;
-  bool is_tangent_op = false;  // has a vjp but no jvp (first-order tangents only)
+  bool is_tangent_op = false;  // vjp only: a tangent op (first-order tangents only) or kl_div
 };
 
 const std::vector<OpCase>& op_cases();

@@ -1,0 +1,149 @@
+#include "train/objective_check.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "engine/gradcheck.h"
+#include "train/safetensors.h"
+
+namespace llr {
+
+namespace {
+
+io::StoredTensor stored(const Tensor& t, bool oihw = false) {
+  Tensor h = t.to(Device::cpu);
+  io::StoredTensor s;
+  s.dtype = h.dtype() == DType::f64 ? "F64" : h.dtype() == DType::i32 ? "I32" : "F32";
+  size_t e = dtype_size(h.dtype());
+  s.bytes.resize(h.numel() * e);
+  const uint8_t* src = static_cast<const uint8_t*>(h.raw_data());
+  if (!oihw) {
+    s.shape = h.shape();
+    std::memcpy(s.bytes.data(), src, s.bytes.size());
+    return s;
+  }
+  int64_t K = h.dim(0), R = h.dim(1), S = h.dim(2), C = h.dim(3);
+  s.shape = {K, C, R, S};
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t q = 0; q < S; ++q)
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(s.bytes.data() + (((k * C + c) * R + r) * S + q) * e, src + (((k * R + r) * S + q) * C + c) * e, e);
+  return s;
+}
+
+const char* method_name(Method m) {
+  switch (m) {
+    case Method::natural: return "natural";
+    case Method::pgd: return "pgd";
+    case Method::trades: return "trades";
+    case Method::llr: return "llr";
+  }
+  return "?";
+}
+
+}  // namespace
+
+ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const ObjectiveCheckOptions& opt) {
+  auto model = nets::make_model(opt.model, opt.act, 10, opt.seed, Device::cpu, DType::f64);
+  // Scales and shifts away from 1 and 0, so the check sees every parameter's role.
+  Generator gen(opt.seed + 101);
+  for (nets::NamedTensor& e : model->registry().entries()) {
+    if (e.name.find(".weight") != std::string::npos && e.tensor.rank() == 1)
+      for (int64_t i = 0; i < e.tensor.numel(); ++i) e.tensor.set(i, 0.6 + 0.8 * gen.next_uniform());
+    if (e.name.find(".bias") != std::string::npos)
+      for (int64_t i = 0; i < e.tensor.numel(); ++i) e.tensor.set(i, 0.2 * (gen.next_uniform() - 0.5));
+  }
+  Tensor x = gen.uniform({opt.batch, opt.image, opt.image, 3}, 0.0, 1.0, DType::f64, Layout::nhwc);
+  Tensor y = gen.randint({opt.batch}, 0, 10);
+
+  ObjectiveOptions o;
+  o.compute = DType::f64;
+  o.seed = opt.seed;
+  o.update_running = false;
+  // The perturbation: the method's own attack or search at these parameters, then held fixed.
+  Tensor delta;
+  if (cfg.method != Method::natural) {
+    delta = build_objective(*model, x, y, cfg, o).delta.detach();
+    Tape::current().clear();
+  } else {
+    delta = backend::full_like(x, 0.0);
+  }
+  o.fixed_delta = &delta;
+
+  std::vector<nets::NamedTensor*> entries;
+  std::vector<Tensor> params;
+  for (nets::NamedTensor& e : model->registry().entries())
+    if (e.kind != nets::TensorKind::buffer) {
+      entries.push_back(&e);
+      params.push_back(e.tensor);
+    }
+  ObjectiveResult r = build_objective(*model, x, y, cfg, o);
+  std::vector<Tensor> grads = grad({r.loss}, {Tensor::scalar(1.0, DType::f64)}, params);
+  Tape::current().clear();
+
+  ObjectiveCheckReport rep;
+  rep.tensors = static_cast<int64_t>(params.size());
+  rep.objective = objective_value(*model, x, y, delta, cfg, DType::f64);
+  const double h = opt.step;
+  for (size_t k = 0; k < params.size(); ++k) {
+    Tensor p = params[k];
+    int64_t n = p.numel();
+    std::vector<int64_t> idx;
+    for (int64_t s = 0; s < std::min(n, opt.samples_per_tensor); ++s)
+      idx.push_back(n <= opt.samples_per_tensor ? s : gen.next_int(n));
+    for (int64_t j : idx) {
+      double p0 = p.at(j);
+      p.set(j, p0 + h);
+      double fp = objective_value(*model, x, y, delta, cfg, DType::f64);
+      p.set(j, p0 - h);
+      double fm = objective_value(*model, x, y, delta, cfg, DType::f64);
+      p.set(j, p0);
+      double fwd = (fp - rep.objective) / h, bwd = (rep.objective - fm) / h;
+      if (std::fabs(fwd - bwd) > 1e-3 * std::max({1.0, std::fabs(fwd), std::fabs(bwd)})) {
+        ++rep.skipped_kinks;  // a sign of g_i or d_i (or a ReLU) flips within the step
+        continue;
+      }
+      double numeric = (fp - fm) / (2 * h), analytic = grads[k].at(j);
+      double e = gradcheck::relative_error(analytic, numeric);
+      ++rep.checked;
+      if (rep.worst.empty() || e > rep.max_rel_error) {
+        rep.max_rel_error = e;
+        std::ostringstream os;
+        os.precision(12);
+        os << entries[k]->name << "[" << j << "]: analytic " << analytic << " numeric " << numeric;
+        rep.worst = os.str();
+      }
+    }
+  }
+
+  if (!opt.dump.empty()) {
+    io::TensorMap t;
+    for (size_t k = 0; k < params.size(); ++k) {
+      t.emplace_back("param." + entries[k]->name, stored(params[k], entries[k]->conv_filter));
+      t.emplace_back("grad." + entries[k]->name, stored(grads[k], entries[k]->conv_filter));
+    }
+    t.emplace_back("x_nhwc", stored(x));
+    t.emplace_back("labels", stored(y));
+    t.emplace_back("delta_nhwc", stored(delta));
+    std::ostringstream obj;
+    obj.precision(17);
+    obj << rep.objective;
+    io::write_safetensors(opt.dump, t,
+                          {{"model", opt.model},
+                           {"act", nets::act_name(opt.act)},
+                           {"method", method_name(cfg.method)},
+                           {"llr_grad", cfg.llr_grad == LlrGrad::exact ? "exact" : "fd"},
+                           {"lambda", std::to_string(cfg.lambda)},
+                           {"mu", std::to_string(cfg.mu)},
+                           {"nominal_weight", std::to_string(cfg.nominal_weight)},
+                           {"trades_beta", std::to_string(cfg.trades_beta)},
+                           {"attack_bn", cfg.attack_bn == nets::BnMode::eval ? "eval" : "train"},
+                           {"objective", obj.str()}});
+  }
+  return rep;
+}
+
+}  // namespace llr
