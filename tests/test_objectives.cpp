@@ -1,6 +1,8 @@
 // Whole-objective gradients (perturbation fixed) against finite differences of each objective's definition, in f64
 // on a softplus and a ReLU WRN-10-1; the finite-difference LLR variant against the exact one; the fused perturbation
 // step against an unfused reference, and its projection.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "engine/backend.h"
@@ -38,6 +40,139 @@ TEST_CASE("every objective's gradient matches finite differences in f64 (softplu
       CHECK(r.checked >= 3 * r.tensors);
       CHECK(r.max_rel_error < 1e-6);
     }
+}
+
+}  // namespace
+}  // namespace llr::test
+
+namespace llr::test {
+namespace {
+
+std::vector<Tensor> llr_gradient(nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,
+                                 LlrGrad g, double h) {
+  ObjectiveConfig cfg;
+  cfg.method = Method::llr;
+  cfg.llr_grad = g;
+  cfg.fd_step = h;
+  ObjectiveOptions o;
+  o.compute = DType::f64;
+  o.update_running = false;
+  o.fixed_delta = &delta;
+  ObjectiveResult r = build_objective(model, x, y, cfg, o);
+  std::vector<Tensor> grads = grad({r.loss}, {Tensor::scalar(1.0, DType::f64)}, model.parameters());
+  Tape::current().clear();
+  return grads;
+}
+
+double max_rel_diff(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  double num = 0, den = 0;
+  for (size_t k = 0; k < a.size(); ++k)
+    for (int64_t i = 0; i < a[k].numel(); ++i) {
+      num = std::max(num, std::fabs(a[k].at(i) - b[k].at(i)));
+      den = std::max(den, std::fabs(b[k].at(i)));
+    }
+  return num / den;
+}
+
+TEST_CASE("the finite-difference LLR gradient converges to the exact one at second order") {
+  Generator gen(12);
+  auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 12, Device::cpu, DType::f64);
+  Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor y = gen.randint({4}, 0, 10);
+  Tensor delta = backend::perturbation_init(x, 8.0 / 255.0, 0.0, 5, 0);
+  std::vector<Tensor> exact = llr_gradient(*model, x, y, delta, LlrGrad::exact, 0);
+  double e1 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.4), exact);
+  double e2 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.2), exact);
+  double e3 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.1), exact);
+  std::printf("LLR fd vs exact gradient, max difference / max |gradient|: h=0.4 %.3e, h=0.2 %.3e, h=0.1 %.3e "
+              "(ratios %.2f, %.2f; second order gives 4)\n",
+              e1, e2, e3, e1 / e2, e2 / e3);
+  CHECK(e3 < 1e-3);
+  CHECK(e1 / e2 > 3.5);
+  CHECK(e1 / e2 < 4.5);
+  CHECK(e2 / e3 > 3.5);
+  CHECK(e2 / e3 < 4.5);
+}
+
+TEST_CASE("the fused perturbation step matches an unfused reference and stays in the ball and the box") {
+  Generator gen(13);
+  const double eps = 0.05;
+  Shape s{3, 4, 4, 2};
+  Tensor x = gen.uniform(s, 0, 1, DType::f64, Layout::nhwc);
+  for (int64_t i = 0; i < 10; ++i) x.set(i, i % 2 ? 1.0 : 0.0);  // pixels at the box's edges
+  Tensor gx = gen.normal(s, 0, 1, DType::f64, Layout::nhwc);
+  Tensor sign_g = Tensor::from_vector({1, -1, 1}, {3}, DType::f64);
+  for (PerturbationUpdate u : {PerturbationUpdate::sign, PerturbationUpdate::adam}) {
+    Tensor delta = backend::perturbation_init(x, eps, 0.0, 7, 0);
+    Tensor ref = delta.clone();
+    Tensor m = backend::full_like(x, 0.0), v = backend::full_like(x, 0.0);
+    std::vector<double> rm(x.numel(), 0.0), rv(x.numel(), 0.0);
+    PerturbationParams p;
+    p.update = u;
+    p.step_size = u == PerturbationUpdate::adam ? 0.1 : 0.02;
+    p.eps = eps;
+    for (int t = 1; t <= 6; ++t) {
+      Tensor gw = gen.normal(s, 0, 1, DType::f64, Layout::nhwc);
+      p.t = t;
+      Tensor d = backend::perturbation_step(delta, x, gw, gx, sign_g, m, v, p);
+      // Unfused reference, written out.
+      double b1 = 1 - std::pow(p.beta1, t), b2 = 1 - std::pow(p.beta2, t);
+      std::vector<double> dots(3, 0.0);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        int64_t e = i / 32;
+        double dir = gw.at(i) - sign_g.at(e) * gx.at(i), upd;
+        if (u == PerturbationUpdate::adam) {
+          rm[i] = p.beta1 * rm[i] + (1 - p.beta1) * dir;
+          rv[i] = p.beta2 * rv[i] + (1 - p.beta2) * dir * dir;
+          upd = p.step_size * (rm[i] / b1) / (std::sqrt(rv[i] / b2) + p.adam_eps);
+        } else {
+          upd = p.step_size * (dir > 0 ? 1 : dir < 0 ? -1 : 0);
+        }
+        double nd = std::clamp(ref.at(i) + upd, -eps, eps);
+        nd = std::clamp(x.at(i) + nd, 0.0, 1.0) - x.at(i);
+        ref.set(i, nd);
+        dots[e] += nd * gx.at(i);
+      }
+      CHECK(compare(delta, ref, 1e-15, 1e-13).max_violation <= 1.0);
+      for (int e = 0; e < 3; ++e) CHECK(d.at(e) == doctest::Approx(dots[e]).epsilon(1e-12));
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        CHECK(std::fabs(delta.at(i)) <= eps + 1e-15);
+        CHECK(x.at(i) + delta.at(i) >= -1e-15);
+        CHECK(x.at(i) + delta.at(i) <= 1 + 1e-15);
+      }
+    }
+  }
+}
+
+TEST_CASE("the LLR search stays in the ball and the box and raises the linearity gap over the random start") {
+  Generator gen(14);
+  auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 14, Device::cpu, DType::f64);
+  Tensor x = gen.uniform({8, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor y = gen.randint({8}, 0, 10);
+  ObjectiveConfig cfg;
+  cfg.method = Method::llr;
+  cfg.eps = 0.05;
+  ObjectiveOptions o;
+  o.compute = DType::f64;
+  o.update_running = false;
+  cfg.llr_steps = 0;
+  double gamma0 = build_objective(*model, x, y, cfg, o).metrics["llr_gamma"];
+  Tape::current().clear();
+  for (PerturbationUpdate u : {PerturbationUpdate::adam, PerturbationUpdate::sign}) {
+    cfg.llr_steps = 10;
+    cfg.llr_search = u;
+    cfg.llr_step_size = u == PerturbationUpdate::adam ? 0.1 : 0.01;
+    ObjectiveResult r = build_objective(*model, x, y, cfg, o);
+    Tape::current().clear();
+    std::printf("LLR search (%s, 10 steps): mean |g| %.4g vs %.4g at the random start\n",
+                u == PerturbationUpdate::adam ? "adam" : "sign", r.metrics["llr_gamma"], gamma0);
+    CHECK(r.metrics["llr_gamma"] > 2 * gamma0);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      REQUIRE(std::fabs(r.delta.at(i)) <= cfg.eps + 1e-15);
+      REQUIRE(x.at(i) + r.delta.at(i) >= -1e-15);
+      REQUIRE(x.at(i) + r.delta.at(i) <= 1 + 1e-15);
+    }
+  }
 }
 
 }  // namespace
