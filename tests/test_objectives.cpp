@@ -177,3 +177,55 @@ TEST_CASE("the LLR search stays in the ball and the box and raises the linearity
 
 }  // namespace
 }  // namespace llr::test
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/cifar_fixture.h"
+#include "train/trainer.h"
+
+namespace llr::test {
+namespace {
+
+TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its objective") {
+  std::filesystem::path dir = cifar_subset("methods", 100);
+  if (dir.empty()) {
+    MESSAGE("skipped: no CIFAR-10 data");
+    return;
+  }
+  for (const char* method : {"natural", "pgd", "trades", "llr"}) {
+    TrainConfig c;
+    c.data = dir.string();
+    c.model = "wrn-10-1";
+    c.act = "softplus";
+    c.method = method;
+    c.objective.pgd_steps = 3;
+    c.objective.llr_steps = 3;
+    c.objective.eps_warmup_steps = 0;
+    c.batch = 50;
+    c.steps = 30;
+    c.log_every = 10;
+    c.lr = 0.05;
+    c.schedule = "constant";
+    c.device = "cpu";
+    c.seed = 2;
+    c.out = (dir / method).string();
+    train(c);
+    std::vector<double> losses;
+    std::ifstream in(dir / method / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j["split"] == "train") losses.push_back(j["loss"].get<double>());
+    }
+    REQUIRE(losses.size() == 3);
+    std::printf("%-8s objective over steps 1-10, 11-20, 21-30: %.4f %.4f %.4f\n", method, losses[0], losses[1],
+                losses[2]);
+    INFO(method);
+    CHECK(losses[2] < losses[0]);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace llr::test

@@ -10,6 +10,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "tests/cifar_fixture.h"
 #include "tests/test_util.h"
 
 namespace llr::test {
@@ -213,26 +214,13 @@ TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an 
   fs::remove_all(dir);
 }
 
-// Real CIFAR-10 images from ../shared (skipped when absent): 3,000 records of data_batch_1, written as five small
-// batch files, 2,000 for training and the last 1,000 held out.
+// Real CIFAR-10 images from ../shared (skipped when absent): 3,000 records, 2,000 for training, 1,000 held out.
 TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chance on 1,000 held-out ones") {
-  fs::path xz = fs::path(LLR_SOURCE_DIR) / ".." / "shared" / "data" / "cifar10" / "data_batch_1.bin.xz";
-  if (const char* env = std::getenv("LLR_CIFAR10_XZ")) xz = env;
-  if (!fs::exists(xz)) {
-    std::printf("SKIPPED real CIFAR-10 training: %s not found\n", xz.string().c_str());
-    MESSAGE("skipped: no CIFAR-10 data at ", xz.string());
+  fs::path dir = cifar_subset("natural_training", 600);
+  if (dir.empty()) {
+    MESSAGE("skipped: no CIFAR-10 data");
     return;
   }
-  fs::path dir = temp_dir("cifar_real");
-  std::string cmd = "xz -dc '" + xz.string() + "' | head -c " + std::to_string(3000 * data::kCifarRecordBytes) + " > '" +
-                    (dir / "all.bin").string() + "'";
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  std::ifstream in(dir / "all.bin", std::ios::binary);
-  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  REQUIRE(all.size() == 3000 * data::kCifarRecordBytes);
-  for (int k = 0; k < 5; ++k)
-    write(dir / ("data_batch_" + std::to_string(k + 1) + ".bin"),
-          all.substr(k * 600 * data::kCifarRecordBytes, 600 * data::kCifarRecordBytes));
   TrainConfig c;
   c.data = dir.string();
   c.holdout = 1000;

@@ -85,6 +85,25 @@ int selfcheck(uint64_t seed) {
   return ok ? 0 : 1;
 }
 
+// A number or a fraction such as 8/255.
+double parse_number(const std::string& s, const char* flag) {
+  try {
+    size_t slash = s.find('/'), used = 0;
+    if (slash == std::string::npos) {
+      double v = std::stod(s, &used);
+      if (used == s.size()) return v;
+    } else {
+      double a = std::stod(s.substr(0, slash), &used);
+      if (used == slash) {
+        double b = std::stod(s.substr(slash + 1), &used);
+        if (used == s.size() - slash - 1 && b != 0) return a / b;
+      }
+    }
+  } catch (const std::exception&) {
+  }
+  throw Error(std::string(flag) + " expects a number or a fraction such as 8/255, got '" + s + "'");
+}
+
 std::vector<double> parse_list(const std::string& s) {
   std::vector<double> out;
   size_t at = 0;
@@ -110,7 +129,7 @@ void dump_logits(const std::string& path, nets::Model& model, const data::Datase
   n = std::min<int64_t>(n, d.size());
   std::vector<int32_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
-  data::Batch b = data::make_batch(d, order, 0, n, false, 0, 0, compute);
+  data::Batch b = data::make_batch(d, order, 0, n, false, 0, 0, stat_dtype(compute));
   nets::ForwardContext ctx;
   ctx.bn = nets::BnMode::eval;
   ctx.compute = compute;
@@ -172,7 +191,7 @@ int main(int argc, char** argv) {
   uint64_t sc_seed = 1;
   sc->add_option("--seed", sc_seed, "random seed")->capture_default_str();
 
-  CLI::App* tr = app.add_subcommand("train", "train a classifier (natural training)");
+  CLI::App* tr = app.add_subcommand("train", "train a classifier: natural, PGD-k, TRADES or LLR");
   TrainConfig cfg;
   std::string decay_at = "0.5,0.75", resume;
   tr->add_option("--data", cfg.data, "'synthetic' or a CIFAR-10 binary folder (data_batch_1.bin ...)")->capture_default_str();
@@ -201,6 +220,26 @@ int main(int argc, char** argv) {
   tr->add_option("--log-every", cfg.log_every, "steps between metrics lines")->capture_default_str();
   tr->add_option("--eval-batch", cfg.eval_batch, "evaluation batch size")->capture_default_str();
   tr->add_option("--resume", resume, "continue the run in this folder from its last checkpoint");
+  std::string eps = "8/255", pgd_alpha = "2/255", attack_bn = "eval", llr_search = "adam", llr_grad = "exact";
+  ObjectiveConfig& oc = cfg.objective;
+  oc.eps_warmup_steps = -1;
+  tr->add_option("--method", cfg.method, "natural, pgd, trades or llr")->capture_default_str();
+  tr->add_option("--eps", eps, "l_inf radius, e.g. 8/255")->capture_default_str();
+  tr->add_option("--eps-warmup", oc.eps_warmup_steps, "steps over which eps grows from 0 (default: 500 for llr, else 0)");
+  tr->add_option("--pgd-steps", oc.pgd_steps, "PGD/TRADES attack steps")->capture_default_str();
+  tr->add_option("--pgd-alpha", pgd_alpha, "PGD/TRADES step size, e.g. 2/255")->capture_default_str();
+  tr->add_option("--attack-bn", attack_bn, "batch norm in attack steps: eval (running averages) or train (batch)")
+      ->capture_default_str();
+  tr->add_option("--trades-beta", oc.trades_beta, "TRADES weight of the KL term")->capture_default_str();
+  tr->add_option("--llr-steps", oc.llr_steps, "LLR gamma-search steps")->capture_default_str();
+  tr->add_option("--llr-search", llr_search, "LLR search update: adam or sign")->capture_default_str();
+  tr->add_option("--llr-step-size", oc.llr_step_size, "LLR search step: Adam learning rate or sign step size")
+      ->capture_default_str();
+  tr->add_option("--lambda", oc.lambda, "LLR weight of |g|")->capture_default_str();
+  tr->add_option("--mu", oc.mu, "LLR weight of |d|")->capture_default_str();
+  tr->add_option("--nominal-weight", oc.nominal_weight, "LLR weight of the clean loss")->capture_default_str();
+  tr->add_option("--llr-grad", llr_grad, "exact (tangent pass) or fd (finite differences)")->capture_default_str();
+  tr->add_option("--fd-step", oc.fd_step, "LLR finite-difference step h")->capture_default_str();
   tr->add_option("--stop-after", cfg.stop_after, "stop after this step as if interrupted (testing resume)");
 
   CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
@@ -237,6 +276,14 @@ int main(int argc, char** argv) {
     }
     if (tr->parsed()) {
       cfg.decay_at = parse_list(decay_at);
+      oc.eps = parse_number(eps, "--eps");
+      oc.pgd_alpha = parse_number(pgd_alpha, "--pgd-alpha");
+      if (attack_bn != "eval" && attack_bn != "train") throw Error("--attack-bn must be eval or train");
+      oc.attack_bn = attack_bn == "train" ? nets::BnMode::train : nets::BnMode::eval;
+      if (llr_search != "adam" && llr_search != "sign") throw Error("--llr-search must be adam or sign");
+      oc.llr_search = llr_search == "sign" ? PerturbationUpdate::sign : PerturbationUpdate::adam;
+      if (llr_grad != "exact" && llr_grad != "fd") throw Error("--llr-grad must be exact or fd");
+      oc.llr_grad = llr_grad == "fd" ? LlrGrad::fd : LlrGrad::exact;
       TrainSummary s = train(cfg, resume);
       if (!s.eval_split.empty())
         std::printf("final %s accuracy %.4f (%lld images) after %lld steps\n", s.eval_split.c_str(),

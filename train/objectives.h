@@ -24,7 +24,7 @@ enum class LlrGrad { exact, fd };
 struct ObjectiveConfig {
   Method method = Method::natural;
   double eps = 8.0 / 255.0;
-  int64_t eps_warmup_steps = 0;  // eps grows linearly from 0 over these steps
+  int64_t eps_warmup_steps = 0;  // eps grows linearly from 0 over these steps (-1: 500 for LLR, else 0)
   // PGD and TRADES attacks.
   int pgd_steps = 10;
   double pgd_alpha = 2.0 / 255.0;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
@@ -44,7 +45,22 @@ std::string TrainConfig::to_json() const {
             {"precision", precision},
             {"out", out},
             {"log_every", log_every},
-            {"eval_batch", eval_batch}};
+            {"eval_batch", eval_batch},
+            {"method", method},
+            {"eps", objective.eps},
+            {"eps_warmup_steps", objective.eps_warmup_steps},
+            {"pgd_steps", objective.pgd_steps},
+            {"pgd_alpha", objective.pgd_alpha},
+            {"attack_bn", objective.attack_bn == nets::BnMode::eval ? "eval" : "train"},
+            {"trades_beta", objective.trades_beta},
+            {"llr_steps", objective.llr_steps},
+            {"llr_search", objective.llr_search == PerturbationUpdate::adam ? "adam" : "sign"},
+            {"llr_step_size", objective.llr_step_size},
+            {"lambda", objective.lambda},
+            {"mu", objective.mu},
+            {"nominal_weight", objective.nominal_weight},
+            {"llr_grad", objective.llr_grad == LlrGrad::exact ? "exact" : "fd"},
+            {"fd_step", objective.fd_step}};
   return j.dump(2) + "\n";
 }
 
@@ -66,6 +82,16 @@ TrainConfig TrainConfig::from_json(const std::string& text) {
   get("warmup_steps", c.warmup_steps), get("weight_decay", c.weight_decay), get("momentum", c.momentum);
   get("nesterov", c.nesterov), get("augment", c.augment), get("seed", c.seed), get("device", c.device);
   get("precision", c.precision), get("out", c.out), get("log_every", c.log_every), get("eval_batch", c.eval_batch);
+  ObjectiveConfig& o = c.objective;
+  get("method", c.method), get("eps", o.eps), get("eps_warmup_steps", o.eps_warmup_steps);
+  get("pgd_steps", o.pgd_steps), get("pgd_alpha", o.pgd_alpha), get("trades_beta", o.trades_beta);
+  get("llr_steps", o.llr_steps), get("llr_step_size", o.llr_step_size), get("lambda", o.lambda), get("mu", o.mu);
+  get("nominal_weight", o.nominal_weight), get("fd_step", o.fd_step);
+  std::string attack_bn = "eval", search = "adam", llr_grad = "exact";
+  get("attack_bn", attack_bn), get("llr_search", search), get("llr_grad", llr_grad);
+  o.attack_bn = attack_bn == "train" ? nets::BnMode::train : nets::BnMode::eval;
+  o.llr_search = search == "sign" ? PerturbationUpdate::sign : PerturbationUpdate::adam;
+  o.llr_grad = llr_grad == "fd" ? LlrGrad::fd : LlrGrad::exact;
   return c;
 }
 
@@ -165,7 +191,7 @@ EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, D
   int64_t correct = 0;
   for (int64_t b = 0; b < n; b += batch) {
     int64_t nb = std::min(batch, n - b);
-    data::Batch bt = data::make_batch(d, order, b, nb, false, 0, 0, compute);
+    data::Batch bt = data::make_batch(d, order, b, nb, false, 0, 0, stat_dtype(compute));
     nets::ForwardContext ctx;
     ctx.bn = nets::BnMode::eval;
     ctx.compute = compute;
@@ -198,7 +224,10 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   LLR_CHECK(cfg.log_every > 0, "--log-every must be positive");
   Device device = resolve_device(cfg.device);
   DType compute = resolve_precision(cfg.precision, device);
-  if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + std::to_string(std::time(nullptr));
+  cfg.objective.method = ObjectiveConfig::parse_method(cfg.method);
+  if (cfg.objective.eps_warmup_steps < 0)  // the official LLR schedule warms eps up over 500 steps
+    cfg.objective.eps_warmup_steps = cfg.objective.method == Method::llr ? 500 : 0;
+  if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + cfg.method + "-" + std::to_string(std::time(nullptr));
   fs::create_directories(cfg.out);
 
   Data d = load_data(cfg, device);
@@ -238,9 +267,10 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   {
     char line[512];
     std::snprintf(line, sizeof line,
-                  "llrtrain train: %s (%s, %.2fM parameters) on %s, %s, %lld training images (%s), %lld steps of "
-                  "batch %lld, seed %llu, run folder %s%s",
-                  cfg.model.c_str(), cfg.act.c_str(), model->parameter_count() / 1e6, device_name(device),
+                  "llrtrain train: %s training of %s (%s, %.2fM parameters) on %s, %s, %lld training images (%s), "
+                  "%lld steps of batch %lld, seed %llu, run folder %s%s",
+                  cfg.method.c_str(), cfg.model.c_str(), cfg.act.c_str(), model->parameter_count() / 1e6,
+                  device_name(device),
                   cfg.precision.c_str(), static_cast<long long>(d.train.size()), d.train.name.c_str(),
                   static_cast<long long>(total), static_cast<long long>(cfg.batch),
                   static_cast<unsigned long long>(cfg.seed), cfg.out.c_str(),
@@ -259,6 +289,7 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   std::vector<int32_t> order;
   int64_t order_epoch = -1;
   double loss_acc = 0, last_loss = 0;
+  std::map<std::string, double> metric_acc;  // method-specific metrics summed over the logging window
   int64_t correct_acc = 0, seen_acc = 0;
   auto window_start = clock::now();
   std::vector<Tensor> params = model->parameters();
@@ -268,16 +299,20 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
       order = data::epoch_order(d.train.size(), cfg.seed, epoch);
       order_epoch = epoch;
     }
+    // Images stay f32 (perturbations need the precision); the model casts to the compute dtype.
     data::Batch b = data::make_batch(d.train, order, pos * cfg.batch, cfg.batch, cfg.augment, cfg.seed,
-                                     static_cast<uint64_t>(step), compute);
-    nets::ForwardContext ctx;
-    ctx.update_running = true;
-    ctx.compute = compute;
-    Tensor logits = model->forward(b.images, ctx);
-    Tensor loss = mean(cross_entropy(logits, b.labels));
+                                     static_cast<uint64_t>(step), DType::f32);
+    ObjectiveOptions oo;
+    oo.compute = compute;
+    oo.seed = cfg.seed;
+    oo.step = static_cast<uint64_t>(step);
+    ObjectiveResult res = build_objective(*model, b.images, b.labels, cfg.objective, oo);
+    Tensor loss = res.loss;
+    Tensor logits = res.logits_for_accuracy;
     std::vector<Tensor> grads = grad({loss}, {Tensor::full({}, 1.0, loss.dtype(), Layout::plain, loss.device())},
                                      params);
     Tape::current().clear();
+    for (const auto& [k, v] : res.metrics) metric_acc[k] += v;
     double loss_value = loss.to(Device::cpu).item();
     LLR_CHECK(std::isfinite(loss_value), "training loss became ", loss_value, " at step ", step,
               "; the last checkpoint in ", cfg.out, " is from before it (try a lower --lr)");
@@ -303,8 +338,10 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
                 {"lr", lr},
                 {"images_per_s", ips},
                 {"elapsed_s", elapsed()}};
+      for (const auto& [k, v] : metric_acc) m[k] = v / double(nsteps);
       metrics << m.dump() << "\n" << std::flush;
       loss_acc = 0, correct_acc = 0, seen_acc = 0;
+      metric_acc.clear();
       window_start = clock::now();
     }
     bool stop = cfg.stop_after > 0 && step + 1 == cfg.stop_after;

@@ -7,6 +7,7 @@
 
 #include "nets/model.h"
 #include "train/data.h"
+#include "train/objectives.h"
 
 namespace llr {
 
@@ -36,6 +37,9 @@ struct TrainConfig {
   int64_t log_every = 20;
   int64_t eval_batch = 500;
   int64_t stop_after = 0;  // > 0: stop after this step as if interrupted (a checkpoint is written first)
+  // The training objective and its parameters (natural, pgd, trades, llr).
+  std::string method = "natural";
+  ObjectiveConfig objective;
 
   std::string to_json() const;
   static TrainConfig from_json(const std::string& text);
