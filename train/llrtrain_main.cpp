@@ -16,6 +16,7 @@
 #include "nets/conv_bn_net.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/objective_check.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -183,6 +184,7 @@ int run_eval(const std::string& checkpoint, const std::string& data_dir, const s
 
 int main(int argc, char** argv) {
   CLI::App app{"llrtrain: robust training with the Local Linearity Regularizer, on one engine"};
+  std::string gc_dtype_unused = "f64";
   app.require_subcommand(0, 1);
   bool version = false;
   app.add_flag("--version", version, "print the version, build configuration and visible GPUs");
@@ -242,6 +244,31 @@ int main(int argc, char** argv) {
   tr->add_option("--fd-step", oc.fd_step, "LLR finite-difference step h")->capture_default_str();
   tr->add_option("--stop-after", cfg.stop_after, "stop after this step as if interrupted (testing resume)");
 
+  CLI::App* gc = app.add_subcommand("gradcheck",
+                                    "check an objective's gradient (all parameters, perturbation fixed) against finite "
+                                    "differences in f64");
+  std::string gc_objective = "llr", gc_grad = "exact", gc_act = "softplus", gc_eps = "8/255";
+  ObjectiveCheckOptions gco;
+  double gc_tol = -1;
+  int gc_steps = 3;
+  gc->add_option("--objective", gc_objective, "natural, pgd, trades or llr")->capture_default_str();
+  gc->add_option("--llr-grad", gc_grad, "exact or fd")->capture_default_str();
+  gc->add_option("--model", gco.model, "model name")->capture_default_str();
+  gc->add_option("--act", gc_act, "relu or softplus")->capture_default_str();
+  gc->add_option("--dtype", gc_dtype_unused, "f64 (finite differences need it)")->capture_default_str();
+  gc->add_option("--batch", gco.batch, "batch size")->capture_default_str();
+  gc->add_option("--image", gco.image, "image height and width")->capture_default_str();
+  gc->add_option("--samples", gco.samples_per_tensor, "parameters checked per tensor")->capture_default_str();
+  gc->add_option("--eps", gc_eps, "l_inf radius of the perturbation")->capture_default_str();
+  gc->add_option("--steps", gc_steps, "attack / search steps that choose the fixed perturbation")->capture_default_str();
+  gc->add_option("--seed", gco.seed, "random seed")->capture_default_str();
+  gc->add_option("--tol", gc_tol,
+                 "largest relative error that passes (default 1e-6; 1e-4 for --llr-grad fd, whose truncation error is "
+                 "O(h^2))");
+  gc->add_option("--dump", gco.dump,
+                 "write parameters, batch, perturbation and gradient (safetensors) for "
+                 "tools/reference/objective_reference.py");
+
   CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
   std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json, ev_dump;
   int64_t ev_n = 0, ev_batch = 500;
@@ -289,6 +316,30 @@ int main(int argc, char** argv) {
         std::printf("final %s accuracy %.4f (%lld images) after %lld steps\n", s.eval_split.c_str(),
                     s.final_eval.accuracy, static_cast<long long>(s.final_eval.n), static_cast<long long>(s.steps));
       return 0;
+    }
+    if (gc->parsed()) {
+      if (gc_dtype_unused != "f64") throw Error("gradcheck runs in f64 (finite differences need it)");
+      ObjectiveConfig oc2;
+      oc2.method = ObjectiveConfig::parse_method(gc_objective);
+      if (gc_grad != "exact" && gc_grad != "fd") throw Error("--llr-grad must be exact or fd");
+      oc2.llr_grad = gc_grad == "fd" ? LlrGrad::fd : LlrGrad::exact;
+      oc2.eps = parse_number(gc_eps, "--eps");
+      oc2.pgd_steps = gc_steps;
+      oc2.llr_steps = gc_steps;
+      gco.act = nets::parse_act(gc_act);
+      if (gc_tol < 0) gc_tol = oc2.llr_grad == LlrGrad::fd && oc2.method == Method::llr ? 1e-4 : 1e-6;
+      ObjectiveCheckReport r = check_objective_gradient(oc2, gco);
+      std::printf("gradcheck %s%s on %s (%s), f64, batch %lld of %lldx%lld images: objective %.10g\n",
+                  gc_objective.c_str(), oc2.method == Method::llr ? (" (" + gc_grad + " gradient)").c_str() : "",
+                  gco.model.c_str(), gc_act.c_str(), static_cast<long long>(gco.batch),
+                  static_cast<long long>(gco.image), static_cast<long long>(gco.image), r.objective);
+      std::printf("  %lld parameters in %lld tensors checked, %lld skipped at kinks; worst relative error %.3g (%s)\n",
+                  static_cast<long long>(r.checked), static_cast<long long>(r.tensors),
+                  static_cast<long long>(r.skipped_kinks), r.max_rel_error, r.worst.c_str());
+      if (!gco.dump.empty()) std::printf("  wrote %s\n", gco.dump.c_str());
+      bool ok = r.checked > 0 && r.max_rel_error <= gc_tol;
+      std::printf("gradcheck %s (tolerance %.1g)\n", ok ? "passed" : "FAILED", gc_tol);
+      return ok ? 0 : 1;
     }
     if (ev->parsed())
       return run_eval(ev_ckpt, ev_data, ev_split, ev_n, ev_batch, ev_device, ev_json, ev_seed, ev_dump);

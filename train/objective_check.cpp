@@ -102,7 +102,7 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
       double fm = objective_value(*model, x, y, delta, cfg, DType::f64);
       p.set(j, p0);
       double fwd = (fp - rep.objective) / h, bwd = (rep.objective - fm) / h;
-      if (std::fabs(fwd - bwd) > 1e-3 * std::max({1.0, std::fabs(fwd), std::fabs(bwd)})) {
+      if (std::fabs(fwd - bwd) > opt.kink_tolerance * std::max({1.0, std::fabs(fwd), std::fabs(bwd)})) {
         ++rep.skipped_kinks;  // a sign of g_i or d_i (or a ReLU) flips within the step
         continue;
       }

@@ -16,7 +16,8 @@ struct ObjectiveCheckOptions {
   int64_t image = 8;               // images are image x image x 3
   uint64_t seed = 1;
   int64_t samples_per_tensor = 6;  // parameters checked per tensor (every tensor of the model is sampled)
-  double step = 1e-6;              // finite-difference step on the parameters
+  double step = 1e-7;              // finite-difference step on the parameters
+  double kink_tolerance = 1e-5;    // one-sided differences further apart than this (relative) mark a kink
   std::string dump;                // safetensors file for tools/reference/objective_reference.py
 };
 
