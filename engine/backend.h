@@ -43,6 +43,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
+  // Waits until the device has finished all queued work (a no-op on the CPU).
+  virtual void synchronize() = 0;
   // Memory: fill in place, dtype conversion on the same device.
   virtual void fill(Tensor& t, double value) = 0;
   virtual Tensor convert(const Tensor& x, DType dtype) = 0;

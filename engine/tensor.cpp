@@ -11,10 +11,11 @@ namespace llr {
 
 namespace {
 std::atomic<uint64_t> next_tensor_id{1};
-DeviceAllocator* device_allocator = nullptr;
+DeviceAllocator* device_allocator_ = nullptr;
 }  // namespace
 
-void register_device_allocator(DeviceAllocator* allocator) { device_allocator = allocator; }
+void register_device_allocator(DeviceAllocator* allocator) { device_allocator_ = allocator; }
+DeviceAllocator* device_allocator() { return device_allocator_; }
 
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
@@ -35,9 +36,9 @@ int64_t shape_numel(const Shape& s) {
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (device == Device::cuda) {
-    LLR_CHECK(device_allocator != nullptr,
+    LLR_CHECK(device_allocator_ != nullptr,
               "no CUDA allocator: this build has no CUDA support, or llr::cuda::init() was not called");
-    data_ = device_allocator->allocate(bytes);
+    data_ = device_allocator_->allocate(bytes);
     return;
   }
   size_t rounded = (bytes + 63) / 64 * 64;
@@ -47,7 +48,7 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 
 Storage::~Storage() {
   if (device_ == Device::cuda)
-    device_allocator->deallocate(data_, bytes_);
+    device_allocator_->deallocate(data_, bytes_);
   else
     std::free(data_);
 }

@@ -23,8 +23,11 @@ class DeviceAllocator {
   virtual ~DeviceAllocator() = default;
   virtual void* allocate(size_t bytes) = 0;
   virtual void deallocate(void* ptr, size_t bytes) = 0;
+  virtual size_t peak_bytes_in_use() const = 0;
+  virtual void reset_peak() = 0;
 };
 void register_device_allocator(DeviceAllocator* allocator);
+DeviceAllocator* device_allocator();  // the registered one, or nullptr
 
 // Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
 class Storage {

@@ -26,10 +26,11 @@ class CachingAllocator final : public DeviceAllocator {
   ~CachingAllocator() override;
   void* allocate(size_t bytes) override;
   void deallocate(void* ptr, size_t bytes) override;
+  size_t peak_bytes_in_use() const override { return stats().peak_bytes_in_use; }
 
   static size_t size_class(size_t bytes);  // the rounded size a request is served with
   AllocatorStats stats() const;
-  void reset_peak();
+  void reset_peak() override;
   void release_cache();  // cudaFree every cached block
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.

@@ -201,6 +201,8 @@ Tensor global_avg_pool_backward_impl(const Tensor& gy, const Shape& x_shape) {
 
 }  // namespace
 
+void CudaBackend::synchronize() { context().synchronize(); }
+
 void CudaBackend::fill(Tensor& t, double value) {
   LLR_CHECK(t.device() == Device::cuda, "fill: ", t.describe(), " is not on the GPU");
   if (t.dtype() == DType::i32) return fill_integer<int32_t>(t, value);

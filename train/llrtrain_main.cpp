@@ -14,6 +14,7 @@
 #include "engine/rng.h"
 #include "engine/version.h"
 #include "nets/conv_bn_net.h"
+#include "train/bench.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/objective_check.h"
@@ -269,6 +270,25 @@ int main(int argc, char** argv) {
                  "write parameters, batch, perturbation and gradient (safetensors) for "
                  "tools/reference/objective_reference.py");
 
+  CLI::App* bn = app.add_subcommand("bench", "time training steps of each method on random CIFAR-shaped batches");
+  BenchConfig bc;
+  std::string bench_methods = "natural";
+  int bench_steps = -1;
+  std::string bench_method;
+  bn->add_option("--model", bc.model, "model name")->capture_default_str();
+  bn->add_option("--act", bc.act, "relu or softplus")->capture_default_str();
+  bn->add_option("--method", bench_method, "natural, pgd, trades or llr (with --steps)");
+  bn->add_option("--steps", bench_steps, "attack or search steps for --method");
+  bn->add_option("--methods", bench_methods, "comma-separated list such as natural,pgd-10,trades-10,llr-2")
+      ->capture_default_str();
+  bn->add_option("--llr-grad", bc.llr_grad, "exact or fd")->capture_default_str();
+  bn->add_option("--batch", bc.batch, "batch size")->capture_default_str();
+  bn->add_option("--precision", bc.precision, "fp32 or bf16 (GPU)")->capture_default_str();
+  bn->add_option("--device", bc.device, "auto, cuda or cpu")->capture_default_str();
+  bn->add_option("--warmup", bc.warmup, "untimed steps first")->capture_default_str();
+  bn->add_option("--iters", bc.iters, "timed steps")->capture_default_str();
+  bn->add_option("--json", bc.json, "also append the JSON lines to this file");
+
   CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
   std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json, ev_dump;
   int64_t ev_n = 0, ev_batch = 500;
@@ -315,6 +335,21 @@ int main(int argc, char** argv) {
       if (!s.eval_split.empty())
         std::printf("final %s accuracy %.4f (%lld images) after %lld steps\n", s.eval_split.c_str(),
                     s.final_eval.accuracy, static_cast<long long>(s.final_eval.n), static_cast<long long>(s.steps));
+      return 0;
+    }
+    if (bn->parsed()) {
+      bc.methods.clear();
+      if (!bench_method.empty()) {
+        bc.methods.push_back(bench_method + (bench_steps > 0 ? "-" + std::to_string(bench_steps) : ""));
+      } else {
+        for (size_t at = 0; at <= bench_methods.size();) {
+          size_t comma = bench_methods.find(',', at);
+          if (comma == std::string::npos) comma = bench_methods.size();
+          if (comma > at) bc.methods.push_back(bench_methods.substr(at, comma - at));
+          at = comma + 1;
+        }
+      }
+      run_bench(bc);
       return 0;
     }
     if (gc->parsed()) {

@@ -24,6 +24,8 @@ using cpu::require_cpu_floating;
 using cpu::require_same_shape;
 
 
+void CpuBackend::synchronize() {}
+
 void CpuBackend::fill(Tensor& t, double value) {
   LLR_CHECK(t.device() == Device::cpu, "fill: ", t.describe(), " is not on the CPU");
   switch (t.dtype()) {
