@@ -137,6 +137,18 @@ class Backend {
   virtual Tensor perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
                                    uint64_t counter) = 0;
 
+  // Attack support. out[i] = z[i, idx[i]]; its adjoint scatters g[i] to column idx[i] of a [N, K] zero tensor.
+  virtual Tensor gather_columns(const Tensor& z, const Tensor& idx) = 0;
+  virtual Tensor scatter_columns(const Tensor& g, const Tensor& idx, int64_t k) = 0;
+  virtual Tensor div(const Tensor& a, const Tensor& b) = 0;  // elementwise a / b
+  // One APGD step (Croce & Hein 2020) for l_inf, per example i with step size eta[i], in place on delta:
+  //   z = P(delta + eta_i sign(grad));  delta' = P(delta + alpha (z - delta) + (1 - alpha)(delta - delta_prev));
+  // P projects onto |delta| <= eps and x + delta in [0, 1]. delta_prev receives the old delta.
+  virtual void apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
+                         double alpha, double eps) = 0;
+  // Row-wise (first axis) choice: out[i] = mask[i] != 0 ? b[i] : a[i]; mask is a per-example vector.
+  virtual Tensor select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) = 0;
+
   // Training support (not differentiable).
   // A batch from u8 NHWC images: out[b] = images[indices[b]] scaled to [0, 1] in `dtype`, augmented when `augment`
   // (kernels/augment_math.h: reflect-pad 4, random crop, random flip, drawn from (seed, step, b)).
@@ -279,6 +291,20 @@ inline LlrCoefficients llr_coefficients(const Tensor& l, const Tensor& lp, const
 }
 inline Tensor perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed, uint64_t counter) {
   return backend_for(x.device()).perturbation_init(x, eps, normal_scale, seed, counter);
+}
+inline Tensor gather_columns(const Tensor& z, const Tensor& idx) {
+  return backend_for(z.device()).gather_columns(z, idx);
+}
+inline Tensor scatter_columns(const Tensor& g, const Tensor& idx, int64_t k) {
+  return backend_for(g.device()).scatter_columns(g, idx, k);
+}
+inline Tensor div(const Tensor& a, const Tensor& b) { return backend_for(a.device()).div(a, b); }
+inline void apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
+                      double alpha, double eps) {
+  backend_for(delta.device()).apgd_step(delta, delta_prev, x, grad, eta, alpha, eps);
+}
+inline Tensor select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
+  return backend_for(a.device()).select_rows(a, b, mask);
 }
 inline Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step,
                             DType dtype) {

@@ -280,6 +280,31 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {
       [logits, labels](const Tensors& t) -> Tensors { return {cross_entropy_tangent(logits, labels, t[0])}; });
 }
 
+Tensor gather_logit(const Tensor& z, const Tensor& idx) {
+  int64_t k = z.dim(1);
+  return record1(
+      "gather_logit", {z, idx}, backend::gather_columns(z, idx),
+      [idx, k](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::scatter_columns(g[0], idx, k), Tensor()};
+      },
+      [idx](const Tensors& t) -> Tensors { return {gather_logit(t[0], idx)}; });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  return record1(
+      "div", {a, b}, backend::div(a, b),
+      [a, b](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? backend::div(g[0], b) : Tensor(),
+                needs[1] ? backend::scale(backend::div(backend::mul(g[0], a), backend::mul(b, b)), -1.0) : Tensor()};
+      },
+      [a, b](const Tensors& t) -> Tensors {
+        Tensor out;
+        if (t[0].defined()) out = div(t[0], b);
+        if (t[1].defined()) out = add_defined(out, scale(div(mul(a, t[1]), mul(b, b)), -1.0));
+        return {out};
+      });
+}
+
 Tensor kl_div(const Tensor& zp, const Tensor& zq) {
   return record1(
       "kl_div", {zp, zq}, backend::kl_div(zp, zq),

@@ -59,6 +59,10 @@ Tensor cast(const Tensor& x, DType dtype);
 // Per-example losses on logits [N, K] with i32 labels [N].
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels);
 Tensor margin_loss(const Tensor& logits, const Tensor& labels);  // z_y - max_{j != y} z_j
+// z[i, idx[i]] for logits [N, K] and i32 indices [N] (targeted attack losses).
+Tensor gather_logit(const Tensor& z, const Tensor& idx);
+// Elementwise a / b.
+Tensor div(const Tensor& a, const Tensor& b);
 // Per-example KL(softmax(zp) || softmax(zq)) (TRADES). First order only: it has a vjp but no jvp.
 Tensor kl_div(const Tensor& zp, const Tensor& zq);
 

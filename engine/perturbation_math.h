@@ -62,6 +62,13 @@ LLR_HD T project(T delta, T x, T eps) {
   return xp - x;
 }
 
+// APGD's momentum step for one element (see Backend::apgd_step).
+template <class T>
+LLR_HD T apgd(T delta, T delta_prev, T x, T grad, T eta, T alpha, T eps) {
+  T z = project(delta + eta * sign_of(grad), x, eps);
+  return project(delta + alpha * (z - delta) + (T(1) - alpha) * (delta - delta_prev), x, eps);
+}
+
 // Initial perturbation of element i: uniform in [-eps, eps], or normal_scale * N(0, 1) (Box-Muller).
 template <class T>
 LLR_HD T initial(uint64_t seed, uint64_t index, T eps, T normal_scale) {

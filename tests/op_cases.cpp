@@ -119,6 +119,12 @@ std::vector<OpCase> build() {
                    [](Generator& g) { return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), g.randint({4}, 0, 5)}; },
                    {true, false}, [](const Tensors& in) { return margin_loss(in[0], in[1]); }});
 
+  cases.push_back({"gather_logit",
+                   [](Generator& g) { return Tensors{normal(g, {4, 5}), g.randint({4}, 0, 5)}; }, {true, false},
+                   [](const Tensors& in) { return gather_logit(in[0], in[1]); }});
+  cases.push_back({"div",
+                   [](Generator& g) { return Tensors{normal(g, {2, 3, 4}), positive(g, {2, 3, 4})}; }, {true, true},
+                   [](const Tensors& in) { return div(in[0], in[1]); }});
   cases.push_back({"kl_div (vjp only)",
                    [](Generator& g) {
                      return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), normal(g, {4, 5}, Layout::plain, 2.0)};
