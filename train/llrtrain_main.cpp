@@ -1,4 +1,6 @@
 // llrtrain: command-line entry point. `llrtrain --help` lists the commands, `llrtrain COMMAND --help` their flags.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include "engine/rng.h"
 #include "engine/version.h"
 #include "nets/conv_bn_net.h"
+#include "train/attacks.h"
 #include "train/bench.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -151,31 +154,102 @@ void dump_logits(const std::string& path, nets::Model& model, const data::Datase
   std::printf("wrote %lld images and their logits to %s\n", static_cast<long long>(n), path.c_str());
 }
 
-int run_eval(const std::string& checkpoint, const std::string& data_dir, const std::string& split, int64_t n,
-             int64_t batch, const std::string& device_name_, const std::string& json_path, uint64_t seed,
-             const std::string& dump_path) {
-  Device device = resolve_device(device_name_);
-  ckpt::ModelInfo info = ckpt::read_model_info(checkpoint);
+struct EvalOptions {
+  std::string checkpoint, data = "synthetic", split = "test", device = "auto", json, dump, attacks, eps = "8/255";
+  int64_t n = 0, batch = 500;
+  uint64_t seed = 0;
+  int gamma_steps = 0, gamma_restarts = 1;
+};
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(std::min<double>(v.size() - 1, q * (v.size() - 1) + 0.5))];
+}
+
+int run_eval(const EvalOptions& e) {
+  using clock = std::chrono::steady_clock;
+  Device device = resolve_device(e.device);
+  ckpt::ModelInfo info = ckpt::read_model_info(e.checkpoint);
   auto model = nets::make_model(info.model, info.act, info.classes, 0, device, info.dtype);
-  ckpt::load_model(checkpoint, *model);
-  data::Splits s = data_dir == "synthetic" ? data::synthetic_splits(1, 10000, seed + 17) : data::load_cifar10(data_dir, 0);
-  data::Dataset d = split == "train" ? s.train : split == "val" ? s.val : s.test;
-  if (split == "test" && d.empty() && data_dir == "synthetic") d = s.val;
-  LLR_CHECK(!d.empty(), "no ", split, " split in ", data_dir,
-            split == "test" ? " (test_batch.bin is missing; try --split val with a training run's --holdout)" : "");
+  ckpt::load_model(e.checkpoint, *model);
+  data::Splits s = e.data == "synthetic" ? data::synthetic_splits(1, 10000, e.seed + 17) : data::load_cifar10(e.data, 0);
+  data::Dataset d = e.split == "train" ? s.train : e.split == "val" ? s.val : s.test;
+  if (e.split == "test" && d.empty() && e.data == "synthetic") d = s.val;
+  LLR_CHECK(!d.empty(), "no ", e.split, " split in ", e.data,
+            e.split == "test" ? " (test_batch.bin is missing; try --split val with a training run's --holdout)" : "");
   d = data::to_device(d, device);
   DType compute = info.dtype == DType::f64 ? DType::f64 : DType::f32;
-  if (!dump_path.empty()) dump_logits(dump_path, *model, d, n > 0 ? n : 64, compute);
-  EvalResult r = evaluate(*model, d, batch, compute, n);
+  if (!e.dump.empty()) dump_logits(e.dump, *model, d, e.n > 0 ? e.n : 64, compute);
+  EvalResult r = evaluate(*model, d, e.batch, compute, e.n);
   std::printf("%s (%s) on %s/%s: clean accuracy %.4f over %lld images, mean cross-entropy %.4f\n", info.model.c_str(),
-              nets::act_name(info.act), data_dir.c_str(), split.c_str(), r.accuracy, static_cast<long long>(r.n),
-              r.loss);
-  std::string out = json_path.empty()
-                        ? (std::filesystem::path(checkpoint).parent_path() / "eval.json").string()
-                        : json_path;
-  nlohmann::json j = {{"checkpoint", checkpoint}, {"model", info.model}, {"act", nets::act_name(info.act)},
-                      {"data", data_dir},        {"split", split},      {"n", r.n},
-                      {"clean_accuracy", r.accuracy}, {"loss", r.loss}};
+              nets::act_name(info.act), e.data.c_str(), e.split.c_str(), r.accuracy, static_cast<long long>(r.n), r.loss);
+  nlohmann::json j = {{"checkpoint", e.checkpoint}, {"model", info.model}, {"act", nets::act_name(info.act)},
+                      {"data", e.data},             {"split", e.split},    {"n", r.n},
+                      {"clean_accuracy", r.accuracy}, {"loss", r.loss},    {"seed", e.seed}};
+
+  if (!e.attacks.empty() || e.gamma_steps > 0) {
+    double eps = parse_number(e.eps, "--eps");
+    std::vector<AttackSpec> specs = e.attacks.empty() ? std::vector<AttackSpec>{} : AttackSpec::parse_list(e.attacks);
+    std::vector<int64_t> robust(specs.size(), 0);
+    std::vector<double> seconds(specs.size(), 0.0), gammas;
+    int64_t worst = 0, clean = 0;
+    double gamma_seconds = 0;
+    std::vector<int32_t> order(static_cast<size_t>(r.n));
+    for (int64_t i = 0; i < r.n; ++i) order[i] = static_cast<int32_t>(i);
+    for (int64_t b = 0; b < r.n; b += e.batch) {
+      int64_t nb = std::min(e.batch, r.n - b);
+      data::Batch bt = data::make_batch(d, order, b, nb, false, 0, 0, stat_dtype(compute));
+      std::vector<char> correct = correctly_classified(*model, bt.images, bt.labels, compute);
+      std::vector<char> all = correct;
+      for (char c : correct) clean += c;
+      for (size_t a = 0; a < specs.size(); ++a) {
+        auto t0 = clock::now();
+        AttackResult ar = run_attack(*model, bt.images, bt.labels, correct, specs[a], eps,
+                                     e.seed + 7919 * (a + 1) + static_cast<uint64_t>(b), compute);
+        seconds[a] += std::chrono::duration<double>(clock::now() - t0).count();
+        for (int64_t i = 0; i < nb; ++i) {
+          robust[a] += ar.robust[i];
+          all[i] = all[i] && ar.robust[i];
+        }
+      }
+      for (char c : all) worst += c;
+      if (e.gamma_steps > 0) {
+        auto t0 = clock::now();
+        std::vector<double> g = measure_gamma(model_cross_entropy(*model, bt.labels, compute), bt.images, eps,
+                                              e.gamma_steps, e.gamma_restarts, e.seed + static_cast<uint64_t>(b));
+        gamma_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+        gammas.insert(gammas.end(), g.begin(), g.end());
+      }
+    }
+    std::printf("\n%-20s %10s %10s\n", ("attack (eps " + e.eps + ")").c_str(), "robust acc", "seconds");
+    std::printf("%-20s %10.4f %10s\n", "clean", double(clean) / double(r.n), "");
+    nlohmann::json attacks = nlohmann::json::array();
+    for (size_t a = 0; a < specs.size(); ++a) {
+      std::printf("%-20s %10.4f %10.1f\n", specs[a].label.c_str(), double(robust[a]) / double(r.n), seconds[a]);
+      attacks.push_back({{"attack", specs[a].label}, {"robust_accuracy", double(robust[a]) / double(r.n)},
+                         {"seconds", seconds[a]}});
+    }
+    if (!specs.empty()) {
+      std::printf("%-20s %10.4f\n", "worst case", double(worst) / double(r.n));
+      j["robust_accuracy_worst_case"] = double(worst) / double(r.n);
+    }
+    j["eps"] = eps;
+    j["attacks"] = attacks;
+    if (!gammas.empty()) {
+      double mean = 0;
+      for (double g : gammas) mean += g / double(gammas.size());
+      std::printf("gamma (%d Adam steps x %d restarts): mean %.4g, median %.4g, 90th percentile %.4g, max %.4g (%.1f s)\n",
+                  e.gamma_steps, e.gamma_restarts, mean, percentile(gammas, 0.5), percentile(gammas, 0.9),
+                  percentile(gammas, 1.0), gamma_seconds);
+      j["gamma"] = {{"steps", e.gamma_steps},       {"restarts", e.gamma_restarts},
+                    {"mean", mean},                 {"median", percentile(gammas, 0.5)},
+                    {"p10", percentile(gammas, 0.1)}, {"p90", percentile(gammas, 0.9)},
+                    {"max", percentile(gammas, 1.0)}, {"seconds", gamma_seconds},
+                    {"values", gammas}};
+    }
+  }
+  std::string out = e.json.empty() ? (std::filesystem::path(e.checkpoint).parent_path() / "eval.json").string() : e.json;
   io::write_file_atomic(out.empty() ? "eval.json" : out, j.dump(2) + "\n");
   std::printf("wrote %s\n", out.c_str());
   return 0;
@@ -289,19 +363,23 @@ int main(int argc, char** argv) {
   bn->add_option("--iters", bc.iters, "timed steps")->capture_default_str();
   bn->add_option("--json", bc.json, "also append the JSON lines to this file");
 
-  CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint (clean accuracy)");
-  std::string ev_ckpt, ev_data = "synthetic", ev_split = "test", ev_device = "auto", ev_json, ev_dump;
-  int64_t ev_n = 0, ev_batch = 500;
-  uint64_t ev_seed = 0;
-  ev->add_option("--checkpoint", ev_ckpt, "model.safetensors written by llrtrain train")->required();
-  ev->add_option("--data", ev_data, "'synthetic' or a CIFAR-10 binary folder")->capture_default_str();
-  ev->add_option("--split", ev_split, "test, val or train")->capture_default_str();
-  ev->add_option("--n", ev_n, "evaluate the first N images (0: all)")->capture_default_str();
-  ev->add_option("--batch", ev_batch, "batch size")->capture_default_str();
-  ev->add_option("--device", ev_device, "auto, cuda or cpu")->capture_default_str();
-  ev->add_option("--json", ev_json, "result file (default: eval.json beside the checkpoint)");
-  ev->add_option("--seed", ev_seed, "synthetic data seed (the training run's --seed)")->capture_default_str();
-  ev->add_option("--dump-logits", ev_dump,
+  CLI::App* ev = app.add_subcommand("eval", "evaluate a checkpoint: clean accuracy, attacks, local linearity");
+  EvalOptions eo;
+  ev->add_option("--checkpoint", eo.checkpoint, "model.safetensors written by llrtrain train")->required();
+  ev->add_option("--data", eo.data, "'synthetic' or a CIFAR-10 binary folder")->capture_default_str();
+  ev->add_option("--split", eo.split, "test, val or train")->capture_default_str();
+  ev->add_option("--n", eo.n, "evaluate the first N images (0: all)")->capture_default_str();
+  ev->add_option("--batch", eo.batch, "batch size")->capture_default_str();
+  ev->add_option("--device", eo.device, "auto, cuda or cpu")->capture_default_str();
+  ev->add_option("--json", eo.json, "result file (default: eval.json beside the checkpoint)");
+  ev->add_option("--seed", eo.seed, "attack seed (and the synthetic data seed of the training run)")
+      ->capture_default_str();
+  ev->add_option("--eps", eo.eps, "l_inf radius of the attacks and of gamma")->capture_default_str();
+  ev->add_option("--attacks", eo.attacks,
+                 "comma-separated: pgd-ce:STEPSxRESTARTS, pgd-margin:STEPS, mt:STEPS, apgd-ce[:STEPS], apgd-t[:STEPS]");
+  ev->add_option("--gamma-steps", eo.gamma_steps, "Adam steps of the gamma search (0: no gamma)")->capture_default_str();
+  ev->add_option("--gamma-restarts", eo.gamma_restarts, "random restarts of the gamma search")->capture_default_str();
+  ev->add_option("--dump-logits", eo.dump,
                  "also write the first --n images (default 64) and their logits as safetensors, for "
                  "tools/reference/compare_logits.py");
 
@@ -376,8 +454,7 @@ int main(int argc, char** argv) {
       std::printf("gradcheck %s (tolerance %.1g)\n", ok ? "passed" : "FAILED", gc_tol);
       return ok ? 0 : 1;
     }
-    if (ev->parsed())
-      return run_eval(ev_ckpt, ev_data, ev_split, ev_n, ev_batch, ev_device, ev_json, ev_seed, ev_dump);
+    if (ev->parsed()) return run_eval(eo);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "llrtrain: error: %s\n", e.what());
     return 1;

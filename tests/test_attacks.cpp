@@ -1,0 +1,144 @@
+// Evaluation attacks and the local-linearity measure, on a small WRN trained on real CIFAR-10 images (skipped when
+// the data is absent), and gamma on losses whose linearity is known.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/backend.h"
+#include "tests/cifar_fixture.h"
+#include "tests/test_util.h"
+#include "train/attacks.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace llr::test {
+namespace {
+
+// A WRN-10-1 trained naturally for 3 epochs on 2,000 real images, and 100 held-out images (built once).
+struct Trained {
+  std::unique_ptr<nets::Model> model;
+  Tensor x, y;
+};
+
+Trained* trained() {
+  static std::unique_ptr<Trained> t;
+  static bool tried = false;
+  if (tried) return t.get();
+  tried = true;
+  std::filesystem::path dir = cifar_subset("attacks", 500);
+  if (dir.empty()) return nullptr;
+  TrainConfig c;
+  c.data = dir.string();
+  c.holdout = 400;
+  c.n_train = 2000;
+  c.model = "wrn-10-1";
+  c.batch = 50;
+  c.epochs = 3;
+  c.lr = 0.05;
+  c.schedule = "cosine";
+  c.device = "cpu";
+  c.seed = 4;
+  c.out = (dir / "run").string();
+  train(c);
+  t = std::make_unique<Trained>();
+  t->model = nets::make_model("wrn-10-1", Act::relu, 10, 0, Device::cpu);
+  ckpt::load_model((dir / "run" / "model.safetensors").string(), *t->model);
+  data::Splits s = data::load_cifar10(dir.string(), 400);
+  std::vector<int32_t> order(100);
+  for (int i = 0; i < 100; ++i) order[i] = i;
+  data::Batch b = data::make_batch(s.val, order, 0, 100, false, 0, 0, DType::f32);
+  t->x = b.images;
+  t->y = b.labels;
+  std::filesystem::remove_all(dir);
+  return t.get();
+}
+
+double fraction(const std::vector<char>& v) {
+  double s = 0;
+  for (char c : v) s += c;
+  return s / double(v.size());
+}
+
+TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally trained model") {
+  Trained* t = trained();
+  if (!t) {
+    MESSAGE("skipped: no CIFAR-10 data");
+    return;
+  }
+  const double eps = 8.0 / 255.0;
+  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y, DType::f32);
+  double clean = fraction(correct);
+  for (const AttackSpec& a : AttackSpec::parse_list("pgd-ce:10x2,pgd-margin:20,mt:5,apgd-ce:20,apgd-t:5")) {
+    AttackResult r = run_attack(*t->model, t->x, t->y, correct, a, eps, 11, DType::f32);
+    double robust = fraction(r.robust);
+    std::printf("attack %-12s eps 8/255: clean %.2f -> robust %.2f\n", a.label.c_str(), clean, robust);
+    INFO(a.label);
+    CHECK(clean > 0.25);
+    CHECK(robust < clean / 3);
+    for (size_t i = 0; i < r.robust.size(); ++i)
+      if (r.robust[i]) CHECK(correct[i]);  // an attack never repairs a misclassified example
+    double worst_ball = 0, worst_box = 0;
+    for (int64_t i = 0; i < t->x.numel(); ++i) {
+      double d = r.delta.at(i), x = t->x.at(i);
+      worst_ball = std::max(worst_ball, std::fabs(d) - eps);
+      worst_box = std::max({worst_box, -(x + d), x + d - 1});
+    }
+    CHECK(worst_ball <= 1e-6);
+    CHECK(worst_box <= 1e-6);
+    // An example the attack reports broken is misclassified at its perturbation.
+    Tensor xa = backend::add(t->x, r.delta);
+    std::vector<char> at_delta = correctly_classified(*t->model, xa, t->y, DType::f32);
+    for (size_t i = 0; i < r.robust.size(); ++i)
+      if (correct[i] && !r.robust[i]) CHECK_FALSE(at_delta[i]);
+  }
+}
+
+TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradient steps, and attacks repeat exactly") {
+  Trained* t = trained();
+  if (!t) {
+    MESSAGE("skipped: no CIFAR-10 data");
+    return;
+  }
+  const double eps = 1.0 / 255.0;  // small enough that not every example breaks
+  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y, DType::f32);
+  AttackResult pgd = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("pgd-ce:45x1")[0], eps, 3,
+                                DType::f32);
+  AttackResult apgdt = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("apgd-t:5")[0], eps, 3,
+                                  DType::f32);
+  std::printf("eps 1/255: clean %.2f, pgd-ce:45x1 %.2f, apgd-t:5 (9 targets) %.2f\n", fraction(correct),
+              fraction(pgd.robust), fraction(apgdt.robust));
+  CHECK(fraction(pgd.robust) > 0);  // the comparison means something
+  CHECK(fraction(apgdt.robust) <= fraction(pgd.robust));
+  AttackResult again = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("apgd-t:5")[0], eps, 3,
+                                  DType::f32);
+  CHECK(again.robust == apgdt.robust);
+  CHECK(again.delta.to_vector() == apgdt.delta.to_vector());
+}
+
+TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and reproducible") {
+  Generator gen(8);
+  Tensor x = gen.uniform({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor w = gen.normal({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
+  PerExampleLoss linear = [w](const Tensor& xx) { return per_example_dot(xx, w); };
+  PerExampleLoss curved = [w](const Tensor& xx) { return per_example_dot(softplus(scale(xx, 3.0)), w); };
+  std::vector<double> g0 = measure_gamma(linear, x, 0.1, 10, 2, 5);
+  std::vector<double> g1 = measure_gamma(curved, x, 0.1, 10, 2, 5);
+  std::vector<double> g2 = measure_gamma(curved, x, 0.1, 10, 2, 5);
+  for (size_t i = 0; i < g0.size(); ++i) {
+    CHECK(g0[i] < 1e-12);
+    CHECK(g1[i] > 1e-3);
+    CHECK(g1[i] == g2[i]);
+  }
+  Trained* t = trained();
+  if (!t) return;
+  Tensor x4 = t->x;
+  std::vector<double> gm = measure_gamma(model_cross_entropy(*t->model, t->y, DType::f32), x4, 8.0 / 255.0, 5, 1, 2);
+  double mean = 0;
+  for (double v : gm) mean += v / double(gm.size());
+  std::printf("gamma of the trained WRN-10-1 at 8/255 (5 steps): mean %.4f\n", mean);
+  CHECK(mean > 0);
+}
+
+}  // namespace
+}  // namespace llr::test
