@@ -41,7 +41,8 @@ std::vector<AttackSpec> AttackSpec::parse_list(const std::string& s) {
     } else {
       LLR_FAIL("unknown attack '", tok, "' (pgd-ce:STEPSxRESTARTS, pgd-margin:STEPS, mt:STEPS, apgd-ce, apgd-t)");
     }
-    LLR_CHECK(a.steps > 0 && a.restarts > 0, "attack '", tok, "': steps and restarts must be positive");
+    LLR_CHECK(a.steps > 0 && (a.restarts > 0 || (a.kind == "pgd-ce" && a.restarts == 0)), "attack '", tok,
+              "': steps and restarts must be positive (pgd-ce:STEPSx0: one run from delta = 0)");
     out.push_back(a);
   }
   LLR_CHECK(!out.empty(), "no attacks given");
@@ -143,7 +144,7 @@ using LossOnLogits = std::function<Tensor(const Tensor& z)>;
 // Sign-gradient PGD (or Adam) on examples idx from a random start; returns nothing, updates the book.
 void pgd_run(const Eval& ev, const Tensor& x_all, const std::vector<int32_t>& y_all, const std::vector<int64_t>& idx,
              Book& book, const std::function<LossOnLogits(const Tensor& y)>& make_loss, int steps, double eps,
-             bool adam, uint64_t seed, uint64_t counter) {
+             bool adam, uint64_t seed, uint64_t counter, bool random_start = true) {
   if (idx.empty()) return;
   Device dev = x_all.device();
   Tensor x = take_rows(x_all, idx);
@@ -152,7 +153,7 @@ void pgd_run(const Eval& ev, const Tensor& x_all, const std::vector<int32_t>& y_
   Tensor yt = labels_from(y, dev);
   LossOnLogits loss = make_loss(yt);
   int64_t k = 0;
-  Tensor delta = backend::perturbation_init(x, eps, 0.0, seed, counter);
+  Tensor delta = random_start ? backend::perturbation_init(x, eps, 0.0, seed, counter) : backend::full_like(x, 0.0);
   PerturbationParams p;
   p.update = adam ? PerturbationUpdate::adam : PerturbationUpdate::sign;
   p.step_size = adam ? 0.1 : eps / 4;
@@ -280,9 +281,9 @@ AttackResult run_attack(nets::Model& model, const Tensor& x, const Tensor& y, co
   const uint64_t stride = static_cast<uint64_t>(x.numel());
   Device dev = x.device();
   if (spec.kind == "pgd-ce") {
-    for (int r = 0; r < spec.restarts; ++r)
-      pgd_run(ev, x, yv, book.active(), book, [](const Tensor& yt) { return [yt](const Tensor& z) { return cross_entropy(z, yt); }; },
-              spec.steps, eps, false, seed, r * stride);
+    auto ce = [](const Tensor& yt) { return [yt](const Tensor& z) { return cross_entropy(z, yt); }; };
+    if (spec.restarts == 0) pgd_run(ev, x, yv, book.active(), book, ce, spec.steps, eps, false, seed, 0, false);
+    for (int r = 0; r < spec.restarts; ++r) pgd_run(ev, x, yv, book.active(), book, ce, spec.steps, eps, false, seed, r * stride);
   } else if (spec.kind == "pgd-margin") {
     for (int r = 0; r < spec.restarts; ++r)
       pgd_run(ev, x, yv, book.active(), book,

@@ -3,7 +3,7 @@
 // perturbation that broke it (or the last one tried); examples an attack has broken are dropped from its later
 // iterations, restarts and targets.
 //
-//   pgd-ce:STEPSxRESTARTS   PGD on cross-entropy, sign steps of eps/4, random starts
+//   pgd-ce:STEPSxRESTARTS   PGD on cross-entropy, sign steps of eps/4, random starts (x0: one run from delta = 0)
 //   pgd-margin:STEPS        PGD on the margin loss with Adam, lr 0.1 (the official LLR evaluation)
 //   mt:STEPS                MultiTargeted (Gowal et al. 2019): PGD on z_t - z_y towards each other class in turn
 //   apgd-ce[:STEPS]         APGD on cross-entropy (Croce & Hein 2020): step-size halving at checkpoints, momentum
