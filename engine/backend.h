@@ -104,6 +104,12 @@ class Backend {
   virtual void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                                  double momentum, int64_t count) = 0;
 
+  // Max pooling over k x k windows (NHWC), zero-padded windows never win. The backward and the tangent use the
+  // window's first maximum in x: the backward scatters gy there, the tangent gathers xdot from there.
+  virtual Tensor max_pool_forward(const Tensor& x, int k, int stride, int pad) = 0;
+  virtual Tensor max_pool_backward(const Tensor& x, const Tensor& gy, int k, int stride, int pad) = 0;
+  virtual Tensor max_pool_gather(const Tensor& x, const Tensor& xdot, int k, int stride, int pad) = 0;
+
   // NHWC -> (N, C) mean over H and W.
   virtual Tensor global_avg_pool(const Tensor& x) = 0;
   virtual Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) = 0;
@@ -248,6 +254,15 @@ inline BnTangentGrads bn_tangent_backward(const Tensor& x, const Tensor& mean, c
 inline void bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                               double momentum, int64_t count) {
   backend_for(running_mean.device()).bn_update_running(running_mean, running_var, mean, var, momentum, count);
+}
+inline Tensor max_pool_forward(const Tensor& x, int k, int stride, int pad) {
+  return backend_for(x.device()).max_pool_forward(x, k, stride, pad);
+}
+inline Tensor max_pool_backward(const Tensor& x, const Tensor& gy, int k, int stride, int pad) {
+  return backend_for(x.device()).max_pool_backward(x, gy, k, stride, pad);
+}
+inline Tensor max_pool_gather(const Tensor& x, const Tensor& xdot, int k, int stride, int pad) {
+  return backend_for(x.device()).max_pool_gather(x, xdot, k, stride, pad);
 }
 inline Tensor global_avg_pool(const Tensor& x) { return backend_for(x.device()).global_avg_pool(x); }
 inline Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {

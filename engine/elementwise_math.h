@@ -66,5 +66,26 @@ LLR_HD T bn_tangent(T x, T mean, T inv_std, T scale, T xdot, T mean_dot, T var_d
   return scale * inv_std * ((xdot - mean_dot) - T(0.5) * inv_std * inv_std * (x - mean) * var_dot);
 }
 
+// The flat NHWC index of the first maximum of output pixel (n, p, q) channel c of a k x k max pool, or -1 if the
+// window lies entirely in the padding. at(i) reads x[i].
+template <class T, class At>
+LLR_HD int64_t max_pool_argmax(At at, int64_t n, int64_t p, int64_t q, int64_t c, int64_t h, int64_t w, int64_t ch,
+                               int k, int stride, int pad) {
+  int64_t best = -1;
+  T best_v = T(0);
+  for (int r = 0; r < k; ++r) {
+    int64_t hh = p * stride - pad + r;
+    if (hh < 0 || hh >= h) continue;
+    for (int s = 0; s < k; ++s) {
+      int64_t ww = q * stride - pad + s;
+      if (ww < 0 || ww >= w) continue;
+      int64_t i = ((n * h + hh) * w + ww) * ch + c;
+      T v = at(i);
+      if (best < 0 || v > best_v) best = i, best_v = v;
+    }
+  }
+  return best;
+}
+
 }  // namespace math
 }  // namespace llr

@@ -242,6 +242,27 @@ Tensor global_avg_pool(const Tensor& x) {
       [](const Tensors& t) -> Tensors { return {global_avg_pool(t[0])}; });
 }
 
+Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding) {
+  return record1(
+      "max_pool2d", {x}, backend::max_pool_forward(x, kernel, stride, padding),
+      [x, kernel, stride, padding](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        return {backend::max_pool_backward(x, g[0], kernel, stride, padding)};
+      },
+      [x, kernel, stride, padding](const Tensors& t) -> Tensors {
+        return {max_pool2d_tangent(x, t[0], kernel, stride, padding)};
+      });
+}
+
+Tensor max_pool2d_tangent(const Tensor& x, const Tensor& x_dot, int kernel, int stride, int padding) {
+  return record1(
+      "max_pool2d_tangent", {x, x_dot}, backend::max_pool_gather(x, x_dot, kernel, stride, padding),
+      [x, kernel, stride, padding](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        return {needs[0] ? zeros_like(x) : Tensor(),
+                needs[1] ? backend::max_pool_backward(x, g[0], kernel, stride, padding) : Tensor()};
+      },
+      [](const Tensors&) -> Tensors { no_second_order("max_pool2d_tangent"); });
+}
+
 Tensor sum(const Tensor& x) {
   return record1(
       "sum", {x}, backend::sum_all(x),

@@ -50,6 +50,9 @@ Tensor scale(const Tensor& x, double s);
 Tensor scale_per_example(const Tensor& x, const Tensor& c);  // x[i, ...] * c[i]
 Tensor per_example_dot(const Tensor& a, const Tensor& b);    // [N]
 Tensor global_avg_pool(const Tensor& x);                     // NHWC -> [N, C]
+Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding);  // NHWC
+// Tangent of max pooling: x_dot at each window's maximum of x (piecewise linear: no gradient to x).
+Tensor max_pool2d_tangent(const Tensor& x, const Tensor& x_dot, int kernel, int stride, int padding);
 Tensor sum(const Tensor& x);                                 // shape {}
 Tensor mean(const Tensor& x);                                // shape {}
 Tensor reshape(const Tensor& x, const Shape& shape, Layout layout = Layout::plain);

@@ -94,7 +94,8 @@ int64_t Model::parameter_count() const {
 }
 
 Tensor Model::normalize_input(const Tensor& x, const ForwardContext& ctx) const {
-  static const double mean[3] = {0.4914, 0.4822, 0.4465}, stdev[3] = {0.2471, 0.2435, 0.2616};
+  const double* mean = norm_mean_;
+  const double* stdev = norm_std_;
   const double eps = 1e-5;
   DType sd = stat_dtype(ctx.compute);
   Tensor m = Tensor::from_vector({mean[0], mean[1], mean[2]}, {3}, sd);
@@ -117,6 +118,7 @@ const char* act_name(Act a) { return a == Act::relu ? "relu" : a == Act::softplu
 
 std::unique_ptr<Model> make_wide_resnet(int depth, int widen, Act act, int64_t classes, Init init);
 std::unique_ptr<Model> make_preact_resnet18(Act act, int64_t classes, Init init);
+std::unique_ptr<Model> make_bottleneck_resnet(int depth, Act act, int64_t classes, Init init);
 
 std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t classes, uint64_t seed, Device device,
                                   DType dtype) {
@@ -129,8 +131,10 @@ std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t clas
     m = make_wide_resnet(std::stoi(match[1]), std::stoi(match[2]), act, classes, init);
   } else if (name == "preact-rn18") {
     m = make_preact_resnet18(act, classes, init);
+  } else if (std::regex_match(name, match, std::regex("resnet-(50|101|152)"))) {
+    m = make_bottleneck_resnet(std::stoi(match[1]), act, classes, init);
   } else {
-    LLR_FAIL("unknown model '", name, "' (wrn-D-K such as wrn-28-10, or preact-rn18)");
+    LLR_FAIL("unknown model '", name, "' (wrn-D-K such as wrn-28-10, preact-rn18, resnet-50, resnet-152)");
   }
   return m;
 }

@@ -107,15 +107,20 @@ class Model {
 
  protected:
   Model(std::string name, Act act, int64_t classes) : name_(std::move(name)), act_(act), classes_(classes) {}
-  // (x - mean) / std per channel with the CIFAR-10 statistics, written as a batch norm with fixed statistics.
+  // (x - mean) / std per channel (CIFAR-10 statistics unless a model sets others), written as a batch norm with
+  // fixed statistics.
   Tensor normalize_input(const Tensor& x, const ForwardContext& ctx) const;
+  double norm_mean_[3] = {0.4914, 0.4822, 0.4465};
+  double norm_std_[3] = {0.2471, 0.2435, 0.2616};
   Registry registry_;
   std::string name_;
   Act act_;
   int64_t classes_;
 };
 
-// Names: "wrn-D-K" (Wide-ResNet, depth D = 6n + 4, widen factor K), "preact-rn18". Activation relu or softplus.
+// Names: "wrn-D-K" (Wide-ResNet, depth D = 6n + 4, widen factor K), "preact-rn18" (CIFAR, 32x32 inputs);
+// "resnet-50", "resnet-101", "resnet-152" (bottleneck ResNets for 224x224 ImageNet inputs, torchvision's layout and
+// names, ImageNet normalisation). Activation relu or softplus.
 // Parameters live on `device` in f32 (f64 when dtype is f64).
 std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t classes, uint64_t seed, Device device,
                                   DType dtype = DType::f32);

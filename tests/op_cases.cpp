@@ -106,6 +106,9 @@ std::vector<OpCase> build() {
                    {true, true}, [](const Tensors& in) { return per_example_dot(in[0], in[1]); }});
   cases.push_back({"global_avg_pool", [](Generator& g) { return Tensors{normal(g, {2, 3, 3, 4}, Layout::nhwc)}; },
                    {true}, [](const Tensors& in) { return global_avg_pool(in[0]); }});
+  cases.push_back({"max_pool2d 3x3 stride 2 pad 1",
+                   [](Generator& g) { return Tensors{normal(g, {2, 7, 6, 3}, Layout::nhwc)}; }, {true},
+                   [](const Tensors& in) { return max_pool2d(in[0], 3, 2, 1); }});
   cases.push_back({"sum", [](Generator& g) { return Tensors{normal(g, {2, 3, 4})}; }, {true},
                    [](const Tensors& in) { return sum(in[0]); }});
   cases.push_back({"mean", [](Generator& g) { return Tensors{normal(g, {2, 3, 4})}; }, {true},
@@ -166,6 +169,11 @@ std::vector<OpCase> build() {
                    std::vector<bool>(5, true),
                    [](const Tensors& in) { return bn_tangent(in[0], in[1], in[2], in[3], in[4], {}, {}, 1e-5); },
                    true});
+  cases.push_back({"max_pool2d_tangent",
+                   [](Generator& g) {
+                     return Tensors{normal(g, {2, 7, 6, 3}, Layout::nhwc), normal(g, {2, 7, 6, 3}, Layout::nhwc)};
+                   },
+                   {true, true}, [](const Tensors& in) { return max_pool2d_tangent(in[0], in[1], 3, 2, 1); }, true});
   cases.push_back({"cross_entropy_tangent",
                    [](Generator& g) {
                      return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), g.randint({4}, 0, 5), normal(g, {4, 5})};

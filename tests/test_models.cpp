@@ -14,6 +14,24 @@ TEST_CASE("parameter counts of the standard models") {
   CHECK(wrn28_8->parameter_count() == 23354842);
 }
 
+TEST_CASE("ImageNet bottleneck ResNets: parameter counts, torchvision names, and a forward pass") {
+  auto r50 = nets::make_model("resnet-50", Act::relu, 1000, 1, Device::cpu);
+  CHECK(r50->parameter_count() == 25557032);  // torchvision resnet50
+  auto r152 = nets::make_model("resnet-152", Act::relu, 1000, 1, Device::cpu);
+  CHECK(r152->parameter_count() == 60192808);  // torchvision resnet152
+  std::vector<std::string> names;
+  for (const auto& e : r50->registry().entries()) names.push_back(e.name);
+  CHECK(std::find(names.begin(), names.end(), "layer1.0.downsample.0.weight") != names.end());
+  CHECK(std::find(names.begin(), names.end(), "layer4.2.bn3.running_mean") != names.end());
+  Generator gen(6);
+  NoGradGuard no_grad;
+  nets::ForwardContext ctx;
+  Tensor logits = r50->forward(gen.uniform({1, 224, 224, 3}, 0, 1, DType::f32, Layout::nhwc), ctx);
+  CHECK(logits.shape() == Shape{1, 1000});
+  nets::ForwardContext ctx2;
+  CHECK(r152->forward(gen.uniform({2, 64, 64, 3}, 0, 1, DType::f32, Layout::nhwc), ctx2).shape() == Shape{2, 1000});
+}
+
 TEST_CASE("state-dict names follow the PyTorch reference") {
   auto m = nets::make_model("wrn-16-2", Act::relu, 10, 1, Device::cpu);
   std::vector<std::string> names;

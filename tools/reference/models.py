@@ -133,4 +133,40 @@ def make_model(name, act="relu", classes=10):
         return WideResNet(int(m.group(1)), int(m.group(2)), classes, act)
     if name == "preact-rn18":
         return PreActResNet18(classes, act)
+    m = re.fullmatch(r"resnet-(50|101|152)", name)
+    if m:
+        return make_imagenet_resnet(int(m.group(1)), act, classes)
     raise ValueError(f"unknown model {name!r}")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def make_imagenet_resnet(depth, act="relu", classes=1000):
+    """torchvision's resnet50/101/152 with llrtrain's input normalisation (inputs in [0, 1]) and activation."""
+    import torchvision
+
+    net = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101,
+           152: torchvision.models.resnet152}[depth](weights=None, num_classes=classes)
+    if act == "softplus":
+        for m in net.modules():
+            for name, child in m.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(m, name, nn.Softplus())
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+            self.net = net
+
+        def forward(self, x):
+            return self.net((x - self.mean) / self.std)
+
+        # The checkpoint holds the torchvision names without the "net." prefix.
+        def load_state_dict(self, sd, strict=True):
+            return self.net.load_state_dict(sd, strict=strict)
+
+    return Wrapped()
