@@ -60,6 +60,33 @@ else
   echo "no PyTorch anchor ($anchor or torch missing)"
 fi
 
+echo "== short LLR and PGD trainings on real CIFAR-10 (carry/cifar10), evaluated; PyTorch PGD cross-check =="
+robust_rc=0
+if [ -f carry/cifar10/data_batch_1.bin.xz ]; then
+  mkdir -p "$OUT/cifar"
+  xz -dc carry/cifar10/data_batch_1.bin.xz >"$OUT/cifar/all.bin"
+  for k in 1 2 3 4 5; do  # five files of 2,000 records: the reader wants data_batch_1..5
+    dd if="$OUT/cifar/all.bin" of="$OUT/cifar/data_batch_$k.bin" bs=3073 skip=$(((k - 1) * 2000)) count=2000 status=none
+  done
+  rm "$OUT/cifar/all.bin"
+  for m in llr pgd; do
+    "$bin/llrtrain" train --method $m --data "$OUT/cifar" --holdout 1000 --model wrn-16-4 --act softplus --epochs 4 \
+      --batch 128 --lr 0.1 --schedule cosine --llr-steps 2 --pgd-steps 7 --eps-warmup 50 --precision bf16 \
+      --out "$OUT/run_$m" >"$OUT/train_$m.log" 2>&1 || robust_rc=1
+    tail -1 "$OUT/train_$m.log"
+    "$bin/llrtrain" eval --checkpoint "$OUT/run_$m/model.safetensors" --data "$OUT/cifar" --split val --holdout 1000 \
+      --attacks pgd-ce:20x0,apgd-ce,apgd-t --gamma-steps 10 --dump-logits "$OUT/images_$m.safetensors" \
+      >"$OUT/eval_$m.log" 2>&1 || robust_rc=1
+    grep -E "clean|pgd-ce|apgd|worst|gamma" "$OUT/eval_$m.log"
+    if python3 -c "import torch, safetensors" 2>/dev/null; then
+      (cd tools/reference && python3 pgd_eval.py --checkpoint "$OUT/run_$m/model.safetensors" \
+        --images "$OUT/images_$m.safetensors" --steps 20 --restarts 0) 2>&1 | tail -1
+    fi
+  done
+else
+  echo "no carry/cifar10/data_batch_1.bin.xz: skipped"
+fi
+
 echo
 echo "== summary ($(($(date +%s) - start)) s) =="
 printf '%-28s %s\n' "tests" "$([ $tests_rc = 0 ] && echo passed || echo "FAILED (rc $tests_rc)") $(grep -E 'test cases:' "$OUT/tests.log" | tr -s ' ')"
@@ -69,4 +96,5 @@ printf '%-28s %s\n' "conv benchmark" "$([ $bench_rc = 0 ] && echo ok || echo "FA
 grep -E '^total' "$OUT/conv_bench.txt" 2>/dev/null
 printf '%-28s %s\n' "step benchmark" "$([ $bench2_rc = 0 ] && echo ok || echo "FAILED (rc $bench2_rc)")"
 python3 tools/compare_bench.py "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" 2>/dev/null
-[ $tests_rc = 0 ] && [ $memcheck_rc = 0 ] && [ $bench_rc = 0 ] && [ $bench2_rc = 0 ]
+printf '%-28s %s\n' "robust trainings" "$([ $robust_rc = 0 ] && echo ok || echo FAILED)"
+[ $tests_rc = 0 ] && [ $memcheck_rc = 0 ] && [ $bench_rc = 0 ] && [ $bench2_rc = 0 ] && [ $robust_rc = 0 ]

@@ -10,4 +10,8 @@ mkdir -p carry/bin carry/anchors
 cp build-cuda/llr_tests build-cuda/llr_conv_bench build-cuda/llrtrain carry/bin/
 # The PyTorch anchor, run in the same call as our benchmark (the GPU machine does not receive ../shared).
 if [ -f ../shared/anchors/torch_anchor.py ]; then cp ../shared/anchors/torch_anchor.py carry/anchors/; fi
+# One compressed CIFAR-10 batch (23 MB) for the short robust trainings.
+if [ -f ../shared/data/cifar10/data_batch_1.bin.xz ]; then
+  mkdir -p carry/cifar10 && cp ../shared/data/cifar10/data_batch_1.bin.xz carry/cifar10/
+fi
 du -sh carry

@@ -156,7 +156,7 @@ void dump_logits(const std::string& path, nets::Model& model, const data::Datase
 
 struct EvalOptions {
   std::string checkpoint, data = "synthetic", split = "test", device = "auto", json, dump, attacks, eps = "8/255";
-  int64_t n = 0, batch = 500;
+  int64_t n = 0, batch = 500, holdout = 0;
   uint64_t seed = 0;
   int gamma_steps = 0, gamma_restarts = 1;
 };
@@ -173,7 +173,8 @@ int run_eval(const EvalOptions& e) {
   ckpt::ModelInfo info = ckpt::read_model_info(e.checkpoint);
   auto model = nets::make_model(info.model, info.act, info.classes, 0, device, info.dtype);
   ckpt::load_model(e.checkpoint, *model);
-  data::Splits s = e.data == "synthetic" ? data::synthetic_splits(1, 10000, e.seed + 17) : data::load_cifar10(e.data, 0);
+  data::Splits s =
+      e.data == "synthetic" ? data::synthetic_splits(1, 10000, e.seed + 17) : data::load_cifar10(e.data, e.holdout);
   data::Dataset d = e.split == "train" ? s.train : e.split == "val" ? s.val : s.test;
   if (e.split == "test" && d.empty() && e.data == "synthetic") d = s.val;
   LLR_CHECK(!d.empty(), "no ", e.split, " split in ", e.data,
@@ -368,6 +369,8 @@ int main(int argc, char** argv) {
   ev->add_option("--checkpoint", eo.checkpoint, "model.safetensors written by llrtrain train")->required();
   ev->add_option("--data", eo.data, "'synthetic' or a CIFAR-10 binary folder")->capture_default_str();
   ev->add_option("--split", eo.split, "test, val or train")->capture_default_str();
+  ev->add_option("--holdout", eo.holdout, "CIFAR-10: the training run's --holdout, for --split val")
+      ->capture_default_str();
   ev->add_option("--n", eo.n, "evaluate the first N images (0: all)")->capture_default_str();
   ev->add_option("--batch", eo.batch, "batch size")->capture_default_str();
   ev->add_option("--device", eo.device, "auto, cuda or cpu")->capture_default_str();
