@@ -19,29 +19,6 @@ std::string st_dtype(DType t) {
   LLR_FAIL("checkpoint: cannot store ", dtype_name(t), " tensors");
 }
 
-// A host copy in the checkpoint layout: KRSC filters become OIHW (K, C, R, S).
-io::StoredTensor to_stored(const Tensor& t, bool conv_filter) {
-  Tensor h = t.device() == Device::cpu ? t : t.to(Device::cpu);
-  io::StoredTensor s;
-  s.dtype = st_dtype(h.dtype());
-  size_t e = dtype_size(h.dtype());
-  s.bytes.resize(static_cast<size_t>(h.numel()) * e);
-  const uint8_t* src = static_cast<const uint8_t*>(h.raw_data());
-  if (!conv_filter) {
-    s.shape = h.shape();
-    std::memcpy(s.bytes.data(), src, s.bytes.size());
-    return s;
-  }
-  int64_t K = h.dim(0), R = h.dim(1), S = h.dim(2), C = h.dim(3);
-  s.shape = {K, C, R, S};
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t q = 0; q < S; ++q)
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(s.bytes.data() + (((k * C + c) * R + r) * S + q) * e, src + (((k * R + r) * S + q) * C + c) * e, e);
-  return s;
-}
-
 // Copies stored data into t (in place), converting OIHW back to KRSC for filters.
 void from_stored(const io::StoredTensor& s, Tensor& t, bool conv_filter, const std::string& name,
                  const std::string& path) {
@@ -77,6 +54,28 @@ io::StoredTensor i64_scalar(int64_t v) {
 }
 
 }  // namespace
+
+io::StoredTensor to_stored(const Tensor& t, bool conv_filter) {
+  Tensor h = t.device() == Device::cpu ? t : t.to(Device::cpu);
+  io::StoredTensor s;
+  s.dtype = st_dtype(h.dtype());
+  size_t e = dtype_size(h.dtype());
+  s.bytes.resize(static_cast<size_t>(h.numel()) * e);
+  const uint8_t* src = static_cast<const uint8_t*>(h.raw_data());
+  if (!conv_filter) {
+    s.shape = h.shape();
+    std::memcpy(s.bytes.data(), src, s.bytes.size());
+    return s;
+  }
+  int64_t K = h.dim(0), R = h.dim(1), S = h.dim(2), C = h.dim(3);
+  s.shape = {K, C, R, S};
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t q = 0; q < S; ++q)
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(s.bytes.data() + (((k * C + c) * R + r) * S + q) * e, src + (((k * R + r) * S + q) * C + c) * e, e);
+  return s;
+}
 
 void save_model(const std::string& path, nets::Model& model, const io::Metadata& extra) {
   io::TensorMap tensors;

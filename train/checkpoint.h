@@ -13,6 +13,9 @@
 
 namespace llr::ckpt {
 
+// A host copy of t in checkpoint layout (KRSC filters become OIHW when conv_filter) and dtype name.
+io::StoredTensor to_stored(const Tensor& t, bool conv_filter);
+
 void save_model(const std::string& path, nets::Model& model, const io::Metadata& extra);
 // Copies a checkpoint's tensors into `model` (same architecture); throws on a missing, extra or mis-shaped tensor.
 void load_model(const std::string& path, nets::Model& model);

@@ -6,33 +6,12 @@
 #include <sstream>
 
 #include "engine/gradcheck.h"
+#include "train/checkpoint.h"
 #include "train/safetensors.h"
 
 namespace llr {
 
 namespace {
-
-io::StoredTensor stored(const Tensor& t, bool oihw = false) {
-  Tensor h = t.to(Device::cpu);
-  io::StoredTensor s;
-  s.dtype = h.dtype() == DType::f64 ? "F64" : h.dtype() == DType::i32 ? "I32" : "F32";
-  size_t e = dtype_size(h.dtype());
-  s.bytes.resize(h.numel() * e);
-  const uint8_t* src = static_cast<const uint8_t*>(h.raw_data());
-  if (!oihw) {
-    s.shape = h.shape();
-    std::memcpy(s.bytes.data(), src, s.bytes.size());
-    return s;
-  }
-  int64_t K = h.dim(0), R = h.dim(1), S = h.dim(2), C = h.dim(3);
-  s.shape = {K, C, R, S};
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t q = 0; q < S; ++q)
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(s.bytes.data() + (((k * C + c) * R + r) * S + q) * e, src + (((k * R + r) * S + q) * C + c) * e, e);
-  return s;
-}
 
 const char* method_name(Method m) {
   switch (m) {
@@ -122,12 +101,12 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
   if (!opt.dump.empty()) {
     io::TensorMap t;
     for (size_t k = 0; k < params.size(); ++k) {
-      t.emplace_back("param." + entries[k]->name, stored(params[k], entries[k]->conv_filter));
-      t.emplace_back("grad." + entries[k]->name, stored(grads[k], entries[k]->conv_filter));
+      t.emplace_back("param." + entries[k]->name, ckpt::to_stored(params[k], entries[k]->conv_filter));
+      t.emplace_back("grad." + entries[k]->name, ckpt::to_stored(grads[k], entries[k]->conv_filter));
     }
-    t.emplace_back("x_nhwc", stored(x));
-    t.emplace_back("labels", stored(y));
-    t.emplace_back("delta_nhwc", stored(delta));
+    t.emplace_back("x_nhwc", ckpt::to_stored(x, false));
+    t.emplace_back("labels", ckpt::to_stored(y, false));
+    t.emplace_back("delta_nhwc", ckpt::to_stored(delta, false));
     std::ostringstream obj;
     obj.precision(17);
     obj << rep.objective;

@@ -25,17 +25,7 @@ double host_mean(const Tensor& t) {
 }
 
 double accuracy(const Tensor& logits, const Tensor& y) {
-  Tensor z = logits.dtype() == DType::bf16 ? logits.to(DType::f32) : logits;
-  z = z.to(Device::cpu);
-  Tensor yy = y.to(Device::cpu);
-  int64_t n = z.dim(0), k = z.dim(1), correct = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < k; ++j)
-      if (z.at(i * k + j) > z.at(i * k + best)) best = j;
-    correct += best == yy.data<int32_t>()[i];
-  }
-  return n ? double(correct) / double(n) : 0.0;
+  return logits.dim(0) ? double(count_correct(logits, y)) / double(logits.dim(0)) : 0.0;
 }
 
 Tensor ones_like_stat(const Tensor& t) { return backend::full_like(t, 1.0); }
@@ -216,6 +206,19 @@ ObjectiveResult llr(nets::Model& model, const Tensor& x_in, const Tensor& y, con
 }
 
 }  // namespace
+
+int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  Tensor z = (logits.dtype() == DType::bf16 ? logits.to(DType::f32) : logits).to(Device::cpu);
+  Tensor y = labels.to(Device::cpu);
+  int64_t n = z.dim(0), k = z.dim(1), correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < k; ++j)
+      if (z.at(i * k + j) > z.at(i * k + best)) best = j;
+    correct += best == y.data<int32_t>()[i];
+  }
+  return correct;
+}
 
 ObjectiveResult build_objective(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveConfig& cfg,
                                 const ObjectiveOptions& o) {

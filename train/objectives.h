@@ -61,6 +61,9 @@ struct ObjectiveOptions {
 ObjectiveResult build_objective(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveConfig& cfg,
                                 const ObjectiveOptions& opt);
 
+// How many rows of logits [N, K] have their largest entry at the label.
+int64_t count_correct(const Tensor& logits, const Tensor& labels);
+
 // The objective's value computed directly from its definition (no surrogate): for LLR, (1/N) sum_i [w l_i +
 // lambda |g_i| + mu |d_i|] with d_i from an input-gradient pass. Used by the gradient checks.
 double objective_value(nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,

@@ -116,20 +116,6 @@ DType resolve_precision(const std::string& name, Device device) {
 
 namespace {
 
-int64_t argmax_correct(const Tensor& logits, const Tensor& labels) {
-  Tensor z = logits.dtype() == DType::bf16 ? logits.to(DType::f32) : logits;
-  if (z.device() != Device::cpu) z = z.to(Device::cpu);
-  Tensor y = labels.device() == Device::cpu ? labels : labels.to(Device::cpu);
-  int64_t n = z.dim(0), k = z.dim(1), correct = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < k; ++j)
-      if (z.at(i * k + j) > z.at(i * k + best)) best = j;
-    correct += best == y.data<int32_t>()[i];
-  }
-  return correct;
-}
-
 struct Data {
   data::Dataset train, eval;
   std::string eval_split;
@@ -197,7 +183,7 @@ EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, D
     ctx.compute = compute;
     Tensor logits = model.forward(bt.images, ctx);
     loss_sum += sum(cross_entropy(logits, bt.labels)).to(Device::cpu).item();
-    correct += argmax_correct(logits, bt.labels);
+    correct += count_correct(logits, bt.labels);
   }
   r.n = n;
   r.accuracy = n ? double(correct) / double(n) : 0;
@@ -320,7 +306,7 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
     opt.step(grads, lr);
     loss_acc += loss_value;
     last_loss = loss_value;
-    correct_acc += argmax_correct(logits, b.labels);
+    correct_acc += count_correct(logits, b.labels);
     seen_acc += cfg.batch;
 
     bool epoch_end = pos == steps_per_epoch - 1 || step == total - 1;

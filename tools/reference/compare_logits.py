@@ -7,20 +7,13 @@ Prints the largest absolute difference between llrtrain's and PyTorch's logits (
 exits non-zero above --tol.
 """
 import argparse
-import json
-import struct
 import sys
 
 import torch
 from safetensors.torch import load_file
 
-from models import make_model
+from models import make_model, read_metadata
 
-
-def metadata(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)).get("__metadata__", {})
 
 
 def main():
@@ -30,7 +23,7 @@ def main():
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
-    meta = metadata(a.checkpoint)
+    meta = read_metadata(a.checkpoint)
     model = make_model(meta["model"], act=meta["act"], classes=int(meta["classes"]))
     model.load_state_dict(load_file(a.checkpoint), strict=True)
     model = model.to(a.device).eval()

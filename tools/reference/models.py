@@ -6,7 +6,9 @@
 
 Inputs are images in [0, 1], NCHW as usual in PyTorch; the CIFAR-10 normalisation happens inside the model.
 """
+import json
 import re
+import struct
 
 import torch
 import torch.nn as nn
@@ -125,6 +127,13 @@ class PreActResNet18(nn.Module):
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
         h = self.act(self.bn(h))
         return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def read_metadata(path):
+    """The __metadata__ of a safetensors file (llrtrain writes the model name, activation and classes there)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)).get("__metadata__", {})
 
 
 def make_model(name, act="relu", classes=10):

@@ -11,8 +11,6 @@ x + delta; TRADES: mean CE at x + beta mean KL(p(x) || p(x + delta)), both passe
 Runs in float64; exits non-zero above --tol.
 """
 import argparse
-import json
-import struct
 import sys
 
 import torch
@@ -20,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from models import make_model
+from models import make_model, read_metadata
 
 
 class PassBatchNorm(nn.Module):
@@ -52,18 +50,13 @@ def replace_bn(module, state):
             replace_bn(child, state)
 
 
-def metadata(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)).get("__metadata__", {})
-
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("dump")
     p.add_argument("--tol", type=float, default=1e-8)
     a = p.parse_args()
-    meta, t = metadata(a.dump), load_file(a.dump)
+    meta, t = read_metadata(a.dump), load_file(a.dump)
     torch.set_default_dtype(torch.float64)
     model = make_model(meta["model"], act=meta["act"]).double()
     params = {k[len("param."):]: v for k, v in t.items() if k.startswith("param.")}

@@ -9,20 +9,13 @@ Same attack as llrtrain's pgd-ce: sign-gradient steps of eps/4 on the cross-entr
 from uniform random starts. An example counts as broken if it is misclassified at any step.
 """
 import argparse
-import json
-import struct
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from models import make_model
+from models import make_model, read_metadata
 
-
-def metadata(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)).get("__metadata__", {})
 
 
 def pgd(model, x, y, eps, steps, random_start):
@@ -52,7 +45,7 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
-    meta = metadata(a.checkpoint)
+    meta = read_metadata(a.checkpoint)
     model = make_model(meta["model"], act=meta["act"], classes=int(meta["classes"]))
     model.load_state_dict(load_file(a.checkpoint))
     model = model.to(a.device).eval()
