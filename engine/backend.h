@@ -156,12 +156,16 @@ class Backend {
   virtual Tensor select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) = 0;
 
   // Training support (not differentiable).
-  // A batch from u8 NHWC images: out[b] = images[indices[b]] scaled to [0, 1] in `dtype`, augmented when `augment`
-  // (kernels/augment_math.h: reflect-pad 4, random crop, random flip, drawn from (seed, step, b)).
-  virtual Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed,
-                               uint64_t step, DType dtype) = 0;
-  // labels[indices[b]].
-  virtual Tensor gather_labels(const Tensor& labels, const Tensor& indices) = 0;
+  // How many rows of logits [N, K] have their first maximum at the label: a one-element tensor on the device (f32,
+  // or f64 for f64 logits), so metrics need no host synchronisation.
+  virtual Tensor count_correct(const Tensor& z, const Tensor& labels) = 0;
+  // A batch from u8 NHWC images: out[b] = images[order[begin + b]] scaled to [0, 1] in `dtype`, augmented when
+  // `augment` (engine/augment_math.h: reflect-pad 4, random crop, random flip, drawn from (seed, step, b)), for
+  // b < count. `order` is an i32 vector on the images' device (an epoch's permutation, uploaded once).
+  virtual Tensor gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count, bool augment,
+                               uint64_t seed, uint64_t step, DType dtype) = 0;
+  // labels[order[begin + b]].
+  virtual Tensor gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) = 0;
   // One fused SGD step in place (PyTorch semantics): g' = g + wd p; buf = g' on the first step, else
   // momentum buf + g'; p -= lr (nesterov ? g' + momentum buf : buf).
   virtual void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
@@ -321,12 +325,15 @@ inline void apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const 
 inline Tensor select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
   return backend_for(a.device()).select_rows(a, b, mask);
 }
-inline Tensor gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step,
-                            DType dtype) {
-  return backend_for(images.device()).gather_images(images, indices, augment, seed, step, dtype);
+inline Tensor count_correct(const Tensor& z, const Tensor& labels) {
+  return backend_for(z.device()).count_correct(z, labels);
 }
-inline Tensor gather_labels(const Tensor& labels, const Tensor& indices) {
-  return backend_for(labels.device()).gather_labels(labels, indices);
+inline Tensor gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count, bool augment,
+                            uint64_t seed, uint64_t step, DType dtype) {
+  return backend_for(images.device()).gather_images(images, order, begin, count, augment, seed, step, dtype);
+}
+inline Tensor gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
+  return backend_for(labels.device()).gather_labels(labels, order, begin, count);
 }
 inline void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
                        double weight_decay, bool nesterov, bool first_step) {

@@ -66,6 +66,18 @@ LLR_HD T bn_tangent(T x, T mean, T inv_std, T scale, T xdot, T mean_dot, T var_d
   return scale * inv_std * ((xdot - mean_dot) - T(0.5) * inv_std * inv_std * (x - mean) * var_dot);
 }
 
+// The first index of a row's maximum; at(j) reads entry j of the row.
+template <class T, class At>
+LLR_HD int64_t row_argmax(At at, int64_t k) {
+  int64_t best = 0;
+  T best_v = at(0);
+  for (int64_t j = 1; j < k; ++j) {
+    T v = at(j);
+    if (v > best_v) best = j, best_v = v;
+  }
+  return best;
+}
+
 // The flat NHWC index of the first maximum of output pixel (n, p, q) channel c of a k x k max pool, or -1 if the
 // window lies entirely in the padding. at(i) reads x[i].
 template <class T, class At>

@@ -9,12 +9,26 @@ namespace llr::cuda {
 namespace {
 
 template <class T>
-Tensor gather_images_impl(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed, uint64_t step) {
-  int64_t nb = indices.numel();
+Tensor count_correct_impl(const Tensor& z, const Tensor& labels) {
+  using S = acc_t<T>;
+  int64_t n = z.dim(0), k = z.dim(1);
+  Tensor out = Tensor::empty({}, stat_dtype(z.dtype()), Layout::plain, Device::cuda);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  total_sum<S>(n, [=] __device__(int64_t i) {
+    auto at = [pz, i, k](int64_t j) { return ld(pz, i * k + j); };
+    return math::row_argmax<S>(at, k) == y[i] ? S(1) : S(0);
+  }, ptr<S>(out));
+  return out;
+}
+
+template <class T>
+Tensor gather_images_impl(const Tensor& images, const Tensor& order, int64_t begin, int64_t nb, bool augment,
+                          uint64_t seed, uint64_t step) {
   int h = int(images.dim(1)), w = int(images.dim(2)), c = int(images.dim(3));
   Tensor out = Tensor::empty({nb, h, w, c}, dtype_of_storage<T>(), Layout::nhwc, Device::cuda);
   const uint8_t* src = ptr<uint8_t>(images);
-  const int32_t* idx = ptr<int32_t>(indices);
+  const int32_t* idx = ptr<int32_t>(order) + begin;
   int64_t n_images = images.dim(0);
   T* o = ptr<T>(out);
   for_each(out.numel(), [=] __device__(int64_t i) {
@@ -53,28 +67,43 @@ void sgd_impl(Tensor& param, const Tensor& grad, Tensor& buf, double lr, double 
 
 }  // namespace
 
-Tensor CudaBackend::gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed,
-                                  uint64_t step, DType dtype) {
+namespace {
+void check_order(const char* op, const Tensor& order, int64_t begin, int64_t count) {
+  LLR_CHECK(order.device() == Device::cuda && order.dtype() == DType::i32 && order.rank() == 1, op,
+            ": order must be i32 [M] on the GPU, got ", order.describe());
+  LLR_CHECK(begin >= 0 && count >= 0 && begin + count <= order.numel(), op, ": rows [", begin, ", ", begin + count,
+            ") outside an order of ", order.numel());
+}
+}  // namespace
+
+Tensor CudaBackend::count_correct(const Tensor& z, const Tensor& labels) {
+  require_cuda_floating("count_correct", {&z});
+  LLR_CHECK(z.rank() == 2, "count_correct: logits must be [N, K], got ", z.describe());
+  require_labels("count_correct", labels, z.dim(0));
+  return LLR_CUDA_DISPATCH(z.dtype(), "count_correct", count_correct_impl, z, labels);
+}
+
+Tensor CudaBackend::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
+                                  bool augment, uint64_t seed, uint64_t step, DType dtype) {
   LLR_NVTX_RANGE("gather_images");
   LLR_CHECK(images.device() == Device::cuda && images.dtype() == DType::u8 && images.layout() == Layout::nhwc,
             "gather_images: images must be u8 NHWC on the GPU, got ", images.describe());
-  LLR_CHECK(indices.device() == Device::cuda && indices.dtype() == DType::i32 && indices.rank() == 1,
-            "gather_images: indices must be i32 [B] on the GPU, got ", indices.describe());
+  check_order("gather_images", order, begin, count);
   LLR_CHECK(!augment || (images.dim(1) > augment::kPad && images.dim(2) > augment::kPad),
             "gather_images: images too small to augment");
-  return LLR_CUDA_DISPATCH(dtype, "gather_images", gather_images_impl, images, indices, augment, seed, step);
+  return LLR_CUDA_DISPATCH(dtype, "gather_images", gather_images_impl, images, order, begin, count, augment, seed,
+                           step);
 }
 
-Tensor CudaBackend::gather_labels(const Tensor& labels, const Tensor& indices) {
+Tensor CudaBackend::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
   LLR_CHECK(labels.device() == Device::cuda && labels.dtype() == DType::i32 && labels.rank() == 1,
             "gather_labels: labels must be i32 [N] on the GPU, got ", labels.describe());
-  LLR_CHECK(indices.device() == Device::cuda && indices.dtype() == DType::i32 && indices.rank() == 1,
-            "gather_labels: indices must be i32 [B] on the GPU, got ", indices.describe());
-  Tensor out = Tensor::empty({indices.numel()}, DType::i32, Layout::plain, Device::cuda);
-  const int32_t *l = ptr<int32_t>(labels), *idx = ptr<int32_t>(indices);
+  check_order("gather_labels", order, begin, count);
+  Tensor out = Tensor::empty({count}, DType::i32, Layout::plain, Device::cuda);
+  const int32_t *l = ptr<int32_t>(labels), *idx = ptr<int32_t>(order) + begin;
   int32_t* o = ptr<int32_t>(out);
   int64_t n = labels.numel();
-  for_each(indices.numel(), [=] __device__(int64_t b) { o[b] = (idx[b] >= 0 && idx[b] < n) ? l[idx[b]] : -1; });
+  for_each(count, [=] __device__(int64_t b) { o[b] = (idx[b] >= 0 && idx[b] < n) ? l[idx[b]] : -1; });
   return out;
 }
 

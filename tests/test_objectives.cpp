@@ -156,7 +156,7 @@ TEST_CASE("the LLR search stays in the ball and the box and raises the linearity
   o.compute = DType::f64;
   o.update_running = false;
   cfg.llr_steps = 0;
-  double gamma0 = build_objective(*model, x, y, cfg, o).metrics["llr_gamma"];
+  double gamma0 = host_value(build_objective(*model, x, y, cfg, o).metrics["llr_gamma"]);
   Tape::current().clear();
   for (PerturbationUpdate u : {PerturbationUpdate::adam, PerturbationUpdate::sign}) {
     cfg.llr_steps = 10;
@@ -165,8 +165,8 @@ TEST_CASE("the LLR search stays in the ball and the box and raises the linearity
     ObjectiveResult r = build_objective(*model, x, y, cfg, o);
     Tape::current().clear();
     std::printf("LLR search (%s, 10 steps): mean |g| %.4g vs %.4g at the random start\n",
-                u == PerturbationUpdate::adam ? "adam" : "sign", r.metrics["llr_gamma"], gamma0);
-    CHECK(r.metrics["llr_gamma"] > 2 * gamma0);
+                u == PerturbationUpdate::adam ? "adam" : "sign", host_value(r.metrics["llr_gamma"]), gamma0);
+    CHECK(host_value(r.metrics["llr_gamma"]) > 2 * gamma0);
     for (int64_t i = 0; i < x.numel(); ++i) {
       REQUIRE(std::fabs(r.delta.at(i)) <= cfg.eps + 1e-15);
       REQUIRE(x.at(i) + r.delta.at(i) >= -1e-15);

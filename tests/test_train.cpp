@@ -1,4 +1,5 @@
 // Data, augmentation, checkpoints, resumption and a short real training run.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -211,6 +212,32 @@ TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an 
   std::vector<std::string> lb = strip(lines(dir / "split" / "metrics.jsonl"));
   CHECK(la.size() == 12);
   CHECK(la == lb);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves the last checkpoint intact") {
+  fs::path dir = temp_dir("nan");
+  TrainConfig c;
+  c.data = "synthetic";
+  c.synthetic_train = 128;
+  c.synthetic_val = 32;
+  c.model = "wrn-10-1";
+  c.batch = 32;
+  c.epochs = 2;  // 4 steps per epoch
+  c.lr = 0.05;
+  c.schedule = "piecewise";
+  c.decay_at = {0.5};
+  c.decay_factor = 1e30;  // the second epoch's learning rate is absurd
+  c.device = "cpu";
+  c.log_every = 2;
+  c.out = (dir / "run").string();
+  CHECK_THROWS_WITH_AS(train(c), doctest::Contains("training loss became"), Error);
+  io::SafetensorsFile f = io::read_safetensors((dir / "run" / "model.safetensors").string());
+  CHECK(f.metadata.at("step") == "4");  // the end of the first epoch, before the blow-up
+  auto m = nets::make_model("wrn-10-1", Act::relu, 10, 0, Device::cpu);
+  ckpt::load_model((dir / "run" / "model.safetensors").string(), *m);
+  for (const auto& e : m->registry().entries())
+    for (int64_t i = 0; i < e.tensor.numel(); ++i) REQUIRE(std::isfinite(e.tensor.at(i)));
   fs::remove_all(dir);
 }
 

@@ -156,14 +156,22 @@ std::vector<int32_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
   return order;
 }
 
+Tensor order_on_device(const Dataset& d, const std::vector<int32_t>& order) {
+  Tensor t = Tensor::from_labels(order);
+  return d.images.device() == Device::cpu ? t : t.to(d.images.device());
+}
+
+Batch make_batch(const Dataset& d, const Tensor& order, int64_t begin, int64_t count, bool augment, uint64_t seed,
+                 uint64_t step, DType dtype) {
+  LLR_CHECK(begin >= 0 && count > 0 && begin + count <= order.numel(), "batch [", begin, ", ", begin + count,
+            ") outside an order of ", order.numel());
+  return {backend::gather_images(d.images, order, begin, count, augment, seed, step, dtype),
+          backend::gather_labels(d.labels, order, begin, count)};
+}
+
 Batch make_batch(const Dataset& d, const std::vector<int32_t>& order, int64_t begin, int64_t count, bool augment,
                  uint64_t seed, uint64_t step, DType dtype) {
-  LLR_CHECK(begin >= 0 && count > 0 && begin + count <= static_cast<int64_t>(order.size()), "batch [", begin, ", ",
-            begin + count, ") outside an order of ", order.size());
-  Tensor idx = Tensor::empty({count}, DType::i32);
-  std::memcpy(idx.raw_data(), order.data() + begin, count * sizeof(int32_t));
-  if (d.images.device() != Device::cpu) idx = idx.to(d.images.device());
-  return {backend::gather_images(d.images, idx, augment, seed, step, dtype), backend::gather_labels(d.labels, idx)};
+  return make_batch(d, order_on_device(d, order), begin, count, augment, seed, step, dtype);
 }
 
 }  // namespace llr::data

@@ -51,8 +51,13 @@ struct Batch {
   Tensor labels;  // i32 [B]
 };
 
+// An order as an i32 tensor on the data set's device (upload an epoch's permutation once, not every batch).
+Tensor order_on_device(const Dataset& d, const std::vector<int32_t>& order);
+
 // The examples order[begin .. begin+count) gathered on the data set's device; augmented (reflect-pad 4, random crop,
-// random flip, drawn from (seed, step)) when `augment`.
+// random flip, drawn from (seed, step)) when `augment`. No host synchronisation with a device-resident order.
+Batch make_batch(const Dataset& d, const Tensor& order, int64_t begin, int64_t count, bool augment, uint64_t seed,
+                 uint64_t step, DType dtype);
 Batch make_batch(const Dataset& d, const std::vector<int32_t>& order, int64_t begin, int64_t count, bool augment,
                  uint64_t seed, uint64_t step, DType dtype);
 

@@ -198,9 +198,10 @@ int run_eval(const EvalOptions& e) {
     double gamma_seconds = 0;
     std::vector<int32_t> order(static_cast<size_t>(r.n));
     for (int64_t i = 0; i < r.n; ++i) order[i] = static_cast<int32_t>(i);
+    Tensor order_dev = data::order_on_device(d, order);
     for (int64_t b = 0; b < r.n; b += e.batch) {
       int64_t nb = std::min(e.batch, r.n - b);
-      data::Batch bt = data::make_batch(d, order, b, nb, false, 0, 0, stat_dtype(compute));
+      data::Batch bt = data::make_batch(d, order_dev, b, nb, false, 0, 0, stat_dtype(compute));
       std::vector<char> correct = correctly_classified(*model, bt.images, bt.labels, compute);
       std::vector<char> all = correct;
       for (char c : correct) clean += c;

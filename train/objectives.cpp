@@ -17,15 +17,11 @@ Method ObjectiveConfig::parse_method(const std::string& s) {
 
 namespace {
 
-double host_mean(const Tensor& t) {
-  Tensor h = t.to(Device::cpu);
-  double s = 0;
-  for (int64_t i = 0; i < h.numel(); ++i) s += h.at(i);
-  return h.numel() ? s / double(h.numel()) : 0.0;
-}
+// Batch means stay on the device: no host synchronisation inside a training step.
+Tensor device_mean(const Tensor& t) { return backend::scale(backend::sum_all(t), 1.0 / double(t.numel())); }
 
-double accuracy(const Tensor& logits, const Tensor& y) {
-  return logits.dim(0) ? double(count_correct(logits, y)) / double(logits.dim(0)) : 0.0;
+Tensor accuracy(const Tensor& logits, const Tensor& y) {
+  return backend::scale(backend::count_correct(logits, y), 1.0 / double(logits.dim(0)));
 }
 
 Tensor ones_like_stat(const Tensor& t) { return backend::full_like(t, 1.0); }
@@ -199,25 +195,16 @@ ObjectiveResult llr(nets::Model& model, const Tensor& x_in, const Tensor& y, con
   r.loss = scale(add(add(sum(mul(l, c.nominal_weight)), sum(mul(lp, c.perturbed_weight))), dvs), 1.0 / double(n));
   r.delta = delta;
   r.logits_for_accuracy = logits;
-  r.metrics["llr_gamma"] = host_mean(c.abs_g);
-  Tensor abs_d = backend::activation_forward(Act::abs, d);
-  r.metrics["llr_abs_d"] = host_mean(abs_d);
+  r.metrics["llr_gamma"] = device_mean(c.abs_g);
+  r.metrics["llr_abs_d"] = device_mean(backend::activation_forward(Act::abs, d));
   return r;
 }
 
 }  // namespace
 
-int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  Tensor z = (logits.dtype() == DType::bf16 ? logits.to(DType::f32) : logits).to(Device::cpu);
-  Tensor y = labels.to(Device::cpu);
-  int64_t n = z.dim(0), k = z.dim(1), correct = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t best = 0;
-    for (int64_t j = 1; j < k; ++j)
-      if (z.at(i * k + j) > z.at(i * k + best)) best = j;
-    correct += best == y.data<int32_t>()[i];
-  }
-  return correct;
+double host_value(const Tensor& t) {
+  Tensor h = (t.dtype() == DType::bf16 ? t.to(DType::f32) : t).to(Device::cpu);
+  return h.item();
 }
 
 ObjectiveResult build_objective(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveConfig& cfg,

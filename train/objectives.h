@@ -45,7 +45,9 @@ struct ObjectiveResult {
   Tensor loss;                            // scalar on the tape
   Tensor delta;                           // the perturbation used (undefined for natural training)
   Tensor logits_for_accuracy;             // clean logits (natural, LLR) or adversarial logits (PGD, TRADES)
-  std::map<std::string, double> metrics;  // e.g. llr_gamma, llr_abs_d, adv_accuracy
+  // Batch means on the device (one-element tensors, read only when logging): llr_gamma (mean |g_i|), llr_abs_d,
+  // adv_accuracy (PGD, TRADES).
+  std::map<std::string, Tensor> metrics;
 };
 
 struct ObjectiveOptions {
@@ -61,8 +63,8 @@ struct ObjectiveOptions {
 ObjectiveResult build_objective(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveConfig& cfg,
                                 const ObjectiveOptions& opt);
 
-// How many rows of logits [N, K] have their largest entry at the label.
-int64_t count_correct(const Tensor& logits, const Tensor& labels);
+// A one-element tensor's value on the host (synchronises with the device).
+double host_value(const Tensor& t);
 
 // The objective's value computed directly from its definition (no surrogate): for LLR, (1/N) sum_i [w l_i +
 // lambda |g_i| + mu |d_i|] with d_i from an input-gradient pass. Used by the gradient checks.

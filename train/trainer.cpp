@@ -175,15 +175,16 @@ EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, D
   for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
   double loss_sum = 0;
   int64_t correct = 0;
+  Tensor order_dev = data::order_on_device(d, order);
   for (int64_t b = 0; b < n; b += batch) {
     int64_t nb = std::min(batch, n - b);
-    data::Batch bt = data::make_batch(d, order, b, nb, false, 0, 0, stat_dtype(compute));
+    data::Batch bt = data::make_batch(d, order_dev, b, nb, false, 0, 0, stat_dtype(compute));
     nets::ForwardContext ctx;
     ctx.bn = nets::BnMode::eval;
     ctx.compute = compute;
     Tensor logits = model.forward(bt.images, ctx);
-    loss_sum += sum(cross_entropy(logits, bt.labels)).to(Device::cpu).item();
-    correct += count_correct(logits, bt.labels);
+    loss_sum += host_value(sum(cross_entropy(logits, bt.labels)));
+    correct += static_cast<int64_t>(std::llround(host_value(backend::count_correct(logits, bt.labels))));
   }
   r.n = n;
   r.accuracy = n ? double(correct) / double(n) : 0;
@@ -272,17 +273,21 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
   TrainSummary summary;
-  std::vector<int32_t> order;
+  Tensor order;  // this epoch's permutation, on the data's device
   int64_t order_epoch = -1;
-  double loss_acc = 0, last_loss = 0;
-  std::map<std::string, double> metric_acc;  // method-specific metrics summed over the logging window
-  int64_t correct_acc = 0, seen_acc = 0;
+  double last_loss = 0;
+  // Sums over the logging window, kept on the device and read only when a metrics line is written, so a step
+  // never waits for the GPU.
+  Tensor loss_acc, correct_acc;
+  std::map<std::string, Tensor> metric_acc;
+  int64_t seen_acc = 0, window_first_step = start_step;
+  auto accumulate = [](Tensor& acc, const Tensor& v) { acc = acc.defined() ? backend::add(acc, v) : v.clone(); };
   auto window_start = clock::now();
   std::vector<Tensor> params = model->parameters();
   for (int64_t step = start_step; step < total; ++step) {
     int64_t epoch = step / steps_per_epoch, pos = step % steps_per_epoch;
     if (epoch != order_epoch) {
-      order = data::epoch_order(d.train.size(), cfg.seed, epoch);
+      order = data::order_on_device(d.train, data::epoch_order(d.train.size(), cfg.seed, epoch));
       order_epoch = epoch;
     }
     // Images stay f32 (perturbations need the precision); the model casts to the compute dtype.
@@ -298,39 +303,42 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
     std::vector<Tensor> grads = grad({loss}, {Tensor::full({}, 1.0, loss.dtype(), Layout::plain, loss.device())},
                                      params);
     Tape::current().clear();
-    for (const auto& [k, v] : res.metrics) metric_acc[k] += v;
-    double loss_value = loss.to(Device::cpu).item();
-    LLR_CHECK(std::isfinite(loss_value), "training loss became ", loss_value, " at step ", step,
-              "; the last checkpoint in ", cfg.out, " is from before it (try a lower --lr)");
     double lr = sched.lr(step);
     opt.step(grads, lr);
-    loss_acc += loss_value;
-    last_loss = loss_value;
-    correct_acc += count_correct(logits, b.labels);
+    accumulate(loss_acc, loss.detach());
+    accumulate(correct_acc, backend::count_correct(logits, b.labels));
+    for (const auto& [k, v] : res.metrics) accumulate(metric_acc[k], v);
     seen_acc += cfg.batch;
 
     bool epoch_end = pos == steps_per_epoch - 1 || step == total - 1;
-    bool log = (step + 1) % cfg.log_every == 0 || epoch_end;
-    double ips = double(seen_acc) / std::max(1e-9, std::chrono::duration<double>(clock::now() - window_start).count());
-    progress.update(step + 1, total, epoch, loss_value, double(correct_acc) / double(std::max<int64_t>(seen_acc, 1)),
-                    lr, ips);
+    bool stop = cfg.stop_after > 0 && step + 1 == cfg.stop_after;
+    bool log = (step + 1) % cfg.log_every == 0 || epoch_end || stop;
     if (log) {
       int64_t nsteps = seen_acc / cfg.batch;
+      double loss_mean = host_value(loss_acc) / double(nsteps);
+      // Checked before anything is saved: a NaN never reaches a checkpoint.
+      LLR_CHECK(std::isfinite(loss_mean), "training loss became ", loss_mean, " between steps ", window_first_step + 1,
+                " and ", step + 1, "; the last checkpoint in ", cfg.out, " is from before it (try a lower --lr)");
+      double acc = host_value(correct_acc) / double(seen_acc);
+      double ips = double(seen_acc) / std::max(1e-9, std::chrono::duration<double>(clock::now() - window_start).count());
+      progress.update(step + 1, total, epoch, loss_mean, acc, lr, ips);
       json m = {{"step", step + 1},
                 {"epoch", double(step + 1) / double(steps_per_epoch)},
                 {"split", "train"},
-                {"loss", loss_acc / double(nsteps)},
-                {"accuracy", double(correct_acc) / double(seen_acc)},
+                {"loss", loss_mean},
+                {"accuracy", acc},
                 {"lr", lr},
                 {"images_per_s", ips},
                 {"elapsed_s", elapsed()}};
-      for (const auto& [k, v] : metric_acc) m[k] = v / double(nsteps);
+      for (const auto& [k, v] : metric_acc) m[k] = host_value(v) / double(nsteps);
       metrics << m.dump() << "\n" << std::flush;
-      loss_acc = 0, correct_acc = 0, seen_acc = 0;
+      last_loss = loss_mean;
+      loss_acc = correct_acc = Tensor();
       metric_acc.clear();
+      seen_acc = 0;
+      window_first_step = step + 1;
       window_start = clock::now();
     }
-    bool stop = cfg.stop_after > 0 && step + 1 == cfg.stop_after;
     if (epoch_end || stop) {
       if (!d.eval.empty()) {
         EvalResult r = evaluate(*model, d.eval, cfg.eval_batch, compute);
@@ -339,7 +347,7 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
         metrics << m.dump() << "\n" << std::flush;
         char line[256];
         std::snprintf(line, sizeof line, "step %lld (epoch %.2f): train loss %.4f, %s accuracy %.4f (%lld images)",
-                      static_cast<long long>(step + 1), double(step + 1) / double(steps_per_epoch), loss_value,
+                      static_cast<long long>(step + 1), double(step + 1) / double(steps_per_epoch), last_loss,
                       d.eval_split.c_str(), r.accuracy, static_cast<long long>(r.n));
         progress.line(line);
         summary.final_eval = r;

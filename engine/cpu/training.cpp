@@ -6,25 +6,41 @@
 namespace llr {
 
 namespace {
-void check_gather(const char* op, const Tensor& source, const Tensor& indices) {
-  LLR_CHECK(indices.dtype() == DType::i32 && indices.rank() == 1, op, ": indices must be i32 [B], got ",
-            indices.describe());
-  LLR_CHECK(indices.device() == source.device(), op, ": indices and data on different devices");
-  const int32_t* idx = indices.data<int32_t>();
-  for (int64_t b = 0; b < indices.numel(); ++b)
+// The indices order[begin .. begin+count), checked against the source's first axis.
+const int32_t* check_gather(const char* op, const Tensor& source, const Tensor& order, int64_t begin, int64_t count) {
+  LLR_CHECK(order.dtype() == DType::i32 && order.rank() == 1, op, ": order must be i32 [M], got ", order.describe());
+  LLR_CHECK(order.device() == source.device(), op, ": order and data on different devices");
+  LLR_CHECK(begin >= 0 && count >= 0 && begin + count <= order.numel(), op, ": rows [", begin, ", ", begin + count,
+            ") outside an order of ", order.numel());
+  const int32_t* idx = order.data<int32_t>() + begin;
+  for (int64_t b = 0; b < count; ++b)
     LLR_CHECK(idx[b] >= 0 && idx[b] < source.dim(0), op, ": index ", idx[b], " outside [0, ", source.dim(0), ")");
+  return idx;
 }
 }  // namespace
 
-Tensor CpuBackend::gather_images(const Tensor& images, const Tensor& indices, bool augment, uint64_t seed,
-                                 uint64_t step, DType dtype) {
+Tensor CpuBackend::count_correct(const Tensor& z, const Tensor& labels) {
+  cpu::require_cpu_floating("count_correct", {&z});
+  LLR_CHECK(z.rank() == 2, "count_correct: logits must be [N, K], got ", z.describe());
+  cpu::require_labels("count_correct", labels, z.dim(0), z.dim(1));
+  return dispatch_floating(z.dtype(), "count_correct", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = z.dim(0), k = z.dim(1), correct = 0;
+    const T* p = z.data<T>();
+    for (int64_t i = 0; i < n; ++i)
+      correct += math::row_argmax<T>([p, i, k](int64_t j) { return p[i * k + j]; }, k) == labels.data<int32_t>()[i];
+    return Tensor::scalar(double(correct), z.dtype());
+  });
+}
+
+Tensor CpuBackend::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
+                                 bool augment, uint64_t seed, uint64_t step, DType dtype) {
   LLR_CHECK(images.dtype() == DType::u8 && images.layout() == Layout::nhwc, "gather_images: images must be u8 NHWC, got ",
             images.describe());
-  check_gather("gather_images", images, indices);
-  int64_t nb = indices.numel(), h = images.dim(1), w = images.dim(2), c = images.dim(3);
+  const int32_t* idx = check_gather("gather_images", images, order, begin, count);
+  int64_t nb = count, h = images.dim(1), w = images.dim(2), c = images.dim(3);
   LLR_CHECK(!augment || (h > augment::kPad && w > augment::kPad), "gather_images: images too small to augment");
   const uint8_t* src = images.data<uint8_t>();
-  const int32_t* idx = indices.data<int32_t>();
   Tensor out = Tensor::empty({nb, h, w, c}, dtype, Layout::nhwc);
   dispatch_floating(dtype, "gather_images", [&](auto tag) {
     using T = decltype(tag);
@@ -45,12 +61,12 @@ Tensor CpuBackend::gather_images(const Tensor& images, const Tensor& indices, bo
   return out;
 }
 
-Tensor CpuBackend::gather_labels(const Tensor& labels, const Tensor& indices) {
+Tensor CpuBackend::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
   LLR_CHECK(labels.dtype() == DType::i32 && labels.rank() == 1, "gather_labels: labels must be i32 [N], got ",
             labels.describe());
-  check_gather("gather_labels", labels, indices);
-  Tensor out = Tensor::empty({indices.numel()}, DType::i32);
-  for (int64_t b = 0; b < indices.numel(); ++b) out.data<int32_t>()[b] = labels.data<int32_t>()[indices.data<int32_t>()[b]];
+  const int32_t* idx = check_gather("gather_labels", labels, order, begin, count);
+  Tensor out = Tensor::empty({count}, DType::i32);
+  for (int64_t b = 0; b < count; ++b) out.data<int32_t>()[b] = labels.data<int32_t>()[idx[b]];
   return out;
 }
 
