@@ -14,6 +14,19 @@ std::atomic<uint64_t> next_tensor_id{1};
 DeviceAllocator* device_allocator_ = nullptr;
 }  // namespace
 
+namespace {
+std::atomic<size_t> host_in_use{0}, host_peak{0};
+void host_allocated(size_t bytes) {
+  size_t now = host_in_use += bytes;
+  size_t peak = host_peak.load();
+  while (now > peak && !host_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace
+
+HostMemoryStats host_memory_stats() { return {host_in_use.load(), host_peak.load()}; }
+void reset_host_memory_peak() { host_peak = host_in_use.load(); }
+
 void register_device_allocator(DeviceAllocator* allocator) { device_allocator_ = allocator; }
 DeviceAllocator* device_allocator() { return device_allocator_; }
 
@@ -44,13 +57,16 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   size_t rounded = (bytes + 63) / 64 * 64;
   data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
+  host_allocated(bytes_);
 }
 
 Storage::~Storage() {
   if (device_ == Device::cuda)
     device_allocator_->deallocate(data_, bytes_);
-  else
+  else {
     std::free(data_);
+    host_in_use -= bytes_;
+  }
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device device) {

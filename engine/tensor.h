@@ -29,6 +29,14 @@ class DeviceAllocator {
 void register_device_allocator(DeviceAllocator* allocator);
 DeviceAllocator* device_allocator();  // the registered one, or nullptr
 
+// Bytes of tensor storage on the host now and at the peak since the last reset (what `llrtrain bench` reports for
+// CPU runs; the CUDA allocator counts device memory).
+struct HostMemoryStats {
+  size_t bytes_in_use, peak_bytes_in_use;
+};
+HostMemoryStats host_memory_stats();
+void reset_host_memory_peak();
+
 // Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
 class Storage {
  public:

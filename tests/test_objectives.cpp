@@ -59,7 +59,7 @@ std::vector<Tensor> llr_gradient(nets::Model& model, const Tensor& x, const Tens
   o.update_running = false;
   o.fixed_delta = &delta;
   ObjectiveResult r = build_objective(model, x, y, cfg, o);
-  std::vector<Tensor> grads = grad({r.loss}, {Tensor::scalar(1.0, DType::f64)}, model.parameters());
+  std::vector<Tensor> grads = objective_gradients(r, model.parameters());
   Tape::current().clear();
   return grads;
 }

@@ -19,7 +19,7 @@ struct BenchConfig {
 };
 
 // Prints one JSON line per method: median, min and max ms per step (device synchronised around each step), images/s
-// and peak device memory (GiB, GPU only), then a short table.
+// and peak memory in GiB (device memory on the GPU; tensor storage on the CPU), then a short table.
 void run_bench(const BenchConfig& cfg);
 
 }  // namespace llr

@@ -60,7 +60,7 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
       params.push_back(e.tensor);
     }
   ObjectiveResult r = build_objective(*model, x, y, cfg, o);
-  std::vector<Tensor> grads = grad({r.loss}, {Tensor::scalar(1.0, DType::f64)}, params);
+  std::vector<Tensor> grads = objective_gradients(r, params);
   Tape::current().clear();
 
   ObjectiveCheckReport rep;

@@ -63,11 +63,18 @@ Tensor pgd_attack(const Tensor& x, int steps, double alpha, double eps, double n
   return delta;
 }
 
+// A loss whose whole gradient comes from the final reverse pass.
+void set_loss(ObjectiveResult& r, const Tensor& loss) {
+  r.loss = loss.detach();
+  r.outputs = {loss};
+  r.cotangents = {backend::full_like(loss, 1.0)};
+}
+
 ObjectiveResult natural(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveOptions& o) {
   auto ctx = context(nets::BnMode::train, o.compute, nullptr, nullptr, o.update_running);
   Tensor logits = model.forward(x, ctx);
   ObjectiveResult r;
-  r.loss = mean(cross_entropy(logits, y));
+  set_loss(r, mean(cross_entropy(logits, y)));
   r.logits_for_accuracy = logits;
   return r;
 }
@@ -88,7 +95,7 @@ ObjectiveResult pgd(nets::Model& model, const Tensor& x, const Tensor& y, const 
   auto ctx = context(nets::BnMode::train, o.compute, nullptr, nullptr, o.update_running);
   Tensor logits = model.forward(add(x, delta), ctx);
   ObjectiveResult r;
-  r.loss = mean(cross_entropy(logits, y));
+  set_loss(r, mean(cross_entropy(logits, y)));
   r.delta = delta;
   r.logits_for_accuracy = logits;
   r.metrics["adv_accuracy"] = accuracy(logits, y);
@@ -119,7 +126,7 @@ ObjectiveResult trades(nets::Model& model, const Tensor& x, const Tensor& y, con
   auto adversarial = context(nets::BnMode::train, o.compute);
   Tensor adv_logits = model.forward(add(x, delta), adversarial);
   ObjectiveResult r;
-  r.loss = add(mean(cross_entropy(logits, y)), scale(mean(kl_div(logits, adv_logits)), cfg.trades_beta));
+  set_loss(r, add(mean(cross_entropy(logits, y)), scale(mean(kl_div(logits, adv_logits)), cfg.trades_beta)));
   r.delta = delta;
   r.logits_for_accuracy = adv_logits;
   r.metrics["adv_accuracy"] = accuracy(adv_logits, y);
@@ -173,26 +180,58 @@ ObjectiveResult llr(nets::Model& model, const Tensor& x_in, const Tensor& y, con
     }
   }
 
-  // 3. The perturbed pass at the final delta (recorded) and the per-example coefficients.
-  Tensor lp = perturbed_loss(add(x, delta));
+  // 3. The perturbed pass at the final delta, normalising with the nominal statistics taken as leaves, and its reverse
+  //    pass right away: its activations are freed before the tangent pass allocates its own, and the statistics'
+  //    cotangents join the final reverse pass (the same gradient as one pass over everything).
+  ObjectiveResult r;
+  std::vector<BatchStats> stat_leaves;
+  for (const BatchStats& st : stats)
+    stat_leaves.push_back({st.mean.detach().requires_grad_(), st.var.detach().requires_grad_()});
+  Tensor lp;
+  {
+    auto ctx = context(nets::BnMode::shared, o.compute, nullptr, &stat_leaves);
+    lp = cross_entropy(model.forward(add(x, delta), ctx), y);
+  }
   LlrCoefficients c = backend::llr_coefficients(l_const, lp.detach(), d, cfg.nominal_weight, cfg.lambda, cfg.mu);
   Tensor v = backend::scale_per_example(delta, c.tangent_weight);
+  {
+    std::vector<Tensor> params = model.parameters(), wrt = params;
+    for (const BatchStats& st : stat_leaves) wrt.push_back(st.mean), wrt.push_back(st.var);
+    std::vector<Tensor> g = grad({lp}, {backend::scale(c.perturbed_weight, 1.0 / double(n))}, wrt);
+    r.partial_grads.assign(g.begin(), g.begin() + static_cast<long>(params.size()));
+    for (size_t k = 0; k < stats.size(); ++k) {
+      r.outputs.push_back(stats[k].mean), r.cotangents.push_back(g[params.size() + 2 * k]);
+      r.outputs.push_back(stats[k].var), r.cotangents.push_back(g[params.size() + 2 * k + 1]);
+    }
+  }
 
   // 4. D_v S: one tangent pass over the nominal computation, or central differences with the batch's own statistics.
   Tensor dvs;
   if (cfg.llr_grad == LlrGrad::exact) {
     dvs = tangent_forward({X}, {v}, {S})[0];
   } else {
+    // (S(x + hv) - S(x - hv)) / 2h with each pass's own statistics; both passes depend only on the parameters, so
+    // each is reverse-differentiated (and freed) at once.
     double h = cfg.fd_step;
-    auto own = [&](const Tensor& xs) {
+    std::vector<Tensor> params = model.parameters();
+    Tensor value;
+    for (double sgn : {1.0, -1.0}) {
       auto ctx = context(nets::BnMode::train, o.compute);
-      return sum(cross_entropy(model.forward(xs, ctx), y));
-    };
-    dvs = scale(sub(own(add(x, backend::scale(v, h))), own(sub(x, backend::scale(v, h)))), 0.5 / h);
+      Tensor s_pm = sum(cross_entropy(model.forward(add(x, backend::scale(v, sgn * h)), ctx), y));
+      std::vector<Tensor> g = grad({s_pm}, {backend::full_like(s_pm, sgn * 0.5 / (h * double(n)))}, params);
+      for (size_t k = 0; k < params.size(); ++k) r.partial_grads[k] = backend::add(r.partial_grads[k], g[k]);
+      Tensor part = backend::scale(s_pm.detach(), sgn * 0.5 / h);
+      value = value.defined() ? backend::add(value, part) : part;
+    }
+    dvs = value;  // a constant here: its gradient is already in partial_grads
   }
 
-  ObjectiveResult r;
-  r.loss = scale(add(add(sum(mul(l, c.nominal_weight)), sum(mul(lp, c.perturbed_weight))), dvs), 1.0 / double(n));
+  // 5. The rest of the objective, (1/N) [sum_i (w - lambda s_i) l_i + D_v S], for the final reverse pass.
+  Tensor rest = scale(add(sum(mul(l, c.nominal_weight)), dvs), 1.0 / double(n));
+  r.outputs.push_back(rest);
+  r.cotangents.push_back(backend::full_like(rest, 1.0));
+  r.loss = backend::add(rest.detach(),
+                        backend::scale(backend::sum_all(backend::mul(lp.detach(), c.perturbed_weight)), 1.0 / double(n)));
   r.delta = delta;
   r.logits_for_accuracy = logits;
   r.metrics["llr_gamma"] = device_mean(c.abs_g);
@@ -201,6 +240,16 @@ ObjectiveResult llr(nets::Model& model, const Tensor& x_in, const Tensor& y, con
 }
 
 }  // namespace
+
+std::vector<Tensor> objective_gradients(const ObjectiveResult& r, const std::vector<Tensor>& params) {
+  std::vector<Tensor> grads = grad(r.outputs, r.cotangents, params);
+  if (!r.partial_grads.empty()) {
+    LLR_CHECK(r.partial_grads.size() == grads.size(), "objective_gradients: ", r.partial_grads.size(),
+              " partial gradients for ", grads.size(), " parameters (pass model.parameters())");
+    for (size_t k = 0; k < grads.size(); ++k) grads[k] = backend::add(grads[k], r.partial_grads[k]);
+  }
+  return grads;
+}
 
 double host_value(const Tensor& t) {
   Tensor h = (t.dtype() == DType::bf16 ? t.to(DType::f32) : t).to(Device::cpu);

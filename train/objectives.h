@@ -1,13 +1,15 @@
 // Training objectives: natural, PGD-k adversarial training (Madry et al.), TRADES (Zhang et al.) and LLR (Qin et al.).
-// Each builds, for one batch, a scalar loss on the tape whose gradient (one reverse pass) is the objective's exact
-// gradient with the perturbation held constant.
+// Each builds, for one batch, the recorded computation whose reverse pass gives the objective's exact gradient with
+// the perturbation held constant (objective_gradients).
 //
 // LLR (DESIGN.md): L = (1/N) sum_i [w l_i(x) + lambda |g_i| + mu |d_i|] with d_i = <delta_i, [grad_X S]_i>,
 // g_i = l_i(x + delta) - l_i(x) - d_i. With the signs fixed it equals
 // (1/N) sum_i [(w - lambda s_i) l_i(x) + lambda s_i l_i(x + delta)] + (1/N) D_v S, v = (mu sign(d_i) - lambda s_i)
 // delta_i; D_v S comes from one tangent pass over the recorded nominal computation (exact), or from
 // (S(x + h v) - S(x - h v)) / 2h (the finite-difference variant). Perturbed and search passes normalise with the
-// nominal pass's batch statistics.
+// nominal pass's batch statistics. The perturbed pass is reverse-differentiated as soon as it is built (with the
+// nominal statistics as leaves, whose cotangents join the final pass), so its activations are freed before the
+// tangent pass allocates its own.
 #pragma once
 
 #include <map>
@@ -42,7 +44,11 @@ struct ObjectiveConfig {
 };
 
 struct ObjectiveResult {
-  Tensor loss;                            // scalar on the tape
+  Tensor loss;  // the objective's value (a one-element tensor, for logging; not for differentiation)
+  // The gradient is that of sum_k <cotangents[k], outputs[k]> (recorded on the tape) plus partial_grads (gradients
+  // of parts already reverse-differentiated and freed, in model.parameters() order); objective_gradients() adds
+  // them up.
+  std::vector<Tensor> outputs, cotangents, partial_grads;
   Tensor delta;                           // the perturbation used (undefined for natural training)
   Tensor logits_for_accuracy;             // clean logits (natural, LLR) or adversarial logits (PGD, TRADES)
   // Batch means on the device (one-element tensors, read only when logging): llr_gamma (mean |g_i|), llr_abs_d,
@@ -59,9 +65,13 @@ struct ObjectiveOptions {
 };
 
 // x: images in [0, 1] (f32 or f64, NHWC), y: labels. Leaves the recorded graph on the tape for the caller's
-// reverse pass.
+// reverse pass (objective_gradients).
 ObjectiveResult build_objective(nets::Model& model, const Tensor& x, const Tensor& y, const ObjectiveConfig& cfg,
                                 const ObjectiveOptions& opt);
+
+// The objective's gradient with respect to params (= model.parameters()): one reverse pass over what r recorded,
+// plus the parts already reduced to partial gradients.
+std::vector<Tensor> objective_gradients(const ObjectiveResult& r, const std::vector<Tensor>& params);
 
 // A one-element tensor's value on the host (synchronises with the device).
 double host_value(const Tensor& t);

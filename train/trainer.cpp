@@ -300,12 +300,11 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
     ObjectiveResult res = build_objective(*model, b.images, b.labels, cfg.objective, oo);
     Tensor loss = res.loss;
     Tensor logits = res.logits_for_accuracy;
-    std::vector<Tensor> grads = grad({loss}, {Tensor::full({}, 1.0, loss.dtype(), Layout::plain, loss.device())},
-                                     params);
+    std::vector<Tensor> grads = objective_gradients(res, params);
     Tape::current().clear();
     double lr = sched.lr(step);
     opt.step(grads, lr);
-    accumulate(loss_acc, loss.detach());
+    accumulate(loss_acc, loss);
     accumulate(correct_acc, backend::count_correct(logits, b.labels));
     for (const auto& [k, v] : res.metrics) accumulate(metric_acc[k], v);
     seen_acc += cfg.batch;
