@@ -404,6 +404,8 @@ int main(int argc, char** argv) {
       return selfcheck(sc_seed);
     }
     if (tr->parsed()) {
+      // On --resume the run's own config.json rules; only an explicit --epochs extends it.
+      if (!resume.empty() && tr->count("--epochs") == 0) cfg.epochs = 0;
       cfg.decay_at = parse_list(decay_at);
       oc.eps = parse_number(eps, "--eps");
       oc.pgd_alpha = parse_number(pgd_alpha, "--pgd-alpha");

@@ -62,7 +62,8 @@ struct TrainSummary {
 };
 
 // Runs (or, with resume_dir, continues) a training run; writes config.json, metrics.jsonl and checkpoints in the
-// run folder. Prints a progress bar on a terminal and plain lines otherwise.
+// run folder. Prints a progress bar on a terminal and plain lines otherwise. When resuming, the run's config.json
+// is used; cfg.epochs > 0 extends it, cfg.stop_after applies.
 TrainSummary train(TrainConfig cfg, const std::string& resume_dir = "");
 
 Device resolve_device(const std::string& name);
