@@ -48,7 +48,7 @@ Tensor CpuBackend::div(const Tensor& a, const Tensor& b) {
   return dispatch_floating(a.dtype(), "div", [&](auto tag) {
     using T = decltype(tag);
     Tensor out = Tensor::empty(a.shape(), a.dtype(), a.layout());
-    for (int64_t i = 0; i < a.numel(); ++i) out.data<T>()[i] = a.data<T>()[i] / b.data<T>()[i];
+    for (int64_t i = 0, n_ = a.numel(); i < n_; ++i) out.data<T>()[i] = a.data<T>()[i] / b.data<T>()[i];
     return out;
   });
 }
@@ -64,7 +64,7 @@ void CpuBackend::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, c
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
     T *d = delta.data<T>(), *dp = delta_prev.data<T>();
-    for (int64_t i = 0; i < delta.numel(); ++i) {
+    for (int64_t i = 0, n_ = delta.numel(); i < n_; ++i) {
       T old = d[i];
       d[i] = perturbation_math::apgd<T>(d[i], dp[i], x.data<T>()[i], grad.data<T>()[i], eta.data<T>()[i / inner],
                                         T(alpha), T(eps));

@@ -131,6 +131,7 @@ Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tenso
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = y.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
     for (int64_t row = 0; row < v.rows; ++row)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = row * v.channels + c;
@@ -191,6 +192,7 @@ Tensor CpuBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor&
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     Tensor t = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = t.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
     for (int64_t row = 0; row < v.rows; ++row)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = row * v.channels + c;

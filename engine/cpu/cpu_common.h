@@ -7,6 +7,9 @@
 
 namespace llr::cpu {
 
+// Elementwise loops longer than this run on all cores (OpenMP); shorter ones are not worth waking the threads.
+constexpr int64_t kParallelMin = int64_t(1) << 15;
+
 // Every tensor is defined, on the CPU, and of one floating dtype.
 inline void require_cpu_floating(const char* op, std::initializer_list<const Tensor*> ts) {
   const Tensor* first = nullptr;

@@ -21,6 +21,7 @@ void require_labels(const char* op, const Tensor& labels, int64_t n, int64_t cla
 }  // namespace cpu
 
 using cpu::require_cpu_floating;
+using cpu::kParallelMin;
 using cpu::require_same_shape;
 
 
@@ -47,13 +48,13 @@ Tensor CpuBackend::convert(const Tensor& x, DType dtype) {
     dispatch_floating(dtype, "convert", [&](auto tag) {
       using T = decltype(tag);
       T* o = out.data<T>();
-      for (int64_t i = 0; i < x.numel(); ++i) o[i] = static_cast<T>(p[i]) / T(255);
+      for (int64_t i = 0, n_ = x.numel(); i < n_; ++i) o[i] = static_cast<T>(p[i]) / T(255);
       return 0;
     });
     return out;
   }
   Tensor out = Tensor::empty(x.shape(), dtype, x.layout());
-  for (int64_t i = 0; i < x.numel(); ++i) out.set(i, x.at(i));
+  for (int64_t i = 0, n_ = x.numel(); i < n_; ++i) out.set(i, x.at(i));
   return out;
 }
 
@@ -68,7 +69,9 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
     const T* pa = a.data<T>();
     const T* pb = b.data<T>();
     T* o = out.data<T>();
-    for (int64_t i = 0; i < out.numel(); ++i) o[i] = f(pa[i], pb[i]);
+    const int64_t n = out.numel();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], pb[i]);
     return out;
   });
 }
@@ -90,7 +93,9 @@ Tensor CpuBackend::scale(const Tensor& x, double s) {
     Tensor out = Tensor::empty(x.shape(), x.dtype(), x.layout());
     const T* px = x.data<T>();
     T* o = out.data<T>();
-    for (int64_t i = 0; i < out.numel(); ++i) o[i] = static_cast<T>(s) * px[i];
+    const int64_t n = out.numel();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(s) * px[i];
     return out;
   });
 }
@@ -142,7 +147,7 @@ Tensor CpuBackend::sum_all(const Tensor& x) {
     using T = decltype(tag);
     const T* px = x.data<T>();
     double acc = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) acc += px[i];
+    for (int64_t i = 0, n_ = x.numel(); i < n_; ++i) acc += px[i];
     return Tensor::scalar(acc, x.dtype());
   });
 }
@@ -192,7 +197,9 @@ Tensor CpuBackend::activation_forward(Act act, const Tensor& a) {
     Tensor out = Tensor::empty(a.shape(), a.dtype(), a.layout());
     const T* pa = a.data<T>();
     T* o = out.data<T>();
-    for (int64_t i = 0; i < a.numel(); ++i) o[i] = math::activation_derivative<T>(act, 0, pa[i]);
+    const int64_t n = a.numel();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) o[i] = math::activation_derivative<T>(act, 0, pa[i]);
     return out;
   });
 }
@@ -212,7 +219,9 @@ Tensor CpuBackend::activation_derivative_mul(Act act, int order, const Tensor& a
     const T* pt = t.data<T>();
     const T* pt2 = t2.defined() ? t2.data<T>() : nullptr;
     T* o = out.data<T>();
-    for (int64_t i = 0; i < a.numel(); ++i) {
+    const int64_t n = a.numel();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
       T v = math::activation_derivative<T>(act, order, pa[i]) * pt[i];
       o[i] = pt2 ? v * pt2[i] : v;
     }

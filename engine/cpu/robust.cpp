@@ -151,7 +151,7 @@ Tensor CpuBackend::perturbation_init(const Tensor& x, double eps, double normal_
   return dispatch_floating(x.dtype(), "perturbation_init", [&](auto tag) {
     using T = decltype(tag);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
-    for (int64_t i = 0; i < x.numel(); ++i)
+    for (int64_t i = 0, n_ = x.numel(); i < n_; ++i)
       d.data<T>()[i] = perturbation_math::project<T>(
           perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)), x.data<T>()[i], T(eps));
     return d;

@@ -79,7 +79,7 @@ void CpuBackend::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_
     using T = decltype(tag);
     T *p = param.data<T>(), *m = momentum_buffer.data<T>();
     const T* g = grad.data<T>();
-    for (int64_t i = 0; i < param.numel(); ++i) {
+    for (int64_t i = 0, n_ = param.numel(); i < n_; ++i) {
       T gi = g[i] + T(weight_decay) * p[i];
       m[i] = first_step ? gi : T(momentum) * m[i] + gi;
       p[i] -= T(lr) * (nesterov ? gi + T(momentum) * m[i] : m[i]);
