@@ -1,6 +1,7 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
 // For each convolution shape and direction, cuDNN's algorithms are benchmarked once (cudnnFind*AlgorithmEx) and the
 // fastest that fits the workspace limit is cached for the run; workspaces come from the caching allocator.
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <sstream>
@@ -196,7 +197,52 @@ void require_matrices(const char* op, const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
-Tensor CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g);
+Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g);
+Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g);
+
+namespace {
+// cuDNN may offer no bf16 algorithm for a shape (e.g. a 3-channel NHWC stem). Such a convolution is computed in f32
+// and converted back rather than failing the run; the first fallback per direction is reported once.
+template <class F>
+Tensor with_bf16_fallback(const char* what, DType dtype, F run_in) {
+  if (dtype != DType::bf16) return run_in(dtype);
+  try {
+    return run_in(DType::bf16);
+  } catch (const Error& e) {
+    static std::map<std::string, bool> warned;
+    if (!warned[what]) {
+      warned[what] = true;
+      std::fprintf(stderr, "llrtrain: note: %s in bf16 failed (%s); computing it in f32\n", what, e.what());
+    }
+    return run_in(DType::f32).to(DType::bf16);
+  }
+}
+}  // namespace
+
+Tensor CudaBackend::conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Conv2dGeometry& g) {
+  return with_bf16_fallback("conv2d_forward", x_in.dtype(), [&](DType t) {
+    return conv2d_forward_as(x_in.dtype() == t ? x_in : x_in.to(t), w_in.dtype() == t ? w_in : w_in.to(t), g);
+  });
+}
+
+Tensor CudaBackend::conv2d_backward_data(const Tensor& gy_in, const Tensor& w_in, const Shape& x_shape,
+                                         const Conv2dGeometry& g) {
+  return with_bf16_fallback("conv2d_backward_data", gy_in.dtype(), [&](DType t) {
+    return conv2d_backward_data_as(gy_in.dtype() == t ? gy_in : gy_in.to(t), w_in.dtype() == t ? w_in : w_in.to(t),
+                                   x_shape, g);
+  });
+}
+
+Tensor CudaBackend::conv2d_backward_filter(const Tensor& x_in, const Tensor& gy_in, const Shape& w_shape,
+                                           const Conv2dGeometry& g) {
+  return with_bf16_fallback("conv2d_backward_filter", x_in.dtype(), [&](DType t) {
+    return conv2d_backward_filter_as(x_in.dtype() == t ? x_in : x_in.to(t), gy_in.dtype() == t ? gy_in : gy_in.to(t),
+                                     w_shape, g);
+  });
+}
+
+Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_forward");
   require_cuda_floating("conv2d", {&x, &w});
   LLR_CHECK(x.layout() == Layout::nhwc, "conv2d: input must be NHWC, got ", x.describe());
@@ -233,8 +279,7 @@ Tensor CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2
   return y;
 }
 
-Tensor CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape,
-                                         const Conv2dGeometry& g) {
+Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_backward_data");
   require_cuda_floating("conv2d_backward_data", {&gy, &w});
   ConvShapes s = conv_shapes("conv2d_backward_data", x_shape, w.shape(), g);
@@ -272,8 +317,7 @@ Tensor CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, cons
   return dx;
 }
 
-Tensor CudaBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape,
-                                           const Conv2dGeometry& g) {
+Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_backward_filter");
   require_cuda_floating("conv2d_backward_filter", {&x, &gy});
   ConvShapes s = conv_shapes("conv2d_backward_filter", x.shape(), w_shape, g);
