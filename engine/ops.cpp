@@ -139,6 +139,62 @@ Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const 
       [](const Tensors&) -> Tensors { no_second_order("bn_tangent"); });
 }
 
+Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                      double eps, Act act) {
+  LLR_CHECK(eps > 0, "batch_norm_act: eps must be positive, got ", eps);
+  return record1(
+      "batch_norm_act", {x, mean, var, scale, shift},
+      backend::activation_forward(act, backend::bn_normalize(x, mean, var, scale, shift, eps)),
+      [x, mean, var, scale, shift, eps, act](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        Tensor a = backend::bn_normalize(x, mean, var, scale, shift, eps);
+        auto r = backend::bn_normalize_backward(x, mean, var, scale, backend::activation_derivative_mul(act, 1, a, g[0]),
+                                                eps);
+        return {r.x, r.mean, r.var, r.scale, r.shift};
+      },
+      [x, mean, var, scale, shift, eps, act](const Tensors& t) -> Tensors {
+        return {batch_norm_act_tangent(x, mean, var, scale, shift, t[0], t[1], t[2], t[3], t[4], eps, act)};
+      });
+}
+
+Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                              const Tensor& shift, const Tensor& x_dot, const Tensor& mean_dot, const Tensor& var_dot,
+                              const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act) {
+  // t = bn_tangent(x_dot, mean_dot, var_dot) + bn_normalize(x, mean, var, scale_dot, shift_dot); y = phi'(a) t.
+  bool affine = scale_dot.defined() || shift_dot.defined();
+  Tensor zero_c = affine ? zeros_like(scale) : Tensor();
+  Tensor sd = affine ? (scale_dot.defined() ? scale_dot : zero_c) : Tensor();
+  Tensor hd = affine ? (shift_dot.defined() ? shift_dot : zero_c) : Tensor();
+  auto tangent_of_a = [=]() {
+    Tensor t = backend::bn_tangent(x, mean, var, scale, x_dot.defined() ? x_dot : zeros_like(x), mean_dot, var_dot, eps);
+    return affine ? backend::add(t, backend::bn_normalize(x, mean, var, sd, hd, eps)) : t;
+  };
+  Tensor a = backend::bn_normalize(x, mean, var, scale, shift, eps);
+  return record1(
+      "batch_norm_act_tangent", {x, mean, var, scale, shift, x_dot, mean_dot, var_dot, scale_dot, shift_dot},
+      backend::activation_derivative_mul(act, 1, a, tangent_of_a()),
+      [=](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        Tensor aa = backend::bn_normalize(x, mean, var, scale, shift, eps);
+        Tensor t = tangent_of_a();
+        Tensor gt = backend::activation_derivative_mul(act, 1, aa, g[0]);     // cotangent of t
+        Tensor ga = backend::activation_derivative_mul(act, 2, aa, t, g[0]);  // cotangent of a
+        auto ra = backend::bn_normalize_backward(x, mean, var, scale, ga, eps);
+        auto rt = backend::bn_tangent_backward(x, mean, var, scale, x_dot.defined() ? x_dot : zeros_like(x), mean_dot,
+                                               var_dot, gt, eps);
+        Tensors out = {backend::add(ra.x, rt.x), backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
+                       backend::add(ra.scale, rt.scale), ra.shift, rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
+        if (affine) {
+          auto rs = backend::bn_normalize_backward(x, mean, var, sd, gt, eps);
+          out[0] = backend::add(out[0], rs.x);
+          out[1] = backend::add(out[1], rs.mean);
+          out[2] = backend::add(out[2], rs.var);
+          out[8] = rs.scale;
+          out[9] = rs.shift;
+        }
+        return out;
+      },
+      [](const Tensors&) -> Tensors { no_second_order("batch_norm_act_tangent"); });
+}
+
 void update_running_stats(Tensor& running_mean, Tensor& running_var, const BatchStats& batch, double momentum,
                           int64_t count_per_channel) {
   backend::bn_update_running(running_mean, running_var, batch.mean, batch.var, momentum, count_per_channel);

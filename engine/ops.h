@@ -33,6 +33,16 @@ BatchStats batch_stats(const Tensor& x);
 // scale (x - mean) / sqrt(var + eps) + shift, per channel (last axis).
 Tensor batch_norm(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
                   double eps);
+// activation(batch_norm(...)) as one op: the normalised value is recomputed in the vjp instead of stored, so a
+// conv-BN-activation layer keeps two tensors for the reverse pass instead of three. Same values and gradients.
+Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                      double eps, Act act);
+// Its tangent: phi'(a) (bn_tangent(x_dot, mean_dot, var_dot) + batch_norm with (scale_dot, shift_dot)), a the
+// normalised value; every tangent argument may be undefined (zero).
+Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                              const Tensor& shift, const Tensor& x_dot, const Tensor& mean_dot, const Tensor& var_dot,
+                              const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act);
+
 // Running averages for evaluation: running = (1-momentum) running + momentum batch (unbiased variance). In place,
 // not recorded.
 void update_running_stats(Tensor& running_mean, Tensor& running_var, const BatchStats& batch, double momentum,

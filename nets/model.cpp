@@ -51,15 +51,14 @@ BatchNorm::BatchNorm(Registry& r, const std::string& name, int64_t channels, Ini
   r.counters().push_back({name + ".num_batches_tracked", num_batches_tracked_.get()});
 }
 
-Tensor BatchNorm::forward(const Tensor& x, ForwardContext& ctx) {
+BatchStats BatchNorm::statistics(const Tensor& x, ForwardContext& ctx) {
   switch (ctx.bn) {
     case BnMode::eval:
-      return batch_norm(x, running_mean_, running_var_, weight_, bias_, eps_);
+      return {running_mean_, running_var_};
     case BnMode::shared: {
       LLR_CHECK(ctx.use && ctx.next < ctx.use->size(), "batch norm in shared mode: no recorded statistics for layer ",
                 ctx.next);
-      const BatchStats& s = (*ctx.use)[ctx.next++];
-      return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
+      return (*ctx.use)[ctx.next++];
     }
     case BnMode::train: {
       BatchStats s = batch_stats(x);
@@ -69,10 +68,20 @@ Tensor BatchNorm::forward(const Tensor& x, ForwardContext& ctx) {
                              x.numel() / x.dim(-1));
         ++*num_batches_tracked_;
       }
-      return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
+      return s;
     }
   }
   LLR_FAIL("unknown batch-norm mode");
+}
+
+Tensor BatchNorm::forward(const Tensor& x, ForwardContext& ctx) {
+  BatchStats s = statistics(x, ctx);
+  return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
+}
+
+Tensor BatchNorm::forward_act(const Tensor& x, ForwardContext& ctx, Act act) {
+  BatchStats s = statistics(x, ctx);
+  return batch_norm_act(x, s.mean, s.var, weight_, bias_, eps_, act);
 }
 
 Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, Init init) {

@@ -76,8 +76,11 @@ class BatchNorm {
   BatchNorm() = default;
   BatchNorm(Registry& r, const std::string& name, int64_t channels, Init init);
   Tensor forward(const Tensor& x, ForwardContext& ctx);
+  // activation(forward(x)) as one fused op (batch_norm_act): the normalised value is not kept for the reverse pass.
+  Tensor forward_act(const Tensor& x, ForwardContext& ctx, Act act);
 
  private:
+  BatchStats statistics(const Tensor& x, ForwardContext& ctx);  // per the pass's mode
   Tensor weight_, bias_, running_mean_, running_var_;
   std::unique_ptr<int64_t> num_batches_tracked_ = std::make_unique<int64_t>(0);
   double eps_ = 1e-5, momentum_ = 0.1;

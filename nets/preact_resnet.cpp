@@ -19,10 +19,10 @@ class PreActBlock {
   }
 
   Tensor forward(const Tensor& x, ForwardContext& ctx, Act act) {
-    Tensor a = activation(act, bn1_.forward(x, ctx));
+    Tensor a = bn1_.forward_act(x, ctx, act);
     Tensor skip = projection_ ? shortcut_.forward(a, ctx) : x;
     Tensor h = conv1_.forward(a, ctx);
-    h = conv2_.forward(activation(act, bn2_.forward(h, ctx)), ctx);
+    h = conv2_.forward(bn2_.forward_act(h, ctx, act), ctx);
     return add(h, skip);
   }
 
@@ -55,7 +55,7 @@ class PreActResNet18 final : public Model {
     ctx.next = 0;
     Tensor h = conv1_.forward(normalize_input(x, ctx), ctx);
     for (PreActBlock& b : blocks_) h = b.forward(h, ctx, act_);
-    h = activation(act_, bn_.forward(h, ctx));
+    h = bn_.forward_act(h, ctx, act_);
     return linear_.forward(global_avg_pool(h), ctx);
   }
 

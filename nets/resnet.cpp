@@ -24,8 +24,8 @@ class Bottleneck {
   }
 
   Tensor forward(const Tensor& x, ForwardContext& ctx, Act act) {
-    Tensor h = activation(act, bn1_.forward(conv1_.forward(x, ctx), ctx));
-    h = activation(act, bn2_.forward(conv2_.forward(h, ctx), ctx));
+    Tensor h = bn1_.forward_act(conv1_.forward(x, ctx), ctx, act);
+    h = bn2_.forward_act(conv2_.forward(h, ctx), ctx, act);
     h = bn3_.forward(conv3_.forward(h, ctx), ctx);
     Tensor skip = projection_ ? down_bn_.forward(down_conv_.forward(x, ctx), ctx) : x;
     return activation(act, add(h, skip));
@@ -69,7 +69,7 @@ class BottleneckResNet final : public Model {
 
   Tensor forward(const Tensor& x, ForwardContext& ctx) override {
     ctx.next = 0;
-    Tensor h = activation(act_, bn1_.forward(conv1_.forward(normalize_input(x, ctx), ctx), ctx));
+    Tensor h = bn1_.forward_act(conv1_.forward(normalize_input(x, ctx), ctx), ctx, act_);
     h = max_pool2d(h, 3, 2, 1);
     for (Bottleneck& b : blocks_) h = b.forward(h, ctx, act_);
     return fc_.forward(global_avg_pool(h), ctx);

@@ -85,6 +85,16 @@ std::vector<OpCase> build() {
                      BatchStats s = batch_stats(in[0]);
                      return batch_norm(in[0], s.mean, s.var, in[1], in[2], 1e-5);
                    }});
+  for (Act act : {Act::softplus, Act::relu})
+    cases.push_back({act == Act::relu ? "batch_norm_act relu (training mode)" : "batch_norm_act softplus (training mode)",
+                     [](Generator& g) {
+                       return Tensors{normal(g, {2, 3, 3, 4}, Layout::nhwc), positive(g, {4}), normal(g, {4}, Layout::plain, 0.3)};
+                     },
+                     {true, true, true},
+                     [act](const Tensors& in) {
+                       BatchStats s = batch_stats(in[0]);
+                       return batch_norm_act(in[0], s.mean, s.var, in[1], in[2], 1e-5, act);
+                     }});
   cases.push_back(activation_case(Act::relu, "relu"));
   cases.push_back(activation_case(Act::softplus, "softplus"));
   cases.push_back(activation_case(Act::abs, "abs"));
@@ -174,6 +184,18 @@ std::vector<OpCase> build() {
                      return Tensors{normal(g, {2, 7, 6, 3}, Layout::nhwc), normal(g, {2, 7, 6, 3}, Layout::nhwc)};
                    },
                    {true, true}, [](const Tensors& in) { return max_pool2d_tangent(in[0], in[1], 3, 2, 1); }, true});
+  cases.push_back({"batch_norm_act_tangent softplus",
+                   [](Generator& g) {
+                     return Tensors{normal(g, {2, 3, 3, 4}, Layout::nhwc), normal(g, {4}), positive(g, {4}),
+                                    positive(g, {4}), normal(g, {4}), normal(g, {2, 3, 3, 4}, Layout::nhwc),
+                                    normal(g, {4}), normal(g, {4}), normal(g, {4}), normal(g, {4})};
+                   },
+                   std::vector<bool>(10, true),
+                   [](const Tensors& in) {
+                     return batch_norm_act_tangent(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9],
+                                                   1e-5, Act::softplus);
+                   },
+                   true});
   cases.push_back({"cross_entropy_tangent",
                    [](Generator& g) {
                      return Tensors{normal(g, {4, 5}, Layout::plain, 2.0), g.randint({4}, 0, 5), normal(g, {4, 5})};
