@@ -115,7 +115,6 @@ class Backend {
   virtual Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) = 0;
 
   // Losses on logits (N, K) with i32 labels (N).
-  virtual Tensor softmax(const Tensor& z) = 0;
   virtual Tensor cross_entropy(const Tensor& z, const Tensor& labels) = 0;
   virtual Tensor cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) = 0;
   virtual Tensor cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) = 0;
@@ -272,7 +271,6 @@ inline Tensor global_avg_pool(const Tensor& x) { return backend_for(x.device()).
 inline Tensor global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
   return backend_for(gy.device()).global_avg_pool_backward(gy, x_shape);
 }
-inline Tensor softmax(const Tensor& z) { return backend_for(z.device()).softmax(z); }
 inline Tensor cross_entropy(const Tensor& z, const Tensor& labels) {
   return backend_for(z.device()).cross_entropy(z, labels);
 }

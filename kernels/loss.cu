@@ -45,20 +45,6 @@ __device__ int64_t best_other(const T* z, int64_t k, int32_t y) {
 }
 
 template <class T>
-Tensor softmax_impl(const Tensor& z) {
-  int64_t n = z.dim(0), k = z.dim(1);
-  Tensor out = new_like(z);
-  const T* pz = ptr<T>(z);
-  T* o = ptr<T>(out);
-  for_each(n, [=] __device__(int64_t i) {
-    const T* zi = pz + i * k;
-    acc_t<T> m = row_max(zi, k), s = row_sum_exp(zi, k, m);
-    for (int64_t j = 0; j < k; ++j) st(o, i * k + j, exp(ld(zi, j) - m) / s);
-  });
-  return out;
-}
-
-template <class T>
 Tensor cross_entropy_impl(const Tensor& z, const Tensor& labels, Logits v) {
   using S = acc_t<T>;
   Tensor out = new_stat(v.n, z);
@@ -176,13 +162,6 @@ void require_per_example(const char* op, const Tensor& g, const Tensor& z) {
 }
 
 }  // namespace
-
-Tensor CudaBackend::softmax(const Tensor& z) {
-  LLR_NVTX_RANGE("softmax");
-  require_cuda_floating("softmax", {&z});
-  LLR_CHECK(z.rank() == 2, "softmax: logits must be [N, K], got ", z.describe());
-  return LLR_CUDA_DISPATCH(z.dtype(), "softmax", softmax_impl, z);
-}
 
 Tensor CudaBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
   LLR_NVTX_RANGE("cross_entropy");

@@ -229,3 +229,30 @@ TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its
 
 }  // namespace
 }  // namespace llr::test
+
+namespace llr::test {
+namespace {
+
+TEST_CASE("the logged loss of every objective equals its definition") {
+  Generator gen(15);
+  auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 15, Device::cpu, DType::f64);
+  Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor y = gen.randint({4}, 0, 10);
+  Tensor delta = backend::perturbation_init(x, 0.05, 0.0, 3, 0);
+  for (Method m : {Method::natural, Method::pgd, Method::trades, Method::llr}) {
+    ObjectiveConfig cfg;
+    cfg.method = m;
+    ObjectiveOptions o;
+    o.compute = DType::f64;
+    o.update_running = false;
+    o.fixed_delta = &delta;
+    double logged = host_value(build_objective(*model, x, y, cfg, o).loss);
+    Tape::current().clear();
+    double defined = objective_value(*model, x, y, delta, cfg, DType::f64);
+    INFO("method ", int(m));
+    CHECK(logged == doctest::Approx(defined).epsilon(1e-12));
+  }
+}
+
+}  // namespace
+}  // namespace llr::test

@@ -215,8 +215,8 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   if (cfg.objective.eps_warmup_steps < 0)  // the official LLR schedule warms eps up over 500 steps
     cfg.objective.eps_warmup_steps = cfg.objective.method == Method::llr ? 500 : 0;
   if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + cfg.method + "-" + std::to_string(std::time(nullptr));
-  fs::create_directories(cfg.out);
-
+  // The model first (a bad name or activation fails before any data is read), the run folder last.
+  auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), data::kCifarClasses, cfg.seed, device);
   Data d = load_data(cfg, device);
   LLR_CHECK(d.train.size() >= cfg.batch, "the training set (", d.train.size(), " images) is smaller than a batch of ",
             cfg.batch);
@@ -231,7 +231,7 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   sched.decay_factor = cfg.decay_factor;
   for (double f : cfg.decay_at) sched.decay_steps.push_back(static_cast<int64_t>(std::llround(f * double(total))));
 
-  auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), data::kCifarClasses, cfg.seed, device);
+  fs::create_directories(cfg.out);
   Sgd opt(*model, {cfg.momentum, cfg.nesterov, cfg.weight_decay});
   fs::path model_path = fs::path(cfg.out) / "model.safetensors", state_path = fs::path(cfg.out) / "train_state.safetensors";
   if (!resume_dir.empty()) {

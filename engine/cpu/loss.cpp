@@ -42,22 +42,6 @@ int64_t best_other(const T* z, int64_t k, int32_t y) {
 
 }  // namespace
 
-Tensor CpuBackend::softmax(const Tensor& z) {
-  cpu::require_cpu_floating("softmax", {&z});
-  LLR_CHECK(z.rank() == 2, "softmax: logits must be [N, K], got ", z.describe());
-  return dispatch_floating(z.dtype(), "softmax", [&](auto tag) {
-    using T = decltype(tag);
-    int64_t n = z.dim(0), k = z.dim(1);
-    Tensor out = Tensor::empty(z.shape(), z.dtype());
-    std::vector<double> p(k);
-    for (int64_t i = 0; i < n; ++i) {
-      softmax_row(z.data<T>() + i * k, k, p.data());
-      for (int64_t j = 0; j < k; ++j) out.data<T>()[i * k + j] = static_cast<T>(p[j]);
-    }
-    return out;
-  });
-}
-
 Tensor CpuBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
   auto v = logits_view("cross_entropy", z, labels);
   return dispatch_floating(z.dtype(), "cross_entropy", [&](auto tag) {
