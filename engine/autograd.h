@@ -65,17 +65,6 @@ class GradMode {
   static bool enabled();
   static void set(bool on);
 };
-class NoGradGuard {
- public:
-  NoGradGuard() : prev_(GradMode::enabled()) { GradMode::set(false); }
-  ~NoGradGuard() { GradMode::set(prev_); }
-  NoGradGuard(const NoGradGuard&) = delete;
-  NoGradGuard& operator=(const NoGradGuard&) = delete;
-
- private:
-  bool prev_;
-};
-
 // Sets gradient recording on or off for a scope (e.g. an input-gradient pass inside code that runs under no-grad).
 class GradModeGuard {
  public:
@@ -86,6 +75,12 @@ class GradModeGuard {
 
  private:
   bool prev_;
+};
+
+// No recording for a scope (evaluation, bookkeeping).
+class NoGradGuard : public GradModeGuard {
+ public:
+  NoGradGuard() : GradModeGuard(false) {}
 };
 
 // While active, ops ignore their inputs' tangents. Set while a jvp rule runs (its ops see the primal inputs, which

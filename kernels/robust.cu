@@ -10,14 +10,27 @@ namespace llr::cuda {
 
 namespace {
 
+// Log-sum-exp of a row of k logits.
 template <class T>
-__device__ void log_softmax_stats(const T* z, int64_t k, acc_t<T>* mx, acc_t<T>* lse) {
+__device__ acc_t<T> row_lse(const T* z, int64_t k) {
   acc_t<T> m = ld(z, 0);
   for (int64_t j = 1; j < k; ++j) m = max(m, ld(z, j));
   acc_t<T> s = 0;
   for (int64_t j = 0; j < k; ++j) s += exp(ld(z, j) - m);
-  *mx = m;
-  *lse = m + log(s);
+  return m + log(s);
+}
+
+// KL(softmax(a) || softmax(b)) of one row, with both rows' log-sum-exps.
+template <class T>
+__device__ acc_t<T> row_kl(const T* a, const T* b, int64_t k, acc_t<T>* la, acc_t<T>* lb) {
+  *la = row_lse(a, k);
+  *lb = row_lse(b, k);
+  acc_t<T> kl = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    acc_t<T> lp = ld(a, j) - *la, lq = ld(b, j) - *lb;
+    kl += exp(lp) * (lp - lq);
+  }
+  return kl;
 }
 
 template <class T>
@@ -28,15 +41,8 @@ Tensor kl_div_impl(const Tensor& zp, const Tensor& zq) {
   const T *a = ptr<T>(zp), *b = ptr<T>(zq);
   S* o = ptr<S>(out);
   for_each(n, [=] __device__(int64_t i) {
-    S ma, la, mb, lb;
-    log_softmax_stats(a + i * k, k, &ma, &la);
-    log_softmax_stats(b + i * k, k, &mb, &lb);
-    S kl = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      S lp = ld(a, i * k + j) - la, lq = ld(b, i * k + j) - lb;
-      kl += exp(lp) * (lp - lq);
-    }
-    o[i] = kl;
+    S la, lb;
+    o[i] = row_kl(a + i * k, b + i * k, k, &la, &lb);
   });
   return out;
 }
@@ -50,14 +56,8 @@ std::pair<Tensor, Tensor> kl_div_backward_impl(const Tensor& zp, const Tensor& z
   const S* pg = ptr<S>(g);
   T *oa = ptr<T>(dp), *ob = ptr<T>(dq);
   for_each(n, [=] __device__(int64_t i) {
-    S ma, la, mb, lb;
-    log_softmax_stats(a + i * k, k, &ma, &la);
-    log_softmax_stats(b + i * k, k, &mb, &lb);
-    S kl = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      S lp = ld(a, i * k + j) - la, lq = ld(b, i * k + j) - lb;
-      kl += exp(lp) * (lp - lq);
-    }
+    S la, lb;
+    S kl = row_kl(a + i * k, b + i * k, k, &la, &lb);
     for (int64_t j = 0; j < k; ++j) {
       S lp = ld(a, i * k + j) - la, lq = ld(b, i * k + j) - lb, p = exp(lp), q = exp(lq);
       st(oa, i * k + j, pg[i] * p * (lp - lq - kl));

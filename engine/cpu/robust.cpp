@@ -20,6 +20,16 @@ void log_softmax_row(const T* z, int64_t k, double* out) {
   for (int64_t j = 0; j < k; ++j) out[j] = double(z[j]) - lse;
 }
 
+// KL(softmax(a) || softmax(b)) of one row; fills the rows' log-softmax values.
+template <class T>
+double row_kl(const T* a, const T* b, int64_t k, double* lp, double* lq) {
+  log_softmax_row(a, k, lp);
+  log_softmax_row(b, k, lq);
+  double kl = 0;
+  for (int64_t j = 0; j < k; ++j) kl += std::exp(lp[j]) * (lp[j] - lq[j]);
+  return kl;
+}
+
 void check_logit_pair(const char* op, const Tensor& zp, const Tensor& zq) {
   cpu::require_cpu_floating(op, {&zp, &zq});
   cpu::require_same_shape(op, zp, zq);
@@ -35,13 +45,8 @@ Tensor CpuBackend::kl_div(const Tensor& zp, const Tensor& zq) {
     int64_t n = zp.dim(0), k = zp.dim(1);
     Tensor out = Tensor::empty({n}, zp.dtype());
     std::vector<double> lp(k), lq(k);
-    for (int64_t i = 0; i < n; ++i) {
-      log_softmax_row(zp.data<T>() + i * k, k, lp.data());
-      log_softmax_row(zq.data<T>() + i * k, k, lq.data());
-      double kl = 0;
-      for (int64_t j = 0; j < k; ++j) kl += std::exp(lp[j]) * (lp[j] - lq[j]);
-      out.data<T>()[i] = static_cast<T>(kl);
-    }
+    for (int64_t i = 0; i < n; ++i)
+      out.data<T>()[i] = static_cast<T>(row_kl(zp.data<T>() + i * k, zq.data<T>() + i * k, k, lp.data(), lq.data()));
     return out;
   });
 }
@@ -57,10 +62,7 @@ std::pair<Tensor, Tensor> CpuBackend::kl_div_backward(const Tensor& zp, const Te
     Tensor dp = Tensor::empty(zp.shape(), zp.dtype()), dq = Tensor::empty(zp.shape(), zp.dtype());
     std::vector<double> lp(k), lq(k);
     for (int64_t i = 0; i < n; ++i) {
-      log_softmax_row(zp.data<T>() + i * k, k, lp.data());
-      log_softmax_row(zq.data<T>() + i * k, k, lq.data());
-      double kl = 0;
-      for (int64_t j = 0; j < k; ++j) kl += std::exp(lp[j]) * (lp[j] - lq[j]);
+      double kl = row_kl(zp.data<T>() + i * k, zq.data<T>() + i * k, k, lp.data(), lq.data());
       double gi = g.data<T>()[i];
       for (int64_t j = 0; j < k; ++j) {
         double p = std::exp(lp[j]), q = std::exp(lq[j]);
