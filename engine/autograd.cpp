@@ -51,6 +51,10 @@ Tape& Tape::current() {
 
 void Tape::clear() { nodes_.clear(); }
 
+void Tape::truncate(size_t size) {
+  if (size < nodes_.size()) nodes_.resize(size);
+}
+
 std::shared_ptr<Node> Tape::push(std::shared_ptr<Node> node) {
   node->position = nodes_.size();
   nodes_.push_back(node);

@@ -51,12 +51,27 @@ class Tape {
  public:
   static Tape& current();  // one tape per thread
   void clear();            // frees every node; tensors that pointed at them can no longer be differentiated
+  void truncate(size_t size);  // frees the nodes recorded after the first `size`
   size_t size() const { return nodes_.size(); }
   const std::vector<std::shared_ptr<Node>>& nodes() const { return nodes_; }
   std::shared_ptr<Node> push(std::shared_ptr<Node> node);
 
  private:
   std::vector<std::shared_ptr<Node>> nodes_;
+};
+
+// Frees, when it ends, every node recorded on the current tape during its lifetime; nodes recorded before it stay. A
+// training step, each iteration of a perturbation search and each evaluation batch run in one, so nothing is ever
+// cleared by hand and a search inside a step keeps the step's nominal pass.
+class TapeScope {
+ public:
+  TapeScope() : mark_(Tape::current().size()) {}
+  ~TapeScope() { Tape::current().truncate(mark_); }
+  TapeScope(const TapeScope&) = delete;
+  TapeScope& operator=(const TapeScope&) = delete;
+
+ private:
+  size_t mark_;
 };
 
 // Gradient recording on/off (evaluation, bookkeeping).

@@ -6,26 +6,17 @@
 namespace llr {
 
 namespace {
-Backend* cuda_backend = nullptr;
 DeviceCopier* device_copier = nullptr;
 }  // namespace
 
 Backend& backend_for(Device device) {
-  if (device == Device::cpu) {
-    static CpuBackend cpu;
-    return cpu;
-  }
-  LLR_CHECK(cuda_backend != nullptr,
-            "no CUDA backend: this build has no CUDA support, or llr::cuda::init() was not called");
-  return *cuda_backend;
+  static CpuBackend cpu;
+  return dispatch::for_device<Backend>(device, cpu, "engine backend");
 }
 
-void register_backend(Device device, Backend* backend) {
-  LLR_CHECK(device == Device::cuda, "only the CUDA backend is registered at run time");
-  cuda_backend = backend;
-}
+void register_backend(Device device, Backend* backend) { dispatch::register_for_device<Backend>(device, backend); }
 
-bool has_backend(Device device) { return device == Device::cpu || cuda_backend != nullptr; }
+bool has_backend(Device device) { return device == Device::cpu || dispatch::Registered<Backend>::cuda != nullptr; }
 
 void register_device_copier(DeviceCopier* copier) { device_copier = copier; }
 

@@ -228,7 +228,7 @@ std::vector<double> Tensor::to_vector() const {
 Tensor Tensor::to(DType dtype) const {
   check_defined("to()");
   if (dtype == impl_->dtype) return clone();
-  return backend_for(device()).convert(*this, dtype);
+  return backend::convert(*this, dtype);
 }
 
 Tensor Tensor::to(Device device) const {

@@ -11,13 +11,9 @@ struct View {
   int64_t rows, channels;
 };
 
-View bn_view(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
-  require_cuda_floating(op, {&x});
+View bn_view(const Tensor& x) {
   View v{};
-  channel_view(op, x, v.rows, v.channels);
-  LLR_CHECK(v.rows > 0, op, ": no elements per channel in ", x.describe());
-  for (const Tensor* t : per_channel)
-    if (t->defined()) require_stat_vector(op, "per-channel tensor", *t, v.channels, x);
+  channel_view(x, v.rows, v.channels);
   return v;
 }
 
@@ -244,22 +240,20 @@ void update_running_impl(Tensor& rm, Tensor& rv, const Tensor& m, const Tensor& 
 
 std::pair<Tensor, Tensor> CudaBackend::batch_stats(const Tensor& x) {
   LLR_NVTX_RANGE("batch_stats");
-  View v = bn_view("batch_stats", x, {});
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats", batch_stats_impl, x, v);
 }
 
 Tensor CudaBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean,
                                          const Tensor& g_var) {
   LLR_NVTX_RANGE("batch_stats_backward");
-  View v = bn_view("batch_stats_backward", x, {&mean, &g_mean, &g_var});
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_backward", batch_stats_backward_impl, x, mean, g_mean, g_var, v);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
   LLR_NVTX_RANGE("batch_stats_tangent");
-  View v = bn_view("batch_stats_tangent", x, {&mean});
-  require_cuda_floating("batch_stats_tangent", {&x, &xdot});
-  require_same_shape("batch_stats_tangent", x, xdot);
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent", batch_stats_tangent_impl, x, mean, xdot, v);
 }
 
@@ -267,9 +261,7 @@ BatchStatsTangentGrads CudaBackend::batch_stats_tangent_backward(const Tensor& x
                                                                  const Tensor& xdot, const Tensor& g_mean_dot,
                                                                  const Tensor& g_var_dot) {
   LLR_NVTX_RANGE("batch_stats_tangent_backward");
-  View v = bn_view("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
-  require_cuda_floating("batch_stats_tangent_backward", {&x, &xdot});
-  require_same_shape("batch_stats_tangent_backward", x, xdot);
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent_backward", batch_stats_tangent_backward_impl, x, mean,
                            xdot, g_mean_dot, g_var_dot, v);
 }
@@ -277,18 +269,14 @@ BatchStatsTangentGrads CudaBackend::batch_stats_tangent_backward(const Tensor& x
 Tensor CudaBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                  const Tensor& shift, double eps) {
   LLR_NVTX_RANGE("batch_norm");
-  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
-            "batch_norm: mean, var, scale and shift are required");
-  View v = bn_view("batch_norm", x, {&mean, &var, &scale, &shift});
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm", bn_normalize_impl, x, mean, var, scale, shift, eps, v);
 }
 
 BnNormalizeGrads CudaBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
                                                     const Tensor& scale, const Tensor& gy, double eps) {
   LLR_NVTX_RANGE("batch_norm_backward");
-  View v = bn_view("batch_norm_backward", x, {&mean, &var, &scale});
-  require_cuda_floating("batch_norm_backward", {&x, &gy});
-  require_same_shape("batch_norm_backward", x, gy);
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm_backward", bn_normalize_backward_impl, x, mean, var, scale, gy, eps,
                            v);
 }
@@ -296,9 +284,7 @@ BnNormalizeGrads CudaBackend::bn_normalize_backward(const Tensor& x, const Tenso
 Tensor CudaBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps) {
   LLR_NVTX_RANGE("bn_tangent");
-  View v = bn_view("bn_tangent", x, {&mean, &var, &scale, &mean_dot, &var_dot});
-  require_cuda_floating("bn_tangent", {&x, &xdot});
-  require_same_shape("bn_tangent", x, xdot);
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent", bn_tangent_impl, x, mean, var, scale, xdot, mean_dot, var_dot,
                            eps, v);
 }
@@ -307,10 +293,7 @@ BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& m
                                                 const Tensor& scale, const Tensor& xdot, const Tensor& mean_dot,
                                                 const Tensor& var_dot, const Tensor& gt, double eps) {
   LLR_NVTX_RANGE("bn_tangent_backward");
-  View v = bn_view("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
-  require_cuda_floating("bn_tangent_backward", {&x, &xdot, &gt});
-  require_same_shape("bn_tangent_backward", x, xdot);
-  require_same_shape("bn_tangent_backward", x, gt);
+  View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent_backward", bn_tangent_backward_impl, x, mean, var, scale, xdot,
                            mean_dot, var_dot, gt, eps, v);
 }
@@ -318,13 +301,6 @@ BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& m
 void CudaBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                                     double momentum, int64_t count) {
   LLR_NVTX_RANGE("bn_update_running");
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&running_mean, &running_var, &mean, &var})
-    LLR_CHECK(t->device() == Device::cuda && t->dtype() == running_mean.dtype() && t->numel() == running_mean.numel(),
-              "bn_update_running: running and batch statistics must be GPU vectors of one dtype and length, got ",
-              t->describe());
-  LLR_CHECK(momentum >= 0 && momentum <= 1, "bn_update_running: momentum ", momentum, " not in [0, 1]");
-  LLR_CHECK(count >= 2, "bn_update_running: need at least 2 values per channel for an unbiased variance, got ",
-            count);
   double unbias = double(count) / double(count - 1);
   if (running_mean.dtype() == DType::f64)
     update_running_impl<double>(running_mean, running_var, mean, var, momentum, unbias);

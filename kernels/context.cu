@@ -59,9 +59,13 @@ void init() {
   if (done) return;
   context();
   static CudaBackend backend;
+  static CudaRobustKernels robust;
+  static CudaTrainingKernels training;
   static CudaCopier copier;
   register_device_allocator(&allocator());
   register_backend(Device::cuda, &backend);
+  dispatch::register_for_device<RobustKernels>(Device::cuda, &robust);
+  dispatch::register_for_device<TrainingKernels>(Device::cuda, &training);
   register_device_copier(&copier);
   done = true;
 }

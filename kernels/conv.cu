@@ -153,11 +153,7 @@ struct ConvShapes {
   Shape x, w, y;
 };
 
-ConvShapes conv_shapes(const char* op, const Shape& x, const Shape& w, const Conv2dGeometry& g) {
-  LLR_CHECK(x.size() == 4 && w.size() == 4, op, ": expected rank-4 input and filter, got ", shape_str(x), " and ",
-            shape_str(w));
-  LLR_CHECK(x[3] == w[3], op, ": input has ", x[3], " channels but the KRSC filter ", shape_str(w), " expects ",
-            w[3]);
+ConvShapes conv_shapes(const Shape& x, const Shape& w, const Conv2dGeometry& g) {
   return {x, w, {x[0], conv2d_output_size(x[1], w[1], g), conv2d_output_size(x[2], w[2], g), w[0]}};
 }
 
@@ -187,12 +183,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Ten
                                 trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, int(m), int(n), int(k), alpha, a.raw_data(), t,
                                 int(lda), b.raw_data(), t, int(ldb), beta, c.raw_data(), t, int(ldc),
                                 cublas_compute(c.dtype()), CUBLAS_GEMM_DEFAULT));
-}
-
-void require_matrices(const char* op, const Tensor& a, const Tensor& b) {
-  require_cuda_floating(op, {&a, &b});
-  LLR_CHECK(a.rank() == 2 && b.rank() == 2, op, ": expected 2-D tensors, got ", a.describe(), " and ",
-            b.describe());
 }
 
 }  // namespace
@@ -244,10 +234,7 @@ Tensor CudaBackend::conv2d_backward_filter(const Tensor& x_in, const Tensor& gy_
 
 Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_forward");
-  require_cuda_floating("conv2d", {&x, &w});
-  LLR_CHECK(x.layout() == Layout::nhwc, "conv2d: input must be NHWC, got ", x.describe());
-  LLR_CHECK(w.layout() == Layout::krsc, "conv2d: filter must be KRSC, got ", w.describe());
-  ConvShapes s = conv_shapes("conv2d", x.shape(), w.shape(), g);
+  ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
   TensorDesc xd(s.x, x.dtype()), yd(s.y, x.dtype());
@@ -281,10 +268,7 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
 
 Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_backward_data");
-  require_cuda_floating("conv2d_backward_data", {&gy, &w});
-  ConvShapes s = conv_shapes("conv2d_backward_data", x_shape, w.shape(), g);
-  LLR_CHECK(gy.shape() == s.y, "conv2d_backward_data: output gradient ", gy.describe(), " does not match ",
-            shape_str(s.y));
+  ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
   TensorDesc dxd(s.x, gy.dtype()), dyd(s.y, gy.dtype());
@@ -319,10 +303,7 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
 
 Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
   LLR_NVTX_RANGE("conv2d_backward_filter");
-  require_cuda_floating("conv2d_backward_filter", {&x, &gy});
-  ConvShapes s = conv_shapes("conv2d_backward_filter", x.shape(), w_shape, g);
-  LLR_CHECK(gy.shape() == s.y, "conv2d_backward_filter: output gradient ", gy.describe(), " does not match ",
-            shape_str(s.y));
+  ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
   TensorDesc xd(s.x, x.dtype()), dyd(s.y, x.dtype());
@@ -359,8 +340,6 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
 // Row-major C[M,N] = A[M,K] B[N,K]^T  <=>  column-major C^T = B A^T: gemm(T, N, N, M, K, B, K, A, K, C, N).
 Tensor CudaBackend::matmul_nt(const Tensor& a, const Tensor& b) {
   LLR_NVTX_RANGE("matmul_nt");
-  require_matrices("matmul_nt", a, b);
-  LLR_CHECK(a.dim(1) == b.dim(1), "matmul_nt: inner sizes differ, ", a.describe(), " times transposed ", b.describe());
   ++op_counters().matmul;
   int64_t m = a.dim(0), k = a.dim(1), n = b.dim(0);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
@@ -371,8 +350,6 @@ Tensor CudaBackend::matmul_nt(const Tensor& a, const Tensor& b) {
 // Row-major C[M,N] = A[M,K] B[K,N]  <=>  C^T = B^T A^T: gemm(N, N, N, M, K, B, N, A, K, C, N).
 Tensor CudaBackend::matmul_nn(const Tensor& a, const Tensor& b) {
   LLR_NVTX_RANGE("matmul_nn");
-  require_matrices("matmul_nn", a, b);
-  LLR_CHECK(a.dim(1) == b.dim(0), "matmul_nn: inner sizes differ, ", a.describe(), " times ", b.describe());
   ++op_counters().matmul;
   int64_t m = a.dim(0), k = a.dim(1), n = b.dim(1);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
@@ -383,9 +360,6 @@ Tensor CudaBackend::matmul_nn(const Tensor& a, const Tensor& b) {
 // Row-major C[M,N] = A[K,M]^T B[K,N]  <=>  C^T = B^T A: gemm(N, T, N, M, K, B, N, A, M, C, N).
 Tensor CudaBackend::matmul_tn(const Tensor& a, const Tensor& b) {
   LLR_NVTX_RANGE("matmul_tn");
-  require_matrices("matmul_tn", a, b);
-  LLR_CHECK(a.dim(0) == b.dim(0), "matmul_tn: inner sizes differ, transposed ", a.describe(), " times ",
-            b.describe());
   ++op_counters().matmul;
   int64_t k = a.dim(0), m = a.dim(1), n = b.dim(1);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);

@@ -1,5 +1,5 @@
-// Helpers shared by the CUDA backend's kernels: dtype dispatch, loads and stores that widen bf16 to f32, argument
-// checks, and launch helpers (grid-stride loops, per-channel and per-row sums).
+// Helpers shared by the CUDA kernels: dtype dispatch, loads and stores that widen bf16 to f32, and launch helpers
+// (grid-stride loops, per-channel and per-row sums). Arguments are checked by the dispatch before a kernel runs.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -83,34 +83,6 @@ const T* ptr(const Tensor& t) {
 template <class T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
-}
-
-// Every tensor defined, on the GPU, and of one floating dtype.
-inline void require_cuda_floating(const char* op, std::initializer_list<const Tensor*> ts) {
-  const Tensor* first = nullptr;
-  for (const Tensor* t : ts) {
-    LLR_CHECK(t->defined(), op, ": undefined tensor argument");
-    LLR_CHECK(t->device() == Device::cuda, op, ": ", t->describe(), " is not on the GPU");
-    LLR_CHECK(is_floating(t->dtype()), op, ": expected a floating tensor, got ", t->describe());
-    if (!first) first = t;
-    LLR_CHECK(t->dtype() == first->dtype(), op, ": dtype mismatch, ", first->describe(), " vs ", t->describe());
-  }
-}
-inline void require_same_shape(const char* op, const Tensor& a, const Tensor& b) {
-  LLR_CHECK(a.shape() == b.shape(), op, ": shape mismatch, ", a.describe(), " vs ", b.describe());
-}
-// A per-channel (or per-example) vector of length n in the statistics dtype of `data`.
-inline void require_stat_vector(const char* op, const char* what, const Tensor& t, int64_t n, const Tensor& data) {
-  LLR_CHECK(t.defined() && t.device() == Device::cuda, op, ": ", what, " must be a GPU tensor");
-  LLR_CHECK(t.rank() == 1 && t.dim(0) == n, op, ": ", what, " must have shape [", n, "], got ", t.describe());
-  LLR_CHECK(t.dtype() == stat_dtype(data.dtype()), op, ": ", what, " must be ", dtype_name(stat_dtype(data.dtype())),
-            " for ", data.describe(), ", got ", t.describe());
-}
-inline void require_labels(const char* op, const Tensor& labels, int64_t n) {
-  LLR_CHECK(labels.defined() && labels.dtype() == DType::i32 && labels.device() == Device::cuda, op,
-            ": labels must be an i32 GPU tensor, got ", labels.describe());
-  LLR_CHECK(labels.rank() == 1 && labels.dim(0) == n, op, ": labels must have shape [", n, "], got ",
-            labels.describe());
 }
 
 inline int grid_for(int64_t n, int threads) {
@@ -225,8 +197,7 @@ void total_sum(int64_t n, F f, S* out) {
 }
 
 // Channel-last view of x: rows = numel / C.
-inline void channel_view(const char* op, const Tensor& x, int64_t& rows, int64_t& channels) {
-  LLR_CHECK(x.rank() >= 1, op, ": needs at least one axis, got ", x.describe());
+inline void channel_view(const Tensor& x, int64_t& rows, int64_t& channels) {
   channels = x.dim(-1);
   rows = channels == 0 ? 0 : x.numel() / channels;
 }

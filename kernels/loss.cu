@@ -14,12 +14,7 @@ struct Logits {
   int64_t n, k;
 };
 
-Logits logits_view(const char* op, const Tensor& z, const Tensor& labels) {
-  require_cuda_floating(op, {&z});
-  LLR_CHECK(z.rank() == 2 && z.dim(1) >= 2, op, ": logits must have shape [N, K] with K >= 2, got ", z.describe());
-  require_labels(op, labels, z.dim(0));
-  return {z.dim(0), z.dim(1)};
-}
+Logits logits_view(const Tensor& z) { return {z.dim(0), z.dim(1)}; }
 
 template <class T>
 __device__ acc_t<T> row_max(const T* z, int64_t k) {
@@ -157,63 +152,153 @@ Tensor margin_loss_backward_impl(const Tensor& z, const Tensor& labels, const Te
   return dz;
 }
 
-void require_per_example(const char* op, const Tensor& g, const Tensor& z) {
-  require_stat_vector(op, "per-example gradient", g, z.dim(0), z);
+// Log-sum-exp of a row of k logits.
+template <class T>
+__device__ acc_t<T> row_lse(const T* z, int64_t k) {
+  acc_t<T> m = ld(z, 0);
+  for (int64_t j = 1; j < k; ++j) m = max(m, ld(z, j));
+  acc_t<T> s = 0;
+  for (int64_t j = 0; j < k; ++j) s += exp(ld(z, j) - m);
+  return m + log(s);
+}
+
+// KL(softmax(a) || softmax(b)) of one row, with both rows' log-sum-exps.
+template <class T>
+__device__ acc_t<T> row_kl(const T* a, const T* b, int64_t k, acc_t<T>* la, acc_t<T>* lb) {
+  *la = row_lse(a, k);
+  *lb = row_lse(b, k);
+  acc_t<T> kl = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    acc_t<T> lp = ld(a, j) - *la, lq = ld(b, j) - *lb;
+    kl += exp(lp) * (lp - lq);
+  }
+  return kl;
+}
+
+template <class T>
+Tensor kl_div_impl(const Tensor& zp, const Tensor& zq) {
+  using S = acc_t<T>;
+  int64_t n = zp.dim(0), k = zp.dim(1);
+  Tensor out = new_stat(n, zp);
+  const T *a = ptr<T>(zp), *b = ptr<T>(zq);
+  S* o = ptr<S>(out);
+  for_each(n, [=] __device__(int64_t i) {
+    S la, lb;
+    o[i] = row_kl(a + i * k, b + i * k, k, &la, &lb);
+  });
+  return out;
+}
+
+template <class T>
+std::pair<Tensor, Tensor> kl_div_backward_impl(const Tensor& zp, const Tensor& zq, const Tensor& g) {
+  using S = acc_t<T>;
+  int64_t n = zp.dim(0), k = zp.dim(1);
+  Tensor dp = new_like(zp), dq = new_like(zq);
+  const T *a = ptr<T>(zp), *b = ptr<T>(zq);
+  const S* pg = ptr<S>(g);
+  T *oa = ptr<T>(dp), *ob = ptr<T>(dq);
+  for_each(n, [=] __device__(int64_t i) {
+    S la, lb;
+    S kl = row_kl(a + i * k, b + i * k, k, &la, &lb);
+    for (int64_t j = 0; j < k; ++j) {
+      S lp = ld(a, i * k + j) - la, lq = ld(b, i * k + j) - lb, p = exp(lp), q = exp(lq);
+      st(oa, i * k + j, pg[i] * p * (lp - lq - kl));
+      st(ob, i * k + j, pg[i] * (q - p));
+    }
+  });
+  return {dp, dq};
+}
+
+template <class T>
+Tensor gather_impl(const Tensor& z, const Tensor& idx) {
+  int64_t n = z.dim(0), k = z.dim(1);
+  Tensor out = Tensor::empty({n}, z.dtype(), Layout::plain, Device::cuda);
+  const T* pz = ptr<T>(z);
+  const int32_t* pi = ptr<int32_t>(idx);
+  T* o = ptr<T>(out);
+  for_each(n, [=] __device__(int64_t i) {
+    int32_t c = pi[i];
+    st(o, i, (c >= 0 && c < k) ? ld(pz, i * k + c) : acc_t<T>(NAN));
+  });
+  return out;
+}
+
+template <class T>
+Tensor scatter_impl(const Tensor& g, const Tensor& idx, int64_t k) {
+  int64_t n = g.dim(0);
+  Tensor out = Tensor::empty({n, k}, g.dtype(), Layout::plain, Device::cuda);
+  const T* pg = ptr<T>(g);
+  const int32_t* pi = ptr<int32_t>(idx);
+  T* o = ptr<T>(out);
+  for_each(n * k, [=] __device__(int64_t e) {
+    int64_t i = e / k, c = e % k;
+    st(o, e, c == pi[i] ? ld(pg, i) : acc_t<T>(0));
+  });
+  return out;
 }
 
 }  // namespace
 
 Tensor CudaBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
   LLR_NVTX_RANGE("cross_entropy");
-  Logits v = logits_view("cross_entropy", z, labels);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy", cross_entropy_impl, z, labels, v);
 }
 
 Tensor CudaBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   LLR_NVTX_RANGE("cross_entropy_backward");
-  Logits v = logits_view("cross_entropy_backward", z, labels);
-  require_per_example("cross_entropy_backward", g, z);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_backward", cross_entropy_backward_impl, z, labels, g, v);
 }
 
 Tensor CudaBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   LLR_NVTX_RANGE("cross_entropy_tangent");
-  Logits v = logits_view("cross_entropy_tangent", z, labels);
-  require_cuda_floating("cross_entropy_tangent", {&z, &zdot});
-  require_same_shape("cross_entropy_tangent", z, zdot);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent", cross_entropy_tangent_impl, z, labels, zdot, v);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels,
                                                                       const Tensor& zdot, const Tensor& g) {
   LLR_NVTX_RANGE("cross_entropy_tangent_backward");
-  Logits v = logits_view("cross_entropy_tangent_backward", z, labels);
-  require_cuda_floating("cross_entropy_tangent_backward", {&z, &zdot});
-  require_same_shape("cross_entropy_tangent_backward", z, zdot);
-  require_per_example("cross_entropy_tangent_backward", g, z);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent_backward", cross_entropy_tangent_backward_impl, z,
                            labels, zdot, g, v);
 }
 
 Tensor CudaBackend::margin_loss(const Tensor& z, const Tensor& labels) {
   LLR_NVTX_RANGE("margin_loss");
-  Logits v = logits_view("margin_loss", z, labels);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss", margin_loss_impl, z, labels, Tensor(), v);
 }
 
 Tensor CudaBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   LLR_NVTX_RANGE("margin_loss_backward");
-  Logits v = logits_view("margin_loss_backward", z, labels);
-  require_per_example("margin_loss_backward", g, z);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_backward", margin_loss_backward_impl, z, labels, g, v);
 }
 
 Tensor CudaBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   LLR_NVTX_RANGE("margin_loss_tangent");
-  Logits v = logits_view("margin_loss_tangent", z, labels);
-  require_cuda_floating("margin_loss_tangent", {&z, &zdot});
-  require_same_shape("margin_loss_tangent", z, zdot);
+  Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_tangent", margin_loss_impl, z, labels, zdot, v);
+}
+
+Tensor CudaBackend::kl_div(const Tensor& zp, const Tensor& zq) {
+  LLR_NVTX_RANGE("kl_div");
+  return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div", kl_div_impl, zp, zq);
+}
+
+std::pair<Tensor, Tensor> CudaBackend::kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) {
+  LLR_NVTX_RANGE("kl_div_backward");
+  return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div_backward", kl_div_backward_impl, zp, zq, g);
+}
+
+Tensor CudaBackend::gather_columns(const Tensor& z, const Tensor& idx) {
+  return LLR_CUDA_DISPATCH(z.dtype(), "gather_columns", gather_impl, z, idx);
+}
+
+Tensor CudaBackend::scatter_columns(const Tensor& g, const Tensor& idx, int64_t k) {
+  return LLR_CUDA_DISPATCH(g.dtype(), "scatter_columns", scatter_impl, g, idx, k);
 }
 
 }  // namespace llr::cuda

@@ -11,10 +11,7 @@ struct PoolDims {
   int64_t n, h, w, c, p, q;
 };
 
-PoolDims pool_dims(const char* op, const Tensor& x, int k, int stride, int pad) {
-  require_cuda_floating(op, {&x});
-  LLR_CHECK(x.layout() == Layout::nhwc, op, ": input must be NHWC, got ", x.describe());
-  LLR_CHECK(k >= 1 && stride >= 1 && pad >= 0 && pad < k, op, ": bad window ", k, " stride ", stride, " pad ", pad);
+PoolDims pool_dims(const Tensor& x, int k, int stride, int pad) {
   Conv2dGeometry g{stride, pad};
   return {x.dim(0), x.dim(1), x.dim(2), x.dim(3), conv2d_output_size(x.dim(1), k, g), conv2d_output_size(x.dim(2), k, g)};
 }
@@ -54,23 +51,19 @@ Tensor pool_backward_impl(const Tensor& x, const Tensor& gy, PoolDims d, int k, 
 
 Tensor CudaBackend::max_pool_forward(const Tensor& x, int k, int stride, int pad) {
   LLR_NVTX_RANGE("max_pool");
-  PoolDims d = pool_dims("max_pool", x, k, stride, pad);
+  PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool", pool_gather_impl, x, x, d, k, stride, pad);
 }
 
 Tensor CudaBackend::max_pool_backward(const Tensor& x, const Tensor& gy, int k, int stride, int pad) {
   LLR_NVTX_RANGE("max_pool_backward");
-  PoolDims d = pool_dims("max_pool_backward", x, k, stride, pad);
-  require_cuda_floating("max_pool_backward", {&x, &gy});
-  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.c}), "max_pool_backward: gradient ", gy.describe());
+  PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool_backward", pool_backward_impl, x, gy, d, k, stride, pad);
 }
 
 Tensor CudaBackend::max_pool_gather(const Tensor& x, const Tensor& xdot, int k, int stride, int pad) {
   LLR_NVTX_RANGE("max_pool_tangent");
-  PoolDims d = pool_dims("max_pool_tangent", x, k, stride, pad);
-  require_cuda_floating("max_pool_tangent", {&x, &xdot});
-  require_same_shape("max_pool_tangent", x, xdot);
+  PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool_tangent", pool_gather_impl, x, xdot, d, k, stride, pad);
 }
 

@@ -1,6 +1,7 @@
-// CUDA backend: the TRADES KL divergence, the fused perturbation step (one block per example: ascent direction,
-// Adam or sign update, projection onto the eps-ball and [0, 1], and d_i = <delta_i, gx_i> in one kernel), and the
-// LLR per-example coefficients. Per-element math: engine/perturbation_math.h, shared with the CPU backend.
+// The CUDA side of the perturbation kernels (train/robust/robust_kernels.def): the fused perturbation step (one block
+// per example: ascent direction, Adam or sign update, projection onto the eps-ball and [0, 1], and
+// d_i = <delta_i, gx_i> in one kernel), the LLR per-example coefficients, APGD's step and bookkeeping, and the row and
+// class selections of the search. Per-element math: train/robust/perturbation_math.h, shared with the CPU side.
 #include <cmath>
 
 #include "kernels/cuda_backend.h"
@@ -9,63 +10,6 @@
 namespace llr::cuda {
 
 namespace {
-
-// Log-sum-exp of a row of k logits.
-template <class T>
-__device__ acc_t<T> row_lse(const T* z, int64_t k) {
-  acc_t<T> m = ld(z, 0);
-  for (int64_t j = 1; j < k; ++j) m = max(m, ld(z, j));
-  acc_t<T> s = 0;
-  for (int64_t j = 0; j < k; ++j) s += exp(ld(z, j) - m);
-  return m + log(s);
-}
-
-// KL(softmax(a) || softmax(b)) of one row, with both rows' log-sum-exps.
-template <class T>
-__device__ acc_t<T> row_kl(const T* a, const T* b, int64_t k, acc_t<T>* la, acc_t<T>* lb) {
-  *la = row_lse(a, k);
-  *lb = row_lse(b, k);
-  acc_t<T> kl = 0;
-  for (int64_t j = 0; j < k; ++j) {
-    acc_t<T> lp = ld(a, j) - *la, lq = ld(b, j) - *lb;
-    kl += exp(lp) * (lp - lq);
-  }
-  return kl;
-}
-
-template <class T>
-Tensor kl_div_impl(const Tensor& zp, const Tensor& zq) {
-  using S = acc_t<T>;
-  int64_t n = zp.dim(0), k = zp.dim(1);
-  Tensor out = new_stat(n, zp);
-  const T *a = ptr<T>(zp), *b = ptr<T>(zq);
-  S* o = ptr<S>(out);
-  for_each(n, [=] __device__(int64_t i) {
-    S la, lb;
-    o[i] = row_kl(a + i * k, b + i * k, k, &la, &lb);
-  });
-  return out;
-}
-
-template <class T>
-std::pair<Tensor, Tensor> kl_div_backward_impl(const Tensor& zp, const Tensor& zq, const Tensor& g) {
-  using S = acc_t<T>;
-  int64_t n = zp.dim(0), k = zp.dim(1);
-  Tensor dp = new_like(zp), dq = new_like(zq);
-  const T *a = ptr<T>(zp), *b = ptr<T>(zq);
-  const S* pg = ptr<S>(g);
-  T *oa = ptr<T>(dp), *ob = ptr<T>(dq);
-  for_each(n, [=] __device__(int64_t i) {
-    S la, lb;
-    S kl = row_kl(a + i * k, b + i * k, k, &la, &lb);
-    for (int64_t j = 0; j < k; ++j) {
-      S lp = ld(a, i * k + j) - la, lq = ld(b, i * k + j) - lb, p = exp(lp), q = exp(lq);
-      st(oa, i * k + j, pg[i] * p * (lp - lq - kl));
-      st(ob, i * k + j, pg[i] * (q - p));
-    }
-  });
-  return {dp, dq};
-}
 
 // One block per example.
 template <class T>
@@ -141,69 +85,196 @@ Tensor perturbation_init_impl(const Tensor& x, double eps, double normal_scale, 
   return d;
 }
 
-void check_logit_pair(const char* op, const Tensor& zp, const Tensor& zq) {
-  require_cuda_floating(op, {&zp, &zq});
-  require_same_shape(op, zp, zq);
-  LLR_CHECK(zp.rank() == 2 && zp.dim(1) >= 2, op, ": logits must be [N, K], got ", zp.describe());
+template <class T>
+void apgd_impl(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
+               double alpha, double eps) {
+  int64_t inner = delta.numel() / delta.dim(0);
+  T *d = ptr<T>(delta), *dp = ptr<T>(delta_prev);
+  const T *px = ptr<T>(x), *pg = ptr<T>(grad), *pe = ptr<T>(eta);
+  T a = T(alpha), e = T(eps);
+  for_each(delta.numel(), [=] __device__(int64_t i) {
+    T old = d[i];
+    d[i] = perturbation_math::apgd<T>(old, dp[i], px[i], pg[i], pe[i / inner], a, e);
+    dp[i] = old;
+  });
+}
+
+// out[i] = f(i) for a per-example vector of n values of type S.
+template <class S, class F>
+Tensor per_example(int64_t n, F f) {
+  Tensor out = Tensor::empty({n}, dtype_of_storage<S>(), Layout::plain, Device::cuda);
+  S* o = ptr<S>(out);
+  for_each(n, [=] __device__(int64_t i) { o[i] = f(i); });
+  return out;
+}
+
+template <class S>
+Tensor apgd_track_impl(const Tensor& loss, Tensor& best, Tensor& last, Tensor& successes, bool first) {
+  const S* l = ptr<S>(loss);
+  S *b = ptr<S>(best), *la = ptr<S>(last), *su = ptr<S>(successes);
+  return per_example<S>(loss.numel(), [=] __device__(int64_t i) {
+    return perturbation_math::apgd_track<S>(l[i], b + i, la + i, su + i, first);
+  });
+}
+
+template <class S>
+Tensor apgd_checkpoint_impl(Tensor& successes, Tensor& eta, Tensor& eta_at_checkpoint, Tensor& best_at_checkpoint,
+                            const Tensor& best, double threshold) {
+  S *su = ptr<S>(successes), *e = ptr<S>(eta), *ec = ptr<S>(eta_at_checkpoint), *bc = ptr<S>(best_at_checkpoint);
+  const S* b = ptr<S>(best);
+  S th = S(threshold);
+  return per_example<S>(eta.numel(), [=] __device__(int64_t i) {
+    return perturbation_math::apgd_checkpoint<S>(su + i, e + i, ec + i, bc + i, b[i], th);
+  });
+}
+
+// Row copies move whole rows of `row_bytes`, in 4-byte words when every row is 4-byte aligned (every dtype but u8
+// with an odd row), byte by byte otherwise.
+template <class W>
+void copy_rows(uint8_t* dst, const uint8_t* src, int64_t rows, int64_t row_bytes, const int32_t* dst_idx,
+               const int32_t* src_idx, const float* mask32, const double* mask64, int64_t bound) {
+  int64_t words = row_bytes / int64_t(sizeof(W));
+  W* d = reinterpret_cast<W*>(dst);
+  const W* s = reinterpret_cast<const W*>(src);
+  for_each(rows * words, [=] __device__(int64_t e) {
+    int64_t r = e / words, w = e % words;
+    if (mask32 && mask32[r] == 0.f) return;
+    if (mask64 && mask64[r] == 0.0) return;
+    int64_t dr = dst_idx ? dst_idx[r] : r, sr = src_idx ? src_idx[r] : r;
+    if (dr < 0 || dr >= bound || sr < 0 || sr >= bound) return;  // bad index: leave the row, never write outside
+    d[dr * words + w] = s[sr * words + w];
+  });
+}
+
+void copy_rows(void* dst, const void* src, int64_t rows, int64_t row_bytes, const int32_t* dst_idx,
+               const int32_t* src_idx, const Tensor& mask, int64_t bound) {
+  const float* m32 = mask.defined() && mask.dtype() == DType::f32 ? ptr<float>(mask) : nullptr;
+  const double* m64 = mask.defined() && mask.dtype() == DType::f64 ? ptr<double>(mask) : nullptr;
+  auto* d = static_cast<uint8_t*>(dst);
+  auto* s = static_cast<const uint8_t*>(src);
+  if (row_bytes % 4 == 0)
+    copy_rows<uint32_t>(d, s, rows, row_bytes, dst_idx, src_idx, m32, m64, bound);
+  else
+    copy_rows<uint8_t>(d, s, rows, row_bytes, dst_idx, src_idx, m32, m64, bound);
+}
+
+int64_t row_bytes(const Tensor& t) {
+  return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0) * static_cast<int64_t>(dtype_size(t.dtype()));
+}
+
+template <class T>
+Tensor predicted_correct_impl(const Tensor& z, const Tensor& labels) {
+  using S = acc_t<T>;
+  int64_t k = z.dim(1);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  return per_example<S>(z.dim(0), [=] __device__(int64_t i) {
+    auto at = [pz, i, k](int64_t j) { return ld(pz, i * k + j); };
+    return math::row_argmax<S>(at, k) == y[i] ? S(1) : S(0);
+  });
+}
+
+template <class T>
+Tensor class_at_rank_impl(const Tensor& z, const Tensor& labels, int rank) {
+  int64_t n = z.dim(0), k = z.dim(1);
+  Tensor out = Tensor::empty({n}, DType::i32, Layout::plain, Device::cuda);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = labels.defined() ? ptr<int32_t>(labels) : nullptr;
+  int32_t* o = ptr<int32_t>(out);
+  for_each(n, [=] __device__(int64_t i) {
+    auto at = [pz, i, k](int64_t j) { return ld(pz, i * k + j); };
+    o[i] = perturbation_math::class_at_rank(at, k, y ? int64_t(y[i]) : int64_t(-1), rank);
+  });
+  return out;
+}
+
+template <class S>
+void update_max_impl(Tensor& acc, const Tensor& v) {
+  S* a = ptr<S>(acc);
+  const S* pv = ptr<S>(v);
+  for_each(acc.numel(), [=] __device__(int64_t i) {
+    if (pv[i] > a[i]) a[i] = pv[i];
+  });
 }
 
 }  // namespace
 
-Tensor CudaBackend::kl_div(const Tensor& zp, const Tensor& zq) {
-  LLR_NVTX_RANGE("kl_div");
-  check_logit_pair("kl_div", zp, zq);
-  return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div", kl_div_impl, zp, zq);
-}
-
-std::pair<Tensor, Tensor> CudaBackend::kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) {
-  LLR_NVTX_RANGE("kl_div_backward");
-  check_logit_pair("kl_div_backward", zp, zq);
-  require_stat_vector("kl_div_backward", "per-example gradient", g, zp.dim(0), zp);
-  return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div_backward", kl_div_backward_impl, zp, zq, g);
-}
-
-Tensor CudaBackend::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+Tensor CudaRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
                                       const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
   LLR_NVTX_RANGE("perturbation_step");
-  require_cuda_floating("perturbation_step", {&delta, &x, &grad_weighted});
-  LLR_CHECK(delta.dtype() == DType::f32 || delta.dtype() == DType::f64,
-            "perturbation_step: perturbations are kept in f32 or f64, got ", delta.describe());
-  require_same_shape("perturbation_step", delta, x);
-  require_same_shape("perturbation_step", delta, grad_weighted);
-  if (gx.defined()) {
-    require_cuda_floating("perturbation_step", {&delta, &gx, &sign_g});
-    require_same_shape("perturbation_step", delta, gx);
-    LLR_CHECK(sign_g.shape() == Shape({delta.dim(0)}), "perturbation_step: sign_g must be [N], got ",
-              sign_g.describe());
-  }
-  if (p.update == PerturbationUpdate::adam) {
-    require_cuda_floating("perturbation_step", {&delta, &m, &v});
-    require_same_shape("perturbation_step", delta, m);
-    require_same_shape("perturbation_step", delta, v);
-  }
   if (delta.dtype() == DType::f64) return perturbation_impl<double>(delta, x, grad_weighted, gx, sign_g, m, v, p);
   return perturbation_impl<float>(delta, x, grad_weighted, gx, sign_g, m, v, p);
 }
 
-LlrCoefficients CudaBackend::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,
+LlrCoefficients CudaRobustKernels::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,
                                               double lambda, double mu) {
-  require_cuda_floating("llr_coefficients", {&l, &lp, &d});
-  require_same_shape("llr_coefficients", l, lp);
-  require_same_shape("llr_coefficients", l, d);
-  LLR_CHECK(l.rank() == 1 && l.dtype() != DType::bf16, "llr_coefficients: f32/f64 per-example vectors expected, got ",
-            l.describe());
   if (l.dtype() == DType::f64) return llr_coefficients_impl<double>(l, lp, d, w_nom, lambda, mu);
   return llr_coefficients_impl<float>(l, lp, d, w_nom, lambda, mu);
 }
 
-Tensor CudaBackend::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
+Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
                                       uint64_t counter) {
   LLR_NVTX_RANGE("perturbation_init");
-  require_cuda_floating("perturbation_init", {&x});
-  LLR_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, "perturbation_init: inputs are f32 or f64, got ",
-            x.describe());
   if (x.dtype() == DType::f64) return perturbation_init_impl<double>(x, eps, normal_scale, seed, counter);
   return perturbation_init_impl<float>(x, eps, normal_scale, seed, counter);
+}
+
+void CudaRobustKernels::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
+                            double alpha, double eps) {
+  LLR_NVTX_RANGE("apgd_step");
+  if (delta.dtype() == DType::f64)
+    apgd_impl<double>(delta, delta_prev, x, grad, eta, alpha, eps);
+  else
+    apgd_impl<float>(delta, delta_prev, x, grad, eta, alpha, eps);
+}
+
+
+Tensor CudaRobustKernels::apgd_track(const Tensor& loss, Tensor& best, Tensor& last, Tensor& successes, bool first) {
+  if (loss.dtype() == DType::f64) return apgd_track_impl<double>(loss, best, last, successes, first);
+  return apgd_track_impl<float>(loss, best, last, successes, first);
+}
+
+Tensor CudaRobustKernels::apgd_checkpoint(Tensor& successes, Tensor& eta, Tensor& eta_at_checkpoint,
+                                          Tensor& best_at_checkpoint, const Tensor& best, double threshold) {
+  if (eta.dtype() == DType::f64)
+    return apgd_checkpoint_impl<double>(successes, eta, eta_at_checkpoint, best_at_checkpoint, best, threshold);
+  return apgd_checkpoint_impl<float>(successes, eta, eta_at_checkpoint, best_at_checkpoint, best, threshold);
+}
+
+Tensor CudaRobustKernels::select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
+  LLR_NVTX_RANGE("select_rows");
+  Tensor out = a.clone();
+  copy_rows(out.raw_data(), b.raw_data(), a.dim(0), row_bytes(a), nullptr, nullptr, mask, a.dim(0));
+  return out;
+}
+
+Tensor CudaRobustKernels::take_rows(const Tensor& t, const Tensor& idx) {
+  LLR_NVTX_RANGE("take_rows");
+  Shape s = t.shape();
+  s[0] = idx.numel();
+  Tensor out = Tensor::empty(s, t.dtype(), t.layout(), Device::cuda);
+  copy_rows(out.raw_data(), t.raw_data(), idx.numel(), row_bytes(t), nullptr, ptr<int32_t>(idx), Tensor(),
+            std::max(t.dim(0), idx.numel()));
+  return out;
+}
+
+void CudaRobustKernels::put_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
+  LLR_NVTX_RANGE("put_rows");
+  copy_rows(dst.raw_data(), src.raw_data(), idx.numel(), row_bytes(dst), ptr<int32_t>(idx), nullptr, Tensor(),
+            std::max(dst.dim(0), idx.numel()));
+}
+
+Tensor CudaRobustKernels::predicted_correct(const Tensor& z, const Tensor& labels) {
+  return LLR_CUDA_DISPATCH(z.dtype(), "predicted_correct", predicted_correct_impl, z, labels);
+}
+
+Tensor CudaRobustKernels::class_at_rank(const Tensor& z, const Tensor& labels, int rank) {
+  return LLR_CUDA_DISPATCH(z.dtype(), "class_at_rank", class_at_rank_impl, z, labels, rank);
+}
+
+void CudaRobustKernels::update_max(Tensor& acc, const Tensor& v) {
+  if (acc.dtype() == DType::f64) return update_max_impl<double>(acc, v);
+  update_max_impl<float>(acc, v);
 }
 
 }  // namespace llr::cuda

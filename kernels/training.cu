@@ -1,6 +1,7 @@
-// CUDA backend: batch gathering with augmentation (one kernel: gather, reflect-pad, crop, flip, scale to [0, 1]) and
-// the fused SGD update. Index math comes from engine/augment_math.h, shared with the CPU backend.
-#include "engine/augment_math.h"
+// The CUDA side of the training loop's kernels (train/training_kernels.def): batch gathering with augmentation (one
+// kernel: gather, reflect-pad, crop, flip, scale to [0, 1]), the fused SGD update, and the accuracy and non-finite
+// counts. Index math comes from train/augment_math.h, shared with the CPU side.
+#include "train/augment_math.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -19,6 +20,14 @@ Tensor count_correct_impl(const Tensor& z, const Tensor& labels) {
     auto at = [pz, i, k](int64_t j) { return ld(pz, i * k + j); };
     return math::row_argmax<S>(at, k) == y[i] ? S(1) : S(0);
   }, ptr<S>(out));
+  return out;
+}
+
+template <class T>
+Tensor count_nonfinite_impl(const Tensor& t) {
+  Tensor out = Tensor::empty({}, DType::f64, Layout::plain, Device::cuda);
+  const T* p = ptr<T>(t);
+  total_sum<double>(t.numel(), [=] __device__(int64_t i) { return isfinite(ld(p, i)) ? 0.0 : 1.0; }, ptr<double>(out));
   return out;
 }
 
@@ -67,38 +76,34 @@ void sgd_impl(Tensor& param, const Tensor& grad, Tensor& buf, double lr, double 
 
 }  // namespace
 
-namespace {
-void check_order(const char* op, const Tensor& order, int64_t begin, int64_t count) {
-  LLR_CHECK(order.device() == Device::cuda && order.dtype() == DType::i32 && order.rank() == 1, op,
-            ": order must be i32 [M] on the GPU, got ", order.describe());
-  LLR_CHECK(begin >= 0 && count >= 0 && begin + count <= order.numel(), op, ": rows [", begin, ", ", begin + count,
-            ") outside an order of ", order.numel());
-}
-}  // namespace
-
-Tensor CudaBackend::count_correct(const Tensor& z, const Tensor& labels) {
-  require_cuda_floating("count_correct", {&z});
-  LLR_CHECK(z.rank() == 2, "count_correct: logits must be [N, K], got ", z.describe());
-  require_labels("count_correct", labels, z.dim(0));
+Tensor CudaTrainingKernels::count_correct(const Tensor& z, const Tensor& labels) {
   return LLR_CUDA_DISPATCH(z.dtype(), "count_correct", count_correct_impl, z, labels);
 }
 
-Tensor CudaBackend::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
+Tensor CudaTrainingKernels::count_nonfinite(const Tensor& t) {
+  return LLR_CUDA_DISPATCH(t.dtype(), "count_nonfinite", count_nonfinite_impl, t);
+}
+
+void CudaTrainingKernels::mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t step) {
+  double* m = ptr<double>(marker);
+  const void* v = value.raw_data();
+  DType dt = value.dtype();
+  for_each(1, [=] __device__(int64_t) {
+    double x = dt == DType::f64   ? *static_cast<const double*>(v)
+               : dt == DType::f32 ? double(*static_cast<const float*>(v))
+                                  : double(__bfloat162float(*static_cast<const bf16*>(v)));
+    if (*m < 0 && !isfinite(x)) *m = double(step);
+  });
+}
+
+Tensor CudaTrainingKernels::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
                                   bool augment, uint64_t seed, uint64_t step, DType dtype) {
   LLR_NVTX_RANGE("gather_images");
-  LLR_CHECK(images.device() == Device::cuda && images.dtype() == DType::u8 && images.layout() == Layout::nhwc,
-            "gather_images: images must be u8 NHWC on the GPU, got ", images.describe());
-  check_order("gather_images", order, begin, count);
-  LLR_CHECK(!augment || (images.dim(1) > augment::kPad && images.dim(2) > augment::kPad),
-            "gather_images: images too small to augment");
   return LLR_CUDA_DISPATCH(dtype, "gather_images", gather_images_impl, images, order, begin, count, augment, seed,
                            step);
 }
 
-Tensor CudaBackend::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
-  LLR_CHECK(labels.device() == Device::cuda && labels.dtype() == DType::i32 && labels.rank() == 1,
-            "gather_labels: labels must be i32 [N] on the GPU, got ", labels.describe());
-  check_order("gather_labels", order, begin, count);
+Tensor CudaTrainingKernels::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
   Tensor out = Tensor::empty({count}, DType::i32, Layout::plain, Device::cuda);
   const int32_t *l = ptr<int32_t>(labels), *idx = ptr<int32_t>(order) + begin;
   int32_t* o = ptr<int32_t>(out);
@@ -107,12 +112,9 @@ Tensor CudaBackend::gather_labels(const Tensor& labels, const Tensor& order, int
   return out;
 }
 
-void CudaBackend::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+void CudaTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
                              double weight_decay, bool nesterov, bool first_step) {
   LLR_NVTX_RANGE("sgd_update");
-  require_cuda_floating("sgd_update", {&param, &grad, &momentum_buffer});
-  require_same_shape("sgd_update", param, grad);
-  require_same_shape("sgd_update", param, momentum_buffer);
   LLR_CUDA_DISPATCH(param.dtype(), "sgd_update", sgd_impl, param, grad, momentum_buffer, lr, momentum, weight_decay,
                     nesterov, first_step);
 }

@@ -92,8 +92,11 @@ Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, In
   bias_ = r.add(name + ".bias", Tensor::full({out}, 0.0, init.dtype, Layout::plain, init.device), TensorKind::no_decay);
 }
 
+// The classifier computes in the statistics dtype (f32 for bf16 activations): losses and gamma (about 1e-2) are
+// differences of losses, which bf16 logits would round by about 0.03.
 Tensor Linear::forward(const Tensor& x, const ForwardContext& ctx) const {
-  return linear(x, as_compute(weight_, ctx), bias_);
+  DType out = stat_dtype(ctx.compute);
+  return linear(x.dtype() == out ? x : cast(x, out), weight_.dtype() == out ? weight_ : cast(weight_, out), bias_);
 }
 
 int64_t Model::parameter_count() const {

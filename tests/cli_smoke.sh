@@ -25,10 +25,10 @@ check_error() {
   "$bin" "$@" >"$dir/out.log" 2>"$dir/err.log"
   local rc=$?
   [ $rc -ne 0 ] || fail "'$*' exited 0"
-  grep -q "$expect" "$dir/err.log" || fail "'$*': expected '$expect', got: $(head -2 "$dir/err.log")"
+  grep -qF -- "$expect" "$dir/err.log" || fail "'$*': expected '$expect', got: $(head -2 "$dir/err.log")"
 }
 check_error "fraction such as 8/255" train --method llr --eps abc --data synthetic --out "$dir/x1"
-check_error "unknown method" train --method fgsm --data synthetic --synthetic-train 64 --out "$dir/x2"
+check_error "--method must be" train --method fgsm --data synthetic --synthetic-train 64 --out "$dir/x2"
 check_error "does not exist" train --data "$dir/no_such_folder" --out "$dir/x3"
 check_error "unknown model" train --model vgg-16 --data synthetic --synthetic-train 64 --out "$dir/x4"
 check_error "cannot open checkpoint" eval --checkpoint "$dir/missing.safetensors"

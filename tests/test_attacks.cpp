@@ -8,7 +8,7 @@
 #include "engine/backend.h"
 #include "tests/cifar_fixture.h"
 #include "tests/test_util.h"
-#include "train/attacks.h"
+#include "train/attacks/attack.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -29,9 +29,9 @@ Trained* trained() {
   std::filesystem::path dir = cifar_subset("attacks", 500);
   if (dir.empty()) return nullptr;
   TrainConfig c;
-  c.data = dir.string();
-  c.holdout = 400;
-  c.n_train = 2000;
+  c.data.data = dir.string();
+  c.data.holdout = 400;
+  c.data.n_train = 2000;
   c.model = "wrn-10-1";
   c.batch = 50;
   c.epochs = 3;
@@ -54,10 +54,27 @@ Trained* trained() {
   return t.get();
 }
 
+std::vector<char> flags(const Tensor& mask) {
+  std::vector<char> out;
+  for (double v : mask.to(Device::cpu).to_vector()) out.push_back(v != 0);
+  return out;
+}
+
 double fraction(const std::vector<char>& v) {
   double s = 0;
   for (char c : v) s += c;
   return s / double(v.size());
+}
+
+std::vector<char> correctly_classified(nets::Model& model, const Tensor& x, const Tensor& y) {
+  return flags(correct_mask(model, x, y, DType::f32));
+}
+
+AttackResult attack(const Trained& t, const std::string& spec, double eps, uint64_t seed) {
+  std::vector<std::unique_ptr<Attack>> a = parse_attacks(spec);
+  REQUIRE(a.size() == 1);
+  AttackContext ctx{*t.model, DType::f32, eps, seed};
+  return a[0]->run(ctx, t.x, t.y, correct_mask(*t.model, t.x, t.y, DType::f32));
 }
 
 TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally trained model") {
@@ -67,17 +84,18 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
     return;
   }
   const double eps = 8.0 / 255.0;
-  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y, DType::f32);
+  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y);
   double clean = fraction(correct);
-  for (const AttackSpec& a : AttackSpec::parse_list("pgd-ce:10x2,pgd-margin:20,mt:5,apgd-ce:20,apgd-t:5")) {
-    AttackResult r = run_attack(*t->model, t->x, t->y, correct, a, eps, 11, DType::f32);
-    double robust = fraction(r.robust);
-    std::printf("attack %-12s eps 8/255: clean %.2f -> robust %.2f\n", a.label.c_str(), clean, robust);
-    INFO(a.label);
+  for (const char* spec : {"pgd-ce:10x2", "pgd-margin:20", "mt:5", "apgd-ce:20", "apgd-t:5"}) {
+    AttackResult r = attack(*t, spec, eps, 11);
+    std::vector<char> still = flags(r.robust);
+    double robust = fraction(still);
+    std::printf("attack %-12s eps 8/255: clean %.2f -> robust %.2f\n", spec, clean, robust);
+    INFO(spec);
     CHECK(clean > 0.25);
     CHECK(robust < clean / 3);
-    for (size_t i = 0; i < r.robust.size(); ++i)
-      if (r.robust[i]) CHECK(correct[i]);  // an attack never repairs a misclassified example
+    for (size_t i = 0; i < still.size(); ++i)
+      if (still[i]) CHECK(correct[i]);  // an attack never repairs a misclassified example
     double worst_ball = 0, worst_box = 0;
     for (int64_t i = 0; i < t->x.numel(); ++i) {
       double d = r.delta.at(i), x = t->x.at(i);
@@ -88,9 +106,9 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
     CHECK(worst_box <= 1e-6);
     // An example the attack reports broken is misclassified at its perturbation.
     Tensor xa = backend::add(t->x, r.delta);
-    std::vector<char> at_delta = correctly_classified(*t->model, xa, t->y, DType::f32);
-    for (size_t i = 0; i < r.robust.size(); ++i)
-      if (correct[i] && !r.robust[i]) CHECK_FALSE(at_delta[i]);
+    std::vector<char> at_delta = correctly_classified(*t->model, xa, t->y);
+    for (size_t i = 0; i < still.size(); ++i)
+      if (correct[i] && !still[i]) CHECK_FALSE(at_delta[i]);
   }
 }
 
@@ -101,18 +119,15 @@ TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradie
     return;
   }
   const double eps = 1.0 / 255.0;  // small enough that not every example breaks
-  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y, DType::f32);
-  AttackResult pgd = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("pgd-ce:45x1")[0], eps, 3,
-                                DType::f32);
-  AttackResult apgdt = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("apgd-t:5")[0], eps, 3,
-                                  DType::f32);
+  std::vector<char> correct = correctly_classified(*t->model, t->x, t->y);
+  std::vector<char> pgd = flags(attack(*t, "pgd-ce:45x1", eps, 3).robust);
+  AttackResult apgdt = attack(*t, "apgd-t:5", eps, 3);
   std::printf("eps 1/255: clean %.2f, pgd-ce:45x1 %.2f, apgd-t:5 (9 targets) %.2f\n", fraction(correct),
-              fraction(pgd.robust), fraction(apgdt.robust));
-  CHECK(fraction(pgd.robust) > 0);  // the comparison means something
-  CHECK(fraction(apgdt.robust) <= fraction(pgd.robust));
-  AttackResult again = run_attack(*t->model, t->x, t->y, correct, AttackSpec::parse_list("apgd-t:5")[0], eps, 3,
-                                  DType::f32);
-  CHECK(again.robust == apgdt.robust);
+              fraction(pgd), fraction(flags(apgdt.robust)));
+  CHECK(fraction(pgd) > 0);  // the comparison means something
+  CHECK(fraction(flags(apgdt.robust)) <= fraction(pgd));
+  AttackResult again = attack(*t, "apgd-t:5", eps, 3);
+  CHECK(flags(again.robust) == flags(apgdt.robust));
   CHECK(again.delta.to_vector() == apgdt.delta.to_vector());
 }
 
@@ -122,9 +137,9 @@ TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and repro
   Tensor w = gen.normal({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
   PerExampleLoss linear = [w](const Tensor& xx) { return per_example_dot(xx, w); };
   PerExampleLoss curved = [w](const Tensor& xx) { return per_example_dot(softplus(scale(xx, 3.0)), w); };
-  std::vector<double> g0 = measure_gamma(linear, x, 0.1, 10, 2, 5);
-  std::vector<double> g1 = measure_gamma(curved, x, 0.1, 10, 2, 5);
-  std::vector<double> g2 = measure_gamma(curved, x, 0.1, 10, 2, 5);
+  std::vector<double> g0 = measure_gamma(linear, x, 0.1, 10, 2, 5).to_vector();
+  std::vector<double> g1 = measure_gamma(curved, x, 0.1, 10, 2, 5).to_vector();
+  std::vector<double> g2 = measure_gamma(curved, x, 0.1, 10, 2, 5).to_vector();
   for (size_t i = 0; i < g0.size(); ++i) {
     CHECK(g0[i] < 1e-12);
     CHECK(g1[i] > 1e-3);
@@ -133,7 +148,8 @@ TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and repro
   Trained* t = trained();
   if (!t) return;
   Tensor x4 = t->x;
-  std::vector<double> gm = measure_gamma(model_cross_entropy(*t->model, t->y, DType::f32), x4, 8.0 / 255.0, 5, 1, 2);
+  std::vector<double> gm =
+      measure_gamma(model_cross_entropy(*t->model, t->y, DType::f32), x4, 8.0 / 255.0, 5, 1, 2).to_vector();
   double mean = 0;
   for (double v : gm) mean += v / double(gm.size());
   std::printf("gamma of the trained WRN-10-1 at 8/255 (5 steps): mean %.4f\n", mean);

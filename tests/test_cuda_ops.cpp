@@ -211,7 +211,8 @@ TEST_CASE("CUDA device query") {
 }  // namespace
 }  // namespace llr::test
 
-#include "train/objectives.h"
+#include "tests/method_util.h"
+#include "train/robust/robust_kernels.h"
 
 namespace llr::test {
 namespace {
@@ -221,7 +222,7 @@ namespace {
 TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
   if (!gpu_ready("CUDA objective gradients")) return;
   cuda::context().set_tf32(false);
-  for (Method method : {Method::natural, Method::pgd, Method::trades, Method::llr}) {
+  for (const char* method : kMethods) {
     auto cpu_model = nets::make_model("wrn-10-1", Act::softplus, 10, 21, Device::cpu, DType::f64);
     auto gpu_model = nets::make_model("wrn-10-1", Act::softplus, 10, 21, Device::cuda, DType::f32);
     // Same parameters: the f64 values rounded to f32 on both sides.
@@ -234,19 +235,18 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
     }
     Generator gen(22);
     Tensor x = rounded(gen.uniform({6, 16, 16, 3}, 0, 1, DType::f64, Layout::nhwc), DType::f32);
-    Tensor delta = rounded(backend::perturbation_init(x, 8.0 / 255.0, 0.0, 3, 0), DType::f32);
+    Tensor delta = rounded(robust::perturbation_init(x, 8.0 / 255.0, 0.0, 3, 0), DType::f32);
     Tensor y = gen.randint({6}, 0, 10);
-    ObjectiveConfig cfg;
-    cfg.method = method;
+    std::unique_ptr<Method> objective = method_with(method);
     auto run = [&](nets::Model& m, const Tensor& xx, const Tensor& dd, const Tensor& yy, DType dt) {
-      ObjectiveOptions o;
-      o.compute = dt;
-      o.update_running = false;
-      o.fixed_delta = &dd;
-      ObjectiveResult r = build_objective(m, xx, yy, cfg, o);
+      StepContext ctx;
+      ctx.compute = dt;
+      ctx.update_running = false;
+      ctx.fixed_delta = &dd;
+      TapeScope scope;
+      ObjectiveResult r = objective->build(m, xx, yy, RobustSettings(), ctx);
       std::vector<Tensor> g = objective_gradients(r, m.parameters());
       g.insert(g.begin(), r.loss);
-      Tape::current().clear();
       return g;
     };
     std::vector<Tensor> ref = run(*cpu_model, x, delta, y, DType::f64);
@@ -256,8 +256,7 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
     Mode m{"f32", DType::f32, false, 1e-4};  // f32 through ~20 layers, a reverse pass and a tangent pass
     bool ok = true;
     for (size_t k = 0; k < ref.size(); ++k) ok &= check_close(k == 0 ? "loss" : "gradient", "objective", m, got[k], ref[k]);
-    const char* names[] = {"natural", "pgd", "trades", "llr"};
-    std::printf("cuda vs cpu objective %-8s %s\n", names[int(method)], ok ? "ok" : "MISMATCH");
+    std::printf("cuda vs cpu objective %-8s %s\n", method, ok ? "ok" : "MISMATCH");
   }
   cuda::context().set_tf32(true);
 }

@@ -66,7 +66,7 @@ TEST_CASE("error messages say where the check failed") {
   } catch (const Error& e) {
     std::string what = e.what();
     CHECK(what.find("shape mismatch") != std::string::npos);
-    CHECK(what.find("failed at cpu_common.h:") != std::string::npos);
+    CHECK(what.find("failed at backend_checks.cpp:") != std::string::npos);
   }
 }
 

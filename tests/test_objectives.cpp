@@ -6,37 +6,36 @@
 #include <cstdio>
 
 #include "engine/backend.h"
-#include "train/objective_check.h"
+#include "tests/method_util.h"
 #include "tests/test_util.h"
+#include "train/objective_check.h"
+#include "train/robust/robust_kernels.h"
 
 namespace llr::test {
 namespace {
 
-ObjectiveCheckReport run(Method m, Act act, LlrGrad g = LlrGrad::exact) {
-  ObjectiveConfig cfg;
-  cfg.method = m;
-  cfg.llr_grad = g;
-  cfg.llr_steps = 3;
-  cfg.pgd_steps = 3;
-  cfg.eps = 0.1;  // large enough that g and d are well away from 0
+ObjectiveCheckReport run(const std::string& name, Act act) {
+  std::unique_ptr<Method> m = method_with(name, {{"llr_steps", 3}});
+  RobustSettings robust;
+  robust.attack_steps = 3;
+  robust.eps = 0.1;  // large enough that g and d are well away from 0
   ObjectiveCheckOptions opt;
   opt.act = act;
   opt.samples_per_tensor = 4;
-  ObjectiveCheckReport r = check_objective_gradient(cfg, opt);
-  const char* names[] = {"natural", "pgd", "trades", "llr"};
-  std::printf("objective gradcheck %-8s %-8s %-5s: max rel. error %.2e over %lld parameters in %lld tensors (%lld "
+  ObjectiveCheckReport r = check_objective_gradient(*m, robust, opt);
+  std::printf("objective gradcheck %-8s %-8s: max rel. error %.2e over %lld parameters in %lld tensors (%lld "
               "kinks skipped), objective %.6f\n",
-              names[int(m)], act == Act::relu ? "relu" : "softplus", g == LlrGrad::exact ? "exact" : "fd",
-              r.max_rel_error, static_cast<long long>(r.checked), static_cast<long long>(r.tensors),
+              name.c_str(), act == Act::relu ? "relu" : "softplus", r.max_rel_error,
+              static_cast<long long>(r.checked), static_cast<long long>(r.tensors),
               static_cast<long long>(r.skipped_kinks), r.objective);
   return r;
 }
 
 TEST_CASE("every objective's gradient matches finite differences in f64 (softplus and ReLU WRN-10-1)") {
   for (Act act : {Act::softplus, Act::relu})
-    for (Method m : {Method::natural, Method::pgd, Method::trades, Method::llr}) {
+    for (const char* m : kMethods) {
       ObjectiveCheckReport r = run(m, act);
-      INFO("method ", int(m), " act ", int(act), ": worst ", r.worst);
+      INFO("method ", m, " act ", int(act), ": worst ", r.worst);
       CHECK(r.checked >= 3 * r.tensors);
       CHECK(r.max_rel_error < 1e-6);
     }
@@ -49,19 +48,14 @@ namespace llr::test {
 namespace {
 
 std::vector<Tensor> llr_gradient(nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,
-                                 LlrGrad g, double h) {
-  ObjectiveConfig cfg;
-  cfg.method = Method::llr;
-  cfg.llr_grad = g;
-  cfg.fd_step = h;
-  ObjectiveOptions o;
-  o.compute = DType::f64;
-  o.update_running = false;
-  o.fixed_delta = &delta;
-  ObjectiveResult r = build_objective(model, x, y, cfg, o);
-  std::vector<Tensor> grads = objective_gradients(r, model.parameters());
-  Tape::current().clear();
-  return grads;
+                                 const char* g, double h) {
+  std::unique_ptr<Method> m = method_with("llr", {{"llr_grad", g}, {"fd_step", h > 0 ? h : 0.01}});
+  StepContext ctx;
+  ctx.compute = DType::f64;
+  ctx.update_running = false;
+  ctx.fixed_delta = &delta;
+  TapeScope scope;
+  return objective_gradients(m->build(model, x, y, RobustSettings(), ctx), model.parameters());
 }
 
 double max_rel_diff(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
@@ -79,11 +73,11 @@ TEST_CASE("the finite-difference LLR gradient converges to the exact one at seco
   auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 12, Device::cpu, DType::f64);
   Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
   Tensor y = gen.randint({4}, 0, 10);
-  Tensor delta = backend::perturbation_init(x, 8.0 / 255.0, 0.0, 5, 0);
-  std::vector<Tensor> exact = llr_gradient(*model, x, y, delta, LlrGrad::exact, 0);
-  double e1 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.4), exact);
-  double e2 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.2), exact);
-  double e3 = max_rel_diff(llr_gradient(*model, x, y, delta, LlrGrad::fd, 0.1), exact);
+  Tensor delta = robust::perturbation_init(x, 8.0 / 255.0, 0.0, 5, 0);
+  std::vector<Tensor> exact = llr_gradient(*model, x, y, delta, "exact", 0);
+  double e1 = max_rel_diff(llr_gradient(*model, x, y, delta, "fd", 0.4), exact);
+  double e2 = max_rel_diff(llr_gradient(*model, x, y, delta, "fd", 0.2), exact);
+  double e3 = max_rel_diff(llr_gradient(*model, x, y, delta, "fd", 0.1), exact);
   std::printf("LLR fd vs exact gradient, max difference / max |gradient|: h=0.4 %.3e, h=0.2 %.3e, h=0.1 %.3e "
               "(ratios %.2f, %.2f; second order gives 4)\n",
               e1, e2, e3, e1 / e2, e2 / e3);
@@ -103,7 +97,7 @@ TEST_CASE("the fused perturbation step matches an unfused reference and stays in
   Tensor gx = gen.normal(s, 0, 1, DType::f64, Layout::nhwc);
   Tensor sign_g = Tensor::from_vector({1, -1, 1}, {3}, DType::f64);
   for (PerturbationUpdate u : {PerturbationUpdate::sign, PerturbationUpdate::adam}) {
-    Tensor delta = backend::perturbation_init(x, eps, 0.0, 7, 0);
+    Tensor delta = robust::perturbation_init(x, eps, 0.0, 7, 0);
     Tensor ref = delta.clone();
     Tensor m = backend::full_like(x, 0.0), v = backend::full_like(x, 0.0);
     std::vector<double> rm(x.numel(), 0.0), rv(x.numel(), 0.0);
@@ -114,7 +108,7 @@ TEST_CASE("the fused perturbation step matches an unfused reference and stays in
     for (int t = 1; t <= 6; ++t) {
       Tensor gw = gen.normal(s, 0, 1, DType::f64, Layout::nhwc);
       p.t = t;
-      Tensor d = backend::perturbation_step(delta, x, gw, gx, sign_g, m, v, p);
+      Tensor d = robust::perturbation_step(delta, x, gw, gx, sign_g, m, v, p);
       // Unfused reference, written out.
       double b1 = 1 - std::pow(p.beta1, t), b2 = 1 - std::pow(p.beta2, t);
       std::vector<double> dots(3, 0.0);
@@ -149,26 +143,28 @@ TEST_CASE("the LLR search stays in the ball and the box and raises the linearity
   auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 14, Device::cpu, DType::f64);
   Tensor x = gen.uniform({8, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
   Tensor y = gen.randint({8}, 0, 10);
-  ObjectiveConfig cfg;
-  cfg.method = Method::llr;
-  cfg.eps = 0.05;
-  ObjectiveOptions o;
-  o.compute = DType::f64;
-  o.update_running = false;
-  cfg.llr_steps = 0;
-  double gamma0 = host_value(build_objective(*model, x, y, cfg, o).metrics["llr_gamma"]);
-  Tape::current().clear();
-  for (PerturbationUpdate u : {PerturbationUpdate::adam, PerturbationUpdate::sign}) {
-    cfg.llr_steps = 10;
-    cfg.llr_search = u;
-    cfg.llr_step_size = u == PerturbationUpdate::adam ? 0.1 : 0.01;
-    ObjectiveResult r = build_objective(*model, x, y, cfg, o);
-    Tape::current().clear();
-    std::printf("LLR search (%s, 10 steps): mean |g| %.4g vs %.4g at the random start\n",
-                u == PerturbationUpdate::adam ? "adam" : "sign", host_value(r.metrics["llr_gamma"]), gamma0);
+  StepContext ctx;
+  ctx.compute = DType::f64;
+  ctx.update_running = false;
+  ctx.eps = 0.05;
+  RobustSettings robust;
+  double gamma0;
+  {
+    std::unique_ptr<Method> start = method_with("llr");
+    start->set_steps(robust, 0);
+    TapeScope scope;
+    gamma0 = host_value(start->build(*model, x, y, robust, ctx).metrics["llr_gamma"]);
+  }
+  for (const char* u : {"adam", "sign"}) {
+    std::unique_ptr<Method> m =
+        method_with("llr", {{"llr_steps", 10}, {"llr_search", u}, {"llr_step_size", u == std::string("adam") ? 0.1 : 0.01}});
+    TapeScope scope;
+    ObjectiveResult r = m->build(*model, x, y, robust, ctx);
+    std::printf("LLR search (%s, 10 steps): mean |g| %.4g vs %.4g at the random start\n", u,
+                host_value(r.metrics["llr_gamma"]), gamma0);
     CHECK(host_value(r.metrics["llr_gamma"]) > 2 * gamma0);
     for (int64_t i = 0; i < x.numel(); ++i) {
-      REQUIRE(std::fabs(r.delta.at(i)) <= cfg.eps + 1e-15);
+      REQUIRE(std::fabs(r.delta.at(i)) <= ctx.eps + 1e-15);
       REQUIRE(x.at(i) + r.delta.at(i) >= -1e-15);
       REQUIRE(x.at(i) + r.delta.at(i) <= 1 + 1e-15);
     }
@@ -196,13 +192,13 @@ TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its
   }
   for (const char* method : {"natural", "pgd", "trades", "llr"}) {
     TrainConfig c;
-    c.data = dir.string();
+    c.data.data = dir.string();
     c.model = "wrn-10-1";
     c.act = "softplus";
     c.method = method;
-    c.objective.pgd_steps = 3;
-    c.objective.llr_steps = 3;
-    c.objective.eps_warmup_steps = 0;
+    c.robust.attack_steps = 3;
+    read_json(c.methods, nlohmann::json{{"llr_steps", 3}}, "test");
+    c.robust.eps_warmup = 0;
     c.batch = 50;
     c.steps = 30;
     c.log_every = 10;
@@ -238,18 +234,37 @@ TEST_CASE("the logged loss of every objective equals its definition") {
   auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 15, Device::cpu, DType::f64);
   Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f64, Layout::nhwc);
   Tensor y = gen.randint({4}, 0, 10);
-  Tensor delta = backend::perturbation_init(x, 0.05, 0.0, 3, 0);
-  for (Method m : {Method::natural, Method::pgd, Method::trades, Method::llr}) {
-    ObjectiveConfig cfg;
-    cfg.method = m;
-    ObjectiveOptions o;
-    o.compute = DType::f64;
-    o.update_running = false;
-    o.fixed_delta = &delta;
-    double logged = host_value(build_objective(*model, x, y, cfg, o).loss);
-    Tape::current().clear();
-    double defined = objective_value(*model, x, y, delta, cfg, DType::f64);
-    INFO("method ", int(m));
+  Tensor delta = robust::perturbation_init(x, 0.05, 0.0, 3, 0);
+  for (const char* name : kMethods) {
+    std::unique_ptr<Method> m = method_with(name);
+    StepContext ctx;
+    ctx.compute = DType::f64;
+    ctx.update_running = false;
+    ctx.fixed_delta = &delta;
+    double logged;
+    {
+      TapeScope scope;
+      logged = host_value(m->build(*model, x, y, RobustSettings(), ctx).loss);
+    }
+    // The definition computed independently of build(): LLR's from d and g, the others' written out here (batch norm
+    // with each pass's own statistics).
+    double defined;
+    if (std::string(name) == "llr") {
+      defined = m->definition(*model, x, y, delta, RobustSettings(), DType::f64);
+    } else {
+      NoGradGuard no_grad;
+      TapeScope scope;
+      nets::ForwardContext train_mode;
+      train_mode.compute = DType::f64;
+      Tensor clean = model->forward(x, train_mode);
+      nets::ForwardContext train_mode2 = train_mode;
+      Tensor adv = model->forward(add(x, delta), train_mode2);
+      if (std::string(name) == "natural") defined = host_value(mean(cross_entropy(clean, y)));
+      if (std::string(name) == "pgd") defined = host_value(mean(cross_entropy(adv, y)));
+      if (std::string(name) == "trades")
+        defined = host_value(mean(cross_entropy(clean, y))) + 6.0 * host_value(mean(kl_div(clean, adv)));
+    }
+    INFO("method ", name);
     CHECK(logged == doctest::Approx(defined).epsilon(1e-12));
   }
 }

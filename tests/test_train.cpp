@@ -6,7 +6,7 @@
 #include <cstring>
 #include <unistd.h>
 
-#include "engine/augment_math.h"
+#include "train/augment_math.h"
 #include "engine/backend.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -163,9 +163,9 @@ std::vector<std::string> lines(const fs::path& p) {
 TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an uninterrupted run does") {
   fs::path dir = temp_dir("resume");
   TrainConfig c;
-  c.data = "synthetic";
-  c.synthetic_train = 128;
-  c.synthetic_val = 32;
+  c.data.data = "synthetic";
+  c.data.synthetic_train = 128;
+  c.data.synthetic_val = 32;
   c.model = "wrn-10-1";
   c.batch = 32;
   c.epochs = 3;  // 4 steps per epoch
@@ -180,13 +180,14 @@ TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an 
   CHECK(full.steps == 12);
 
   c.out = (dir / "split").string();
-  c.stop_after = 6;  // mid-epoch
-  TrainSummary first = train(c);
+  TrainOptions stop;
+  stop.stop_after = 6;  // mid-epoch
+  TrainSummary first = train(c, stop);
   CHECK(first.interrupted);
   CHECK(first.steps == 6);
-  TrainConfig r;
-  r.epochs = 0;
-  TrainSummary second = train(r, c.out);
+  TrainOptions resume;
+  resume.resume = c.out;
+  TrainSummary second = train(TrainConfig(), resume);
   CHECK(second.steps == 12);
 
   // Same weights, bit for bit.
@@ -218,9 +219,9 @@ TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an 
 TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves the last checkpoint intact") {
   fs::path dir = temp_dir("nan");
   TrainConfig c;
-  c.data = "synthetic";
-  c.synthetic_train = 128;
-  c.synthetic_val = 32;
+  c.data.data = "synthetic";
+  c.data.synthetic_train = 128;
+  c.data.synthetic_val = 32;
   c.model = "wrn-10-1";
   c.batch = 32;
   c.epochs = 2;  // 4 steps per epoch
@@ -231,7 +232,7 @@ TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves 
   c.device = "cpu";
   c.log_every = 2;
   c.out = (dir / "run").string();
-  CHECK_THROWS_WITH_AS(train(c), doctest::Contains("training loss became"), Error);
+  CHECK_THROWS_WITH_AS(train(c), doctest::Contains("training diverged"), Error);
   io::SafetensorsFile f = io::read_safetensors((dir / "run" / "model.safetensors").string());
   CHECK(f.metadata.at("step") == "4");  // the end of the first epoch, before the blow-up
   auto m = nets::make_model("wrn-10-1", Act::relu, 10, 0, Device::cpu);
@@ -249,8 +250,8 @@ TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chanc
     return;
   }
   TrainConfig c;
-  c.data = dir.string();
-  c.holdout = 1000;
+  c.data.data = dir.string();
+  c.data.holdout = 1000;
   c.model = "wrn-10-1";
   c.batch = 50;
   c.epochs = 5;

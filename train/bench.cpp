@@ -7,45 +7,64 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
-#include "train/objectives.h"
 #include "train/optimizer.h"
+#include "train/step.h"
 #include "train/trainer.h"
 
 namespace llr {
 
-void run_bench(const BenchConfig& cfg) {
+BenchMethod parse_bench_method(const std::string& spec) {
+  BenchMethod m;
+  size_t dash = spec.rfind('-');
+  bool numbered = dash != std::string::npos && dash + 1 < spec.size() &&
+                  spec.find_first_not_of("0123456789", dash + 1) == std::string::npos;
+  m.name = numbered ? spec.substr(0, dash) : spec;
+  if (numbered) m.steps = static_cast<int>(parse_integer(spec.substr(dash + 1), "--methods " + spec));
+  LLR_CHECK(!numbered || m.steps >= 1, "--methods: ", spec, " needs at least one step");
+  return m;
+}
+
+void run_bench(BenchConfig cfg) {
+  validate(cfg);
   Device device = resolve_device(cfg.device);
-  DType compute = resolve_precision(cfg.precision == "fp32" ? "fp32" : cfg.precision, device);
-  LLR_CHECK(cfg.iters > 0 && cfg.warmup >= 0 && cfg.batch > 0, "bench: --iters and --batch must be positive");
+  DType compute = resolve_precision(cfg.precision, device);
+  std::vector<std::string> specs;
+  for (size_t at = 0; at <= cfg.methods.size();) {
+    size_t comma = cfg.methods.find(',', at);
+    if (comma == std::string::npos) comma = cfg.methods.size();
+    if (comma > at) specs.push_back(cfg.methods.substr(at, comma - at));
+    at = comma + 1;
+  }
+  LLR_CHECK(!specs.empty(), "--methods: no method given");
+  // Every method resolved before any timing: a typo fails at once.
+  MethodSet methods;
+  for (const std::string& spec : specs) methods.get(parse_bench_method(spec).name);
+  nlohmann::json llr_grad = {{"llr_grad", cfg.llr_grad}};
   std::vector<nlohmann::json> rows;
-  for (const std::string& spec : cfg.methods) {
-    size_t dash = spec.find('-');
-    std::string name = spec.substr(0, dash);
-    int steps = dash == std::string::npos ? 0 : std::stoi(spec.substr(dash + 1));
-    ObjectiveConfig oc;
-    oc.method = ObjectiveConfig::parse_method(name);
-    oc.pgd_steps = oc.llr_steps = steps;
-    oc.llr_grad = cfg.llr_grad == "fd" ? LlrGrad::fd : LlrGrad::exact;
+  for (const std::string& spec : specs) {
+    BenchMethod bm = parse_bench_method(spec);
+    MethodSet set;
+    read_json(set, llr_grad, "--llr-grad");
+    RobustSettings robust;
+    Method& method = set.get(bm.name);
+    if (bm.steps > 0) method.set_steps(robust, bm.steps);
     auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), 10, 0, device);
     Sgd opt(*model, {0.9, false, 5e-4});
     Generator gen(1);
     Tensor x = gen.uniform({cfg.batch, 32, 32, 3}, 0, 1, DType::f32, Layout::nhwc).to(device);
     Tensor y = gen.randint({cfg.batch}, 0, 10).to(device);
-    std::vector<Tensor> params = model->parameters();
     Backend& be = backend_for(device);
     std::vector<double> ms;
     if (DeviceAllocator* a = device_allocator(); a && device != Device::cpu) a->reset_peak();
     reset_host_memory_peak();
-    for (int i = 0; i < cfg.warmup + cfg.iters; ++i) {
+    for (int64_t i = 0; i < cfg.warmup + cfg.iters; ++i) {
       be.synchronize();
       auto t0 = std::chrono::steady_clock::now();
-      ObjectiveOptions o;
-      o.compute = compute;
-      o.step = static_cast<uint64_t>(i) + 1000;  // past any eps warm-up
-      ObjectiveResult r = build_objective(*model, x, y, oc, o);
-      std::vector<Tensor> grads = objective_gradients(r, params);
-      Tape::current().clear();
-      opt.step(grads, 0.01);
+      StepContext ctx;
+      ctx.compute = compute;
+      ctx.step = static_cast<uint64_t>(i);
+      ctx.eps = robust.eps;  // the full radius: no warm-up
+      training_step(*model, opt, method, robust, x, y, ctx, 0.01);
       be.synchronize();
       double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (i >= cfg.warmup) ms.push_back(t);
@@ -58,7 +77,7 @@ void run_bench(const BenchConfig& cfg) {
     nlohmann::json j = {{"framework", "llrtrain"},
                         {"model", cfg.model},
                         {"act", cfg.act},
-                        {"method", spec + (oc.method == Method::llr ? (cfg.llr_grad == "fd" ? "-fd" : "-exact") : "")},
+                        {"method", spec + (bm.name == "llr" ? "-" + cfg.llr_grad : "")},
                         {"prec", cfg.precision},
                         {"batch", cfg.batch},
                         {"device", device_name(device)},
@@ -69,7 +88,11 @@ void run_bench(const BenchConfig& cfg) {
                         {"peak_gib", peak}};
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
-    if (!cfg.json.empty()) std::ofstream(cfg.json, std::ios::app) << j.dump() << "\n";
+    if (!cfg.json.empty()) {
+      std::ofstream out(cfg.json, std::ios::app);
+      out << j.dump() << "\n";
+      LLR_CHECK(out.good(), "cannot append to ", cfg.json);
+    }
     rows.push_back(j);
   }
   std::printf("\n%-12s %-6s %-14s %10s %9s %8s\n", "model", "prec", "method", "ms/step", "img/s", "peakGiB");

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "engine/backend.h"
+#include "train/training_kernels.h"
 
 namespace llr::data {
 
@@ -165,8 +166,8 @@ Batch make_batch(const Dataset& d, const Tensor& order, int64_t begin, int64_t c
                  uint64_t step, DType dtype) {
   LLR_CHECK(begin >= 0 && count > 0 && begin + count <= order.numel(), "batch [", begin, ", ", begin + count,
             ") outside an order of ", order.numel());
-  return {backend::gather_images(d.images, order, begin, count, augment, seed, step, dtype),
-          backend::gather_labels(d.labels, order, begin, count)};
+  return {training::gather_images(d.images, order, begin, count, augment, seed, step, dtype),
+          training::gather_labels(d.labels, order, begin, count)};
 }
 
 Batch make_batch(const Dataset& d, const std::vector<int32_t>& order, int64_t begin, int64_t count, bool augment,

@@ -5,27 +5,16 @@
 #include <cstring>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/gradcheck.h"
 #include "train/checkpoint.h"
 #include "train/safetensors.h"
 
 namespace llr {
 
-namespace {
-
-const char* method_name(Method m) {
-  switch (m) {
-    case Method::natural: return "natural";
-    case Method::pgd: return "pgd";
-    case Method::trades: return "trades";
-    case Method::llr: return "llr";
-  }
-  return "?";
-}
-
-}  // namespace
-
-ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const ObjectiveCheckOptions& opt) {
+ObjectiveCheckReport check_objective_gradient(const Method& method, const RobustSettings& robust,
+                                              const ObjectiveCheckOptions& opt) {
   auto model = nets::make_model(opt.model, opt.act, 10, opt.seed, Device::cpu, DType::f64);
   // Scales and shifts away from 1 and 0, so the check sees every parameter's role.
   Generator gen(opt.seed + 101);
@@ -38,19 +27,19 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
   Tensor x = gen.uniform({opt.batch, opt.image, opt.image, 3}, 0.0, 1.0, DType::f64, Layout::nhwc);
   Tensor y = gen.randint({opt.batch}, 0, 10);
 
-  ObjectiveOptions o;
-  o.compute = DType::f64;
-  o.seed = opt.seed;
-  o.update_running = false;
+  StepContext ctx;
+  ctx.compute = DType::f64;
+  ctx.seed = opt.seed;
+  ctx.update_running = false;
+  ctx.eps = robust.eps;
   // The perturbation: the method's own attack or search at these parameters, then held fixed.
   Tensor delta;
-  if (cfg.method != Method::natural) {
-    delta = build_objective(*model, x, y, cfg, o).delta.detach();
-    Tape::current().clear();
-  } else {
-    delta = backend::full_like(x, 0.0);
+  {
+    TapeScope scope;
+    delta = method.build(*model, x, y, robust, ctx).delta;
   }
-  o.fixed_delta = &delta;
+  delta = delta.defined() ? delta.detach() : backend::full_like(x, 0.0);
+  ctx.fixed_delta = &delta;
 
   std::vector<nets::NamedTensor*> entries;
   std::vector<Tensor> params;
@@ -59,13 +48,15 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
       entries.push_back(&e);
       params.push_back(e.tensor);
     }
-  ObjectiveResult r = build_objective(*model, x, y, cfg, o);
-  std::vector<Tensor> grads = objective_gradients(r, params);
-  Tape::current().clear();
+  std::vector<Tensor> grads;
+  {
+    TapeScope scope;
+    grads = objective_gradients(method.build(*model, x, y, robust, ctx), params);
+  }
 
   ObjectiveCheckReport rep;
   rep.tensors = static_cast<int64_t>(params.size());
-  rep.objective = objective_value(*model, x, y, delta, cfg, DType::f64);
+  rep.objective = method.definition(*model, x, y, delta, robust, DType::f64);
   const double h = opt.step;
   for (size_t k = 0; k < params.size(); ++k) {
     Tensor p = params[k];
@@ -76,9 +67,9 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
     for (int64_t j : idx) {
       double p0 = p.at(j);
       p.set(j, p0 + h);
-      double fp = objective_value(*model, x, y, delta, cfg, DType::f64);
+      double fp = method.definition(*model, x, y, delta, robust, DType::f64);
       p.set(j, p0 - h);
-      double fm = objective_value(*model, x, y, delta, cfg, DType::f64);
+      double fm = method.definition(*model, x, y, delta, robust, DType::f64);
       p.set(j, p0);
       double fwd = (fp - rep.objective) / h, bwd = (rep.objective - fm) / h;
       if (std::fabs(fwd - bwd) > opt.kink_tolerance * std::max({1.0, std::fabs(fwd), std::fabs(bwd)})) {
@@ -110,17 +101,17 @@ ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const 
     std::ostringstream obj;
     obj.precision(17);
     obj << rep.objective;
-    io::write_safetensors(opt.dump, t,
-                          {{"model", opt.model},
-                           {"act", nets::act_name(opt.act)},
-                           {"method", method_name(cfg.method)},
-                           {"llr_grad", cfg.llr_grad == LlrGrad::exact ? "exact" : "fd"},
-                           {"lambda", std::to_string(cfg.lambda)},
-                           {"mu", std::to_string(cfg.mu)},
-                           {"nominal_weight", std::to_string(cfg.nominal_weight)},
-                           {"trades_beta", std::to_string(cfg.trades_beta)},
-                           {"attack_bn", cfg.attack_bn == nets::BnMode::eval ? "eval" : "train"},
-                           {"objective", obj.str()}});
+    // The method's and the shared robust settings, for the reference to rebuild the same objective.
+    nlohmann::json settings = nlohmann::json::object();
+    RobustSettings rs = robust;
+    write_json(rs, settings);
+    std::unique_ptr<Method> m = method.clone();
+    write_json(*m, settings);
+    io::Metadata meta{{"model", opt.model}, {"act", nets::act_name(opt.act)}, {"method", method.name()},
+                      {"objective", obj.str()}};
+    for (auto it = settings.begin(); it != settings.end(); ++it)
+      meta[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
+    io::write_safetensors(opt.dump, t, meta);
   }
   return rep;
 }

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "train/objectives.h"
+#include "train/methods/method.h"
 
 namespace llr {
 
@@ -28,6 +28,8 @@ struct ObjectiveCheckReport {
   double objective = 0;
 };
 
-ObjectiveCheckReport check_objective_gradient(const ObjectiveConfig& cfg, const ObjectiveCheckOptions& opt);
+// method's gradient at the perturbation its own attack or search chooses (then held fixed), robust.eps the radius.
+ObjectiveCheckReport check_objective_gradient(const Method& method, const RobustSettings& robust,
+                                              const ObjectiveCheckOptions& opt);
 
 }  // namespace llr

@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include "engine/backend.h"
+#include "train/training_kernels.h"
 
 namespace llr {
 
@@ -18,7 +19,7 @@ void Sgd::step(const std::vector<Tensor>& grads, double lr) {
             " parameters");
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].detach();  // updated in place, outside the tape
-    backend::sgd_update(p, grads[i], buffers_[i], lr, options_.momentum, decay_[i] ? options_.weight_decay : 0.0,
+    training::sgd_update(p, grads[i], buffers_[i], lr, options_.momentum, decay_[i] ? options_.weight_decay : 0.0,
                         options_.nesterov, steps_ == 0);
   }
   ++steps_;

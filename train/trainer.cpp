@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,89 +13,17 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
-#include "train/checkpoint.h"
 #include "train/optimizer.h"
+#include "train/run_folder.h"
+#include "train/safetensors.h"
 #include "train/schedule.h"
+#include "train/step.h"
+#include "train/training_kernels.h"
 
 namespace llr {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-std::string TrainConfig::to_json() const {
-  json j = {{"data", data},
-            {"synthetic_train", synthetic_train},
-            {"synthetic_val", synthetic_val},
-            {"holdout", holdout},
-            {"n_train", n_train},
-            {"model", model},
-            {"act", act},
-            {"epochs", epochs},
-            {"steps", steps},
-            {"batch", batch},
-            {"lr", lr},
-            {"schedule", schedule},
-            {"decay_at", decay_at},
-            {"decay_factor", decay_factor},
-            {"warmup_steps", warmup_steps},
-            {"weight_decay", weight_decay},
-            {"momentum", momentum},
-            {"nesterov", nesterov},
-            {"augment", augment},
-            {"seed", seed},
-            {"device", device},
-            {"precision", precision},
-            {"out", out},
-            {"log_every", log_every},
-            {"eval_batch", eval_batch},
-            {"method", method},
-            {"eps", objective.eps},
-            {"eps_warmup_steps", objective.eps_warmup_steps},
-            {"pgd_steps", objective.pgd_steps},
-            {"pgd_alpha", objective.pgd_alpha},
-            {"attack_bn", objective.attack_bn == nets::BnMode::eval ? "eval" : "train"},
-            {"trades_beta", objective.trades_beta},
-            {"llr_steps", objective.llr_steps},
-            {"llr_search", objective.llr_search == PerturbationUpdate::adam ? "adam" : "sign"},
-            {"llr_step_size", objective.llr_step_size},
-            {"lambda", objective.lambda},
-            {"mu", objective.mu},
-            {"nominal_weight", objective.nominal_weight},
-            {"llr_grad", objective.llr_grad == LlrGrad::exact ? "exact" : "fd"},
-            {"fd_step", objective.fd_step}};
-  return j.dump(2) + "\n";
-}
-
-TrainConfig TrainConfig::from_json(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    LLR_FAIL("config.json is not valid JSON: ", e.what());
-  }
-  TrainConfig c;
-  auto get = [&](const char* k, auto& v) {
-    if (j.contains(k)) j.at(k).get_to(v);
-  };
-  get("data", c.data), get("synthetic_train", c.synthetic_train), get("synthetic_val", c.synthetic_val);
-  get("holdout", c.holdout), get("n_train", c.n_train), get("model", c.model), get("act", c.act);
-  get("epochs", c.epochs), get("steps", c.steps), get("batch", c.batch), get("lr", c.lr);
-  get("schedule", c.schedule), get("decay_at", c.decay_at), get("decay_factor", c.decay_factor);
-  get("warmup_steps", c.warmup_steps), get("weight_decay", c.weight_decay), get("momentum", c.momentum);
-  get("nesterov", c.nesterov), get("augment", c.augment), get("seed", c.seed), get("device", c.device);
-  get("precision", c.precision), get("out", c.out), get("log_every", c.log_every), get("eval_batch", c.eval_batch);
-  ObjectiveConfig& o = c.objective;
-  get("method", c.method), get("eps", o.eps), get("eps_warmup_steps", o.eps_warmup_steps);
-  get("pgd_steps", o.pgd_steps), get("pgd_alpha", o.pgd_alpha), get("trades_beta", o.trades_beta);
-  get("llr_steps", o.llr_steps), get("llr_step_size", o.llr_step_size), get("lambda", o.lambda), get("mu", o.mu);
-  get("nominal_weight", o.nominal_weight), get("fd_step", o.fd_step);
-  std::string attack_bn = "eval", search = "adam", llr_grad = "exact";
-  get("attack_bn", attack_bn), get("llr_search", search), get("llr_grad", llr_grad);
-  o.attack_bn = attack_bn == "train" ? nets::BnMode::train : nets::BnMode::eval;
-  o.llr_search = search == "sign" ? PerturbationUpdate::sign : PerturbationUpdate::adam;
-  o.llr_grad = llr_grad == "fd" ? LlrGrad::fd : LlrGrad::exact;
-  return c;
-}
 
 Device resolve_device(const std::string& name) {
   if (name == "cpu") return Device::cpu;
@@ -122,19 +52,21 @@ struct Data {
 };
 
 Data load_data(const TrainConfig& c, Device device) {
-  data::Splits s = c.data == "synthetic" ? data::synthetic_splits(c.synthetic_train, c.synthetic_val, c.seed + 17)
-                                         : data::load_cifar10(c.data, c.holdout);
+  const DataSettings& s = c.data;
+  data::Splits sp = s.data == "synthetic" ? data::synthetic_splits(s.synthetic_train, s.synthetic_val, c.seed + 17)
+                                          : data::load_cifar10(s.data, s.holdout);
   Data d;
-  d.train = s.train;
-  if (c.n_train > 0) {
-    LLR_CHECK(c.n_train <= s.train.size(), "--n-train ", c.n_train, " exceeds the ", s.train.size(), " training images");
-    d.train = data::slice(s.train, 0, c.n_train);
+  d.train = sp.train;
+  if (s.n_train > 0) {
+    LLR_CHECK(s.n_train <= sp.train.size(), "--n-train ", s.n_train, " exceeds the ", sp.train.size(),
+              " training images");
+    d.train = data::slice(sp.train, 0, s.n_train);
   }
-  if (!s.val.empty()) {
-    d.eval = s.val;
+  if (!sp.val.empty()) {
+    d.eval = sp.val;
     d.eval_split = "val";
-  } else if (!s.test.empty()) {
-    d.eval = s.test;
+  } else if (!sp.test.empty()) {
+    d.eval = sp.test;
     d.eval_split = "test";
   }
   d.train = data::to_device(d.train, device);
@@ -165,6 +97,62 @@ class Progress {
   bool tty_;
 };
 
+// SIGINT and SIGTERM set a flag the loop reads at each step boundary; the handlers are installed for the life of a
+// training run only.
+std::atomic<int> stop_signal{0};
+
+class SignalScope {
+ public:
+  SignalScope() {
+    stop_signal = 0;
+    struct sigaction sa = {};
+    sa.sa_handler = [](int sig) { stop_signal = sig; };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ = {}, old_term_ = {};
+};
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  LLR_CHECK(in.good(), "cannot read ", p.string());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// On --resume the run's saved settings rule; those the command line gave are ignored (and said so), except the few
+// resume_may_change() allows, which replace the saved ones and are saved back.
+TrainConfig resumed_config(const TrainConfig& given_cfg, const TrainOptions& opt, Progress& progress, bool* changed) {
+  fs::path cfg_path = fs::path(opt.resume) / "config.json";
+  LLR_CHECK(fs::exists(cfg_path), "--resume ", opt.resume, ": no config.json there (not a run folder)");
+  TrainConfig saved = TrainConfig::from_json(read_text(cfg_path), cfg_path.string());
+  saved.out = opt.resume;
+  nlohmann::json now, before;
+  TrainConfig g = given_cfg;
+  write_json(g, now);
+  write_json(saved, before);
+  std::string ignored;
+  for (const std::string& name : opt.given) {
+    if (name == "out" || !now.contains(name)) continue;
+    if (resume_may_change(name)) {
+      nlohmann::json patch = {{name, now[name]}};
+      read_json(saved, patch, "the command line");
+      *changed = *changed || now[name] != before[name];
+    } else if (now[name] != before[name]) {
+      ignored += (ignored.empty() ? "" : ", ") + std::string("--") + name;
+    }
+  }
+  if (!ignored.empty())
+    progress.line("warning: " + ignored + " ignored on --resume: the run keeps the settings of its config.json");
+  return saved;
+}
+
 }  // namespace
 
 EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, DType compute, int64_t limit) {
@@ -173,8 +161,7 @@ EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, D
   int64_t n = limit > 0 ? std::min(limit, d.size()) : d.size();
   std::vector<int32_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
-  double loss_sum = 0;
-  int64_t correct = 0;
+  Tensor loss_sum, correct;
   Tensor order_dev = data::order_on_device(d, order);
   for (int64_t b = 0; b < n; b += batch) {
     int64_t nb = std::min(batch, n - b);
@@ -183,38 +170,33 @@ EvalResult evaluate(nets::Model& model, const data::Dataset& d, int64_t batch, D
     ctx.bn = nets::BnMode::eval;
     ctx.compute = compute;
     Tensor logits = model.forward(bt.images, ctx);
-    loss_sum += host_value(sum(cross_entropy(logits, bt.labels)));
-    correct += static_cast<int64_t>(std::llround(host_value(backend::count_correct(logits, bt.labels))));
+    Tensor l = backend::sum_all(cross_entropy(logits, bt.labels)), c = training::count_correct(logits, bt.labels);
+    loss_sum = loss_sum.defined() ? backend::add(loss_sum, l) : l;
+    correct = correct.defined() ? backend::add(correct, c) : c;
   }
   r.n = n;
-  r.accuracy = n ? double(correct) / double(n) : 0;
-  r.loss = n ? loss_sum / double(n) : 0;
+  r.accuracy = n ? host_value(correct) / double(n) : 0;
+  r.loss = n ? host_value(loss_sum) / double(n) : 0;
   return r;
 }
 
-TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
+TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
   using clock = std::chrono::steady_clock;
-  auto t0 = clock::now();
-  int64_t start_step = 0;
-  if (!resume_dir.empty()) {
-    std::ifstream in(fs::path(resume_dir) / "config.json");
-    LLR_CHECK(in.good(), "--resume ", resume_dir, ": no config.json there");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    TrainConfig saved = TrainConfig::from_json(text);
-    saved.out = resume_dir;
-    saved.stop_after = cfg.stop_after;
-    if (cfg.epochs != saved.epochs && cfg.epochs > 0 && cfg.steps == 0) saved.epochs = cfg.epochs;  // extend
-    cfg = saved;
-  }
-  LLR_CHECK(cfg.batch > 0, "--batch must be positive");
-  LLR_CHECK(cfg.epochs > 0 || cfg.steps > 0, "--epochs or --steps must be positive");
-  LLR_CHECK(cfg.log_every > 0, "--log-every must be positive");
+  Progress progress(::isatty(::fileno(stdout)) != 0);
+  const bool resuming = !opt.resume.empty();
+  bool config_changed = false;
+  if (resuming) cfg = resumed_config(cfg, opt, progress, &config_changed);
+  // Every setting before any work: a bad flag costs nothing.
+  validate(cfg);
+  LLR_CHECK(opt.stop_after >= 0, "--stop-after must be >= 0, got ", opt.stop_after);
   Device device = resolve_device(cfg.device);
   DType compute = resolve_precision(cfg.precision, device);
-  cfg.objective.method = ObjectiveConfig::parse_method(cfg.method);
-  if (cfg.objective.eps_warmup_steps < 0)  // the official LLR schedule warms eps up over 500 steps
-    cfg.objective.eps_warmup_steps = cfg.objective.method == Method::llr ? 500 : 0;
+  const Method& method = cfg.chosen_method();
+  const int64_t eps_warmup = cfg.eps_warmup();
   if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + cfg.method + "-" + std::to_string(std::time(nullptr));
+  if (!resuming)
+    LLR_CHECK(opt.overwrite || !run::has_contents(cfg.out), "run folder ", cfg.out,
+              " is not empty: resume it with --resume ", cfg.out, ", choose another --out, or pass --overwrite");
   // The model first (a bad name or activation fails before any data is read), the run folder last.
   auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), data::kCifarClasses, cfg.seed, device);
   Data d = load_data(cfg, device);
@@ -232,59 +214,69 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
   for (double f : cfg.decay_at) sched.decay_steps.push_back(static_cast<int64_t>(std::llround(f * double(total))));
 
   fs::create_directories(cfg.out);
-  Sgd opt(*model, {cfg.momentum, cfg.nesterov, cfg.weight_decay});
-  fs::path model_path = fs::path(cfg.out) / "model.safetensors", state_path = fs::path(cfg.out) / "train_state.safetensors";
-  if (!resume_dir.empty()) {
-    LLR_CHECK(fs::exists(model_path) && fs::exists(state_path), "--resume ", resume_dir,
-              ": no checkpoint (model.safetensors and train_state.safetensors) to continue from");
-    ckpt::load_model(model_path.string(), *model);
-    io::Metadata meta = ckpt::load_train_state(state_path.string(), opt, *model);
-    start_step = std::stoll(meta.at("step"));
-    io::Metadata mmeta = io::read_safetensors(model_path.string()).metadata;
-    LLR_CHECK(mmeta.count("step") && std::stoll(mmeta.at("step")) == start_step, "--resume ", resume_dir,
-              ": model.safetensors and train_state.safetensors are from different steps");
+  run::FolderLock lock(cfg.out);
+  Sgd opt_sgd(*model, {cfg.momentum, cfg.nesterov, cfg.weight_decay});
+  int64_t start_step = 0;
+  double train_seconds = 0;
+  if (resuming) {
+    run::Manifest m = run::load_checkpoint(cfg.out, *model, opt_sgd);
+    start_step = m.step;
+    train_seconds = m.train_seconds;
+    if (config_changed) io::write_file_atomic((fs::path(cfg.out) / "config.json").string(), cfg.to_json());
   } else {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(cfg.out, ec))
+      if (e.path().filename() != ".lock") fs::remove_all(e.path(), ec);
     io::write_file_atomic((fs::path(cfg.out) / "config.json").string(), cfg.to_json());
-    std::ofstream(fs::path(cfg.out) / "metrics.jsonl", std::ios::trunc);
   }
-  std::ofstream metrics(fs::path(cfg.out) / "metrics.jsonl", std::ios::app);
-  LLR_CHECK(metrics.good(), "cannot write ", (fs::path(cfg.out) / "metrics.jsonl").string());
+  run::MetricsLog metrics(cfg.out, resuming ? start_step : -1);
 
-  Progress progress(::isatty(::fileno(stdout)) != 0);
   {
     char line[512];
     std::snprintf(line, sizeof line,
                   "llrtrain train: %s training of %s (%s, %.2fM parameters) on %s, %s, %lld training images (%s), "
                   "%lld steps of batch %lld, seed %llu, run folder %s%s",
                   cfg.method.c_str(), cfg.model.c_str(), cfg.act.c_str(), model->parameter_count() / 1e6,
-                  device_name(device),
-                  cfg.precision.c_str(), static_cast<long long>(d.train.size()), d.train.name.c_str(),
-                  static_cast<long long>(total), static_cast<long long>(cfg.batch),
+                  device_name(device), cfg.precision.c_str(), static_cast<long long>(d.train.size()),
+                  d.train.name.c_str(), static_cast<long long>(total), static_cast<long long>(cfg.batch),
                   static_cast<unsigned long long>(cfg.seed), cfg.out.c_str(),
                   start_step ? (", resuming at step " + std::to_string(start_step)).c_str() : "");
     progress.line(line);
   }
 
-  auto save = [&](int64_t step) {
-    io::Metadata meta{{"step", std::to_string(step)}, {"epoch", std::to_string(step / steps_per_epoch)}};
-    ckpt::save_model(model_path.string(), *model, meta);
-    ckpt::save_train_state(state_path.string(), opt, *model, meta);
+  int64_t last_good_checkpoint = start_step;
+  Tensor diverged_at = Tensor::full({}, -1.0, DType::f64, Layout::plain, device);
+  // The first diverging step, or -1 (reads the device marker: call where the loop synchronises anyway).
+  auto first_diverged = [&] { return static_cast<int64_t>(diverged_at.to(Device::cpu).item()); };
+  auto commit = [&](int64_t step) {
+    int64_t bad = run::nonfinite_values(*model, &opt_sgd);
+    if (bad > 0) {
+      int64_t at = first_diverged();
+      LLR_FAIL("training diverged", at >= 0 ? " at step " + std::to_string(at + 1) : std::string(), ": ", bad,
+               " weights or momentum values are NaN or infinite by step ", step, "; nothing was saved, the last "
+               "checkpoint (step ", last_good_checkpoint, ") in ", cfg.out, " is intact (try a lower --lr)");
+    }
+    run::commit_checkpoint(cfg.out, *model, opt_sgd, {step, train_seconds, "", ""});
+    last_good_checkpoint = step;
   };
-  auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
+  SignalScope signals;
   TrainSummary summary;
   Tensor order;  // this epoch's permutation, on the data's device
   int64_t order_epoch = -1;
   double last_loss = 0;
   // Sums over the logging window, kept on the device and read only when a metrics line is written, so a step
   // never waits for the GPU.
-  Tensor loss_acc, correct_acc;
+  Tensor loss_acc, clean_acc, adv_acc;
   std::map<std::string, Tensor> metric_acc;
   int64_t seen_acc = 0, window_first_step = start_step;
-  auto accumulate = [](Tensor& acc, const Tensor& v) { acc = acc.defined() ? backend::add(acc, v) : v.clone(); };
+  auto accumulate = [](Tensor& acc, const Tensor& v) {
+    if (v.defined()) acc = acc.defined() ? backend::add(acc, v) : v.clone();
+  };
   auto window_start = clock::now();
-  std::vector<Tensor> params = model->parameters();
+  double window_seconds = 0;
   for (int64_t step = start_step; step < total; ++step) {
+    auto step_start = clock::now();
     int64_t epoch = step / steps_per_epoch, pos = step % steps_per_epoch;
     if (epoch != order_epoch) {
       order = data::order_on_device(d.train, data::epoch_order(d.train.size(), cfg.seed, epoch));
@@ -293,57 +285,72 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
     // Images stay f32 (perturbations need the precision); the model casts to the compute dtype.
     data::Batch b = data::make_batch(d.train, order, pos * cfg.batch, cfg.batch, cfg.augment, cfg.seed,
                                      static_cast<uint64_t>(step), DType::f32);
-    ObjectiveOptions oo;
-    oo.compute = compute;
-    oo.seed = cfg.seed;
-    oo.step = static_cast<uint64_t>(step);
-    ObjectiveResult res = build_objective(*model, b.images, b.labels, cfg.objective, oo);
-    Tensor loss = res.loss;
-    Tensor logits = res.logits_for_accuracy;
-    std::vector<Tensor> grads = objective_gradients(res, params);
-    Tape::current().clear();
+    StepContext ctx;
+    ctx.compute = compute;
+    ctx.seed = cfg.seed;
+    ctx.step = static_cast<uint64_t>(step);
+    ctx.eps = eps_at(cfg.robust.eps, eps_warmup, static_cast<uint64_t>(step));
     double lr = sched.lr(step);
-    opt.step(grads, lr);
-    accumulate(loss_acc, loss);
-    accumulate(correct_acc, backend::count_correct(logits, b.labels));
-    for (const auto& [k, v] : res.metrics) accumulate(metric_acc[k], v);
+    StepOutput out = training_step(*model, opt_sgd, method, cfg.robust, b.images, b.labels, ctx, lr);
+    training::mark_first_nonfinite(diverged_at, out.loss, step);
+    accumulate(loss_acc, out.loss);
+    accumulate(clean_acc, out.clean_correct);
+    accumulate(adv_acc, out.adv_correct);
+    for (const auto& [k, v] : out.metrics) accumulate(metric_acc[k], v);
     seen_acc += cfg.batch;
 
     bool epoch_end = pos == steps_per_epoch - 1 || step == total - 1;
-    bool stop = cfg.stop_after > 0 && step + 1 == cfg.stop_after;
-    bool log = (step + 1) % cfg.log_every == 0 || epoch_end || stop;
+    bool stop = opt.stop_after > 0 && step + 1 == opt.stop_after;
+    bool interrupted = stop_signal.load() != 0;
+    bool log = (step + 1) % cfg.log_every == 0 || epoch_end || stop || interrupted;
     if (log) {
       int64_t nsteps = seen_acc / cfg.batch;
-      double loss_mean = host_value(loss_acc) / double(nsteps);
+      double loss_mean = host_value(loss_acc) / double(nsteps);  // synchronises: the window's time is now real
+      train_seconds += window_seconds + std::chrono::duration<double>(clock::now() - step_start).count();
+      window_seconds = 0;
       // Checked before anything is saved: a NaN never reaches a checkpoint.
-      LLR_CHECK(std::isfinite(loss_mean), "training loss became ", loss_mean, " between steps ", window_first_step + 1,
-                " and ", step + 1, "; the last checkpoint in ", cfg.out, " is from before it (try a lower --lr)");
-      double acc = host_value(correct_acc) / double(seen_acc);
+      if (!std::isfinite(loss_mean)) {
+        int64_t at = first_diverged();
+        LLR_FAIL("training diverged: the loss became ", loss_mean,
+                 at >= 0 ? " at step " + std::to_string(at + 1)
+                         : " between steps " + std::to_string(window_first_step + 1) + " and " +
+                               std::to_string(step + 1),
+                 "; the last checkpoint (step ", last_good_checkpoint, ") in ", cfg.out,
+                 " is from before it (try a lower --lr)");
+      }
+      double acc = clean_acc.defined() ? host_value(clean_acc) / double(seen_acc) : NAN;
       double ips = double(seen_acc) / std::max(1e-9, std::chrono::duration<double>(clock::now() - window_start).count());
-      progress.update(step + 1, total, epoch, loss_mean, acc, lr, ips);
+      progress.update(step + 1, total, epoch,
+                      loss_mean, std::isnan(acc) && adv_acc.defined() ? host_value(adv_acc) / double(seen_acc) : acc,
+                      lr, ips);
       json m = {{"step", step + 1},
                 {"epoch", double(step + 1) / double(steps_per_epoch)},
                 {"split", "train"},
                 {"loss", loss_mean},
-                {"accuracy", acc},
                 {"lr", lr},
+                {"eps", ctx.eps},
                 {"images_per_s", ips},
-                {"elapsed_s", elapsed()}};
+                {"elapsed_s", train_seconds}};
+      if (!std::isnan(acc)) m["accuracy"] = acc;
+      if (adv_acc.defined()) m["adv_accuracy"] = host_value(adv_acc) / double(seen_acc);
       for (const auto& [k, v] : metric_acc) m[k] = host_value(v) / double(nsteps);
-      metrics << m.dump() << "\n" << std::flush;
+      metrics.write(m);
       last_loss = loss_mean;
-      loss_acc = correct_acc = Tensor();
+      loss_acc = clean_acc = adv_acc = Tensor();
       metric_acc.clear();
       seen_acc = 0;
       window_first_step = step + 1;
       window_start = clock::now();
+    } else {
+      window_seconds += std::chrono::duration<double>(clock::now() - step_start).count();
     }
-    if (epoch_end || stop) {
-      if (!d.eval.empty()) {
+    if (epoch_end || stop || interrupted) {
+      if (!d.eval.empty() && epoch_end) {
         EvalResult r = evaluate(*model, d.eval, cfg.eval_batch, compute);
         json m = {{"step", step + 1}, {"epoch", double(step + 1) / double(steps_per_epoch)}, {"split", d.eval_split},
-                  {"loss", r.loss}, {"accuracy", r.accuracy}, {"n", r.n}, {"elapsed_s", elapsed()}};
-        metrics << m.dump() << "\n" << std::flush;
+                  {"loss", r.loss},   {"accuracy", r.accuracy},                             {"n", r.n},
+                  {"elapsed_s", train_seconds}};
+        metrics.write(m);
         char line[256];
         std::snprintf(line, sizeof line, "step %lld (epoch %.2f): train loss %.4f, %s accuracy %.4f (%lld images)",
                       static_cast<long long>(step + 1), double(step + 1) / double(steps_per_epoch), last_loss,
@@ -352,9 +359,15 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
         summary.final_eval = r;
         summary.eval_split = d.eval_split;
       }
-      save(step + 1);
+      commit(step + 1);
     }
     summary.steps = step + 1;
+    if (interrupted) {
+      int sig = stop_signal.load();
+      throw Interrupted("stopped by " + std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " after step " +
+                            std::to_string(step + 1) + "; checkpoint written, continue with --resume " + cfg.out,
+                        sig);
+    }
     if (stop) {
       summary.interrupted = true;
       progress.line("stopped after step " + std::to_string(step + 1) + " (--stop-after); resume with --resume " +

@@ -18,23 +18,10 @@ Tensor channel_tensor(const std::vector<double>& v, DType dtype) {
   return t;
 }
 
-// Validates x and its per-channel companions, returns the channel view of x.
-cpu::ChannelView bn_view(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
-  cpu::require_cpu_floating(op, {&x});
-  auto v = cpu::channel_view(op, x);
-  LLR_CHECK(v.rows > 0, op, ": no elements per channel in ", x.describe());
-  for (const Tensor* t : per_channel) {
-    if (!t->defined()) continue;
-    cpu::require_cpu_floating(op, {&x, t});
-    cpu::require_channel_vector(op, "per-channel tensor", *t, v.channels);
-  }
-  return v;
-}
-
 }  // namespace
 
 std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
-  auto v = bn_view("batch_stats", x, {});
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_stats", [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();
@@ -53,7 +40,7 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
 }
 
 Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
-  auto v = bn_view("batch_stats_backward", x, {&mean, &g_mean, &g_var});
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *gm = g_mean.data<T>(), *gv = g_var.data<T>();
@@ -70,9 +57,7 @@ Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, con
 }
 
 std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
-  auto v = bn_view("batch_stats_tangent", x, {&mean});
-  cpu::require_cpu_floating("batch_stats_tangent", {&x, &xdot});
-  cpu::require_same_shape("batch_stats_tangent", x, xdot);
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_stats_tangent", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
@@ -93,8 +78,7 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const
 
 BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
                                                     const Tensor& g_mean_dot, const Tensor& g_var_dot) {
-  auto v = bn_view("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
-  cpu::require_same_shape("batch_stats_tangent_backward", x, xdot);
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_stats_tangent_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
@@ -120,9 +104,7 @@ BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x,
 
 Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
                     double eps) {
-  auto v = bn_view("batch_norm", x, {&mean, &var, &scale, &shift});
-  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
-            "batch_norm: mean, var, scale and shift are required");
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
@@ -143,8 +125,7 @@ Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tenso
 
 BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                        const Tensor& gy, double eps) {
-  auto v = bn_view("batch_norm_backward", x, {&mean, &var, &scale});
-  cpu::require_same_shape("batch_norm_backward", x, gy);
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
@@ -179,9 +160,7 @@ BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor
 
 Tensor CpuBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,
                   const Tensor& mean_dot, const Tensor& var_dot, double eps) {
-  auto v = bn_view("bn_tangent", x, {&mean, &var, &scale, &mean_dot, &var_dot});
-  cpu::require_cpu_floating("bn_tangent", {&x, &xdot});
-  cpu::require_same_shape("bn_tangent", x, xdot);
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "bn_tangent", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
@@ -210,9 +189,7 @@ Tensor CpuBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor&
 BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                    const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
                                    const Tensor& gt, double eps) {
-  auto v = bn_view("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
-  cpu::require_same_shape("bn_tangent_backward", x, xdot);
-  cpu::require_same_shape("bn_tangent_backward", x, gt);
+  auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "bn_tangent_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *ps = scale.data<T>(),
@@ -257,14 +234,7 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
 
 void CpuBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                        double momentum, int64_t count) {
-  cpu::require_cpu_floating("bn_update_running", {&running_mean, &running_var, &mean, &var});
   int64_t c = running_mean.numel();
-  cpu::require_channel_vector("bn_update_running", "running_var", running_var, c);
-  cpu::require_channel_vector("bn_update_running", "batch mean", mean, c);
-  cpu::require_channel_vector("bn_update_running", "batch var", var, c);
-  LLR_CHECK(momentum >= 0 && momentum <= 1, "bn_update_running: momentum ", momentum, " not in [0, 1]");
-  LLR_CHECK(count >= 2, "bn_update_running: need at least 2 values per channel for an unbiased variance, got ",
-            count);
   double unbias = double(count) / double(count - 1);
   dispatch_floating(mean.dtype(), "bn_update_running", [&](auto tag) {
     using T = decltype(tag);

@@ -6,18 +6,8 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/cpu_backend.h"
-#include "engine/cpu/cpu_common.h"
 
 namespace llr {
-
-int64_t conv2d_output_size(int64_t in, int64_t kernel, const Conv2dGeometry& g) {
-  LLR_CHECK(g.stride >= 1 && g.padding >= 0, "conv2d: stride must be >= 1 and padding >= 0, got stride ", g.stride,
-            " padding ", g.padding);
-  int64_t out = (in + 2 * g.padding - kernel) / g.stride + 1;
-  LLR_CHECK(in + 2 * g.padding >= kernel && out >= 1, "conv2d: kernel ", kernel, " does not fit input extent ", in,
-            " with padding ", g.padding);
-  return out;
-}
 
 namespace {
 
@@ -34,21 +24,11 @@ struct ConvDims {
   int64_t pq() const { return p * q; }
 };
 
-ConvDims conv_dims(const char* op, const Shape& x, const Shape& wshape, const Conv2dGeometry& g) {
-  LLR_CHECK(x.size() == 4 && wshape.size() == 4, op, ": expected rank-4 input and filter, got ", shape_str(x),
-            " and ", shape_str(wshape));
+ConvDims conv_dims(const Shape& x, const Shape& wshape, const Conv2dGeometry& g) {
   ConvDims d{x[0], x[1], x[2], x[3], wshape[0], wshape[1], wshape[2], 0, 0};
-  LLR_CHECK(d.c == wshape[3], op, ": input has ", d.c, " channels but the KRSC filter ", shape_str(wshape), " expects ",
-            wshape[3]);
   d.p = conv2d_output_size(d.h, d.r, g);
   d.q = conv2d_output_size(d.w, d.s, g);
   return d;
-}
-
-void check_conv_layouts(const char* op, const Tensor& x, const Tensor& w) {
-  LLR_CHECK(x.layout() == Layout::nhwc, op, ": input must be NHWC, got ", x.describe(),
-            " (convert NCHW data before it reaches the engine)");
-  LLR_CHECK(w.layout() == Layout::krsc, op, ": filter must be KRSC, got ", w.describe());
 }
 
 bool is_pointwise(const ConvDims& d, const Conv2dGeometry& g) {
@@ -109,9 +89,7 @@ void col2im_add(const T* col, const ConvDims& d, const Conv2dGeometry& g, int64_
 
 
 Tensor CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
-  cpu::require_cpu_floating("conv2d", {&x, &w});
-  check_conv_layouts("conv2d", x, w);
-  ConvDims d = conv_dims("conv2d", x.shape(), w.shape(), g);
+  ConvDims d = conv_dims(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   return dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
     using T = decltype(tag);
@@ -135,10 +113,7 @@ Tensor CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2d
 }
 
 Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
-  cpu::require_cpu_floating("conv2d_backward_data", {&gy, &w});
-  ConvDims d = conv_dims("conv2d_backward_data", x_shape, w.shape(), g);
-  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_data: output gradient ", gy.describe(),
-            " does not match the convolution output [", d.n, ",", d.p, ",", d.q, ",", d.k, "]");
+  ConvDims d = conv_dims(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
   return dispatch_floating(gy.dtype(), "conv2d_backward_data", [&](auto tag) {
     using T = decltype(tag);
@@ -163,10 +138,7 @@ Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const
 }
 
 Tensor CpuBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
-  cpu::require_cpu_floating("conv2d_backward_filter", {&x, &gy});
-  ConvDims d = conv_dims("conv2d_backward_filter", x.shape(), w_shape, g);
-  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.k}), "conv2d_backward_filter: output gradient ", gy.describe(),
-            " does not match the convolution output");
+  ConvDims d = conv_dims(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   return dispatch_floating(x.dtype(), "conv2d_backward_filter", [&](auto tag) {
     using T = decltype(tag);
@@ -191,16 +163,7 @@ Tensor CpuBackend::conv2d_backward_filter(const Tensor& x, const Tensor& gy, con
   });
 }
 
-static void require_matrix(const char* op, const Tensor& t) {
-  LLR_CHECK(t.rank() == 2, op, ": expected a 2-D tensor, got ", t.describe());
-}
-
 Tensor CpuBackend::matmul_nt(const Tensor& a, const Tensor& b) {
-  cpu::require_cpu_floating("matmul_nt", {&a, &b});
-  require_matrix("matmul_nt", a);
-  require_matrix("matmul_nt", b);
-  LLR_CHECK(a.dim(1) == b.dim(1), "matmul_nt: inner sizes differ, ", a.describe(), " times transposed ",
-            b.describe());
   ++op_counters().matmul;
   return dispatch_floating(a.dtype(), "matmul_nt", [&](auto tag) {
     using T = decltype(tag);
@@ -212,10 +175,6 @@ Tensor CpuBackend::matmul_nt(const Tensor& a, const Tensor& b) {
 }
 
 Tensor CpuBackend::matmul_nn(const Tensor& a, const Tensor& b) {
-  cpu::require_cpu_floating("matmul_nn", {&a, &b});
-  require_matrix("matmul_nn", a);
-  require_matrix("matmul_nn", b);
-  LLR_CHECK(a.dim(1) == b.dim(0), "matmul_nn: inner sizes differ, ", a.describe(), " times ", b.describe());
   ++op_counters().matmul;
   return dispatch_floating(a.dtype(), "matmul_nn", [&](auto tag) {
     using T = decltype(tag);
@@ -227,11 +186,6 @@ Tensor CpuBackend::matmul_nn(const Tensor& a, const Tensor& b) {
 }
 
 Tensor CpuBackend::matmul_tn(const Tensor& a, const Tensor& b) {
-  cpu::require_cpu_floating("matmul_tn", {&a, &b});
-  require_matrix("matmul_tn", a);
-  require_matrix("matmul_tn", b);
-  LLR_CHECK(a.dim(0) == b.dim(0), "matmul_tn: inner sizes differ, transposed ", a.describe(), " times ",
-            b.describe());
   ++op_counters().matmul;
   return dispatch_floating(a.dtype(), "matmul_tn", [&](auto tag) {
     using T = decltype(tag);

@@ -1,5 +1,6 @@
-// The CPU backend: Eigen for the matrix work, plain loops over the shared per-element math for the rest.
-// Its methods are defined in elementwise.cpp, conv.cpp, batchnorm.cpp and loss.cpp beside this file.
+// The CPU backend: Eigen for the matrix work, plain loops over the shared per-element math for the rest. Its
+// functions (engine/backend_functions.def) are defined in the files of this folder; the dispatch has checked their
+// arguments before they run.
 #pragma once
 
 #include "engine/backend.h"
@@ -9,7 +10,10 @@ namespace llr {
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
-#include "engine/backend_overrides.inc"
+  void synchronize() override {}
+#define LLR_KERNEL LLR_DECLARE_OVERRIDE
+#include "engine/backend_functions.def"
+#undef LLR_KERNEL
 };
 
 }  // namespace llr

@@ -1,4 +1,5 @@
-// CPU backend: per-example softmax cross-entropy and margin loss on logits (N, K), their vjps and tangents.
+// CPU backend: per-example softmax cross-entropy, margin loss and KL divergence on logits (N, K), their vjps and
+// tangents, and the column gather/scatter of targeted losses.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -15,9 +16,7 @@ struct LogitsView {
 };
 
 LogitsView logits_view(const char* op, const Tensor& z, const Tensor& labels) {
-  cpu::require_cpu_floating(op, {&z});
-  LLR_CHECK(z.rank() == 2 && z.dim(1) >= 2, op, ": logits must have shape [N, K] with K >= 2, got ", z.describe());
-  cpu::require_labels(op, labels, z.dim(0), z.dim(1));
+  cpu::require_in_range(op, "label", labels, z.dim(1));
   return {z.dim(0), z.dim(1)};
 }
 
@@ -38,6 +37,26 @@ int64_t best_other(const T* z, int64_t k, int32_t y) {
   for (int64_t j = 0; j < k; ++j)
     if (j != y && (best < 0 || z[j] > z[best])) best = j;
   return best;
+}
+
+template <class T>
+void log_softmax_row(const T* z, int64_t k, double* out) {
+  double mx = z[0];
+  for (int64_t j = 1; j < k; ++j) mx = std::max(mx, double(z[j]));
+  double s = 0;
+  for (int64_t j = 0; j < k; ++j) s += std::exp(double(z[j]) - mx);
+  double lse = mx + std::log(s);
+  for (int64_t j = 0; j < k; ++j) out[j] = double(z[j]) - lse;
+}
+
+// KL(softmax(a) || softmax(b)) of one row; fills the rows' log-softmax values.
+template <class T>
+double row_kl(const T* a, const T* b, int64_t k, double* lp, double* lq) {
+  log_softmax_row(a, k, lp);
+  log_softmax_row(b, k, lq);
+  double kl = 0;
+  for (int64_t j = 0; j < k; ++j) kl += std::exp(lp[j]) * (lp[j] - lq[j]);
+  return kl;
 }
 
 }  // namespace
@@ -62,8 +81,6 @@ Tensor CpuBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
 
 Tensor CpuBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   auto v = logits_view("cross_entropy_backward", z, labels);
-  cpu::require_cpu_floating("cross_entropy_backward", {&z, &g});
-  LLR_CHECK(g.shape() == Shape({v.n}), "cross_entropy_backward: gradient must be [", v.n, "], got ", g.describe());
   return dispatch_floating(z.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     Tensor dz = Tensor::empty(z.shape(), z.dtype());
@@ -80,8 +97,6 @@ Tensor CpuBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels,
 
 Tensor CpuBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   auto v = logits_view("cross_entropy_tangent", z, labels);
-  cpu::require_cpu_floating("cross_entropy_tangent", {&z, &zdot});
-  cpu::require_same_shape("cross_entropy_tangent", z, zdot);
   return dispatch_floating(z.dtype(), "cross_entropy_tangent", [&](auto tag) {
     using T = decltype(tag);
     Tensor out = Tensor::empty({v.n}, z.dtype());
@@ -102,10 +117,6 @@ Tensor CpuBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, 
 std::pair<Tensor, Tensor> CpuBackend::cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels, const Tensor& zdot,
                                                          const Tensor& g) {
   auto v = logits_view("cross_entropy_tangent_backward", z, labels);
-  cpu::require_cpu_floating("cross_entropy_tangent_backward", {&z, &zdot, &g});
-  cpu::require_same_shape("cross_entropy_tangent_backward", z, zdot);
-  LLR_CHECK(g.shape() == Shape({v.n}), "cross_entropy_tangent_backward: gradient must be [", v.n, "], got ",
-            g.describe());
   return dispatch_floating(z.dtype(), "cross_entropy_tangent_backward", [&](auto tag) {
     using T = decltype(tag);
     Tensor dz = Tensor::empty(z.shape(), z.dtype());
@@ -144,8 +155,6 @@ Tensor CpuBackend::margin_loss(const Tensor& z, const Tensor& labels) {
 // Also the vjp of margin_loss_tangent with respect to zdot: the same scatter of g to (y, j*).
 Tensor CpuBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
   auto v = logits_view("margin_loss_backward", z, labels);
-  cpu::require_cpu_floating("margin_loss_backward", {&z, &g});
-  LLR_CHECK(g.shape() == Shape({v.n}), "margin_loss_backward: gradient must be [", v.n, "], got ", g.describe());
   return dispatch_floating(z.dtype(), "margin_loss_backward", [&](auto tag) {
     using T = decltype(tag);
     Tensor dz = Tensor::zeros(z.shape(), z.dtype());
@@ -161,8 +170,6 @@ Tensor CpuBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, c
 
 Tensor CpuBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
   auto v = logits_view("margin_loss_tangent", z, labels);
-  cpu::require_cpu_floating("margin_loss_tangent", {&z, &zdot});
-  cpu::require_same_shape("margin_loss_tangent", z, zdot);
   return dispatch_floating(z.dtype(), "margin_loss_tangent", [&](auto tag) {
     using T = decltype(tag);
     Tensor out = Tensor::empty({v.n}, z.dtype());
@@ -172,6 +179,60 @@ Tensor CpuBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, co
       const T* zd = zdot.data<T>() + i * v.k;
       out.data<T>()[i] = zd[y[i]] - zd[best_other(zi, v.k, y[i])];
     }
+    return out;
+  });
+}
+
+Tensor CpuBackend::kl_div(const Tensor& zp, const Tensor& zq) {
+  return dispatch_floating(zp.dtype(), "kl_div", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = zp.dim(0), k = zp.dim(1);
+    Tensor out = Tensor::empty({n}, zp.dtype());
+    std::vector<double> lp(k), lq(k);
+    for (int64_t i = 0; i < n; ++i)
+      out.data<T>()[i] = static_cast<T>(row_kl(zp.data<T>() + i * k, zq.data<T>() + i * k, k, lp.data(), lq.data()));
+    return out;
+  });
+}
+
+// KL = sum p (log p - log q): d/dzp_k = p_k (log p_k - log q_k - KL), d/dzq_k = q_k - p_k.
+std::pair<Tensor, Tensor> CpuBackend::kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) {
+  return dispatch_floating(zp.dtype(), "kl_div_backward", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = zp.dim(0), k = zp.dim(1);
+    Tensor dp = Tensor::empty(zp.shape(), zp.dtype()), dq = Tensor::empty(zp.shape(), zp.dtype());
+    std::vector<double> lp(k), lq(k);
+    for (int64_t i = 0; i < n; ++i) {
+      double kl = row_kl(zp.data<T>() + i * k, zq.data<T>() + i * k, k, lp.data(), lq.data());
+      double gi = g.data<T>()[i];
+      for (int64_t j = 0; j < k; ++j) {
+        double p = std::exp(lp[j]), q = std::exp(lq[j]);
+        dp.data<T>()[i * k + j] = static_cast<T>(gi * p * (lp[j] - lq[j] - kl));
+        dq.data<T>()[i * k + j] = static_cast<T>(gi * (q - p));
+      }
+    }
+    return std::make_pair(dp, dq);
+  });
+}
+
+Tensor CpuBackend::gather_columns(const Tensor& z, const Tensor& idx) {
+  int64_t n = z.dim(0), k = z.dim(1);
+  cpu::require_in_range("gather_columns", "column", idx, k);
+  return dispatch_floating(z.dtype(), "gather_columns", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::empty({n}, z.dtype());
+    for (int64_t i = 0; i < n; ++i) out.data<T>()[i] = z.data<T>()[i * k + idx.data<int32_t>()[i]];
+    return out;
+  });
+}
+
+Tensor CpuBackend::scatter_columns(const Tensor& g, const Tensor& idx, int64_t k) {
+  int64_t n = g.dim(0);
+  cpu::require_in_range("scatter_columns", "column", idx, k);
+  return dispatch_floating(g.dtype(), "scatter_columns", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor out = Tensor::zeros({n, k}, g.dtype());
+    for (int64_t i = 0; i < n; ++i) out.data<T>()[i * k + idx.data<int32_t>()[i]] = g.data<T>()[i];
     return out;
   });
 }

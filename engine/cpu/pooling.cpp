@@ -1,7 +1,6 @@
 // CPU backend: max pooling (NHWC) forward, backward and tangent; the window arithmetic is shared with the CUDA
 // kernels (engine/elementwise_math.h).
 #include "engine/cpu/cpu_backend.h"
-#include "engine/cpu/cpu_common.h"
 
 namespace llr {
 
@@ -9,9 +8,7 @@ namespace {
 struct PoolDims {
   int64_t n, h, w, c, p, q;
 };
-PoolDims pool_dims(const char* op, const Tensor& x, int k, int stride, int pad) {
-  LLR_CHECK(x.layout() == Layout::nhwc, op, ": input must be NHWC, got ", x.describe());
-  LLR_CHECK(k >= 1 && stride >= 1 && pad >= 0 && pad < k, op, ": bad window ", k, " stride ", stride, " pad ", pad);
+PoolDims pool_dims(const Tensor& x, int k, int stride, int pad) {
   Conv2dGeometry g{stride, pad};
   return {x.dim(0), x.dim(1), x.dim(2), x.dim(3), conv2d_output_size(x.dim(1), k, g), conv2d_output_size(x.dim(2), k, g)};
 }
@@ -29,8 +26,7 @@ void for_each_window_max(const T* px, const PoolDims& d, int k, int stride, int 
 }  // namespace
 
 Tensor CpuBackend::max_pool_forward(const Tensor& x, int k, int stride, int pad) {
-  cpu::require_cpu_floating("max_pool", {&x});
-  PoolDims d = pool_dims("max_pool", x, k, stride, pad);
+  PoolDims d = pool_dims(x, k, stride, pad);
   return dispatch_floating(x.dtype(), "max_pool", [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();
@@ -42,9 +38,7 @@ Tensor CpuBackend::max_pool_forward(const Tensor& x, int k, int stride, int pad)
 }
 
 Tensor CpuBackend::max_pool_backward(const Tensor& x, const Tensor& gy, int k, int stride, int pad) {
-  cpu::require_cpu_floating("max_pool_backward", {&x, &gy});
-  PoolDims d = pool_dims("max_pool_backward", x, k, stride, pad);
-  LLR_CHECK(gy.shape() == Shape({d.n, d.p, d.q, d.c}), "max_pool_backward: gradient ", gy.describe());
+  PoolDims d = pool_dims(x, k, stride, pad);
   return dispatch_floating(x.dtype(), "max_pool_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *g = gy.data<T>();
@@ -58,9 +52,7 @@ Tensor CpuBackend::max_pool_backward(const Tensor& x, const Tensor& gy, int k, i
 }
 
 Tensor CpuBackend::max_pool_gather(const Tensor& x, const Tensor& xdot, int k, int stride, int pad) {
-  cpu::require_cpu_floating("max_pool_tangent", {&x, &xdot});
-  cpu::require_same_shape("max_pool_tangent", x, xdot);
-  PoolDims d = pool_dims("max_pool_tangent", x, k, stride, pad);
+  PoolDims d = pool_dims(x, k, stride, pad);
   return dispatch_floating(x.dtype(), "max_pool_tangent", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pd = xdot.data<T>();

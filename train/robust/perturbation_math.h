@@ -1,5 +1,6 @@
-// Per-element math of the fused perturbation step shared by the CPU loop and the CUDA kernel: the ascent direction of
-// the LLR search or a PGD attack, the Adam or sign update, and the projection onto the eps-ball and the [0, 1] box.
+// Per-element math of the perturbation kernels (robust_kernels.def), shared by the CPU loops and the CUDA kernels: the
+// ascent direction of the LLR search or a PGD attack, the Adam or sign update, the projection onto the eps-ball and
+// the [0, 1] box, APGD's step and per-example bookkeeping, and the ranking of classes by logit.
 #pragma once
 
 #include <cmath>
@@ -67,6 +68,49 @@ template <class T>
 LLR_HD T apgd(T delta, T delta_prev, T x, T grad, T eta, T alpha, T eps) {
   T z = project(delta + eta * sign_of(grad), x, eps);
   return project(delta + alpha * (z - delta) + (T(1) - alpha) * (delta - delta_prev), x, eps);
+}
+
+// APGD bookkeeping of one example after evaluating its loss (robust::apgd_track); returns 1 when the loss improved
+// on the best so far.
+template <class T>
+LLR_HD T apgd_track(T loss, T* best, T* last, T* successes, bool first) {
+  if (!first && loss > *last) *successes += T(1);
+  *last = loss;
+  if (!(loss > *best)) return T(0);
+  *best = loss;
+  return T(1);
+}
+
+// One example at an APGD checkpoint (robust::apgd_checkpoint); returns 1 when eta was halved (a restart from the best
+// point).
+template <class T>
+LLR_HD T apgd_checkpoint(T* successes, T* eta, T* eta_at_checkpoint, T* best_at_checkpoint, T best, T threshold) {
+  bool few = *successes < threshold;
+  bool stalled = *eta_at_checkpoint == *eta && *best_at_checkpoint == best;
+  T restart = T(0);
+  if (few || stalled) {
+    *eta = *eta / T(2);
+    restart = T(1);
+  }
+  *successes = T(0);
+  *eta_at_checkpoint = *eta;
+  *best_at_checkpoint = best;
+  return restart;
+}
+
+// The class of 1-based rank `rank` by logit z(j) (largest first, ties to the lower class) among the k classes other
+// than `exclude` (-1: none). Logits that cannot be ordered (NaN) give the first class that is not excluded.
+template <class Get>
+LLR_HD int32_t class_at_rank(Get z, int64_t k, int64_t exclude, int rank) {
+  for (int64_t j = 0; j < k; ++j) {
+    if (j == exclude) continue;
+    auto zj = z(j);
+    int r = 1;
+    for (int64_t i = 0; i < k; ++i)
+      if (i != exclude && i != j && (z(i) > zj || (z(i) == zj && i < j))) ++r;
+    if (r == rank) return static_cast<int32_t>(j);
+  }
+  return exclude == 0 ? 1 : 0;
 }
 
 // Initial perturbation of element i: uniform in [-eps, eps], or normal_scale * N(0, 1) (Box-Muller).

@@ -1,17 +1,25 @@
-// CPU backend: batch gathering with augmentation, and the SGD update.
-#include "engine/cpu/cpu_backend.h"
-#include "engine/cpu/cpu_common.h"
-#include "engine/augment_math.h"
+// The CPU side of the training loop's kernels (training_kernels.def): batch gathering with augmentation (the
+// per-element math of augment_math.h, shared with kernels/training.cu), the SGD update and the device-side counts.
+// Arguments were checked by the dispatch; indices are checked here, where reading them is free.
+#include <cmath>
+
+#include "engine/elementwise_math.h"
+#include "train/augment_math.h"
+#include "train/training_kernels.h"
 
 namespace llr {
 
 namespace {
+
+class CpuTrainingKernels final : public TrainingKernels {
+ public:
+#define LLR_KERNEL LLR_DECLARE_OVERRIDE
+#include "train/training_kernels.def"
+#undef LLR_KERNEL
+};
+
 // The indices order[begin .. begin+count), checked against the source's first axis.
 const int32_t* check_gather(const char* op, const Tensor& source, const Tensor& order, int64_t begin, int64_t count) {
-  LLR_CHECK(order.dtype() == DType::i32 && order.rank() == 1, op, ": order must be i32 [M], got ", order.describe());
-  LLR_CHECK(order.device() == source.device(), op, ": order and data on different devices");
-  LLR_CHECK(begin >= 0 && count >= 0 && begin + count <= order.numel(), op, ": rows [", begin, ", ", begin + count,
-            ") outside an order of ", order.numel());
   const int32_t* idx = order.data<int32_t>() + begin;
   for (int64_t b = 0; b < count; ++b)
     LLR_CHECK(idx[b] >= 0 && idx[b] < source.dim(0), op, ": index ", idx[b], " outside [0, ", source.dim(0), ")");
@@ -19,10 +27,12 @@ const int32_t* check_gather(const char* op, const Tensor& source, const Tensor& 
 }
 }  // namespace
 
-Tensor CpuBackend::count_correct(const Tensor& z, const Tensor& labels) {
-  cpu::require_cpu_floating("count_correct", {&z});
-  LLR_CHECK(z.rank() == 2, "count_correct: logits must be [N, K], got ", z.describe());
-  cpu::require_labels("count_correct", labels, z.dim(0), z.dim(1));
+TrainingKernels& training_kernels_for(Device device) {
+  static CpuTrainingKernels cpu;
+  return dispatch::for_device<TrainingKernels>(device, cpu, "training kernels");
+}
+
+Tensor CpuTrainingKernels::count_correct(const Tensor& z, const Tensor& labels) {
   return dispatch_floating(z.dtype(), "count_correct", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = z.dim(0), k = z.dim(1), correct = 0;
@@ -33,13 +43,25 @@ Tensor CpuBackend::count_correct(const Tensor& z, const Tensor& labels) {
   });
 }
 
-Tensor CpuBackend::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
+Tensor CpuTrainingKernels::count_nonfinite(const Tensor& t) {
+  return dispatch_floating(t.dtype(), "count_nonfinite", [&](auto tag) {
+    using T = decltype(tag);
+    const T* p = t.data<T>();
+    int64_t bad = 0;
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) bad += !std::isfinite(p[i]);
+    return Tensor::scalar(double(bad), DType::f64);
+  });
+}
+
+void CpuTrainingKernels::mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t step) {
+  double* m = marker.data<double>();
+  if (*m < 0 && !std::isfinite(value.at(0))) *m = double(step);
+}
+
+Tensor CpuTrainingKernels::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
                                  bool augment, uint64_t seed, uint64_t step, DType dtype) {
-  LLR_CHECK(images.dtype() == DType::u8 && images.layout() == Layout::nhwc, "gather_images: images must be u8 NHWC, got ",
-            images.describe());
   const int32_t* idx = check_gather("gather_images", images, order, begin, count);
   int64_t nb = count, h = images.dim(1), w = images.dim(2), c = images.dim(3);
-  LLR_CHECK(!augment || (h > augment::kPad && w > augment::kPad), "gather_images: images too small to augment");
   const uint8_t* src = images.data<uint8_t>();
   Tensor out = Tensor::empty({nb, h, w, c}, dtype, Layout::nhwc);
   dispatch_floating(dtype, "gather_images", [&](auto tag) {
@@ -61,20 +83,15 @@ Tensor CpuBackend::gather_images(const Tensor& images, const Tensor& order, int6
   return out;
 }
 
-Tensor CpuBackend::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
-  LLR_CHECK(labels.dtype() == DType::i32 && labels.rank() == 1, "gather_labels: labels must be i32 [N], got ",
-            labels.describe());
+Tensor CpuTrainingKernels::gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
   const int32_t* idx = check_gather("gather_labels", labels, order, begin, count);
   Tensor out = Tensor::empty({count}, DType::i32);
   for (int64_t b = 0; b < count; ++b) out.data<int32_t>()[b] = labels.data<int32_t>()[idx[b]];
   return out;
 }
 
-void CpuBackend::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+void CpuTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
                             double weight_decay, bool nesterov, bool first_step) {
-  cpu::require_cpu_floating("sgd_update", {&param, &grad, &momentum_buffer});
-  cpu::require_same_shape("sgd_update", param, grad);
-  cpu::require_same_shape("sgd_update", param, momentum_buffer);
   dispatch_floating(param.dtype(), "sgd_update", [&](auto tag) {
     using T = decltype(tag);
     T *p = param.data<T>(), *m = momentum_buffer.data<T>();

@@ -1,0 +1,58 @@
+// Device dispatch for the kernel interfaces (engine/backend.h for the ops, train/robust/robust_kernels.h for the
+// perturbation kernels, train/training_kernels.h for SGD and batch gathering). Each interface is one list of entries
+//   LLR_KERNEL(return type, name, (parameters), (arguments), tensor that picks the device)
+// in a .def file, expanded three times:
+//   - LLR_DECLARE_PURE:      the interface's pure virtual functions;
+//   - LLR_DECLARE_OVERRIDE:  each device implementation's declarations (the arithmetic, nothing else);
+//   - the interface's own dispatch macro: an inline function that checks every defined tensor argument is on the
+//     device of the picking tensor, runs the entry's argument check (shapes, dtypes, layouts: written once, in the
+//     interface's checks file) and calls the device's implementation.
+// A return type with a comma needs an alias (TensorPair).
+#pragma once
+
+#include <type_traits>
+
+#include "engine/tensor.h"
+
+#define LLR_UNPACK(...) __VA_ARGS__
+#define LLR_DECLARE_PURE(ret, name, params, args, dev) virtual ret name params = 0;
+#define LLR_DECLARE_OVERRIDE(ret, name, params, args, dev) ret name params override;
+#define LLR_DECLARE_CHECK(ret, name, params, args, dev) void name params;
+
+namespace llr::dispatch {
+
+// Every defined tensor argument of a kernel lives on `device`; other arguments are ignored.
+template <class... Args>
+void check_devices(const char* kernel, Device device, const Args&... args) {
+  auto one = [&](const auto& a) {
+    using A = std::decay_t<decltype(a)>;
+    if constexpr (std::is_same_v<A, Tensor>) {
+      LLR_CHECK(!a.defined() || a.device() == device, kernel, ": ", a.describe(), " is not on the ",
+                device_name(device), " like the other arguments");
+    }
+  };
+  (one(args), ...);
+}
+
+// The implementation of interface K registered for a device other than the CPU (whose implementation each
+// interface keeps as a static instance beside its definition).
+template <class K>
+struct Registered {
+  static inline K* cuda = nullptr;
+};
+
+template <class K>
+K& for_device(Device device, K& cpu, const char* what) {
+  if (device == Device::cpu) return cpu;
+  LLR_CHECK(Registered<K>::cuda != nullptr, "no CUDA implementation of the ", what,
+            ": this build has no CUDA support, or llr::cuda::init() was not called");
+  return *Registered<K>::cuda;
+}
+
+template <class K>
+void register_for_device(Device device, K* kernels) {
+  LLR_CHECK(device == Device::cuda, "only CUDA implementations are registered at run time");
+  Registered<K>::cuda = kernels;
+}
+
+}  // namespace llr::dispatch

@@ -1,0 +1,211 @@
+// The CPU side of the perturbation kernels (robust_kernels.def): plain loops over the per-element math of
+// perturbation_math.h, which the CUDA kernels (kernels/robust.cu) share. Arguments were checked by the dispatch.
+#include <cmath>
+#include <cstring>
+
+#include "engine/elementwise_math.h"
+#include "train/robust/robust_kernels.h"
+
+namespace llr {
+
+namespace {
+
+class CpuRobustKernels final : public RobustKernels {
+ public:
+#define LLR_KERNEL LLR_DECLARE_OVERRIDE
+#include "train/robust/robust_kernels.def"
+#undef LLR_KERNEL
+};
+
+int64_t row_elements(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
+
+// out[i] = f(i) for the per-example vectors of a kernel, in the dtype of `like`.
+template <class F>
+Tensor per_example(int64_t n, DType dtype, F f) {
+  Tensor out = Tensor::empty({n}, dtype);
+  dispatch_floating(dtype, "per-example kernel", [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < n; ++i) out.data<T>()[i] = static_cast<T>(f(tag, i));
+    return 0;
+  });
+  return out;
+}
+
+}  // namespace
+
+RobustKernels& robust_kernels_for(Device device) {
+  static CpuRobustKernels cpu;
+  return dispatch::for_device<RobustKernels>(device, cpu, "perturbation kernels");
+}
+
+Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+                                     const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
+  bool llr = gx.defined();
+  bool adam = p.update == PerturbationUpdate::adam;
+  return dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = delta.dim(0), inner = delta.numel() / n;
+    T* d = delta.data<T>();
+    const T *px = x.data<T>(), *pg = grad_weighted.data<T>();
+    const T* pgx = llr ? gx.data<T>() : nullptr;
+    const T* ps = llr ? sign_g.data<T>() : nullptr;
+    T* pm = adam ? m.data<T>() : nullptr;
+    T* pv = adam ? v.data<T>() : nullptr;
+    T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
+    Tensor dots = llr ? Tensor::empty({n}, delta.dtype()) : Tensor();
+    for (int64_t e = 0; e < n; ++e) {
+      double acc = 0;
+      for (int64_t j = 0; j < inner; ++j) {
+        int64_t i = e * inner + j;
+        T dir = llr ? perturbation_math::direction(pg[i], pgx[i], ps[e]) : pg[i];
+        T mm = 0, vv = 0;
+        T* mp = adam ? pm + i : &mm;
+        T* vp = adam ? pv + i : &vv;
+        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), adam, T(p.beta1),
+                                          T(p.beta2), T(p.adam_eps), bias1, bias2);
+        if (llr) acc += double(d[i]) * double(pgx[i]);
+      }
+      if (llr) dots.data<T>()[e] = static_cast<T>(acc);
+    }
+    return dots;
+  });
+}
+
+LlrCoefficients CpuRobustKernels::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,
+                                             double lambda, double mu) {
+  return dispatch_floating(l.dtype(), "llr_coefficients", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = l.numel();
+    LlrCoefficients c;
+    for (Tensor* t : {&c.nominal_weight, &c.perturbed_weight, &c.tangent_weight, &c.abs_g, &c.sign_g})
+      *t = Tensor::empty({n}, l.dtype());
+    for (int64_t i = 0; i < n; ++i) {
+      T g = lp.data<T>()[i] - l.data<T>()[i] - d.data<T>()[i];
+      T sg = perturbation_math::sign_of(g), sd = perturbation_math::sign_of(d.data<T>()[i]);
+      c.nominal_weight.data<T>()[i] = T(w_nom) - T(lambda) * sg;
+      c.perturbed_weight.data<T>()[i] = T(lambda) * sg;
+      c.tangent_weight.data<T>()[i] = T(mu) * sd - T(lambda) * sg;
+      c.abs_g.data<T>()[i] = std::fabs(g);
+      c.sign_g.data<T>()[i] = sg;
+    }
+    return c;
+  });
+}
+
+Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
+                                     uint64_t counter) {
+  return dispatch_floating(x.dtype(), "perturbation_init", [&](auto tag) {
+    using T = decltype(tag);
+    Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    for (int64_t i = 0, n_ = x.numel(); i < n_; ++i)
+      d.data<T>()[i] = perturbation_math::project<T>(
+          perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)), x.data<T>()[i], T(eps));
+    return d;
+  });
+}
+
+void CpuRobustKernels::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
+                           double alpha, double eps) {
+  dispatch_floating(delta.dtype(), "apgd_step", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = delta.dim(0), inner = delta.numel() / n;
+    T *d = delta.data<T>(), *dp = delta_prev.data<T>();
+    for (int64_t i = 0, n_ = delta.numel(); i < n_; ++i) {
+      T old = d[i];
+      d[i] = perturbation_math::apgd<T>(d[i], dp[i], x.data<T>()[i], grad.data<T>()[i], eta.data<T>()[i / inner],
+                                        T(alpha), T(eps));
+      dp[i] = old;
+    }
+    return 0;
+  });
+}
+
+Tensor CpuRobustKernels::apgd_track(const Tensor& loss, Tensor& best, Tensor& last, Tensor& successes, bool first) {
+  return per_example(loss.numel(), loss.dtype(), [&](auto tag, int64_t i) {
+    using T = decltype(tag);
+    return perturbation_math::apgd_track<T>(loss.data<T>()[i], best.data<T>() + i, last.data<T>() + i,
+                                            successes.data<T>() + i, first);
+  });
+}
+
+Tensor CpuRobustKernels::apgd_checkpoint(Tensor& successes, Tensor& eta, Tensor& eta_at_checkpoint,
+                                         Tensor& best_at_checkpoint, const Tensor& best, double threshold) {
+  return per_example(eta.numel(), eta.dtype(), [&](auto tag, int64_t i) {
+    using T = decltype(tag);
+    return perturbation_math::apgd_checkpoint<T>(successes.data<T>() + i, eta.data<T>() + i,
+                                                 eta_at_checkpoint.data<T>() + i, best_at_checkpoint.data<T>() + i,
+                                                 best.data<T>()[i], T(threshold));
+  });
+}
+
+Tensor CpuRobustKernels::select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
+  int64_t n = a.dim(0), row = row_elements(a) * static_cast<int64_t>(dtype_size(a.dtype()));
+  Tensor out = a.clone();
+  for (int64_t i = 0; i < n; ++i)
+    if (mask.at(i) != 0)
+      std::memcpy(static_cast<uint8_t*>(out.raw_data()) + i * row, static_cast<const uint8_t*>(b.raw_data()) + i * row,
+                  row);
+  return out;
+}
+
+Tensor CpuRobustKernels::take_rows(const Tensor& t, const Tensor& idx) {
+  Shape s = t.shape();
+  s[0] = idx.numel();
+  Tensor out = Tensor::empty(s, t.dtype(), t.layout());
+  size_t row = static_cast<size_t>(row_elements(t)) * dtype_size(t.dtype());
+  const int32_t* pi = idx.data<int32_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    LLR_CHECK(pi[i] >= 0 && pi[i] < t.dim(0), "take_rows: row ", pi[i], " outside [0, ", t.dim(0), ")");
+    std::memcpy(static_cast<uint8_t*>(out.raw_data()) + i * row,
+                static_cast<const uint8_t*>(t.raw_data()) + pi[i] * row, row);
+  }
+  return out;
+}
+
+void CpuRobustKernels::put_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
+  size_t row = static_cast<size_t>(row_elements(dst)) * dtype_size(dst.dtype());
+  const int32_t* pi = idx.data<int32_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    LLR_CHECK(pi[i] >= 0 && pi[i] < dst.dim(0), "put_rows: row ", pi[i], " outside [0, ", dst.dim(0), ")");
+    std::memcpy(static_cast<uint8_t*>(dst.raw_data()) + pi[i] * row,
+                static_cast<const uint8_t*>(src.raw_data()) + i * row, row);
+  }
+}
+
+Tensor CpuRobustKernels::predicted_correct(const Tensor& z, const Tensor& labels) {
+  int64_t k = z.dim(1);
+  const int32_t* y = labels.data<int32_t>();
+  return per_example(z.dim(0), z.dtype(), [&](auto tag, int64_t i) {
+    using T = decltype(tag);
+    const T* row = z.data<T>() + i * k;
+    return math::row_argmax<T>([row](int64_t j) { return row[j]; }, k) == y[i] ? 1.0 : 0.0;
+  });
+}
+
+Tensor CpuRobustKernels::class_at_rank(const Tensor& z, const Tensor& labels, int rank) {
+  int64_t n = z.dim(0), k = z.dim(1);
+  Tensor out = Tensor::empty({n}, DType::i32);
+  dispatch_floating(z.dtype(), "class_at_rank", [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = z.data<T>() + i * k;
+      int64_t exclude = labels.defined() ? labels.data<int32_t>()[i] : -1;
+      out.data<int32_t>()[i] = perturbation_math::class_at_rank([row](int64_t j) { return row[j]; }, k, exclude, rank);
+    }
+    return 0;
+  });
+  return out;
+}
+
+void CpuRobustKernels::update_max(Tensor& acc, const Tensor& v) {
+  dispatch_floating(acc.dtype(), "update_max", [&](auto tag) {
+    using T = decltype(tag);
+    T* a = acc.data<T>();
+    const T* pv = v.data<T>();
+    for (int64_t i = 0, n = acc.numel(); i < n; ++i)
+      if (pv[i] > a[i]) a[i] = pv[i];
+    return 0;
+  });
+}
+
+}  // namespace llr

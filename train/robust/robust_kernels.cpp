@@ -1,0 +1,149 @@
+// The argument checks of the perturbation kernels (robust_kernels.def), run by the dispatch before any device's
+// implementation.
+#include "train/robust/robust_kernels.h"
+
+namespace llr::robust_check {
+
+namespace {
+
+// Perturbation-side tensors: defined, f32 or f64, one dtype.
+void perturbation_dtype(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    LLR_CHECK(t->defined(), op, ": undefined tensor argument");
+    LLR_CHECK(t->dtype() == DType::f32 || t->dtype() == DType::f64, op,
+              ": perturbations, images and per-example values are f32 or f64, got ", t->describe());
+    if (!first) first = t;
+    LLR_CHECK(t->dtype() == first->dtype(), op, ": dtype mismatch, ", first->describe(), " vs ", t->describe());
+  }
+}
+
+void same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  LLR_CHECK(a.shape() == b.shape(), op, ": shape mismatch, ", a.describe(), " vs ", b.describe());
+}
+
+void batch(const char* op, const Tensor& t) {
+  LLR_CHECK(t.defined() && t.rank() >= 1, op, ": needs a leading batch axis, got ",
+            t.defined() ? t.describe() : "undefined");
+}
+
+void per_example(const char* op, const char* what, const Tensor& v, int64_t n) {
+  LLR_CHECK(v.defined() && v.rank() == 1 && v.dim(0) == n, op, ": ", what, " must have shape [", n, "], got ",
+            v.defined() ? v.describe() : "undefined");
+}
+
+void indices(const char* op, const char* what, const Tensor& idx, int64_t n) {
+  LLR_CHECK(idx.defined() && idx.dtype() == DType::i32 && idx.rank() == 1 && (n < 0 || idx.dim(0) == n), op, ": ",
+            what, " must be i32", n < 0 ? "" : " [" + std::to_string(n) + "]", ", got ",
+            idx.defined() ? idx.describe() : "undefined");
+}
+
+void logits(const char* op, const Tensor& z) {
+  LLR_CHECK(z.defined() && is_floating(z.dtype()) && z.rank() == 2 && z.dim(1) >= 2, op,
+            ": logits must be floating [N, K] with K >= 2, got ", z.defined() ? z.describe() : "undefined");
+}
+
+}  // namespace
+
+void perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t, uint64_t) {
+  perturbation_dtype("perturbation_init", {&x});
+  LLR_CHECK(eps >= 0 && normal_scale >= 0, "perturbation_init: eps ", eps, " and normal scale ", normal_scale,
+            " must be non-negative");
+}
+
+void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+                       const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
+  perturbation_dtype("perturbation_step", {&delta, &x, &grad_weighted});
+  batch("perturbation_step", delta);
+  same_shape("perturbation_step", delta, x);
+  same_shape("perturbation_step", delta, grad_weighted);
+  if (gx.defined()) {
+    perturbation_dtype("perturbation_step", {&delta, &gx, &sign_g});
+    same_shape("perturbation_step", delta, gx);
+    per_example("perturbation_step", "sign_g", sign_g, delta.dim(0));
+  }
+  if (p.update == PerturbationUpdate::adam) {
+    perturbation_dtype("perturbation_step", {&delta, &m, &v});
+    same_shape("perturbation_step", delta, m);
+    same_shape("perturbation_step", delta, v);
+    LLR_CHECK(p.t >= 1, "perturbation_step: Adam step count must start at 1");
+  }
+  LLR_CHECK(p.eps >= 0 && p.step_size >= 0, "perturbation_step: eps ", p.eps, " and step size ", p.step_size,
+            " must be non-negative");
+}
+
+void llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double, double, double) {
+  perturbation_dtype("llr_coefficients", {&l, &lp, &d});
+  LLR_CHECK(l.rank() == 1, "llr_coefficients: per-example vectors expected, got ", l.describe());
+  same_shape("llr_coefficients", l, lp);
+  same_shape("llr_coefficients", l, d);
+}
+
+void apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta, double,
+               double eps) {
+  perturbation_dtype("apgd_step", {&delta, &delta_prev, &x, &grad, &eta});
+  batch("apgd_step", delta);
+  same_shape("apgd_step", delta, delta_prev);
+  same_shape("apgd_step", delta, x);
+  same_shape("apgd_step", delta, grad);
+  per_example("apgd_step", "eta", eta, delta.dim(0));
+  LLR_CHECK(eps >= 0, "apgd_step: eps ", eps, " must be non-negative");
+}
+
+void apgd_track(const Tensor& loss, Tensor& best, Tensor& last, Tensor& successes, bool) {
+  perturbation_dtype("apgd_track", {&loss, &best, &last, &successes});
+  LLR_CHECK(loss.rank() == 1, "apgd_track: per-example losses expected, got ", loss.describe());
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&best, &last, &successes}) per_example("apgd_track", "state", *t, loss.dim(0));
+}
+
+void apgd_checkpoint(Tensor& successes, Tensor& eta, Tensor& eta_at_checkpoint, Tensor& best_at_checkpoint,
+                     const Tensor& best, double) {
+  perturbation_dtype("apgd_checkpoint", {&successes, &eta, &eta_at_checkpoint, &best_at_checkpoint, &best});
+  LLR_CHECK(eta.rank() == 1, "apgd_checkpoint: per-example step sizes expected, got ", eta.describe());
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&successes, &eta_at_checkpoint, &best_at_checkpoint, &best})
+    per_example("apgd_checkpoint", "state", *t, eta.dim(0));
+}
+
+void select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
+  batch("select_rows", a);
+  LLR_CHECK(b.defined() && a.dtype() == b.dtype(), "select_rows: a and b must have one dtype, got ", a.describe(),
+            " and ", b.defined() ? b.describe() : "undefined");
+  same_shape("select_rows", a, b);
+  per_example("select_rows", "mask", mask, a.dim(0));
+  LLR_CHECK(mask.dtype() == DType::f32 || mask.dtype() == DType::f64, "select_rows: mask must be f32 or f64, got ",
+            mask.describe());
+}
+
+void take_rows(const Tensor& t, const Tensor& idx) {
+  batch("take_rows", t);
+  indices("take_rows", "row indices", idx, -1);
+}
+
+void put_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
+  batch("put_rows", dst);
+  indices("put_rows", "row indices", idx, -1);
+  LLR_CHECK(src.defined() && src.dtype() == dst.dtype() && src.rank() == dst.rank() && src.dim(0) == idx.numel(),
+            "put_rows: ", idx.numel(), " rows of ", src.defined() ? src.describe() : "undefined", " into ",
+            dst.describe());
+  for (int a = 1; a < dst.rank(); ++a)
+    LLR_CHECK(src.dim(a) == dst.dim(a), "put_rows: row shapes differ, ", src.describe(), " into ", dst.describe());
+}
+
+void predicted_correct(const Tensor& z, const Tensor& labels) {
+  logits("predicted_correct", z);
+  indices("predicted_correct", "labels", labels, z.dim(0));
+}
+
+void class_at_rank(const Tensor& z, const Tensor& labels, int rank) {
+  logits("class_at_rank", z);
+  if (labels.defined()) indices("class_at_rank", "labels", labels, z.dim(0));
+  int64_t classes = z.dim(1) - (labels.defined() ? 1 : 0);
+  LLR_CHECK(rank >= 1 && rank <= classes, "class_at_rank: rank ", rank, " outside [1, ", classes, "]");
+}
+
+void update_max(Tensor& acc, const Tensor& v) {
+  perturbation_dtype("update_max", {&acc, &v});
+  same_shape("update_max", acc, v);
+}
+
+}  // namespace llr::robust_check

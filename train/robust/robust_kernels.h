@@ -1,0 +1,48 @@
+// The perturbation kernels' interface (robust_kernels.def): one implementation per device, cpu_robust_kernels.cpp
+// for the CPU and kernels/robust.cu for CUDA (registered by llr::cuda::init()). Call sites write
+// robust::perturbation_step(...); the picking tensor's device chooses the implementation after the checks.
+#pragma once
+
+#include "engine/dispatch.h"
+#include "engine/tensor.h"
+#include "train/robust/perturbation_math.h"
+
+namespace llr {
+
+// LLR per-example coefficients (robust::llr_coefficients).
+struct LlrCoefficients {
+  Tensor nominal_weight;    // w_nom - lambda sign(g_i): weight of l_i(x)
+  Tensor perturbed_weight;  // lambda sign(g_i): weight of l_i(x + delta)
+  Tensor tangent_weight;    // c_i = mu sign(d_i) - lambda sign(g_i): v = c_i delta_i
+  Tensor abs_g;             // |g_i|, the local-linearity estimate
+  Tensor sign_g;            // sign(g_i)
+};
+
+class RobustKernels {
+ public:
+  virtual ~RobustKernels() = default;
+#define LLR_KERNEL LLR_DECLARE_PURE
+#include "train/robust/robust_kernels.def"
+#undef LLR_KERNEL
+};
+
+RobustKernels& robust_kernels_for(Device device);
+
+namespace robust_check {
+#define LLR_KERNEL LLR_DECLARE_CHECK
+#include "train/robust/robust_kernels.def"
+#undef LLR_KERNEL
+}  // namespace robust_check
+
+namespace robust {
+#define LLR_KERNEL(ret, name, params, args, dev)                          \
+  inline ret name params {                                                \
+    ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
+    ::llr::robust_check::name args;                                       \
+    return ::llr::robust_kernels_for(dev.device()).name args;             \
+  }
+#include "train/robust/robust_kernels.def"
+#undef LLR_KERNEL
+}  // namespace robust
+
+}  // namespace llr

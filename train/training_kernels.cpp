@@ -1,0 +1,73 @@
+// The argument checks of the training loop's kernels (training_kernels.def), run by the dispatch before any device's
+// implementation.
+#include "train/training_kernels.h"
+
+#include <cmath>
+
+#include "train/augment_math.h"
+
+namespace llr::training_check {
+
+namespace {
+
+void order_range(const char* op, const Tensor& order, int64_t begin, int64_t count) {
+  LLR_CHECK(order.defined() && order.dtype() == DType::i32 && order.rank() == 1, op, ": order must be i32 [M], got ",
+            order.defined() ? order.describe() : "undefined");
+  LLR_CHECK(begin >= 0 && count >= 0 && begin + count <= order.numel(), op, ": rows [", begin, ", ", begin + count,
+            ") outside an order of ", order.numel());
+}
+
+}  // namespace
+
+void count_correct(const Tensor& z, const Tensor& labels) {
+  LLR_CHECK(z.defined() && is_floating(z.dtype()) && z.rank() == 2, "count_correct: logits must be floating [N, K], got ",
+            z.defined() ? z.describe() : "undefined");
+  LLR_CHECK(labels.defined() && labels.dtype() == DType::i32 && labels.rank() == 1 && labels.dim(0) == z.dim(0),
+            "count_correct: labels must be i32 [", z.dim(0), "], got ",
+            labels.defined() ? labels.describe() : "undefined");
+}
+
+void count_nonfinite(const Tensor& t) {
+  LLR_CHECK(t.defined() && is_floating(t.dtype()), "count_nonfinite: expected a floating tensor, got ",
+            t.defined() ? t.describe() : "undefined");
+}
+
+void mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t) {
+  LLR_CHECK(marker.defined() && marker.dtype() == DType::f64 && marker.numel() == 1,
+            "mark_first_nonfinite: the marker must be one f64 element, got ",
+            marker.defined() ? marker.describe() : "undefined");
+  LLR_CHECK(value.defined() && is_floating(value.dtype()) && value.numel() == 1,
+            "mark_first_nonfinite: the value must be one floating element, got ",
+            value.defined() ? value.describe() : "undefined");
+}
+
+void gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count, bool augment, uint64_t,
+                   uint64_t, DType dtype) {
+  LLR_CHECK(images.defined() && images.dtype() == DType::u8 && images.layout() == Layout::nhwc,
+            "gather_images: images must be u8 NHWC, got ", images.defined() ? images.describe() : "undefined");
+  order_range("gather_images", order, begin, count);
+  LLR_CHECK(!augment || (images.dim(1) > augment::kPad && images.dim(2) > augment::kPad),
+            "gather_images: images too small to augment");
+  LLR_CHECK(is_floating(dtype), "gather_images: batches are floating, not ", dtype_name(dtype));
+}
+
+void gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int64_t count) {
+  LLR_CHECK(labels.defined() && labels.dtype() == DType::i32 && labels.rank() == 1,
+            "gather_labels: labels must be i32 [N], got ", labels.defined() ? labels.describe() : "undefined");
+  order_range("gather_labels", order, begin, count);
+}
+
+void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
+                double weight_decay, bool, bool) {
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&param, &grad, &momentum_buffer}) {
+    LLR_CHECK(t->defined() && is_floating(t->dtype()) && t->dtype() == param.dtype(),
+              "sgd_update: parameter, gradient and momentum must be floating of one dtype, got ",
+              t->defined() ? t->describe() : "undefined", " for ", param.describe());
+    LLR_CHECK(t->shape() == param.shape(), "sgd_update: shape mismatch, ", param.describe(), " vs ", t->describe());
+  }
+  LLR_CHECK(std::isfinite(lr) && std::isfinite(momentum) && std::isfinite(weight_decay),
+            "sgd_update: non-finite hyperparameters (lr ", lr, ", momentum ", momentum, ", weight decay ",
+            weight_decay, ")");
+}
+
+}  // namespace llr::training_check
