@@ -250,7 +250,7 @@ TEST_CASE("the logged loss of every objective equals its definition") {
     // with each pass's own statistics).
     double defined;
     if (std::string(name) == "llr") {
-      defined = m->definition(*model, x, y, delta, RobustSettings(), DType::f64);
+      defined = m->definition(*model, x, y, RobustSettings(), ctx);
     } else {
       NoGradGuard no_grad;
       TapeScope scope;

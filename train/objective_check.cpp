@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -49,14 +50,17 @@ ObjectiveCheckReport check_objective_gradient(const Method& method, const Robust
       params.push_back(e.tensor);
     }
   std::vector<Tensor> grads;
+  std::map<std::string, Tensor> drawn;
   {
     TapeScope scope;
-    grads = objective_gradients(method.build(*model, x, y, robust, ctx), params);
+    ObjectiveResult r = method.build(*model, x, y, robust, ctx);
+    grads = objective_gradients(r, params);
+    for (const auto& [name, t] : r.drawn) drawn[name] = t.detach();
   }
 
   ObjectiveCheckReport rep;
   rep.tensors = static_cast<int64_t>(params.size());
-  rep.objective = method.definition(*model, x, y, delta, robust, DType::f64);
+  rep.objective = method.definition(*model, x, y, robust, ctx);
   const double h = opt.step;
   for (size_t k = 0; k < params.size(); ++k) {
     Tensor p = params[k];
@@ -67,9 +71,9 @@ ObjectiveCheckReport check_objective_gradient(const Method& method, const Robust
     for (int64_t j : idx) {
       double p0 = p.at(j);
       p.set(j, p0 + h);
-      double fp = method.definition(*model, x, y, delta, robust, DType::f64);
+      double fp = method.definition(*model, x, y, robust, ctx);
       p.set(j, p0 - h);
-      double fm = method.definition(*model, x, y, delta, robust, DType::f64);
+      double fm = method.definition(*model, x, y, robust, ctx);
       p.set(j, p0);
       double fwd = (fp - rep.objective) / h, bwd = (rep.objective - fm) / h;
       if (std::fabs(fwd - bwd) > opt.kink_tolerance * std::max({1.0, std::fabs(fwd), std::fabs(bwd)})) {
@@ -98,6 +102,7 @@ ObjectiveCheckReport check_objective_gradient(const Method& method, const Robust
     t.emplace_back("x_nhwc", ckpt::to_stored(x, false));
     t.emplace_back("labels", ckpt::to_stored(y, false));
     t.emplace_back("delta_nhwc", ckpt::to_stored(delta, false));
+    for (const auto& [name, d] : drawn) t.emplace_back("drawn." + name, ckpt::to_stored(d, false));
     std::ostringstream obj;
     obj.precision(17);
     obj << rep.objective;

@@ -138,8 +138,11 @@ class Llr final : public Method {
   }
 
   // The definition: d_i from the input gradient of S (with its batch statistics), g_i from the perturbed pass.
-  double definition(nets::Model& model, const Tensor& x_in, const Tensor& y, const Tensor& delta,
-                    const RobustSettings&, DType compute) const override {
+  double definition(nets::Model& model, const Tensor& x_in, const Tensor& y, const RobustSettings&,
+                    const StepContext& ctx) const override {
+    LLR_CHECK(ctx.fixed_delta, "llr definition: needs a fixed perturbation");
+    const Tensor& delta = *ctx.fixed_delta;
+    const DType compute = ctx.compute;
     GradModeGuard grad_on(true);
     TapeScope scope;
     Tensor x = x_in.detach();

@@ -46,15 +46,10 @@ std::vector<std::string> MethodSet::names() const {
   return out;
 }
 
-double Method::definition(nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,
-                          const RobustSettings& robust, DType compute) const {
+double Method::definition(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
+                          const StepContext& ctx) const {
   NoGradGuard no_grad;
   TapeScope scope;
-  StepContext ctx;
-  ctx.compute = compute;
-  ctx.update_running = false;
-  ctx.fixed_delta = &delta;
-  ctx.eps = robust.eps;
   return host_value(build(model, x.detach(), y, robust, ctx).loss);
 }
 

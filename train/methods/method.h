@@ -54,6 +54,9 @@ struct ObjectiveResult {
   Tensor delta;        // the perturbation used (undefined for natural training)
   Tensor clean_logits; // logits at x, where the method computes them (not PGD)
   Tensor adv_logits;   // logits at x + delta (PGD, TRADES)
+  // Tensors the objective drew at random from (seed, step), e.g. a random point of the eps-ball; a gradient check
+  // holds them fixed like delta and writes them for the PyTorch reference.
+  std::map<std::string, Tensor> drawn;
   // Batch means on the device (one-element tensors, read only when logging), e.g. llr_gamma.
   std::map<std::string, Tensor> metrics;
 };
@@ -76,10 +79,11 @@ class Method {
   // pass (objective_gradients).
   virtual ObjectiveResult build(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                                 const StepContext& ctx) const = 0;
-  // The objective's value computed directly from its definition at a fixed perturbation (no surrogate): the
-  // reference of the gradient checks. The default evaluates build() with the perturbation fixed.
-  virtual double definition(nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,
-                            const RobustSettings& robust, DType compute) const;
+  // The objective's value computed directly from its definition (no surrogate) at ctx.fixed_delta, with whatever
+  // the method draws at random drawn from (ctx.seed, ctx.step) as build() draws it: the reference of the gradient
+  // checks. The default evaluates build().
+  virtual double definition(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
+                            const StepContext& ctx) const;
 };
 
 // One instance of every registered method (methods.def), each holding its settings.
