@@ -59,7 +59,8 @@ Tensor gather_images_impl(const Tensor& images, const Tensor& order, int64_t beg
 
 template <class T>
 void sgd_impl(Tensor& param, const Tensor& grad, Tensor& buf, double lr, double momentum, double wd, bool nesterov,
-              bool first) {
+              bool first, Tensor& nonfinite) {
+  double* bad = ptr<double>(nonfinite);
   using S = acc_t<T>;
   T* p = ptr<T>(param);
   T* m = ptr<T>(buf);
@@ -70,7 +71,9 @@ void sgd_impl(Tensor& param, const Tensor& grad, Tensor& buf, double lr, double 
     S gi = ld(g, i) + wd_ * pi;
     S mi = first ? gi : mo * ld(m, i) + gi;
     st(m, i, mi);
-    st(p, i, pi - lr_ * (nesterov ? gi + mo * mi : mi));
+    S updated = pi - lr_ * (nesterov ? gi + mo * mi : mi);
+    st(p, i, updated);
+    if (!isfinite(updated)) atomicAdd(bad, 1.0);  // only a diverging run pays for the atomics
   });
 }
 
@@ -84,15 +87,11 @@ Tensor CudaTrainingKernels::count_nonfinite(const Tensor& t) {
   return LLR_CUDA_DISPATCH(t.dtype(), "count_nonfinite", count_nonfinite_impl, t);
 }
 
-void CudaTrainingKernels::mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t step) {
+void CudaTrainingKernels::mark_first_step(Tensor& marker, const Tensor& count, int64_t step) {
   double* m = ptr<double>(marker);
-  const void* v = value.raw_data();
-  DType dt = value.dtype();
+  const double* c = ptr<double>(count);
   for_each(1, [=] __device__(int64_t) {
-    double x = dt == DType::f64   ? *static_cast<const double*>(v)
-               : dt == DType::f32 ? double(*static_cast<const float*>(v))
-                                  : double(__bfloat162float(*static_cast<const bf16*>(v)));
-    if (*m < 0 && !isfinite(x)) *m = double(step);
+    if (*m < 0 && *c != 0) *m = double(step);
   });
 }
 
@@ -112,11 +111,12 @@ Tensor CudaTrainingKernels::gather_labels(const Tensor& labels, const Tensor& or
   return out;
 }
 
-void CudaTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
-                             double weight_decay, bool nesterov, bool first_step) {
+void CudaTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr,
+                                     double momentum, double weight_decay, bool nesterov, bool first_step,
+                                     Tensor& nonfinite) {
   LLR_NVTX_RANGE("sgd_update");
   LLR_CUDA_DISPATCH(param.dtype(), "sgd_update", sgd_impl, param, grad, momentum_buffer, lr, momentum, weight_decay,
-                    nesterov, first_step);
+                    nesterov, first_step, nonfinite);
 }
 
 }  // namespace llr::cuda

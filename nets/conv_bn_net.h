@@ -1,6 +1,5 @@
 // A small two-layer conv-BN-activation network (conv 3x3 -> batch norm -> act -> conv 3x3 stride 2 -> batch norm ->
-// act -> global average pool -> linear). Used by gradient checks and `llrtrain selfcheck`; the Wide-ResNets come
-// later in this folder.
+// act -> global average pool -> linear), for gradient checks and `llrtrain selfcheck`.
 #pragma once
 
 #include <vector>

@@ -35,5 +35,44 @@ check_error "cannot open checkpoint" eval --checkpoint "$dir/missing.safetensors
 head -c 1000 "$dir/run/model.safetensors" >"$dir/cut.safetensors"
 check_error "truncated" eval --checkpoint "$dir/cut.safetensors"
 check_error "unknown attack" eval --checkpoint "$dir/run/model.safetensors" --attacks fab --n 4
-for x in x1 x2 x3 x4; do [ ! -e "$dir/$x" ] || fail "the refused run $x left a folder behind"; done
+# Every flag is validated before any work (no data read, no folder made).
+n=5
+for bad in "--eps nan" "--eps -1" "--pgd-steps -3" "--llr-steps 0" "--momentum nan" "--wd -1" "--lr -0.1" "--lr nan" \
+           "--steps -5" "--n-train -5" "--seed -1" "--eval-batch 0" "--batch 0" "--decay-at 1.5" "--act tanh"; do
+  flag=${bad%% *}
+  # shellcheck disable=SC2086
+  check_error "$flag" train --data "$dir/no_such_folder" $bad --out "$dir/x$n"
+  n=$((n + 1))
+done
+check_error "--gamma-restarts" eval --checkpoint "$dir/missing.safetensors" --gamma-restarts 0
+check_error "needs at least one step" eval --checkpoint "$dir/missing.safetensors" --attacks pgd-ce:0
+for x in $(seq 1 $((n - 1))); do [ ! -e "$dir/x$x" ] || fail "the refused run x$x left a folder behind"; done
+
+# A fresh run into a folder that holds a run is refused; on --resume, flags the run's config.json fixes are ignored
+# with a warning, and an --epochs extension is saved for later resumptions.
+check_error "is not empty" train --data synthetic --synthetic-train 64 --model wrn-10-1 --out "$dir/run"
+"$bin" train --resume "$dir/run" --epochs 3 --lr 0.5 >"$dir/extend.log" 2>&1 || fail "extend: $(tail -1 "$dir/extend.log")"
+grep -q -- "--lr ignored on --resume" "$dir/extend.log" || fail "no warning for an ignored --lr: $(head -3 "$dir/extend.log")"
+grep -q '"epochs": 3' "$dir/run/config.json" || fail "the --epochs extension was not saved"
+grep -q "after 6 steps" "$dir/extend.log" || fail "the extension did not run 6 steps: $(tail -1 "$dir/extend.log")"
+
+# SIGINT stops at a step boundary with a checkpoint and exit status 130; the run then resumes.
+"$bin" train --data synthetic --synthetic-train 640 --synthetic-val 32 --model wrn-10-1 --epochs 50 --batch 32 \
+  --log-every 1 --out "$dir/sig" >"$dir/sig.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 1200); do [ -s "$dir/sig/metrics.jsonl" ] && break; sleep 0.1; done
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] || fail "SIGINT: exit status $rc, expected 130: $(tail -1 "$dir/sig.log")"
+grep -q "stopped by SIGINT after step" "$dir/sig.log" || fail "SIGINT: $(tail -1 "$dir/sig.log")"
+step=$(sed -n 's/.*"step": *\([0-9]*\).*/\1/p' "$dir/sig/checkpoint.json")
+[ -n "$step" ] || fail "SIGINT left no checkpoint"
+"$bin" train --resume "$dir/sig" --stop-after $((step + 1)) >"$dir/sig2.log" 2>&1 || fail "resume after SIGINT: $(tail -1 "$dir/sig2.log")"
+
+# A metrics write that fails (here: a file size limit) stops the run with an error naming the file.
+( trap '' XFSZ; ulimit -f 4; exec "$bin" train --data synthetic --synthetic-train 640 --synthetic-val 32 \
+    --model wrn-10-1 --epochs 1 --batch 32 --log-every 1 --out "$dir/full" ) >"$dir/full.log" 2>&1 &&
+  fail "a failing metrics write exited 0"
+grep -q "metrics.jsonl failed" "$dir/full.log" || fail "metrics write error: $(tail -1 "$dir/full.log")"
 echo "cli smoke test passed"

@@ -53,9 +53,9 @@ Tensor CpuTrainingKernels::count_nonfinite(const Tensor& t) {
   });
 }
 
-void CpuTrainingKernels::mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t step) {
+void CpuTrainingKernels::mark_first_step(Tensor& marker, const Tensor& count, int64_t step) {
   double* m = marker.data<double>();
-  if (*m < 0 && !std::isfinite(value.at(0))) *m = double(step);
+  if (*m < 0 && count.data<double>()[0] != 0) *m = double(step);
 }
 
 Tensor CpuTrainingKernels::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
@@ -90,8 +90,10 @@ Tensor CpuTrainingKernels::gather_labels(const Tensor& labels, const Tensor& ord
   return out;
 }
 
-void CpuTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
-                            double weight_decay, bool nesterov, bool first_step) {
+void CpuTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr,
+                                    double momentum, double weight_decay, bool nesterov, bool first_step,
+                                    Tensor& nonfinite) {
+  int64_t bad = 0;
   dispatch_floating(param.dtype(), "sgd_update", [&](auto tag) {
     using T = decltype(tag);
     T *p = param.data<T>(), *m = momentum_buffer.data<T>();
@@ -100,9 +102,11 @@ void CpuTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& m
       T gi = g[i] + T(weight_decay) * p[i];
       m[i] = first_step ? gi : T(momentum) * m[i] + gi;
       p[i] -= T(lr) * (nesterov ? gi + T(momentum) * m[i] : m[i]);
+      bad += !std::isfinite(p[i]);
     }
     return 0;
   });
+  nonfinite.data<double>()[0] += double(bad);
 }
 
 }  // namespace llr

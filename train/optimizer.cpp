@@ -11,6 +11,7 @@ Sgd::Sgd(nets::Model& model, SgdOptions options) : options_(options) {
     params_.push_back(e.tensor);
     decay_.push_back(e.kind == nets::TensorKind::weight);
     buffers_.push_back(Tensor::zeros(e.tensor.shape(), e.tensor.dtype(), e.tensor.layout(), e.tensor.device()));
+    if (!nonfinite_.defined()) nonfinite_ = Tensor::zeros({}, DType::f64, Layout::plain, e.tensor.device());
   }
 }
 
@@ -20,7 +21,7 @@ void Sgd::step(const std::vector<Tensor>& grads, double lr) {
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].detach();  // updated in place, outside the tape
     training::sgd_update(p, grads[i], buffers_[i], lr, options_.momentum, decay_[i] ? options_.weight_decay : 0.0,
-                        options_.nesterov, steps_ == 0);
+                        options_.nesterov, steps_ == 0, nonfinite_);
   }
   ++steps_;
 }

@@ -23,6 +23,9 @@ class Sgd {
   void set_steps_taken(int64_t s) { steps_ = s; }
   const SgdOptions& options() const { return options_; }
   std::vector<Tensor>& momentum_buffers() { return buffers_; }
+  // How many parameter values the updates so far left NaN or infinite: a one-element f64 tensor on the parameters'
+  // device, read when the caller synchronises anyway.
+  const Tensor& nonfinite_updates() const { return nonfinite_; }
   const std::vector<Tensor>& momentum_buffers() const { return buffers_; }
 
  private:
@@ -31,6 +34,7 @@ class Sgd {
   std::vector<Tensor> buffers_;
   SgdOptions options_;
   int64_t steps_ = 0;
+  Tensor nonfinite_;
 };
 
 }  // namespace llr

@@ -292,7 +292,8 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     ctx.eps = eps_at(cfg.robust.eps, eps_warmup, static_cast<uint64_t>(step));
     double lr = sched.lr(step);
     StepOutput out = training_step(*model, opt_sgd, method, cfg.robust, b.images, b.labels, ctx, lr);
-    training::mark_first_nonfinite(diverged_at, out.loss, step);
+    training::mark_first_step(diverged_at,
+                              backend::add(training::count_nonfinite(out.loss), opt_sgd.nonfinite_updates()), step);
     accumulate(loss_acc, out.loss);
     accumulate(clean_acc, out.clean_correct);
     accumulate(adv_acc, out.adv_correct);
@@ -311,12 +312,12 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
       // Checked before anything is saved: a NaN never reaches a checkpoint.
       if (!std::isfinite(loss_mean)) {
         int64_t at = first_diverged();
-        LLR_FAIL("training diverged: the loss became ", loss_mean,
-                 at >= 0 ? " at step " + std::to_string(at + 1)
-                         : " between steps " + std::to_string(window_first_step + 1) + " and " +
+        LLR_FAIL("training diverged ",
+                 at >= 0 ? "at step " + std::to_string(at + 1)
+                         : "between steps " + std::to_string(window_first_step + 1) + " and " +
                                std::to_string(step + 1),
-                 "; the last checkpoint (step ", last_good_checkpoint, ") in ", cfg.out,
-                 " is from before it (try a lower --lr)");
+                 ": the loss became ", loss_mean, "; the last checkpoint (step ", last_good_checkpoint, ") in ",
+                 cfg.out, " is from before it (try a lower --lr)");
       }
       double acc = clean_acc.defined() ? host_value(clean_acc) / double(seen_acc) : NAN;
       double ips = double(seen_acc) / std::max(1e-9, std::chrono::duration<double>(clock::now() - window_start).count());

@@ -32,13 +32,11 @@ void count_nonfinite(const Tensor& t) {
             t.defined() ? t.describe() : "undefined");
 }
 
-void mark_first_nonfinite(Tensor& marker, const Tensor& value, int64_t) {
-  LLR_CHECK(marker.defined() && marker.dtype() == DType::f64 && marker.numel() == 1,
-            "mark_first_nonfinite: the marker must be one f64 element, got ",
-            marker.defined() ? marker.describe() : "undefined");
-  LLR_CHECK(value.defined() && is_floating(value.dtype()) && value.numel() == 1,
-            "mark_first_nonfinite: the value must be one floating element, got ",
-            value.defined() ? value.describe() : "undefined");
+void mark_first_step(Tensor& marker, const Tensor& count, int64_t) {
+  for (const Tensor* t : {static_cast<const Tensor*>(&marker), &count})
+    LLR_CHECK(t->defined() && t->dtype() == DType::f64 && t->numel() == 1,
+              "mark_first_step: marker and count must be one f64 element each, got ",
+              t->defined() ? t->describe() : "undefined");
 }
 
 void gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count, bool augment, uint64_t,
@@ -58,7 +56,10 @@ void gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int
 }
 
 void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
-                double weight_decay, bool, bool) {
+                double weight_decay, bool, bool, Tensor& nonfinite) {
+  LLR_CHECK(nonfinite.defined() && nonfinite.dtype() == DType::f64 && nonfinite.numel() == 1,
+            "sgd_update: the non-finite counter must be one f64 element, got ",
+            nonfinite.defined() ? nonfinite.describe() : "undefined");
   for (const Tensor* t : std::initializer_list<const Tensor*>{&param, &grad, &momentum_buffer}) {
     LLR_CHECK(t->defined() && is_floating(t->dtype()) && t->dtype() == param.dtype(),
               "sgd_update: parameter, gradient and momentum must be floating of one dtype, got ",
