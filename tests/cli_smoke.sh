@@ -71,7 +71,7 @@ step=$(sed -n 's/.*"step": *\([0-9]*\).*/\1/p' "$dir/sig/checkpoint.json")
 "$bin" train --resume "$dir/sig" --stop-after $((step + 1)) >"$dir/sig2.log" 2>&1 || fail "resume after SIGINT: $(tail -1 "$dir/sig2.log")"
 
 # A metrics write that fails (here: a file size limit) stops the run with an error naming the file.
-( trap '' XFSZ; ulimit -f 4; exec "$bin" train --data synthetic --synthetic-train 640 --synthetic-val 32 \
+( trap '' XFSZ; ulimit -f 2; exec "$bin" train --data synthetic --synthetic-train 640 --synthetic-val 32 \
     --model wrn-10-1 --epochs 1 --batch 32 --log-every 1 --out "$dir/full" ) >"$dir/full.log" 2>&1 &&
   fail "a failing metrics write exited 0"
 grep -q "metrics.jsonl failed" "$dir/full.log" || fail "metrics write error: $(tail -1 "$dir/full.log")"

@@ -12,6 +12,9 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -77,7 +80,7 @@ AttackResult attack(const Trained& t, const std::string& spec, double eps, uint6
   return a[0]->run(ctx, t.x, t.y, correct_mask(*t.model, t.x, t.y, DType::f32));
 }
 
-TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally trained model") {
+TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally trained model" * doctest::test_suite("slow")) {
   Trained* t = trained();
   if (!t) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -112,7 +115,7 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
   }
 }
 
-TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradient steps, and attacks repeat exactly") {
+TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradient steps, and attacks repeat exactly" * doctest::test_suite("slow")) {
   Trained* t = trained();
   if (!t) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -131,7 +134,7 @@ TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradie
   CHECK(again.delta.to_vector() == apgdt.delta.to_vector());
 }
 
-TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and reproducible") {
+TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and reproducible" * doctest::test_suite("slow")) {
   Generator gen(8);
   Tensor x = gen.uniform({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
   Tensor w = gen.normal({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
@@ -158,3 +161,5 @@ TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and repro
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -2,6 +2,9 @@
 // eager tangents vs replayed tangents.
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -196,3 +199,5 @@ TEST_CASE("eager tangents equal replayed tangents, and tangent computations are 
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -3,6 +3,9 @@
 #include "engine/gradcheck.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -73,3 +76,5 @@ TEST_CASE("the gradient checker skips elements whose finite difference straddles
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -12,6 +12,9 @@
 #include "tests/op_cases.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -263,3 +266,5 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

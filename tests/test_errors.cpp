@@ -1,6 +1,9 @@
 // Bad input gets a clear exception naming the problem (and where it was detected).
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -83,3 +86,5 @@ TEST_CASE("undefined tensors and bad cotangents are refused") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

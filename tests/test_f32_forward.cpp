@@ -4,6 +4,9 @@
 #include "tests/op_cases.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -37,3 +40,5 @@ TEST_CASE("f32 forward of every op agrees with f64 within f32 rounding") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -2,6 +2,9 @@
 #include "nets/model.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -14,7 +17,7 @@ TEST_CASE("parameter counts of the standard models") {
   CHECK(wrn28_8->parameter_count() == 23354842);
 }
 
-TEST_CASE("ImageNet bottleneck ResNets: parameter counts, torchvision names, and a forward pass") {
+TEST_CASE("ImageNet bottleneck ResNets: parameter counts, torchvision names, and a forward pass" * doctest::test_suite("slow")) {
   auto r50 = nets::make_model("resnet-50", Act::relu, 1000, 1, Device::cpu);
   CHECK(r50->parameter_count() == 25557032);  // torchvision resnet50
   auto r152 = nets::make_model("resnet-152", Act::relu, 1000, 1, Device::cpu);
@@ -87,3 +90,5 @@ TEST_CASE("unknown models and activations are refused") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

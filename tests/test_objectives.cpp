@@ -11,6 +11,9 @@
 #include "train/objective_check.h"
 #include "train/robust/robust_kernels.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -184,7 +187,7 @@ TEST_CASE("the LLR search stays in the ball and the box and raises the linearity
 namespace llr::test {
 namespace {
 
-TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its objective") {
+TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its objective" * doctest::test_suite("slow")) {
   std::filesystem::path dir = cifar_subset("methods", 100);
   if (dir.empty()) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -248,7 +251,7 @@ TEST_CASE("the logged loss of every objective equals its definition") {
     }
     // The definition computed independently of build(): LLR's from d and g, the others' written out here (batch norm
     // with each pass's own statistics).
-    double defined;
+    double defined = NAN;
     if (std::string(name) == "llr") {
       defined = m->definition(*model, x, y, RobustSettings(), ctx);
     } else {
@@ -271,3 +274,5 @@ TEST_CASE("the logged loss of every objective equals its definition") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -7,6 +7,9 @@
 #include "tests/op_cases.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -76,3 +79,5 @@ TEST_CASE("the checker catches a wrong gradient") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

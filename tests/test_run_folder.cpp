@@ -16,6 +16,9 @@
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -63,7 +66,7 @@ struct InjectedKill {
   std::string at;
 };
 
-TEST_CASE("a kill at any file operation of a checkpoint leaves a run that resumes to the uninterrupted result") {
+TEST_CASE("a kill at any file operation of a checkpoint leaves a run that resumes to the uninterrupted result" * doctest::test_suite("slow")) {
   fs::path dir = fresh_dir("kill");
   train(small_run(dir / "reference"));
   auto reference = weights(dir / "reference" / "model.safetensors");
@@ -117,7 +120,7 @@ TEST_CASE("a kill at any file operation of a checkpoint leaves a run that resume
   fs::remove_all(dir);
 }
 
-TEST_CASE("a diverging run saves nothing non-finite and names the step where it diverged") {
+TEST_CASE("a diverging run saves nothing non-finite and names the step where it diverged" * doctest::test_suite("slow")) {
   fs::path dir = fresh_dir("diverge");
   TrainConfig c = small_run(dir / "run");
   c.lr = 1e10;
@@ -141,7 +144,7 @@ TEST_CASE("a diverging run saves nothing non-finite and names the step where it 
   fs::remove_all(dir);
 }
 
-TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum") {
+TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum" * doctest::test_suite("slow")) {
   fs::path dir = fresh_dir("nan_checkpoint");
   TrainConfig c = small_run(dir / "run");
   c.epochs = 1;
@@ -171,7 +174,7 @@ TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum") {
   fs::remove_all(dir);
 }
 
-TEST_CASE("a run folder in use, or holding another run, is refused") {
+TEST_CASE("a run folder in use, or holding another run, is refused" * doctest::test_suite("slow")) {
   fs::path dir = fresh_dir("lock");
   TrainConfig c = small_run(dir / "run");
   c.epochs = 1;
@@ -198,3 +201,5 @@ TEST_CASE("a run folder in use, or holding another run, is refused") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -8,6 +8,9 @@
 #include "nets/conv_bn_net.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -107,3 +110,5 @@ TEST_CASE("one reverse pass over nominal, perturbed and tangent computations giv
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

@@ -1,6 +1,9 @@
 // Tensor basics: shapes, dtypes, layouts, storage sharing, conversions, and the seeded generator.
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -82,3 +85,5 @@ TEST_CASE("bf16 tensors exist but CPU ops refuse them with a clear message") {
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();

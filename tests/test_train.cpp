@@ -14,6 +14,9 @@
 #include "tests/cifar_fixture.h"
 #include "tests/test_util.h"
 
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
 namespace llr::test {
 namespace {
 
@@ -160,7 +163,7 @@ std::vector<std::string> lines(const fs::path& p) {
   return out;
 }
 
-TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an uninterrupted run does") {
+TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an uninterrupted run does" * doctest::test_suite("slow")) {
   fs::path dir = temp_dir("resume");
   TrainConfig c;
   c.data.data = "synthetic";
@@ -216,7 +219,7 @@ TEST_CASE("an interrupted run resumed from its checkpoint ends exactly where an 
   fs::remove_all(dir);
 }
 
-TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves the last checkpoint intact") {
+TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves the last checkpoint intact" * doctest::test_suite("slow")) {
   fs::path dir = temp_dir("nan");
   TrainConfig c;
   c.data.data = "synthetic";
@@ -243,7 +246,7 @@ TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves 
 }
 
 // Real CIFAR-10 images from ../shared (skipped when absent): 3,000 records, 2,000 for training, 1,000 held out.
-TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chance on 1,000 held-out ones") {
+TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chance on 1,000 held-out ones" * doctest::test_suite("slow")) {
   fs::path dir = cifar_subset("natural_training", 600);
   if (dir.empty()) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -271,3 +274,5 @@ TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chanc
 
 }  // namespace
 }  // namespace llr::test
+
+TEST_SUITE_END();
