@@ -1,0 +1,125 @@
+// Files and names from outside the program (checkpoints, training states, CIFAR-10 batches, model names): every
+// corrupt or hostile input is refused with an llr::Error naming the file and the problem, never a raw library
+// exception, a crash or an unbounded read.
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/trainer.h"
+#include "tests/test_util.h"
+
+namespace llr::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("llr_untrusted_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// A safetensors file from its raw parts: the 8-byte little-endian header length, the header text, the data.
+std::string safetensors_bytes(const std::string& header, const std::string& data, uint64_t header_length) {
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
+  return out + header + data;
+}
+std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  return safetensors_bytes(header, data, header.size());
+}
+
+// Writes `bytes` as dir/name and returns the path.
+std::string put(const fs::path& dir, const std::string& name, const std::string& bytes) {
+  std::ofstream(dir / name, std::ios::binary) << bytes;
+  return (dir / name).string();
+}
+
+// Expects read_safetensors to refuse the file with an llr::Error naming it and containing `problem`.
+void check_refused(const std::string& path, const std::string& problem) {
+  INFO(path);
+  try {
+    io::read_safetensors(path);
+    FAIL("accepted: ", path);
+  } catch (const Error& e) {
+    std::string what = e.what();
+    CHECK_MESSAGE(what.find(path) != std::string::npos, what);
+    CHECK_MESSAGE(what.find(problem) != std::string::npos, what);
+  }
+}
+
+TEST_CASE("the safetensors reader refuses overlapping, gapped, overflowing and malformed tensor entries") {
+  fs::path dir = fresh_dir("ranges");
+  const std::string data16(16, '\x01');
+  auto f32 = [](const std::string& shape, uint64_t begin, uint64_t end) {
+    return R"({"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[)" + std::to_string(begin) + "," +
+           std::to_string(end) + "]}";
+  };
+  // Well formed: two tensors that tile the data section, one empty tensor, string metadata.
+  std::string ok = put(dir, "ok.safetensors",
+                       safetensors_bytes(R"({"a":)" + f32("[2]", 0, 8) + R"(,"b":)" + f32("[2]", 8, 16) + R"(,"e":)" +
+                                             f32("[0]", 16, 16) + R"(,"__metadata__":{"step":"3"}})",
+                                         data16));
+  io::SafetensorsFile f = io::read_safetensors(ok);
+  CHECK(f.tensors.size() == 3);
+  CHECK(f.tensors.at("b").bytes.size() == 8);
+  CHECK(f.metadata.at("step") == "3");
+
+  // Lengths that add up to the data section but ranges that overlap (bytes 8..16 unused).
+  check_refused(put(dir, "overlap.safetensors",
+                    safetensors_bytes(R"({"a":)" + f32("[2]", 0, 8) + R"(,"b":)" + f32("[2]", 0, 8) + R"(,"c":)" +
+                                          f32("[0]", 16, 16) + "}",
+                                      data16)),
+                "overlap");
+  check_refused(put(dir, "gap.safetensors",
+                    safetensors_bytes(R"({"a":)" + f32("[1]", 0, 4) + R"(,"b":)" + f32("[2]", 8, 16) + "}", data16)),
+                "belong to no tensor");
+  check_refused(put(dir, "reversed.safetensors", safetensors_bytes(R"({"a":)" + f32("[2]", 16, 8) + "}", data16)),
+                "data_offsets");
+  check_refused(put(dir, "negative.safetensors", safetensors_bytes(R"({"a":)" + f32("[-4]", 0, 16) + "}", data16)),
+                "shape");
+  check_refused(put(dir, "fraction.safetensors", safetensors_bytes(R"({"a":)" + f32("[4.5]", 0, 16) + "}", data16)),
+                "shape");
+  // 4 * 2^62 bytes wraps to 0 in 64 bits.
+  check_refused(put(dir, "overflow.safetensors",
+                    safetensors_bytes(R"({"a":)" + f32("[4611686018427387904]", 0, 0) + R"(,"b":)" +
+                                          f32("[4]", 0, 16) + "}",
+                                      data16)),
+                "overflow");
+  check_refused(put(dir, "dtype.safetensors",
+                    safetensors_bytes(R"({"a":{"dtype":"Q7","shape":[4],"data_offsets":[0,16]}})", data16)),
+                "dtype");
+  check_refused(put(dir, "entry.safetensors", safetensors_bytes(R"({"a":5})", "")), "tensor a");
+  check_refused(put(dir, "beyond.safetensors", safetensors_bytes(R"({"a":)" + f32("[8]", 0, 32) + "}", data16)),
+                "truncated");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the safetensors reader refuses duplicate names, non-string metadata, absurd headers and non-files") {
+  fs::path dir = fresh_dir("header");
+  const std::string t = R"({"dtype":"U8","shape":[4],"data_offsets":[0,4]})";
+  check_refused(put(dir, "duplicate.safetensors", safetensors_bytes(R"({"a":)" + t + R"(,"a":)" + t + "}", "abcd")),
+                "twice");
+  check_refused(
+      put(dir, "number.safetensors", safetensors_bytes(R"({"a":)" + t + R"(,"__metadata__":{"classes":10}})", "abcd")),
+      "metadata 'classes' is a JSON number, not a string");
+  check_refused(put(dir, "meta.safetensors", safetensors_bytes(R"({"a":)" + t + R"(,"__metadata__":"x"})", "abcd")),
+                "__metadata__");
+  check_refused(put(dir, "huge.safetensors", safetensors_bytes("{}", "", uint64_t(1) << 62)), "absurd");
+  check_refused(put(dir, "array.safetensors", safetensors_bytes("[]", "")), "not a JSON object");
+  fs::create_directories(dir / "folder.safetensors");
+  check_refused((dir / "folder.safetensors").string(), "is a folder");
+  fs::create_symlink("/dev/zero", dir / "zero.safetensors");
+  check_refused((dir / "zero.safetensors").string(), "not a regular file");
+  check_refused((dir / "missing.safetensors").string(), "cannot open");
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace llr::test
