@@ -121,5 +121,89 @@ TEST_CASE("the safetensors reader refuses duplicate names, non-string metadata, 
   fs::remove_all(dir);
 }
 
+// A model checkpoint of wrn-10-1 with `meta` in place of the metadata save_model writes.
+std::string model_checkpoint(const fs::path& dir, const std::string& name, const io::Metadata& meta) {
+  auto model = nets::make_model("wrn-10-1", Act::relu, 10, 1, Device::cpu);
+  std::string path = (dir / name).string();
+  ckpt::save_model(path, *model, {});
+  io::SafetensorsFile f = io::read_safetensors(path);
+  io::TensorMap tensors(f.tensors.begin(), f.tensors.end());
+  io::write_safetensors(path, tensors, meta);
+  return path;
+}
+
+TEST_CASE("model checkpoints with bad metadata are refused naming the file and the key") {
+  fs::path dir = fresh_dir("model_meta");
+  const io::Metadata good = {{"model", "wrn-10-1"}, {"act", "relu"}, {"classes", "10"}, {"dtype", "f32"}};
+  ckpt::ModelInfo info = ckpt::read_model_info(model_checkpoint(dir, "good.safetensors", good));
+  CHECK(info.classes == 10);
+  CHECK(info.dtype == DType::f32);
+  struct Case {
+    std::string key, value, problem;
+  };
+  for (const Case& c : {Case{"classes", "abc", "metadata 'classes' is 'abc', not a 64-bit integer"},
+                        Case{"classes", "10abc", "not a 64-bit integer"},
+                        Case{"classes", "99999999999999999999", "not a 64-bit integer"},
+                        Case{"classes", "-3", "classes"},
+                        Case{"dtype", "f16", "dtype"},
+                        Case{"act", "tanh", "act"},
+                        Case{"model", "", "lacks metadata 'model'"}}) {
+    io::Metadata meta = good;
+    if (c.value.empty())
+      meta.erase(c.key);
+    else
+      meta[c.key] = c.value;
+    std::string path = model_checkpoint(dir, "bad.safetensors", meta);
+    INFO(c.key, " = '", c.value, "'");
+    CHECK_THROWS_WITH_AS(ckpt::read_model_info(path), doctest::Contains(path.c_str()), Error);
+    CHECK_THROWS_WITH_AS(ckpt::read_model_info(path), doctest::Contains(c.problem.c_str()), Error);
+  }
+  fs::remove_all(dir);
+}
+
+// Rewrites the metadata of a safetensors file in place, keeping its tensors.
+void edit_metadata(const fs::path& path, const std::function<void(io::Metadata&)>& edit) {
+  io::SafetensorsFile f = io::read_safetensors(path.string());
+  edit(f.metadata);
+  io::write_safetensors(path.string(), io::TensorMap(f.tensors.begin(), f.tensors.end()), f.metadata);
+}
+
+TEST_CASE("resuming from a training state without a step or with a non-numeric one is refused naming the file") {
+  fs::path dir = fresh_dir("resume_meta");
+  TrainConfig c;
+  c.data = "synthetic";
+  c.synthetic_train = 16;
+  c.synthetic_val = 8;
+  c.model = "wrn-10-1";
+  c.batch = 8;
+  c.epochs = 1;
+  c.device = "cpu";
+  c.out = (dir / "run").string();
+  train(c);
+  fs::path state = dir / "run" / "train_state.safetensors", model = dir / "run" / "model.safetensors";
+  fs::copy_file(state, dir / "state.orig");
+  fs::copy_file(model, dir / "model.orig");
+  auto restore = [&] {
+    fs::copy_file(dir / "state.orig", state, fs::copy_options::overwrite_existing);
+    fs::copy_file(dir / "model.orig", model, fs::copy_options::overwrite_existing);
+  };
+  TrainConfig r;
+  r.epochs = 0;
+
+  edit_metadata(state, [](io::Metadata& m) { m.erase("step"); });
+  CHECK_THROWS_WITH_AS(train(r, c.out), doctest::Contains("train_state.safetensors lacks metadata 'step'"), Error);
+  restore();
+  edit_metadata(state, [](io::Metadata& m) { m["optimizer_steps"] = "many"; });
+  CHECK_THROWS_WITH_AS(train(r, c.out), doctest::Contains("train_state.safetensors: metadata 'optimizer_steps' is 'many'"),
+                       Error);
+  restore();
+  edit_metadata(model, [](io::Metadata& m) { m["step"] = "2x"; });
+  CHECK_THROWS_WITH_AS(train(r, c.out), doctest::Contains("model.safetensors: metadata 'step' is '2x'"), Error);
+  restore();
+  edit_metadata(model, [](io::Metadata& m) { m["step"] = "1"; });
+  CHECK_THROWS_WITH_AS(train(r, c.out), doctest::Contains("are from different steps"), Error);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace llr::test

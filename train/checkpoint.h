@@ -28,6 +28,10 @@ struct ModelInfo {
 };
 ModelInfo read_model_info(const std::string& path);
 
+// The integer metadata value `key` of the checkpoint at `path`; throws naming the file and key when it is missing or
+// not a whole decimal 64-bit integer.
+int64_t metadata_int(const io::Metadata& meta, const std::string& key, const std::string& path);
+
 void save_train_state(const std::string& path, const Sgd& opt, const nets::Model& model, const io::Metadata& meta);
 io::Metadata load_train_state(const std::string& path, Sgd& opt, const nets::Model& model);
 

@@ -239,9 +239,9 @@ TrainSummary train(TrainConfig cfg, const std::string& resume_dir) {
               ": no checkpoint (model.safetensors and train_state.safetensors) to continue from");
     ckpt::load_model(model_path.string(), *model);
     io::Metadata meta = ckpt::load_train_state(state_path.string(), opt, *model);
-    start_step = std::stoll(meta.at("step"));
+    start_step = ckpt::metadata_int(meta, "step", state_path.string());
     io::Metadata mmeta = io::read_safetensors(model_path.string()).metadata;
-    LLR_CHECK(mmeta.count("step") && std::stoll(mmeta.at("step")) == start_step, "--resume ", resume_dir,
+    LLR_CHECK(ckpt::metadata_int(mmeta, "step", model_path.string()) == start_step, "--resume ", resume_dir,
               ": model.safetensors and train_state.safetensors are from different steps");
   } else {
     io::write_file_atomic((fs::path(cfg.out) / "config.json").string(), cfg.to_json());
