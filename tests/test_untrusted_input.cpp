@@ -205,5 +205,22 @@ TEST_CASE("resuming from a training state without a step or with a non-numeric o
   fs::remove_all(dir);
 }
 
+TEST_CASE("a CIFAR-10 batch that is a folder or a link to a device is refused before it is read") {
+  fs::path dir = fresh_dir("cifar_files");
+  fs::create_directories(dir / "data_batch_1.bin");
+  CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "data_batch_1.bin").string()),
+                       doctest::Contains("data_batch_1.bin is a folder"), Error);
+  CHECK_THROWS_WITH_AS(data::load_cifar10(dir.string(), 0), doctest::Contains("data_batch_1.bin is a folder"), Error);
+  fs::remove_all(dir / "data_batch_1.bin");
+  fs::create_symlink("/dev/zero", dir / "data_batch_1.bin");
+  CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "data_batch_1.bin").string()),
+                       doctest::Contains("data_batch_1.bin is not a regular file"), Error);
+  // A link to a proper file is fine: links are resolved.
+  std::ofstream(dir / "records.bin", std::ios::binary) << std::string(2 * data::kCifarRecordBytes, '\x03');
+  fs::create_symlink(dir / "records.bin", dir / "link.bin");
+  CHECK(data::read_cifar_file((dir / "link.bin").string()).size() == 2);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace llr::test
