@@ -222,5 +222,20 @@ TEST_CASE("a CIFAR-10 batch that is a folder or a link to a device is refused be
   fs::remove_all(dir);
 }
 
+TEST_CASE("model names with huge, malformed or silly numbers are refused with a clear message") {
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-10-99999999999", Act::relu, 10, 0, Device::cpu),
+                       doctest::Contains("widen factor"), Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-99999999999-1", Act::relu, 10, 0, Device::cpu),
+                       doctest::Contains("depth"), Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-10-1000", Act::relu, 10, 0, Device::cpu),
+                       doctest::Contains("widen factor"), Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-10-0", Act::relu, 10, 0, Device::cpu), doctest::Contains("widen factor"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-11-1", Act::relu, 10, 0, Device::cpu), doctest::Contains("6n + 4"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nets::make_model("wrn-4-1", Act::relu, 10, 0, Device::cpu), doctest::Contains("6n + 4"), Error);
+  CHECK(nets::make_model("wrn-16-2", Act::relu, 10, 0, Device::cpu)->name() == "wrn-16-2");
+}
+
 }  // namespace
 }  // namespace llr::test
