@@ -35,5 +35,15 @@ check_error "cannot open checkpoint" eval --checkpoint "$dir/missing.safetensors
 head -c 1000 "$dir/run/model.safetensors" >"$dir/cut.safetensors"
 check_error "truncated" eval --checkpoint "$dir/cut.safetensors"
 check_error "unknown attack" eval --checkpoint "$dir/run/model.safetensors" --attacks fab --n 4
-for x in x1 x2 x3 x4; do [ ! -e "$dir/$x" ] || fail "the refused run $x left a folder behind"; done
+check_error "widen factor 99999999999 is too large" train --model wrn-10-99999999999 --data synthetic --out "$dir/x5"
+check_error "6n + 4" train --model wrn-12-1 --data synthetic --out "$dir/x6"
+mkdir -p "$dir/cifar_folder/data_batch_1.bin" "$dir/cifar_device"
+ln -s /dev/zero "$dir/cifar_device/data_batch_1.bin"
+check_error "data_batch_1.bin is a folder" train --data "$dir/cifar_folder" --out "$dir/x7"
+check_error "data_batch_1.bin is not a regular file" train --data "$dir/cifar_device" --out "$dir/x8"
+# A checkpoint of no tensors whose metadata says classes "abc" (the header is shorter than 256 bytes).
+header='{"__metadata__":{"model":"wrn-10-1","act":"relu","classes":"abc","dtype":"f32"}}'
+printf "\\x$(printf %02x ${#header})\\0\\0\\0\\0\\0\\0\\0%s" "$header" >"$dir/abc.safetensors"
+check_error "abc.safetensors: metadata 'classes' is 'abc'" eval --checkpoint "$dir/abc.safetensors"
+for x in x1 x2 x3 x4 x5 x6 x7 x8; do [ ! -e "$dir/$x" ] || fail "the refused run $x left a folder behind"; done
 echo "cli smoke test passed"
