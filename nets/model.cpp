@@ -1,5 +1,6 @@
 #include "nets/model.h"
 
+#include <charconv>
 #include <cmath>
 #include <regex>
 
@@ -140,7 +141,16 @@ std::unique_ptr<Model> make_model(const std::string& name, Act act, int64_t clas
   std::unique_ptr<Model> m;
   std::smatch match;
   if (std::regex_match(name, match, std::regex("wrn-(\\d+)-(\\d+)"))) {
-    m = make_wide_resnet(std::stoi(match[1]), std::stoi(match[2]), act, classes, init);
+    // The largest Wide-ResNets in the robustness literature are WRN-106-16 and WRN-70-16; far larger numbers are
+    // typing mistakes that would otherwise end in a failed multi-terabyte allocation (or an int overflow).
+    auto number = [&](const std::string& digits, int most, const char* what) {
+      int value = 0;
+      std::errc ec = std::from_chars(digits.data(), digits.data() + digits.size(), value).ec;
+      LLR_CHECK(ec == std::errc() && value <= most, "model '", name, "': ", what, " ", digits, " is too large (at most ",
+                most, ")");
+      return value;
+    };
+    m = make_wide_resnet(number(match[1], 1000, "depth"), number(match[2], 64, "widen factor"), act, classes, init);
   } else if (name == "preact-rn18") {
     m = make_preact_resnet18(act, classes, init);
   } else if (std::regex_match(name, match, std::regex("resnet-(50|101|152)"))) {

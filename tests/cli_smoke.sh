@@ -35,6 +35,17 @@ check_error "cannot open checkpoint" eval --checkpoint "$dir/missing.safetensors
 head -c 1000 "$dir/run/model.safetensors" >"$dir/cut.safetensors"
 check_error "truncated" eval --checkpoint "$dir/cut.safetensors"
 check_error "unknown attack" eval --checkpoint "$dir/run/model.safetensors" --attacks fab --n 4
+check_error "widen factor 99999999999 is too large" train --model wrn-10-99999999999 --data synthetic --out "$dir/y1"
+check_error "6n + 4" train --model wrn-12-1 --data synthetic --out "$dir/y2"
+mkdir -p "$dir/cifar_folder/data_batch_1.bin" "$dir/cifar_device"
+ln -s /dev/zero "$dir/cifar_device/data_batch_1.bin"
+check_error "data_batch_1.bin is a folder" train --data "$dir/cifar_folder" --out "$dir/y3"
+check_error "data_batch_1.bin is not a regular file" train --data "$dir/cifar_device" --out "$dir/y4"
+# A checkpoint of no tensors whose metadata says classes "abc" (the header is shorter than 256 bytes).
+header='{"__metadata__":{"model":"wrn-10-1","act":"relu","classes":"abc","dtype":"f32"}}'
+printf "\\x$(printf %02x ${#header})\\0\\0\\0\\0\\0\\0\\0%s" "$header" >"$dir/abc.safetensors"
+check_error "abc.safetensors: metadata 'classes' is 'abc'" eval --checkpoint "$dir/abc.safetensors"
+for x in y1 y2 y3 y4; do [ ! -e "$dir/$x" ] || fail "the refused run $x left a folder behind"; done
 # Every flag is validated before any work (no data read, no folder made).
 n=5
 for bad in "--eps nan" "--eps -1" "--pgd-steps -3" "--llr-steps 0" "--momentum nan" "--wd -1" "--lr -0.1" "--lr nan" \

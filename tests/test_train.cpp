@@ -118,7 +118,7 @@ TEST_CASE("augmentation keeps labels, stays in [0, 1], crops and flips the refle
   CHECK(augment::reflect(32, 32) == 30);
 }
 
-TEST_CASE("a checkpoint round trip is bit-exact; truncated or corrupt checkpoints are refused") {
+TEST_CASE("a checkpoint round trip is bit-exact, and truncated or corrupt checkpoints are refused") {
   fs::path dir = temp_dir("ckpt");
   auto a = nets::make_model("wrn-10-1", Act::softplus, 10, 1, Device::cpu);
   auto b = nets::make_model("wrn-10-1", Act::softplus, 10, 2, Device::cpu);

@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <charconv>
 #include <cstring>
 
 #include "engine/backend.h"
@@ -94,6 +95,17 @@ void save_model(const std::string& path, nets::Model& model, const io::Metadata&
   io::write_safetensors(path, tensors, meta);
 }
 
+int64_t metadata_int(const io::Metadata& meta, const std::string& key, const std::string& path) {
+  auto it = meta.find(key);
+  LLR_CHECK(it != meta.end(), "checkpoint ", path, " lacks metadata '", key, "'");
+  const std::string& text = it->second;
+  int64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  LLR_CHECK(ec == std::errc() && end == text.data() + text.size(), "checkpoint ", path, ": metadata '", key, "' is '",
+            text, "', not a 64-bit integer");
+  return value;
+}
+
 ModelInfo read_model_info(const std::string& path) {
   io::SafetensorsFile f = io::read_safetensors(path);
   auto get = [&](const char* key) {
@@ -104,13 +116,25 @@ ModelInfo read_model_info(const std::string& path) {
   };
   ModelInfo info;
   info.model = get("model");
-  info.act = nets::parse_act(get("act"));
-  info.classes = std::stoll(get("classes"));
-  info.dtype = get("dtype") == "f64" ? DType::f64 : DType::f32;
+  std::string act = get("act");
+  try {
+    info.act = nets::parse_act(act);
+  } catch (const Error&) {
+    LLR_FAIL("checkpoint ", path, ": metadata 'act' is '", act, "', not an activation llrtrain knows");
+  }
+  // The model is built, its last layer `classes` wide, before any stored tensor is compared with it.
+  const int64_t max_classes = 1'000'000;
+  info.classes = metadata_int(f.metadata, "classes", path);
+  LLR_CHECK(info.classes >= 1 && info.classes <= max_classes, "checkpoint ", path, ": metadata 'classes' is ",
+            info.classes, ", not in 1..", max_classes);
+  std::string dtype = get("dtype");
+  LLR_CHECK(dtype == "f32" || dtype == "f64", "checkpoint ", path, ": metadata 'dtype' is '", dtype,
+            "', not f32 or f64");
+  info.dtype = dtype == "f64" ? DType::f64 : DType::f32;
   return info;
 }
 
-void load_model(const std::string& path, nets::Model& model) {
+io::Metadata load_model(const std::string& path, nets::Model& model) {
   io::SafetensorsFile f = io::read_safetensors(path);
   size_t expected = model.registry().entries().size() + model.registry().counters().size();
   for (nets::NamedTensor& e : model.registry().entries()) {
@@ -126,6 +150,7 @@ void load_model(const std::string& path, nets::Model& model) {
   }
   LLR_CHECK(f.tensors.size() == expected, "checkpoint ", path, " has ", f.tensors.size(), " tensors, ", model.name(),
             " has ", expected);
+  return f.metadata;
 }
 
 void save_train_state(const std::string& path, const Sgd& opt, const nets::Model& model, const io::Metadata& meta) {
@@ -153,9 +178,11 @@ io::Metadata load_train_state(const std::string& path, Sgd& opt, const nets::Mod
     LLR_CHECK(it != f.tensors.end(), "training state ", path, " lacks ", name);
     from_stored(it->second, bufs.at(k++), e.conv_filter, name, path);
   }
-  auto it = f.metadata.find("optimizer_steps");
-  LLR_CHECK(it != f.metadata.end(), "training state ", path, " lacks optimizer_steps");
-  opt.set_steps_taken(std::stoll(it->second));
+  LLR_CHECK(f.tensors.size() == k, "training state ", path, " holds ", f.tensors.size(), " tensors, ", model.name(),
+            " has ", k, " momentum buffers: it is not this model's training state");
+  int64_t steps = metadata_int(f.metadata, "optimizer_steps", path);
+  LLR_CHECK(steps >= 0, "training state ", path, ": metadata 'optimizer_steps' is negative (", steps, ")");
+  opt.set_steps_taken(steps);
   return f.metadata;
 }
 

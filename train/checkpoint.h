@@ -18,7 +18,8 @@ io::StoredTensor to_stored(const Tensor& t, bool conv_filter);
 
 void save_model(const std::string& path, nets::Model& model, const io::Metadata& extra);
 // Copies a checkpoint's tensors into `model` (same architecture); throws on a missing, extra or mis-shaped tensor.
-void load_model(const std::string& path, nets::Model& model);
+// Returns the file's metadata.
+io::Metadata load_model(const std::string& path, nets::Model& model);
 // The architecture a model checkpoint describes, to build the model before load_model.
 struct ModelInfo {
   std::string model;
@@ -27,6 +28,10 @@ struct ModelInfo {
   DType dtype;
 };
 ModelInfo read_model_info(const std::string& path);
+
+// The integer metadata value `key` of the checkpoint at `path`; throws naming the file and key when it is missing or
+// not a whole decimal 64-bit integer.
+int64_t metadata_int(const io::Metadata& meta, const std::string& key, const std::string& path);
 
 void save_train_state(const std::string& path, const Sgd& opt, const nets::Model& model, const io::Metadata& meta);
 io::Metadata load_train_state(const std::string& path, Sgd& opt, const nets::Model& model);

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "engine/backend.h"
+#include "train/safetensors.h"
 #include "train/training_kernels.h"
 
 namespace llr::data {
@@ -13,14 +13,15 @@ namespace llr::data {
 namespace fs = std::filesystem;
 
 Dataset read_cifar_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  LLR_CHECK(in.good(), "cannot open CIFAR-10 file ", path);
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  LLR_CHECK(!bytes.empty(), "CIFAR-10 file ", path, " is empty");
-  LLR_CHECK(bytes.size() % kCifarRecordBytes == 0, "CIFAR-10 file ", path, " is truncated or not CIFAR-10: ",
-            bytes.size(), " bytes is not a whole number of ", kCifarRecordBytes, "-byte records (the last record starts at byte ",
-            bytes.size() / kCifarRecordBytes * kCifarRecordBytes, ")");
-  int64_t n = static_cast<int64_t>(bytes.size() / kCifarRecordBytes);
+  const uint64_t size = io::regular_file_size(path, "CIFAR-10 file");
+  LLR_CHECK(size > 0, "CIFAR-10 file ", path, " is empty");
+  LLR_CHECK(size % kCifarRecordBytes == 0, "CIFAR-10 file ", path, " is truncated or not CIFAR-10: ", size,
+            " bytes is not a whole number of ", kCifarRecordBytes, "-byte records (the last record starts at byte ",
+            size / kCifarRecordBytes * kCifarRecordBytes, ")");
+  const std::string file = io::read_file(path, "CIFAR-10 file");
+  LLR_CHECK(file.size() == size, "CIFAR-10 file ", path, " changed size while it was read");
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(file.data());
+  int64_t n = static_cast<int64_t>(size / kCifarRecordBytes);
   Dataset d;
   d.name = fs::path(path).filename().string();
   d.images = Tensor::empty({n, 32, 32, 3}, DType::u8, Layout::nhwc);
@@ -28,7 +29,7 @@ Dataset read_cifar_file(const std::string& path) {
   uint8_t* img = d.images.data<uint8_t>();
   int32_t* lab = d.labels.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t* rec = bytes.data() + i * kCifarRecordBytes;
+    const uint8_t* rec = bytes + i * kCifarRecordBytes;
     LLR_CHECK(rec[0] < kCifarClasses, "CIFAR-10 file ", path, ": label ", int(rec[0]), " at byte offset ",
               i * kCifarRecordBytes, " (record ", i, ") is not in 0..9");
     lab[i] = rec[0];

@@ -22,7 +22,8 @@ constexpr int64_t kCifarRecordBytes = 1 + 3 * 32 * 32;
 constexpr int kCifarClasses = 10;
 
 // One file of CIFAR-10 binary records (label byte, then the red, green and blue 32x32 planes). Throws naming the
-// file and byte offset of the first problem: missing file, size not a multiple of the record, a label outside 0..9.
+// file and byte offset of the first problem: missing file, a folder or device rather than a regular file, size not a
+// multiple of the record (checked before reading), a label outside 0..9.
 Dataset read_cifar_file(const std::string& path);
 
 struct Splits {

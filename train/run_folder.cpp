@@ -164,11 +164,11 @@ Manifest load_checkpoint(const std::string& dir, nets::Model& model, Sgd& optimi
   std::optional<Manifest> m = read_manifest(dir);
   LLR_CHECK(m.has_value(), "run folder ", dir, " has no committed checkpoint (no checkpoint.json) to resume from");
   std::string model_path = path_in(dir, m->model), state_path = path_in(dir, m->train_state);
-  ckpt::load_model(model_path, model);
-  io::Metadata meta = ckpt::load_train_state(state_path, optimizer, model);
-  auto step = meta.find("step");
-  LLR_CHECK(step != meta.end() && step->second == std::to_string(m->step), "training state ", state_path,
-            " is not from step ", m->step, " that checkpoint.json records");
+  io::Metadata model_meta = ckpt::load_model(model_path, model);
+  io::Metadata state_meta = ckpt::load_train_state(state_path, optimizer, model);
+  for (const auto& [meta, path] : {std::pair{&model_meta, &model_path}, std::pair{&state_meta, &state_path}})
+    LLR_CHECK(ckpt::metadata_int(*meta, "step", *path) == m->step, *path, " is not from step ", m->step,
+              " that checkpoint.json records: the model and training state are from different steps");
   int64_t bad = count_nonfinite(state_tensors(model, &optimizer));
   LLR_CHECK(bad == 0, "checkpoint ", model_path, " / ", state_path, " holds ", bad,
             " non-finite values (NaN or infinite weights or momentum): refusing to resume from it");

@@ -1,6 +1,7 @@
 // The safetensors format: an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and
 // byte range, then the raw little-endian data. Written atomically (temporary file, fsync, rename); read with checks
-// that name the file and the problem (truncated file, bad header, ranges outside the data, sizes that do not match).
+// that name the file and the problem (truncated file, bad header, ranges outside the data or overlapping, sizes that
+// do not match), since checkpoints may come from elsewhere.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +27,12 @@ struct SafetensorsFile {
   Metadata metadata;
 };
 SafetensorsFile read_safetensors(const std::string& path);
+
+// The size of the regular file `path` (links followed). Throws naming the file, as `what` (e.g. "checkpoint"), when it
+// is missing, a folder or not a regular file: reading a device such as /dev/zero would never end.
+uint64_t regular_file_size(const std::string& path, const std::string& what);
+// The whole contents of the regular file `path`, checked as regular_file_size does.
+std::string read_file(const std::string& path, const std::string& what);
 
 // Writes `contents` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed over.
 void write_file_atomic(const std::string& path, const std::string& contents);
