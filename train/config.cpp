@@ -12,6 +12,10 @@ void TrainConfig::visit(SettingVisitor& v) {
   v.text({"act", "activation"}, act, {"relu", "softplus"});
   v.integer({"epochs", "epochs"}, epochs, Range::at_least(1));
   v.integer({"steps", "train for this many steps instead (0: use --epochs)"}, steps, Range::at_least(0));
+  v.real({"time_budget",
+          "stop when the training time (data, steps, optimiser; not evaluation or checkpoints) reaches this many "
+          "seconds; the learning-rate schedule and the eps warm-up fraction then run over the budget (0: no budget)"},
+         time_budget, Range::at_least(0));
   v.integer({"batch", "batch size"}, batch, Range::at_least(1));
   v.real({"lr", "base learning rate"}, lr, Range::positive());
   v.text({"schedule", "learning-rate schedule"}, schedule, {"constant", "piecewise", "cosine"});
@@ -56,7 +60,8 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& s
 }
 
 bool resume_may_change(const std::string& name) {
-  return name == "epochs" || name == "steps" || name == "log_every" || name == "eval_batch" || name == "device";
+  return name == "epochs" || name == "steps" || name == "time_budget" || name == "log_every" || name == "eval_batch" ||
+         name == "device";
 }
 
 void EvalConfig::visit(SettingVisitor& v) {

@@ -32,6 +32,7 @@ struct TrainConfig {
   std::string act = "relu";
   int64_t epochs = 100;
   int64_t steps = 0;  // > 0: train for this many steps instead of whole epochs
+  double time_budget = 0;  // > 0: stop when the training time reaches this many seconds
   int64_t batch = 128;
   double lr = 0.1;
   std::string schedule = "piecewise";

@@ -20,6 +20,7 @@
 #include "train/cli.h"
 #include "train/config.h"
 #include "train/evaluation.h"
+#include "train/experiment.h"
 #include "train/objective_check.h"
 #include "train/trainer.h"
 
@@ -158,6 +159,13 @@ int main(int argc, char** argv) {
   for (const AttackInfo& a : attack_registry()) attacks_help += "\n  " + std::string(a.usage) + ": " + a.summary;
   ev->footer(attacks_help);
 
+  CLI::App* ex = app.add_subcommand("experiment",
+                                    "train every method of an experiment file at every time budget, evaluate each, "
+                                    "and draw robust accuracy against training time");
+  ExperimentOptions xo;
+  ex->add_option("file", xo.file, "experiment file (JSON; tools/experiments/ has examples)")->required();
+  ex->add_option("--out", xo.out, "folder of the runs, results.jsonl and frontier.svg (default: beside the file)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -213,6 +221,7 @@ int main(int argc, char** argv) {
       return ok ? 0 : 1;
     }
     if (ev->parsed()) return run_eval(eo);
+    if (ex->parsed()) return run_experiment(xo) == 0 ? 0 : 1;
   } catch (const Interrupted& e) {
     std::fprintf(stderr, "llrtrain: %s\n", e.what());
     return 128 + e.signal();

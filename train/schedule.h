@@ -1,5 +1,6 @@
-// Learning-rate schedules over training steps: constant, piecewise constant (multiplied by `decay_factor` at each
-// decay step), or cosine to zero; all with an optional linear warm-up from 0 over the first `warmup_steps`.
+// Learning-rate schedules over training progress (the fraction of the steps, or of a time budget, done): constant,
+// piecewise constant (multiplied by `decay_factor` at each decay point), or cosine to zero; all with an optional linear
+// warm-up from 0 over the first `warmup_steps` steps.
 #pragma once
 
 #include <algorithm>
@@ -16,24 +17,22 @@ struct Schedule {
   enum class Kind { constant, piecewise, cosine };
   Kind kind = Kind::piecewise;
   double base_lr = 0.1;
-  int64_t total_steps = 1;
   int64_t warmup_steps = 0;
-  std::vector<int64_t> decay_steps;  // piecewise: steps at which the rate is multiplied by decay_factor
+  std::vector<double> decay_at;  // piecewise: fractions of progress at which the rate is multiplied by decay_factor
   double decay_factor = 0.1;
 
-  double lr(int64_t step) const {
+  // The rate at `step` when `progress` (in [0, 1]) of training is done.
+  double lr(int64_t step, double progress) const {
     double r = base_lr;
     switch (kind) {
       case Kind::constant: break;
       case Kind::piecewise:
-        for (int64_t d : decay_steps)
-          if (step >= d) r *= decay_factor;
+        for (double d : decay_at)
+          if (progress >= d) r *= decay_factor;
         break;
-      case Kind::cosine: {
-        double t = double(step - warmup_steps) / double(std::max<int64_t>(1, total_steps - warmup_steps));
-        r = base_lr * 0.5 * (1.0 + std::cos(3.14159265358979323846 * std::clamp(t, 0.0, 1.0)));
+      case Kind::cosine:
+        r = base_lr * 0.5 * (1.0 + std::cos(3.14159265358979323846 * std::clamp(progress, 0.0, 1.0)));
         break;
-      }
     }
     if (step < warmup_steps) r *= double(step + 1) / double(warmup_steps);
     return r;

@@ -208,10 +208,10 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
   Schedule sched;
   sched.kind = Schedule::parse_kind(cfg.schedule);
   sched.base_lr = cfg.lr;
-  sched.total_steps = total;
   sched.warmup_steps = cfg.warmup_steps;
   sched.decay_factor = cfg.decay_factor;
-  for (double f : cfg.decay_at) sched.decay_steps.push_back(static_cast<int64_t>(std::llround(f * double(total))));
+  sched.decay_at = cfg.decay_at;
+  const bool budgeted = cfg.time_budget > 0;
 
   fs::create_directories(cfg.out);
   run::FolderLock lock(cfg.out);
@@ -262,6 +262,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
 
   SignalScope signals;
   TrainSummary summary;
+  summary.steps = start_step;
   Tensor order;  // this epoch's permutation, on the data's device
   int64_t order_epoch = -1;
   double last_loss = 0;
@@ -275,8 +276,12 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
   };
   auto window_start = clock::now();
   double window_seconds = 0;
-  for (int64_t step = start_step; step < total; ++step) {
+  const bool already_done = start_step >= total || (budgeted && train_seconds >= cfg.time_budget);
+  for (int64_t step = start_step; step < total && !already_done; ++step) {
     auto step_start = clock::now();
+    // Training progress in [0, 1]: of the steps, or of the time budget (the device may still be working through
+    // earlier steps; the estimate is exact at each log step, where the loop synchronises).
+    const double done = budgeted ? (train_seconds + window_seconds) / cfg.time_budget : double(step) / double(total);
     int64_t epoch = step / steps_per_epoch, pos = step % steps_per_epoch;
     if (epoch != order_epoch) {
       order = data::order_on_device(d.train, data::epoch_order(d.train.size(), cfg.seed, epoch));
@@ -289,8 +294,10 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     ctx.compute = compute;
     ctx.seed = cfg.seed;
     ctx.step = static_cast<uint64_t>(step);
-    ctx.eps = eps_at(cfg.robust.eps, eps_warmup, static_cast<uint64_t>(step));
-    double lr = sched.lr(step);
+    ctx.eps = cfg.robust.eps_warmup_fraction > 0
+                  ? cfg.robust.eps * std::min(1.0, done / cfg.robust.eps_warmup_fraction)
+                  : eps_at(cfg.robust.eps, eps_warmup, static_cast<uint64_t>(step));
+    double lr = sched.lr(step, done);
     StepOutput out = training_step(*model, opt_sgd, method, cfg.robust, b.images, b.labels, ctx, lr);
     training::mark_first_step(diverged_at,
                               backend::add(training::count_nonfinite(out.loss), opt_sgd.nonfinite_updates()), step);
@@ -300,7 +307,10 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     for (const auto& [k, v] : out.metrics) accumulate(metric_acc[k], v);
     seen_acc += cfg.batch;
 
-    bool epoch_end = pos == steps_per_epoch - 1 || step == total - 1;
+    const bool budget_spent =
+        budgeted && train_seconds + window_seconds + std::chrono::duration<double>(clock::now() - step_start).count() >=
+                        cfg.time_budget;
+    bool epoch_end = pos == steps_per_epoch - 1 || step == total - 1 || budget_spent;
     bool stop = opt.stop_after > 0 && step + 1 == opt.stop_after;
     bool interrupted = stop_signal.load() != 0;
     bool log = (step + 1) % cfg.log_every == 0 || epoch_end || stop || interrupted;
@@ -329,6 +339,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
                 {"split", "train"},
                 {"loss", loss_mean},
                 {"lr", lr},
+                {"progress", budgeted ? std::min(1.0, train_seconds / cfg.time_budget) : double(step + 1) / double(total)},
                 {"eps", ctx.eps},
                 {"images_per_s", ips},
                 {"elapsed_s", train_seconds}};
@@ -369,6 +380,13 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
                             std::to_string(step + 1) + "; checkpoint written, continue with --resume " + cfg.out,
                         sig);
     }
+    if (budget_spent) {
+      char line[128];
+      std::snprintf(line, sizeof line, "time budget of %g s reached after step %lld", cfg.time_budget,
+                    static_cast<long long>(step + 1));
+      progress.line(line);
+      break;
+    }
     if (stop) {
       summary.interrupted = true;
       progress.line("stopped after step " + std::to_string(step + 1) + " (--stop-after); resume with --resume " +
@@ -377,7 +395,8 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     }
   }
   summary.final_train_loss = last_loss;
-  if (start_step >= total) progress.line("nothing to do: the run in " + cfg.out + " is complete");
+  summary.train_seconds = train_seconds;
+  if (already_done) progress.line("nothing to do: the run in " + cfg.out + " is complete");
   return summary;
 }
 

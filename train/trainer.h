@@ -29,6 +29,7 @@ struct TrainOptions {
 
 struct TrainSummary {
   int64_t steps = 0;
+  double train_seconds = 0;  // training time of the whole run (across resumptions)
   double final_train_loss = 0;
   EvalResult final_eval;
   std::string eval_split;

@@ -18,6 +18,7 @@ namespace llr {
 struct RobustSettings {
   double eps = 8.0 / 255.0;
   int64_t eps_warmup = -1;  // steps over which eps grows linearly from 0; -1: the method's default
+  double eps_warmup_fraction = 0;  // > 0: instead, the fraction of training progress over which eps grows
   int64_t attack_steps = 10;
   double attack_step = 2.0 / 255.0;
   std::string attack_bn = "eval";  // batch norm in attack steps: eval (running averages) or train (the batch's own)
@@ -27,6 +28,10 @@ struct RobustSettings {
     v.integer({"eps_warmup_steps", "steps over which eps grows linearly from 0 (-1: 500 for llr, else 0)",
                "eps-warmup"},
               eps_warmup, Range::at_least(-1));
+    v.real({"eps_warmup_fraction",
+            "eps grows linearly from 0 over this fraction of training (of the steps, or of --time-budget); 0: use "
+            "--eps-warmup"},
+           eps_warmup_fraction, Range::between(0, 1));
     v.integer({"pgd_steps", "attack steps of PGD and TRADES training"}, attack_steps, Range::at_least(1));
     v.real({"pgd_alpha", "attack step size of PGD and TRADES training, e.g. 2/255"}, attack_step, Range::positive());
     v.text({"attack_bn", "batch norm in attack steps: running averages (eval) or the batch's statistics (train)"},

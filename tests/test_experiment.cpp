@@ -1,0 +1,79 @@
+// The time-to-robustness experiment end to end on the synthetic data: every run trained to its budget and evaluated,
+// one JSON line each and the frontier plot, a failing run reported without stopping the others, finished runs skipped
+// on a rerun.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/test_util.h"
+#include "train/experiment.h"
+
+// Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
+TEST_SUITE_BEGIN("fast");
+
+namespace llr::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<nlohmann::json> result_lines(const fs::path& p) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(p);
+  for (std::string l; std::getline(in, l);) out.push_back(nlohmann::json::parse(l));
+  return out;
+}
+
+TEST_CASE("an experiment trains every method to every budget, reports a failing run and skips finished ones on a rerun" *
+          doctest::test_suite("slow")) {
+  fs::path dir = fs::temp_directory_path() / ("llr_experiment_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  nlohmann::json file = {
+      {"train",
+       {{"data", "synthetic"}, {"synthetic_train", 128}, {"synthetic_val", 32}, {"model", "wrn-10-1"}, {"batch", 32},
+        {"lr", 0.05}, {"schedule", "cosine"}, {"device", "cpu"}, {"log_every", 2}, {"eps_warmup_steps", 0}}},
+      {"methods",
+       {{{"label", "natural"}, {"method", "natural"}},
+        {{"label", "pgd-2"}, {"method", "pgd"}, {"pgd_steps", 2}},
+        {{"label", "no-data"}, {"method", "natural"}, {"data", (dir / "no_such_folder").string()}}}},
+      {"budgets", {0.5, 1.0}},
+      {"seeds", {0}},
+      {"eval", {{"split", "val"}, {"n", 16}, {"batch", 16}, {"attacks", "pgd-ce:2x1"}, {"gamma_steps", 2}}}};
+  std::ofstream(dir / "exp.json") << file.dump(2);
+  ExperimentOptions o;
+  o.file = (dir / "exp.json").string();
+  o.out = (dir / "out").string();
+  CHECK(run_experiment(o) == 2);  // the method without data, at both budgets
+
+  std::vector<nlohmann::json> lines = result_lines(dir / "out" / "results.jsonl");
+  REQUIRE(lines.size() == 6);
+  int failed = 0;
+  for (const auto& j : lines) {
+    INFO(j.dump());
+    if (j.contains("error")) {
+      ++failed;
+      CHECK(j["label"] == "no-data");
+      CHECK(j["error"].get<std::string>().find("does not exist") != std::string::npos);
+      continue;
+    }
+    CHECK(j["steps"].get<int64_t>() >= 1);
+    CHECK(j["train_s"].get<double>() >= j["budget"].get<double>());  // trained until the budget was spent
+    CHECK(j["clean_accuracy"].get<double>() >= j["robust_accuracy"].get<double>());
+    CHECK(j["attacks"].contains("pgd-ce:2x1"));
+    CHECK(j["gamma_mean"].get<double>() > 0);
+  }
+  CHECK(failed == 2);
+  CHECK(fs::file_size(dir / "out" / "frontier.svg") > 500);
+
+  // A rerun tries the failed runs again and skips the finished ones.
+  CHECK(run_experiment(o) == 2);
+  CHECK(result_lines(dir / "out" / "results.jsonl").size() == 8);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace llr::test
+
+TEST_SUITE_END();
