@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "engine/dispatch.h"
+#include "engine/profile.h"
 #include "engine/elementwise_math.h"
 #include "engine/tensor.h"
 
@@ -77,6 +78,7 @@ Tensor full_like(const Tensor& x, double value);
 
 #define LLR_KERNEL(ret, name, params, args, dev)                        \
   inline ret name params {                                              \
+    ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::backend_check::name args;                                    \
     return ::llr::backend_for(dev.device()).name args;                  \

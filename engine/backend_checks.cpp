@@ -244,21 +244,33 @@ void batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Ten
             "batch_stats_tangent_backward: undefined argument");
 }
 
-void bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
-                  double eps) {
+void bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                    double eps, Act) {
   LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
             "batch_norm: mean, var, scale and shift must all be defined");
   batch_norm_args("batch_norm", x, {&mean, &var, &scale, &shift});
   LLR_CHECK(eps > 0, "batch_norm: eps must be positive, got ", eps);
 }
 
-void bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                           const Tensor& gy, double eps) {
-  LLR_CHECK(mean.defined() && var.defined() && scale.defined(), "batch_norm_backward: undefined statistics");
-  batch_norm_args("batch_norm_backward", x, {&mean, &var, &scale});
+void bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                     const Tensor& gy, double eps, Act, bool, bool) {
+  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
+            "batch_norm_backward: undefined statistics or parameters");
+  batch_norm_args("batch_norm_backward", x, {&mean, &var, &scale, &shift});
   floating("batch_norm_backward", {&x, &gy});
   same_shape("batch_norm_backward", x, gy);
   LLR_CHECK(eps > 0, "batch_norm_backward: eps must be positive, got ", eps);
+}
+
+void bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
+                    const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, const Tensor& scale_dot,
+                    const Tensor& shift_dot, double eps, Act) {
+  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
+            "batch_norm_act_tangent: undefined statistics or parameters");
+  batch_norm_args("batch_norm_act_tangent", x, {&mean, &var, &scale, &shift, &mean_dot, &var_dot, &scale_dot, &shift_dot});
+  floating("batch_norm_act_tangent", {&x, &xdot});
+  same_shape("batch_norm_act_tangent", x, xdot);
+  LLR_CHECK(eps > 0, "batch_norm_act_tangent: eps must be positive, got ", eps);
 }
 
 void bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& xdot,

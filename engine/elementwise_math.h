@@ -8,7 +8,7 @@
 
 namespace llr {
 
-enum class Act : int { relu = 0, softplus = 1, abs = 2 };
+enum class Act : int { relu = 0, softplus = 1, abs = 2, identity = 3 };
 
 namespace math {
 
@@ -38,6 +38,9 @@ LLR_HD T activation_derivative(Act act, int order, T a) {
       if (order == 0) return fabs(a);
       if (order == 1) return a > T(0) ? T(1) : (a < T(0) ? T(-1) : T(0));
       return T(0);
+    case Act::identity:
+      if (order == 0) return a;
+      return order == 1 ? T(1) : T(0);
     case Act::softplus: {
       if (order == 0) return softplus(a);
       T s = sigmoid(a);
@@ -64,6 +67,13 @@ LLR_HD T bn_normalize(T x, T mean, T inv_std, T scale, T shift) {
 template <class T>
 LLR_HD T bn_tangent(T x, T mean, T inv_std, T scale, T xdot, T mean_dot, T var_dot) {
   return scale * inv_std * ((xdot - mean_dot) - T(0.5) * inv_std * inv_std * (x - mean) * var_dot);
+}
+
+// The tangent of phi(batch norm) along (xdot, mean_dot, var_dot, scale_dot, shift_dot), before phi'(a): the
+// normalisation's tangent plus the affine part scale_dot (x - mean) r + shift_dot.
+template <class T>
+LLR_HD T bn_affine_tangent(T x, T mean, T inv_std, T scale, T xdot, T mean_dot, T var_dot, T scale_dot, T shift_dot) {
+  return bn_tangent(x, mean, inv_std, scale, xdot, mean_dot, var_dot) + scale_dot * (x - mean) * inv_std + shift_dot;
 }
 
 // The first index of a row's maximum; at(j) reads entry j of the row.

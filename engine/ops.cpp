@@ -108,9 +108,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& mean, const Tensor& var, const 
                   double eps) {
   LLR_CHECK(eps > 0, "batch_norm: eps must be positive, got ", eps);
   return record1(
-      "batch_norm", {x, mean, var, scale, shift}, backend::bn_normalize(x, mean, var, scale, shift, eps),
-      [x, mean, var, scale, eps](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        auto r = backend::bn_normalize_backward(x, mean, var, scale, g[0], eps);
+      "batch_norm", {x, mean, var, scale, shift}, backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity),
+      [x, mean, var, scale, shift, eps](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        auto r = backend::bn_act_backward(x, mean, var, scale, shift, g[0], eps, Act::identity, needs[1] || needs[2],
+                                          needs[3] || needs[4]);
         return {r.x, r.mean, r.var, r.scale, r.shift};
       },
       [x, mean, var, scale, eps](const Tensors& t) -> Tensors {
@@ -143,12 +144,10 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, co
                       double eps, Act act) {
   LLR_CHECK(eps > 0, "batch_norm_act: eps must be positive, got ", eps);
   return record1(
-      "batch_norm_act", {x, mean, var, scale, shift},
-      backend::activation_forward(act, backend::bn_normalize(x, mean, var, scale, shift, eps)),
-      [x, mean, var, scale, shift, eps, act](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        Tensor a = backend::bn_normalize(x, mean, var, scale, shift, eps);
-        auto r = backend::bn_normalize_backward(x, mean, var, scale, backend::activation_derivative_mul(act, 1, a, g[0]),
-                                                eps);
+      "batch_norm_act", {x, mean, var, scale, shift}, backend::bn_act_forward(x, mean, var, scale, shift, eps, act),
+      [x, mean, var, scale, shift, eps, act](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        auto r = backend::bn_act_backward(x, mean, var, scale, shift, g[0], eps, act, needs[1] || needs[2],
+                                          needs[3] || needs[4]);
         return {r.x, r.mean, r.var, r.scale, r.shift};
       },
       [x, mean, var, scale, shift, eps, act](const Tensors& t) -> Tensors {
@@ -159,31 +158,27 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, co
 Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                               const Tensor& shift, const Tensor& x_dot, const Tensor& mean_dot, const Tensor& var_dot,
                               const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act) {
-  // t = bn_tangent(x_dot, mean_dot, var_dot) + bn_normalize(x, mean, var, scale_dot, shift_dot); y = phi'(a) t.
+  // y = phi'(a) t with t = bn_tangent(x_dot, mean_dot, var_dot) + scale_dot xhat + shift_dot: one fused pass.
   bool affine = scale_dot.defined() || shift_dot.defined();
   Tensor zero_c = affine ? zeros_like(scale) : Tensor();
   Tensor sd = affine ? (scale_dot.defined() ? scale_dot : zero_c) : Tensor();
   Tensor hd = affine ? (shift_dot.defined() ? shift_dot : zero_c) : Tensor();
-  auto tangent_of_a = [=]() {
-    Tensor t = backend::bn_tangent(x, mean, var, scale, x_dot.defined() ? x_dot : zeros_like(x), mean_dot, var_dot, eps);
-    return affine ? backend::add(t, backend::bn_normalize(x, mean, var, sd, hd, eps)) : t;
-  };
-  Tensor a = backend::bn_normalize(x, mean, var, scale, shift, eps);
+  Tensor xd = x_dot.defined() ? x_dot : zeros_like(x);
   return record1(
       "batch_norm_act_tangent", {x, mean, var, scale, shift, x_dot, mean_dot, var_dot, scale_dot, shift_dot},
-      backend::activation_derivative_mul(act, 1, a, tangent_of_a()),
+      backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, act),
       [=](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        Tensor aa = backend::bn_normalize(x, mean, var, scale, shift, eps);
-        Tensor t = tangent_of_a();
-        Tensor gt = backend::activation_derivative_mul(act, 1, aa, g[0]);     // cotangent of t
-        Tensor ga = backend::activation_derivative_mul(act, 2, aa, t, g[0]);  // cotangent of a
-        auto ra = backend::bn_normalize_backward(x, mean, var, scale, ga, eps);
-        auto rt = backend::bn_tangent_backward(x, mean, var, scale, x_dot.defined() ? x_dot : zeros_like(x), mean_dot,
-                                               var_dot, gt, eps);
+        Tensor a = backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity);
+        Tensor t = backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, Act::identity);
+        Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);     // cotangent of t
+        Tensor ga = backend::activation_derivative_mul(act, 2, a, t, g[0]);  // cotangent of a
+        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true);
+        auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps);
         Tensors out = {backend::add(ra.x, rt.x), backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
                        backend::add(ra.scale, rt.scale), ra.shift, rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
         if (affine) {
-          auto rs = backend::bn_normalize_backward(x, mean, var, sd, gt, eps);
+          // t is affine in (scale_dot, shift_dot) like a batch norm with them as its scale and shift.
+          auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true);
           out[0] = backend::add(out[0], rs.x);
           out[1] = backend::add(out[1], rs.mean);
           out[2] = backend::add(out[2], rs.var);

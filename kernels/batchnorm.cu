@@ -1,5 +1,6 @@
 // CUDA backend: batch-norm statistics, normalisation, their tangents and vjps (statistics over all but the last axis,
 // accumulated in f32, or f64 for f64 data). Per-element formulas come from engine/elementwise_math.h.
+#include "engine/autograd.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -107,8 +108,8 @@ BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const 
 }
 
 template <class T>
-Tensor bn_normalize_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                         const Tensor& shift, double eps, View v) {
+Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                           const Tensor& shift, double eps, Act act, View v) {
   using S = acc_t<T>;
   Tensor y = new_like(x);
   const T* px = ptr<T>(x);
@@ -118,47 +119,85 @@ Tensor bn_normalize_impl(const Tensor& x, const Tensor& mean, const Tensor& var,
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
     int64_t c = i % C;
-    st(o, i, math::bn_normalize<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]));
+    S a = math::bn_normalize<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]);
+    st(o, i, math::activation_derivative<S>(act, 0, a));
   });
   return y;
 }
 
+// One pass over x and gy: the direct part of dx and, when asked for, the per-channel sums of g' and g' (x - mean)
+// that the statistics' and parameters' cotangents need (g' = phi'(a) gy, a recomputed).
 template <class T>
-BnNormalizeGrads bn_normalize_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var,
-                                            const Tensor& scale, const Tensor& gy, double eps, View v) {
+BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                      const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
+                                      bool need_params, View v) {
   using S = acc_t<T>;
   int64_t C = v.channels;
-  Tensor sums = scratch(2 * C, x);
   const T *px = ptr<T>(x), *pg = ptr<T>(gy);
-  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale), *pb = ptr<S>(shift);
+  BnNormalizeGrads out;
+  out.x = new_like(x);
+  T* dx = ptr<T>(out.x);
+  S e = static_cast<S>(eps);
+  auto direct = [=] __device__(int64_t i, int64_t c) {
+    S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
+    S gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * ld(pg, i);
+    st(dx, i, ps[c] * r * gp);
+    return gp;
+  };
+  if (!need_stats && !need_params) {
+    for_each(x.numel(), [=] __device__(int64_t i) { direct(i, i % C); });
+    return out;
+  }
+  ++op_counters().bn_channel_reductions;
+  Tensor sums = scratch(2 * C, x);
   S* sp = ptr<S>(sums);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
     int64_t i = r * C + c;
-    S g = ld(pg, i);
-    o[0] = g;
-    o[1] = g * (ld(px, i) - pm[c]);
+    S gp = direct(i, c);
+    o[0] = gp;
+    o[1] = gp * (ld(px, i) - pm[c]);
   }, sp);
-  BnNormalizeGrads out;
-  out.x = new_like(x);
-  out.mean = new_stat(C, x);
-  out.var = new_stat(C, x);
-  out.scale = new_stat(C, x);
-  out.shift = new_stat(C, x);
-  T* dx = ptr<T>(out.x);
-  S *dm = ptr<S>(out.mean), *dv = ptr<S>(out.var), *dg = ptr<S>(out.scale), *db = ptr<S>(out.shift);
+  if (need_stats) out.mean = new_stat(C, x), out.var = new_stat(C, x);
+  if (need_params) out.scale = new_stat(C, x), out.shift = new_stat(C, x);
+  S *dm = ptr_or_null_mut<S>(out.mean), *dv = ptr_or_null_mut<S>(out.var), *dg = ptr_or_null_mut<S>(out.scale),
+    *db = ptr_or_null_mut<S>(out.shift);
+  for_each(C, [=] __device__(int64_t c) {
+    S r = math::bn_inv_std<S>(pv[c], e);
+    if (dm) {
+      dm[c] = -ps[c] * r * sp[c];
+      dv[c] = S(-0.5) * ps[c] * r * r * r * sp[C + c];
+    }
+    if (dg) {
+      dg[c] = r * sp[C + c];
+      db[c] = sp[c];
+    }
+  });
+  return out;
+}
+
+template <class T>
+Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                           const Tensor& shift, const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                           const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act, View v) {
+  using S = acc_t<T>;
+  Tensor y = new_like(x);
+  const T *px = ptr<T>(x), *pd = ptr<T>(xdot);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale), *pb = ptr<S>(shift);
+  const S *pmd = ptr_or_null<S>(mean_dot), *pvd = ptr_or_null<S>(var_dot), *psd = ptr_or_null<S>(scale_dot),
+          *pbd = ptr_or_null<S>(shift_dot);
+  T* o = ptr<T>(y);
+  int64_t C = v.channels;
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
     int64_t c = i % C;
-    st(dx, i, ps[c] * math::bn_inv_std<S>(pv[c], e) * ld(pg, i));
+    S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
+    S a = math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c]);
+    S t = math::bn_affine_tangent<S>(xi, pm[c], r, ps[c], ld(pd, i), pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0),
+                                     psd ? psd[c] : S(0), pbd ? pbd[c] : S(0));
+    st(o, i, math::activation_derivative<S>(act, 1, a) * t);
   });
-  for_each(C, [=] __device__(int64_t c) {
-    S r = math::bn_inv_std<S>(pv[c], e);
-    dm[c] = -ps[c] * r * sp[c];
-    dv[c] = S(-0.5) * ps[c] * r * r * r * sp[C + c];
-    dg[c] = r * sp[C + c];
-    db[c] = sp[c];
-  });
-  return out;
+  return y;
 }
 
 template <class T>
@@ -239,20 +278,17 @@ void update_running_impl(Tensor& rm, Tensor& rv, const Tensor& m, const Tensor& 
 }  // namespace
 
 std::pair<Tensor, Tensor> CudaBackend::batch_stats(const Tensor& x) {
-  LLR_NVTX_RANGE("batch_stats");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats", batch_stats_impl, x, v);
 }
 
 Tensor CudaBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean,
                                          const Tensor& g_var) {
-  LLR_NVTX_RANGE("batch_stats_backward");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_backward", batch_stats_backward_impl, x, mean, g_mean, g_var, v);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
-  LLR_NVTX_RANGE("batch_stats_tangent");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent", batch_stats_tangent_impl, x, mean, xdot, v);
 }
@@ -260,30 +296,36 @@ std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, cons
 BatchStatsTangentGrads CudaBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean,
                                                                  const Tensor& xdot, const Tensor& g_mean_dot,
                                                                  const Tensor& g_var_dot) {
-  LLR_NVTX_RANGE("batch_stats_tangent_backward");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent_backward", batch_stats_tangent_backward_impl, x, mean,
                            xdot, g_mean_dot, g_var_dot, v);
 }
 
-Tensor CudaBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                 const Tensor& shift, double eps) {
-  LLR_NVTX_RANGE("batch_norm");
+Tensor CudaBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                   const Tensor& shift, double eps, Act act) {
   View v = bn_view(x);
-  return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm", bn_normalize_impl, x, mean, var, scale, shift, eps, v);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_forward", bn_act_forward_impl, x, mean, var, scale, shift, eps, act, v);
 }
 
-BnNormalizeGrads CudaBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
-                                                    const Tensor& scale, const Tensor& gy, double eps) {
-  LLR_NVTX_RANGE("batch_norm_backward");
+BnNormalizeGrads CudaBackend::bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                              const Tensor& scale, const Tensor& shift, const Tensor& gy, double eps,
+                                              Act act, bool need_stats, bool need_params) {
   View v = bn_view(x);
-  return LLR_CUDA_DISPATCH(x.dtype(), "batch_norm_backward", bn_normalize_backward_impl, x, mean, var, scale, gy, eps,
-                           v);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_backward", bn_act_backward_impl, x, mean, var, scale, shift, gy, eps,
+                           act, need_stats, need_params, v);
+}
+
+Tensor CudaBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                   const Tensor& shift, const Tensor& xdot, const Tensor& mean_dot,
+                                   const Tensor& var_dot, const Tensor& scale_dot, const Tensor& shift_dot, double eps,
+                                   Act act) {
+  View v = bn_view(x);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_tangent", bn_act_tangent_impl, x, mean, var, scale, shift, xdot,
+                           mean_dot, var_dot, scale_dot, shift_dot, eps, act, v);
 }
 
 Tensor CudaBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, double eps) {
-  LLR_NVTX_RANGE("bn_tangent");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent", bn_tangent_impl, x, mean, var, scale, xdot, mean_dot, var_dot,
                            eps, v);
@@ -292,7 +334,6 @@ Tensor CudaBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor
 BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
                                                 const Tensor& scale, const Tensor& xdot, const Tensor& mean_dot,
                                                 const Tensor& var_dot, const Tensor& gt, double eps) {
-  LLR_NVTX_RANGE("bn_tangent_backward");
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent_backward", bn_tangent_backward_impl, x, mean, var, scale, xdot,
                            mean_dot, var_dot, gt, eps, v);
@@ -300,7 +341,6 @@ BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& m
 
 void CudaBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,
                                     double momentum, int64_t count) {
-  LLR_NVTX_RANGE("bn_update_running");
   double unbias = double(count) / double(count - 1);
   if (running_mean.dtype() == DType::f64)
     update_running_impl<double>(running_mean, running_var, mean, var, momentum, unbias);

@@ -7,6 +7,8 @@
 
 namespace llr::cuda {
 
+void register_profiling();  // profile_cuda.cu
+
 namespace {
 Context* the_context = nullptr;
 
@@ -67,6 +69,7 @@ void init() {
   dispatch::register_for_device<RobustKernels>(Device::cuda, &robust);
   dispatch::register_for_device<TrainingKernels>(Device::cuda, &training);
   register_device_copier(&copier);
+  register_profiling();
   done = true;
 }
 

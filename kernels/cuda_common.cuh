@@ -84,6 +84,10 @@ template <class T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
 }
+template <class T>
+T* ptr_or_null_mut(Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr;
+}
 
 inline int grid_for(int64_t n, int threads) {
   int64_t blocks = (n + threads - 1) / threads;

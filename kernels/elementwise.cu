@@ -66,7 +66,6 @@ Tensor binary_impl(const Tensor& a, const Tensor& b, Binary op) {
 }
 
 Tensor binary(const char* name, const Tensor& a, const Tensor& b, Binary op) {
-  LLR_NVTX_RANGE(name);
   return LLR_CUDA_DISPATCH(a.dtype(), name, binary_impl, a, b, op);
 }
 
@@ -203,7 +202,6 @@ void CudaBackend::fill(Tensor& t, double value) {
 }
 
 Tensor CudaBackend::convert(const Tensor& x, DType dtype) {
-  LLR_NVTX_RANGE("convert");
   Tensor out = Tensor::empty(x.shape(), dtype, x.layout(), Device::cuda);
   if (x.dtype() == DType::u8) {
     LLR_CUDA_DISPATCH(dtype, "convert", convert_u8, x, out);
@@ -224,22 +222,18 @@ Tensor CudaBackend::mul(const Tensor& a, const Tensor& b) { return binary("mul",
 Tensor CudaBackend::div(const Tensor& a, const Tensor& b) { return binary("div", a, b, Binary::div); }
 
 Tensor CudaBackend::scale(const Tensor& x, double s) {
-  LLR_NVTX_RANGE("scale");
   return LLR_CUDA_DISPATCH(x.dtype(), "scale", scale_impl, x, s);
 }
 
 Tensor CudaBackend::scale_per_example(const Tensor& x, const Tensor& c) {
-  LLR_NVTX_RANGE("scale_per_example");
   return LLR_CUDA_DISPATCH(x.dtype(), "scale_per_example", scale_per_example_impl, x, c);
 }
 
 Tensor CudaBackend::per_example_dot(const Tensor& a, const Tensor& b) {
-  LLR_NVTX_RANGE("per_example_dot");
   return LLR_CUDA_DISPATCH(a.dtype(), "per_example_dot", per_example_dot_impl, a, b);
 }
 
 Tensor CudaBackend::sum_all(const Tensor& x) {
-  LLR_NVTX_RANGE("sum");
   return LLR_CUDA_DISPATCH(x.dtype(), "sum", sum_all_impl, x);
 }
 
@@ -248,37 +242,31 @@ Tensor CudaBackend::broadcast_scalar(const Tensor& s, const Tensor& like) {
 }
 
 Tensor CudaBackend::bias_add(const Tensor& x, const Tensor& b) {
-  LLR_NVTX_RANGE("bias_add");
   int64_t rows, channels;
   channel_view(x, rows, channels);
   return LLR_CUDA_DISPATCH(x.dtype(), "bias_add", bias_add_impl, x, b, channels);
 }
 
 Tensor CudaBackend::sum_to_last_axis(const Tensor& g) {
-  LLR_NVTX_RANGE("sum_to_last_axis");
   int64_t rows, channels;
   channel_view(g, rows, channels);
   return LLR_CUDA_DISPATCH(g.dtype(), "sum_to_last_axis", sum_to_last_axis_impl, g, rows, channels);
 }
 
 Tensor CudaBackend::activation_forward(Act act, const Tensor& a) {
-  LLR_NVTX_RANGE("activation");
   return LLR_CUDA_DISPATCH(a.dtype(), "activation", activation_forward_impl, act, a);
 }
 
 Tensor CudaBackend::activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t, const Tensor& t2) {
-  LLR_NVTX_RANGE("activation_derivative_mul");
   return LLR_CUDA_DISPATCH(a.dtype(), "activation_derivative_mul", activation_derivative_mul_impl, act, order, a, t,
                            t2);
 }
 
 Tensor CudaBackend::global_avg_pool(const Tensor& x) {
-  LLR_NVTX_RANGE("global_avg_pool");
   return LLR_CUDA_DISPATCH(x.dtype(), "global_avg_pool", global_avg_pool_impl, x);
 }
 
 Tensor CudaBackend::global_avg_pool_backward(const Tensor& gy, const Shape& x_shape) {
-  LLR_NVTX_RANGE("global_avg_pool_backward");
   return LLR_CUDA_DISPATCH(gy.dtype(), "global_avg_pool_backward", global_avg_pool_backward_impl, gy, x_shape);
 }
 

@@ -240,56 +240,47 @@ Tensor scatter_impl(const Tensor& g, const Tensor& idx, int64_t k) {
 }  // namespace
 
 Tensor CudaBackend::cross_entropy(const Tensor& z, const Tensor& labels) {
-  LLR_NVTX_RANGE("cross_entropy");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy", cross_entropy_impl, z, labels, v);
 }
 
 Tensor CudaBackend::cross_entropy_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
-  LLR_NVTX_RANGE("cross_entropy_backward");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_backward", cross_entropy_backward_impl, z, labels, g, v);
 }
 
 Tensor CudaBackend::cross_entropy_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
-  LLR_NVTX_RANGE("cross_entropy_tangent");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent", cross_entropy_tangent_impl, z, labels, zdot, v);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::cross_entropy_tangent_backward(const Tensor& z, const Tensor& labels,
                                                                       const Tensor& zdot, const Tensor& g) {
-  LLR_NVTX_RANGE("cross_entropy_tangent_backward");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "cross_entropy_tangent_backward", cross_entropy_tangent_backward_impl, z,
                            labels, zdot, g, v);
 }
 
 Tensor CudaBackend::margin_loss(const Tensor& z, const Tensor& labels) {
-  LLR_NVTX_RANGE("margin_loss");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss", margin_loss_impl, z, labels, Tensor(), v);
 }
 
 Tensor CudaBackend::margin_loss_backward(const Tensor& z, const Tensor& labels, const Tensor& g) {
-  LLR_NVTX_RANGE("margin_loss_backward");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_backward", margin_loss_backward_impl, z, labels, g, v);
 }
 
 Tensor CudaBackend::margin_loss_tangent(const Tensor& z, const Tensor& labels, const Tensor& zdot) {
-  LLR_NVTX_RANGE("margin_loss_tangent");
   Logits v = logits_view(z);
   return LLR_CUDA_DISPATCH(z.dtype(), "margin_loss_tangent", margin_loss_impl, z, labels, zdot, v);
 }
 
 Tensor CudaBackend::kl_div(const Tensor& zp, const Tensor& zq) {
-  LLR_NVTX_RANGE("kl_div");
   return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div", kl_div_impl, zp, zq);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::kl_div_backward(const Tensor& zp, const Tensor& zq, const Tensor& g) {
-  LLR_NVTX_RANGE("kl_div_backward");
   return LLR_CUDA_DISPATCH(zp.dtype(), "kl_div_backward", kl_div_backward_impl, zp, zq, g);
 }
 

@@ -50,19 +50,16 @@ Tensor pool_backward_impl(const Tensor& x, const Tensor& gy, PoolDims d, int k, 
 }  // namespace
 
 Tensor CudaBackend::max_pool_forward(const Tensor& x, int k, int stride, int pad) {
-  LLR_NVTX_RANGE("max_pool");
   PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool", pool_gather_impl, x, x, d, k, stride, pad);
 }
 
 Tensor CudaBackend::max_pool_backward(const Tensor& x, const Tensor& gy, int k, int stride, int pad) {
-  LLR_NVTX_RANGE("max_pool_backward");
   PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool_backward", pool_backward_impl, x, gy, d, k, stride, pad);
 }
 
 Tensor CudaBackend::max_pool_gather(const Tensor& x, const Tensor& xdot, int k, int stride, int pad) {
-  LLR_NVTX_RANGE("max_pool_tangent");
   PoolDims d = pool_dims(x, k, stride, pad);
   return LLR_CUDA_DISPATCH(x.dtype(), "max_pool_tangent", pool_gather_impl, x, xdot, d, k, stride, pad);
 }

@@ -201,7 +201,6 @@ void update_max_impl(Tensor& acc, const Tensor& v) {
 
 Tensor CudaRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
                                       const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
-  LLR_NVTX_RANGE("perturbation_step");
   if (delta.dtype() == DType::f64) return perturbation_impl<double>(delta, x, grad_weighted, gx, sign_g, m, v, p);
   return perturbation_impl<float>(delta, x, grad_weighted, gx, sign_g, m, v, p);
 }
@@ -214,14 +213,12 @@ LlrCoefficients CudaRobustKernels::llr_coefficients(const Tensor& l, const Tenso
 
 Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
                                       uint64_t counter) {
-  LLR_NVTX_RANGE("perturbation_init");
   if (x.dtype() == DType::f64) return perturbation_init_impl<double>(x, eps, normal_scale, seed, counter);
   return perturbation_init_impl<float>(x, eps, normal_scale, seed, counter);
 }
 
 void CudaRobustKernels::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,
                             double alpha, double eps) {
-  LLR_NVTX_RANGE("apgd_step");
   if (delta.dtype() == DType::f64)
     apgd_impl<double>(delta, delta_prev, x, grad, eta, alpha, eps);
   else
@@ -242,14 +239,12 @@ Tensor CudaRobustKernels::apgd_checkpoint(Tensor& successes, Tensor& eta, Tensor
 }
 
 Tensor CudaRobustKernels::select_rows(const Tensor& a, const Tensor& b, const Tensor& mask) {
-  LLR_NVTX_RANGE("select_rows");
   Tensor out = a.clone();
   copy_rows(out.raw_data(), b.raw_data(), a.dim(0), row_bytes(a), nullptr, nullptr, mask, a.dim(0));
   return out;
 }
 
 Tensor CudaRobustKernels::take_rows(const Tensor& t, const Tensor& idx) {
-  LLR_NVTX_RANGE("take_rows");
   Shape s = t.shape();
   s[0] = idx.numel();
   Tensor out = Tensor::empty(s, t.dtype(), t.layout(), Device::cuda);
@@ -259,7 +254,6 @@ Tensor CudaRobustKernels::take_rows(const Tensor& t, const Tensor& idx) {
 }
 
 void CudaRobustKernels::put_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
-  LLR_NVTX_RANGE("put_rows");
   copy_rows(dst.raw_data(), src.raw_data(), idx.numel(), row_bytes(dst), ptr<int32_t>(idx), nullptr, Tensor(),
             std::max(dst.dim(0), idx.numel()));
 }

@@ -97,7 +97,6 @@ void CudaTrainingKernels::mark_first_step(Tensor& marker, const Tensor& count, i
 
 Tensor CudaTrainingKernels::gather_images(const Tensor& images, const Tensor& order, int64_t begin, int64_t count,
                                   bool augment, uint64_t seed, uint64_t step, DType dtype) {
-  LLR_NVTX_RANGE("gather_images");
   return LLR_CUDA_DISPATCH(dtype, "gather_images", gather_images_impl, images, order, begin, count, augment, seed,
                            step);
 }
@@ -114,7 +113,6 @@ Tensor CudaTrainingKernels::gather_labels(const Tensor& labels, const Tensor& or
 void CudaTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr,
                                      double momentum, double weight_decay, bool nesterov, bool first_step,
                                      Tensor& nonfinite) {
-  LLR_NVTX_RANGE("sgd_update");
   LLR_CUDA_DISPATCH(param.dtype(), "sgd_update", sgd_impl, param, grad, momentum_buffer, lr, momentum, weight_decay,
                     nesterov, first_step, nonfinite);
 }

@@ -127,7 +127,15 @@ Act parse_act(const std::string& s) {
   LLR_FAIL("unknown activation '", s, "' (relu or softplus)");
 }
 
-const char* act_name(Act a) { return a == Act::relu ? "relu" : a == Act::softplus ? "softplus" : "abs"; }
+const char* act_name(Act a) {
+  switch (a) {
+    case Act::relu: return "relu";
+    case Act::softplus: return "softplus";
+    case Act::abs: return "abs";
+    case Act::identity: return "identity";
+  }
+  return "?";
+}
 
 std::unique_ptr<Model> make_wide_resnet(int depth, int widen, Act act, int64_t classes, Init init);
 std::unique_ptr<Model> make_preact_resnet18(Act act, int64_t classes, Init init);

@@ -1,6 +1,7 @@
 // Batch-norm rules beyond the gradient checks: running averages, evaluation with running statistics, and a pass that
 // reuses another pass's statistics.
 #include "engine/gradcheck.h"
+#include "nets/model.h"
 #include "tests/test_util.h"
 
 // Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
@@ -71,6 +72,56 @@ TEST_CASE("the gradient checker skips elements whose finite difference straddles
   CHECK(r.skipped_kinks == 2);  // 0 and 2e-7 lie within one step of the kink
   CHECK(r.checked == 2);
   CHECK(r.max_rel_error < 1e-9);
+  Tape::current().clear();
+}
+
+TEST_CASE("the fused batch norm + activation kernels equal the unfused ones, and an input gradient skips the reductions") {
+  Generator gen(31);
+  Shape shape{3, 4, 5, 6};
+  Tensor x = gen.normal(shape, 0.3, 1.5, DType::f64, Layout::nhwc);
+  Tensor xdot = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc), gy = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
+  Tensor mean = gen.normal({6}, 0.2, 0.5, DType::f64), var = gen.uniform({6}, 0.5, 2.0, DType::f64);
+  Tensor scale = gen.uniform({6}, 0.5, 1.5, DType::f64), shift = gen.normal({6}, 0, 0.3, DType::f64);
+  Tensor md = gen.normal({6}, 0, 1, DType::f64), vd = gen.normal({6}, 0, 1, DType::f64);
+  Tensor sd = gen.normal({6}, 0, 1, DType::f64), hd = gen.normal({6}, 0, 1, DType::f64);
+  const double eps = 1e-5;
+  for (Act act : {Act::relu, Act::softplus}) {
+    INFO("activation ", std::string(nets::act_name(act)));
+    Tensor a = backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity);
+    CHECK(compare(backend::bn_act_forward(x, mean, var, scale, shift, eps, act), backend::activation_forward(act, a),
+                  1e-15, 1e-14)
+              .max_violation <= 1);
+    // Tangent: phi'(a) (bn_tangent + the affine part), written out with the unfused functions.
+    Tensor t = backend::add(backend::bn_tangent(x, mean, var, scale, xdot, md, vd, eps),
+                            backend::bn_act_forward(x, mean, var, sd, hd, eps, Act::identity));
+    CHECK(compare(backend::bn_act_tangent(x, mean, var, scale, shift, xdot, md, vd, sd, hd, eps, act),
+                  backend::activation_derivative_mul(act, 1, a, t), 1e-15, 1e-13)
+              .max_violation <= 1);
+    // Backward: the fused pass against phi'(a) gy through the plain normalisation's backward.
+    BnNormalizeGrads full = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, true, true);
+    BnNormalizeGrads plain = backend::bn_act_backward(x, mean, var, scale, shift,
+                                                      backend::activation_derivative_mul(act, 1, a, gy), eps,
+                                                      Act::identity, true, true);
+    for (auto [got, want] : {std::pair{full.x, plain.x}, std::pair{full.mean, plain.mean},
+                             std::pair{full.var, plain.var}, std::pair{full.scale, plain.scale},
+                             std::pair{full.shift, plain.shift}})
+      CHECK(compare(got, want, 1e-14, 1e-12).max_violation <= 1);
+    uint64_t before = op_counters().bn_channel_reductions;
+    BnNormalizeGrads input_only = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, false, false);
+    CHECK(op_counters().bn_channel_reductions == before);
+    CHECK_FALSE(input_only.mean.defined());
+    CHECK_FALSE(input_only.scale.defined());
+    CHECK(input_only.x.to_vector() == full.x.to_vector());
+  }
+
+  // Through autograd: an input gradient with evaluation-mode statistics (an attack step) reduces nothing.
+  Tape::current().clear();
+  Tensor xi = x.detach().requires_grad_();
+  Tensor sc = scale.detach().requires_grad_(), sh = shift.detach().requires_grad_();
+  Tensor y = sum(batch_norm_act(xi, mean, var, sc, sh, eps, Act::softplus));
+  uint64_t before = op_counters().bn_channel_reductions;
+  grad({y}, {Tensor::scalar(1.0, DType::f64)}, {xi});
+  CHECK(op_counters().bn_channel_reductions == before);
   Tape::current().clear();
 }
 

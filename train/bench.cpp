@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "engine/profile.h"
 #include "train/optimizer.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -27,6 +28,7 @@ BenchMethod parse_bench_method(const std::string& spec) {
 void run_bench(BenchConfig cfg) {
   validate(cfg);
   Device device = resolve_device(cfg.device);
+  if (cfg.precision == "auto") cfg.precision = device == Device::cuda ? "bf16" : "fp32";
   DType compute = resolve_precision(cfg.precision, device);
   std::vector<std::string> specs;
   for (size_t at = 0; at <= cfg.methods.size();) {
@@ -55,19 +57,29 @@ void run_bench(BenchConfig cfg) {
     Tensor y = gen.randint({cfg.batch}, 0, 10).to(device);
     Backend& be = backend_for(device);
     std::vector<double> ms;
+    std::unique_ptr<profile::Profiler> profiler;
     if (DeviceAllocator* a = device_allocator(); a && device != Device::cpu) a->reset_peak();
     reset_host_memory_peak();
     for (int64_t i = 0; i < cfg.warmup + cfg.iters; ++i) {
+      if (cfg.profile && i == cfg.warmup) profiler = std::make_unique<profile::Profiler>(device);
       be.synchronize();
       auto t0 = std::chrono::steady_clock::now();
+      if (profiler) profiler->step_begin();
       StepContext ctx;
       ctx.compute = compute;
       ctx.step = static_cast<uint64_t>(i);
       ctx.eps = robust.eps;  // the full radius: no warm-up
       training_step(*model, opt, method, robust, x, y, ctx, 0.01);
+      if (profiler) profiler->step_end();
       be.synchronize();
       double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (i >= cfg.warmup) ms.push_back(t);
+    }
+    if (profiler) {
+      profiler->collect();
+      std::printf("\n== %s ==", spec.c_str());
+      profiler->print(static_cast<int>(cfg.iters));
+      profiler.reset();
     }
     std::sort(ms.begin(), ms.end());
     double med = ms[ms.size() / 2];

@@ -90,10 +90,12 @@ void BenchConfig::visit(SettingVisitor& v) {
   v.text({"methods", "comma-separated list such as natural,pgd-10,trades-10,llr-2"}, methods, {});
   v.text({"llr_grad", "the LLR gradient: exact (one tangent pass) or fd (finite differences)"}, llr_grad, {"exact", "fd"});
   v.integer({"batch", "batch size"}, batch, Range::at_least(1));
-  v.text({"precision", "compute precision (bf16: GPU only)"}, precision, {"fp32", "bf16"});
+  v.text({"precision", "compute precision (auto: bf16 on the GPU, fp32 on the CPU)"}, precision,
+         {"auto", "fp32", "bf16"});
   v.text({"device", "where to compute"}, device, {"auto", "cuda", "cpu"});
   v.integer({"warmup", "untimed steps first"}, warmup, Range::at_least(0));
   v.integer({"iters", "timed steps"}, iters, Range::at_least(1));
+  v.flag({"profile", "also time each phase and op of the timed steps and print where the time goes"}, profile);
   v.text({"json", "also append the JSON lines to this file"}, json, {});
 }
 

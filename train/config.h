@@ -90,10 +90,11 @@ struct BenchConfig {
   std::string methods = "natural";  // natural, pgd-K, trades-K, llr-K (K attack or search steps)
   std::string llr_grad = "exact";
   int64_t batch = 128;
-  std::string precision = "bf16";
+  std::string precision = "auto";  // bf16 on the GPU, fp32 on the CPU
   std::string device = "auto";
   int64_t warmup = 3, iters = 10;
-  std::string json;  // append one JSON line per configuration here too
+  bool profile = false;  // time each phase and op of the timed steps (CUDA events on the GPU)
+  std::string json;      // append one JSON line per configuration here too
 
   void visit(SettingVisitor& v);
 };

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "engine/dispatch.h"
+#include "engine/profile.h"
 #include "engine/tensor.h"
 
 namespace llr {
@@ -27,6 +28,7 @@ namespace training_check {
 namespace training {
 #define LLR_KERNEL(ret, name, params, args, dev)                          \
   inline ret name params {                                                \
+    ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::training_check::name args;                                     \
     return ::llr::training_kernels_for(dev.device()).name args;           \

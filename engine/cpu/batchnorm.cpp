@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/cpu_common.h"
 
@@ -102,8 +103,8 @@ BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x,
   });
 }
 
-Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
-                    double eps) {
+Tensor CpuBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                  const Tensor& shift, double eps, Act act) {
   auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
     using T = decltype(tag);
@@ -117,19 +118,22 @@ Tensor CpuBackend::bn_normalize(const Tensor& x, const Tensor& mean, const Tenso
     for (int64_t row = 0; row < v.rows; ++row)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = row * v.channels + c;
-        o[i] = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
+        o[i] = math::activation_derivative<T>(act, 0, math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]));
       }
     return y;
   });
 }
 
-BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                       const Tensor& gy, double eps) {
+BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                             const Tensor& scale, const Tensor& shift, const Tensor& gy, double eps,
+                                             Act act, bool need_stats, bool need_params) {
   auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
-            *g = gy.data<T>();
+            *pb = shift.data<T>(), *g = gy.data<T>();
+    const bool reduce = need_stats || need_params;
+    if (reduce) ++op_counters().bn_channel_reductions;
     std::vector<double> sum_g(v.channels, 0.0), sum_gxc(v.channels, 0.0);
     BnNormalizeGrads out;
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
@@ -139,9 +143,13 @@ BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor
     for (int64_t row = 0; row < v.rows; ++row)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = row * v.channels + c;
-        dx[i] = pg[c] * r[c] * g[i];
-        sum_g[c] += g[i];
-        sum_gxc[c] += double(g[i]) * (double(px[i]) - pm[c]);
+        T a = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
+        T gp = math::activation_derivative<T>(act, 1, a) * g[i];
+        dx[i] = pg[c] * r[c] * gp;
+        if (reduce) {
+          sum_g[c] += gp;
+          sum_gxc[c] += double(gp) * (double(px[i]) - pm[c]);
+        }
       }
     std::vector<double> dm(v.channels), dv(v.channels), dg(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
@@ -150,11 +158,44 @@ BnNormalizeGrads CpuBackend::bn_normalize_backward(const Tensor& x, const Tensor
       dv[c] = -0.5 * double(pg[c]) * rc * rc * rc * sum_gxc[c];
       dg[c] = rc * sum_gxc[c];
     }
-    out.mean = channel_tensor<T>(dm, x.dtype());
-    out.var = channel_tensor<T>(dv, x.dtype());
-    out.scale = channel_tensor<T>(dg, x.dtype());
-    out.shift = channel_tensor<T>(sum_g, x.dtype());
+    if (need_stats) {
+      out.mean = channel_tensor<T>(dm, x.dtype());
+      out.var = channel_tensor<T>(dv, x.dtype());
+    }
+    if (need_params) {
+      out.scale = channel_tensor<T>(dg, x.dtype());
+      out.shift = channel_tensor<T>(sum_g, x.dtype());
+    }
     return out;
+  });
+}
+
+Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                  const Tensor& shift, const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                  const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act) {
+  auto v = cpu::channel_view(x);
+  return dispatch_floating(x.dtype(), "batch_norm_act_tangent", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
+            *pb = shift.data<T>(), *pd = xdot.data<T>();
+    const T* pmd = mean_dot.defined() ? mean_dot.data<T>() : nullptr;
+    const T* pvd = var_dot.defined() ? var_dot.data<T>() : nullptr;
+    const T* psd = scale_dot.defined() ? scale_dot.data<T>() : nullptr;
+    const T* pbd = shift_dot.defined() ? shift_dot.data<T>() : nullptr;
+    std::vector<T> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* o = y.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
+    for (int64_t row = 0; row < v.rows; ++row)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = row * v.channels + c;
+        T a = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
+        T t = math::bn_affine_tangent<T>(px[i], pm[c], r[c], pg[c], pd[i], pmd ? pmd[c] : T(0), pvd ? pvd[c] : T(0),
+                                         psd ? psd[c] : T(0), pbd ? pbd[c] : T(0));
+        o[i] = math::activation_derivative<T>(act, 1, a) * t;
+      }
+    return y;
   });
 }
 

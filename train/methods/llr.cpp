@@ -8,6 +8,7 @@
 // it is built (with the nominal statistics as leaves, whose cotangents join the final pass), so its activations are
 // freed before the tangent pass allocates its own.
 #include <cmath>
+#include <optional>
 
 #include "train/methods/common.h"
 #include "train/robust/search.h"
@@ -45,11 +46,18 @@ class Llr final : public Method {
 
     // 1. Nominal pass (recorded, kept), its statistics, and the input gradient of S = sum_i l_i.
     std::vector<BatchStats> stats;
-    auto nominal = methods::forward_context(nets::BnMode::train, ctx.compute, &stats, nullptr, ctx.update_running);
-    Tensor logits = model.forward(X, nominal);
-    Tensor l = cross_entropy(logits, y);
-    Tensor S = sum(l);
-    Tensor gx = grad({S}, {backend::full_like(S, 1.0)}, {X}, Retain::yes)[0];
+    Tensor logits, l, S, gx;
+    {
+      LLR_PHASE("nominal forward", x.device());
+      auto nominal = methods::forward_context(nets::BnMode::train, ctx.compute, &stats, nullptr, ctx.update_running);
+      logits = model.forward(X, nominal);
+      l = cross_entropy(logits, y);
+      S = sum(l);
+    }
+    {
+      LLR_PHASE("input gradient", x.device());
+      gx = grad({S}, {backend::full_like(S, 1.0)}, {X}, Retain::yes)[0];
+    }
     Tensor l_const = l.detach();
 
     // 2. The gamma search: maximise |g_i| over the eps-ball (fused update, projection and d_i per step).
@@ -82,6 +90,7 @@ class Llr final : public Method {
     //    reverse pass right away: its activations are freed before the tangent pass allocates its own, and the
     //    statistics' cotangents join the final reverse pass (the same gradient as one pass over everything).
     ObjectiveResult r;
+    std::optional<profile::Scope> perturbed_phase(std::in_place, "perturbed pass", profile::Kind::phase, x.device());
     std::vector<BatchStats> stat_leaves;
     for (const BatchStats& st : stats)
       stat_leaves.push_back({st.mean.detach().requires_grad_(), st.var.detach().requires_grad_()});
@@ -103,8 +112,11 @@ class Llr final : public Method {
       }
     }
 
+    perturbed_phase.reset();
+
     // 4. D_v S: one tangent pass over the nominal computation, or central differences with the batch's own
     //    statistics.
+    LLR_PHASE(grad_ == "exact" ? "tangent pass" : "finite-difference passes", x.device());
     Tensor dvs;
     if (grad_ == "exact") {
       dvs = tangent_forward({X}, {v}, {S})[0];

@@ -15,6 +15,7 @@ class Natural final : public Method {
 
   ObjectiveResult build(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings&,
                         const StepContext& ctx) const override {
+    LLR_PHASE("forward", x.device());
     auto fc = methods::forward_context(nets::BnMode::train, ctx.compute, nullptr, nullptr, ctx.update_running);
     Tensor logits = model.forward(x, fc);
     ObjectiveResult r;

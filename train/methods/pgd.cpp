@@ -19,6 +19,7 @@ class Pgd final : public Method {
   ObjectiveResult build(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                         const StepContext& ctx) const override {
     Tensor delta = ctx.fixed_delta ? *ctx.fixed_delta : attack(model, x, y, robust, ctx);
+    LLR_PHASE("forward", x.device());
     auto fc = methods::forward_context(nets::BnMode::train, ctx.compute, nullptr, nullptr, ctx.update_running);
     Tensor logits = model.forward(add(x, delta), fc);
     ObjectiveResult r;
@@ -45,6 +46,7 @@ class Pgd final : public Method {
     o.eps = ctx.eps;
     o.seed = ctx.seed;
     o.counter = ctx.step * static_cast<uint64_t>(x.numel());
+    o.phase = "attack step";
     return robust::search(x, p, o).delta;
   }
 };

@@ -22,6 +22,7 @@ class Trades final : public Method {
   ObjectiveResult build(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                         const StepContext& ctx) const override {
     Tensor delta = ctx.fixed_delta ? *ctx.fixed_delta : attack(model, x, robust, ctx);
+    LLR_PHASE("forward", x.device());
     auto nominal = methods::forward_context(nets::BnMode::train, ctx.compute, nullptr, nullptr, ctx.update_running);
     Tensor logits = model.forward(x, nominal);
     auto adversarial = methods::forward_context(nets::BnMode::train, ctx.compute);
@@ -39,6 +40,7 @@ class Trades final : public Method {
     nets::BnMode bn = robust.attack_bn_mode();
     Tensor target;
     {
+      LLR_PHASE("attack target", x.device());
       NoGradGuard no_grad;
       auto fc = methods::forward_context(bn, ctx.compute);
       target = model.forward(x, fc);
@@ -58,6 +60,7 @@ class Trades final : public Method {
     o.normal_scale = 0.001;
     o.seed = ctx.seed;
     o.counter = ctx.step * static_cast<uint64_t>(x.numel());
+    o.phase = "attack step";
     return robust::search(x, p, o).delta;
   }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "engine/dispatch.h"
+#include "engine/profile.h"
 #include "engine/tensor.h"
 #include "train/robust/perturbation_math.h"
 
@@ -37,6 +38,7 @@ namespace robust_check {
 namespace robust {
 #define LLR_KERNEL(ret, name, params, args, dev)                          \
   inline ret name params {                                                \
+    ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::robust_check::name args;                                       \
     return ::llr::robust_kernels_for(dev.device()).name args;             \

@@ -5,6 +5,7 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 
 namespace llr::robust {
 
@@ -86,6 +87,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
   const bool evaluate_last = o.track_max || o.early_stop;
   for (int t = 0; t <= o.steps; ++t) {
     if (t == o.steps && !evaluate_last) break;
+    LLR_PHASE(o.phase, x.device());
     TapeScope scope;
     Tensor dv = delta.detach().requires_grad_();
     Tensor logits;

@@ -32,6 +32,8 @@ struct SearchOptions {
   bool early_stop = false;
   // Keep, per example, the largest objective value of any evaluation of any run.
   bool track_max = false;
+  // The profile's and Nsight's name for one iteration.
+  const char* phase = "search step";
 };
 
 // What the search maximises, for the rows it currently holds. `per_example` tensors (labels, targets, ...) have the
