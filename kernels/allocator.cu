@@ -16,6 +16,21 @@ std::string mib(size_t bytes) {
 }
 }  // namespace
 
+std::string malloc_failure_message(cudaError_t status, size_t bytes, const AllocatorStats& held) {
+  std::ostringstream os;
+  if (status == cudaErrorMemoryAllocation) {
+    os << "CUDA out of memory: asked for " << mib(bytes) << " (" << bytes << " bytes) with " << mib(held.bytes_in_use)
+       << " in use by tensors and " << mib(held.bytes_cached) << " cached, after freeing the cache and retrying";
+  } else {
+    // Anything else is not about memory: usually a sticky error that an earlier kernel left (an illegal address, a
+    // launch failure), which cudaMalloc is merely the first call to report. Every later CUDA call fails the same way.
+    os << "cudaMalloc of " << mib(bytes) << " (" << bytes << " bytes) failed with " << cudaGetErrorName(status)
+       << " (" << cudaGetErrorString(status) << "), not an out-of-memory: an earlier kernel or CUDA call probably "
+       << "failed, and the CUDA context may be corrupted (rerun under compute-sanitizer to find the first fault)";
+  }
+  return os.str();
+}
+
 CachingAllocator& allocator() {
   static CachingAllocator* instance = new CachingAllocator();  // never destroyed: tensors may outlive main's scope
   return *instance;
@@ -47,15 +62,13 @@ void* CachingAllocator::allocate(size_t bytes) {
   if (!ptr) {
     cudaError_t status = cudaMalloc(&ptr, cls);
     if (status == cudaErrorMemoryAllocation) {
-      cudaGetLastError();
+      cudaGetLastError();  // not sticky: clear it so the next launch check does not report it
       release_cache();
       status = cudaMalloc(&ptr, cls);
     }
     if (status != cudaSuccess) {
-      cudaGetLastError();
-      std::lock_guard<std::mutex> lock(mutex_);
-      LLR_FAIL("CUDA out of memory: asked for ", mib(bytes), " (", bytes, " bytes) with ", mib(stats_.bytes_in_use),
-               " in use by tensors and ", mib(stats_.bytes_cached), " cached (", cudaGetErrorString(status), ")");
+      cudaGetLastError();  // clears a non-sticky error; a sticky one stays, and the message says so
+      LLR_FAIL(malloc_failure_message(status, bytes, stats()));
     }
     std::lock_guard<std::mutex> lock(mutex_);
     ++stats_.cuda_malloc_calls;

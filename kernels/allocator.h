@@ -1,12 +1,15 @@
 // Caching device allocator over cudaMalloc: requests are rounded up to size classes and freed blocks go to per-class
 // free lists for reuse (all work runs on one stream, so a freed block is safe to hand out again). Counts bytes in use,
 // bytes held (in use + cached) and the peak in use. Out of memory: frees the cache, retries once, then throws with
-// the request and what is held.
+// the request and what is held. Any other cudaMalloc failure is thrown as what it is, with its CUDA error name.
 #pragma once
+
+#include <cuda_runtime_api.h>
 
 #include <cstddef>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -44,5 +47,9 @@ class CachingAllocator final : public DeviceAllocator {
 };
 
 CachingAllocator& allocator();
+
+// The error a failed cudaMalloc of `bytes` is thrown with: out of memory (cudaErrorMemoryAllocation, with what the
+// allocator holds), or any other status named as such, since it means an earlier fault rather than a full GPU.
+std::string malloc_failure_message(cudaError_t status, size_t bytes, const AllocatorStats& held);
 
 }  // namespace llr::cuda

@@ -1,6 +1,7 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
 // For each convolution shape and direction, cuDNN's algorithms are benchmarked once (cudnnFind*AlgorithmEx) and the
-// fastest that fits the workspace limit is cached for the run; workspaces come from the caching allocator.
+// fastest that fits the workspace limit is cached for the run as the shape's plan; workspaces come from the caching
+// allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution (conv_plans.h counts them).
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -9,6 +10,7 @@
 
 #include "engine/autograd.h"
 #include "kernels/allocator.h"
+#include "kernels/conv_plans.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -28,10 +30,23 @@ cudnnDataType_t cudnn_dtype(DType t) {
   LLR_FAIL("cuDNN convolution: unsupported dtype ", dtype_name(t));
 }
 
+bool env_flag_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && *v != '0';
+}
+
+// LLR_NO_TF32=1 keeps f32 convolutions and matrix products in full f32 whatever the context says, so that
+// `llrtrain eval` computes what a PyTorch reference with TF32 disabled computes (tools/gpu_check.sh's PGD cross-check
+// expects the same robust accuracy from both).
+bool use_tf32() {
+  static const bool disabled = env_flag_set("LLR_NO_TF32");
+  return context().tf32() && !disabled;
+}
+
 // TF32 for f32 when enabled, tensor cores for bf16, plain math for f64.
 cudnnMathType_t cudnn_math(DType t) {
   if (t == DType::bf16) return CUDNN_TENSOR_OP_MATH;
-  if (t == DType::f32) return context().tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  if (t == DType::f32) return use_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
   return CUDNN_DEFAULT_MATH;
 }
 
@@ -104,42 +119,85 @@ class Workspace {
   void* ptr_ = nullptr;
 };
 
-struct AlgoChoice {
-  int algo;
-  size_t workspace;
+// What a convolution key runs with: a cuDNN algorithm and its workspace, or (bf16 only) f32 because cuDNN has no
+// bf16 algorithm for it. Decided once per key, including the fallback: retrying a refused bf16 search on every call
+// would cost a full algorithm search per step.
+struct ConvPlan {
+  bool f32_fallback = false;
+  int algo = 0;
+  size_t workspace = 0;
 };
 
 enum class Direction { forward, backward_data, backward_filter };
 
-std::string algo_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
+const char* direction_name(Direction d) {
+  return d == Direction::forward ? "forward" : d == Direction::backward_data ? "backward-data" : "backward-filter";
+}
+
+// Readable, because it names the convolution in the fallback note and in conv_plan_stats().
+std::string plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
   std::ostringstream os;
-  os << int(d) << ':' << shape_str(x) << shape_str(w) << ':' << g.stride << ',' << g.padding << ':' << int(t) << ':'
-     << int(cudnn_math(t));
+  os << "conv2d " << direction_name(d) << " x" << shape_str(x) << " w" << shape_str(w) << " stride " << g.stride
+     << " pad " << g.padding << ' ' << dtype_name(t) << " math " << int(cudnn_math(t));
   return os.str();
 }
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
 // under compute-sanitizer, where benchmarking is slow and its timings meaningless).
 bool heuristic_only() {
-  static const bool on = [] {
-    const char* v = std::getenv("LLR_CUDNN_HEURISTIC");
-    return v && *v && *v != '0';
-  }();
+  static const bool on = env_flag_set("LLR_CUDNN_HEURISTIC");
   return on;
 }
 
-std::map<std::string, AlgoChoice>& algo_cache() {
-  static std::map<std::string, AlgoChoice> cache;
+std::map<std::string, ConvPlan>& plan_cache() {
+  static std::map<std::string, ConvPlan> cache;
   return cache;
+}
+
+ConvPlanStats& plan_stats() {
+  static ConvPlanStats stats;
+  return stats;
+}
+
+// cuDNN cannot run a convolution in the requested dtype (as opposed to failing while running it): the bf16 path
+// falls back to f32 on this, and only on this, so an out-of-memory or a sticky CUDA error still surfaces.
+class ConvUnsupported : public Error {
+ public:
+  using Error::Error;
+};
+
+// cuDNN 9 groups its statuses by thousands: 2xxx a parameter it rejects, 3xxx a configuration it does not support.
+void check_cudnn_runs(cudnnStatus_t status, const char* call, const std::string& key) {
+  if (status == CUDNN_STATUS_SUCCESS) return;
+  std::string message = std::string(call) + " for " + key + ": cuDNN error: " + cudnnGetErrorString(status);
+  int category = int(status) / 1000;
+  if (category == 2 || category == 3) throw ConvUnsupported(message);
+  LLR_FAIL(message);
+}
+
+// The cached plan of `key`, or the one `search` finds (which throws ConvUnsupported when no algorithm can run it).
+template <class Search>
+const ConvPlan& plan_for(const std::string& key, Search search) {
+  auto it = plan_cache().find(key);
+  if (it != plan_cache().end()) return it->second;
+  ++plan_stats().searches;
+  return plan_cache().emplace(key, search()).first->second;
 }
 
 // Picks the fastest successful result within the workspace limit.
 template <class Perf>
-AlgoChoice pick(const Perf* perf, int count, const char* what) {
+ConvPlan pick(const Perf* perf, int count, const std::string& key) {
   for (int i = 0; i < count; ++i)
     if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit)
-      return {int(perf[i].algo), perf[i].memory};
-  LLR_FAIL("cuDNN found no usable ", what, " algorithm");
+      return {false, int(perf[i].algo), perf[i].memory};
+  std::ostringstream os;
+  os << "cuDNN found no usable algorithm for " << key << " (" << count << " tried:";
+  for (int i = 0; i < count; ++i) {
+    os << ' ' << cudnnGetErrorString(perf[i].status);
+    if (perf[i].status == CUDNN_STATUS_SUCCESS) os << " but needs " << (perf[i].memory >> 20) << " MiB";
+  }
+  os << ')';
+  throw ConvUnsupported(os.str());
 }
 
 void alpha_beta(DType t, const void*& alpha, const void*& beta) {
@@ -159,7 +217,7 @@ ConvShapes conv_shapes(const Shape& x, const Shape& w, const Conv2dGeometry& g) 
 
 cublasComputeType_t cublas_compute(DType t) {
   if (t == DType::f64) return CUBLAS_COMPUTE_64F;
-  if (t == DType::f32 && context().tf32()) return CUBLAS_COMPUTE_32F_FAST_TF32;
+  if (t == DType::f32 && use_tf32()) return CUBLAS_COMPUTE_32F_FAST_TF32;
   return CUBLAS_COMPUTE_32F;
 }
 
@@ -193,32 +251,38 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
 
 namespace {
 // cuDNN may offer no bf16 algorithm for a shape (e.g. a 3-channel NHWC stem). Such a convolution is computed in f32
-// and converted back rather than failing the run; the first fallback per direction is reported once.
+// and converted back rather than failing the run; the decision is cached with the shape's plan and reported once.
 template <class F>
-Tensor with_bf16_fallback(const char* what, DType dtype, F run_in) {
+Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType dtype,
+                          F run_in) {
   if (dtype != DType::bf16) return run_in(dtype);
-  try {
-    return run_in(DType::bf16);
-  } catch (const Error& e) {
-    static std::map<std::string, bool> warned;
-    if (!warned[what]) {
-      warned[what] = true;
-      std::fprintf(stderr, "llrtrain: note: %s in bf16 failed (%s); computing it in f32\n", what, e.what());
+  std::string key = plan_key(d, x, w, g, dtype);
+  auto it = plan_cache().find(key);
+  if (it == plan_cache().end() || !it->second.f32_fallback) {
+    try {
+      return run_in(DType::bf16);
+    } catch (const ConvUnsupported& e) {
+      plan_cache()[key] = ConvPlan{true, 0, 0};
+      plan_stats().bf16_fallbacks.push_back(e.what());
+      std::fprintf(stderr, "llrtrain: note: %s; this bf16 convolution is computed in f32 from now on\n", e.what());
     }
-    return run_in(DType::f32).to(DType::bf16);
   }
+  ++plan_stats().bf16_fallback_calls;
+  return run_in(DType::f32).to(DType::bf16);
 }
 }  // namespace
 
+ConvPlanStats conv_plan_stats() { return plan_stats(); }
+
 Tensor CudaBackend::conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Conv2dGeometry& g) {
-  return with_bf16_fallback("conv2d_forward", x_in.dtype(), [&](DType t) {
+  return with_bf16_fallback(Direction::forward, x_in.shape(), w_in.shape(), g, x_in.dtype(), [&](DType t) {
     return conv2d_forward_as(x_in.dtype() == t ? x_in : x_in.to(t), w_in.dtype() == t ? w_in : w_in.to(t), g);
   });
 }
 
 Tensor CudaBackend::conv2d_backward_data(const Tensor& gy_in, const Tensor& w_in, const Shape& x_shape,
                                          const Conv2dGeometry& g) {
-  return with_bf16_fallback("conv2d_backward_data", gy_in.dtype(), [&](DType t) {
+  return with_bf16_fallback(Direction::backward_data, x_shape, w_in.shape(), g, gy_in.dtype(), [&](DType t) {
     return conv2d_backward_data_as(gy_in.dtype() == t ? gy_in : gy_in.to(t), w_in.dtype() == t ? w_in : w_in.to(t),
                                    x_shape, g);
   });
@@ -226,14 +290,13 @@ Tensor CudaBackend::conv2d_backward_data(const Tensor& gy_in, const Tensor& w_in
 
 Tensor CudaBackend::conv2d_backward_filter(const Tensor& x_in, const Tensor& gy_in, const Shape& w_shape,
                                            const Conv2dGeometry& g) {
-  return with_bf16_fallback("conv2d_backward_filter", x_in.dtype(), [&](DType t) {
+  return with_bf16_fallback(Direction::backward_filter, x_in.shape(), w_shape, g, x_in.dtype(), [&](DType t) {
     return conv2d_backward_filter_as(x_in.dtype() == t ? x_in : x_in.to(t), gy_in.dtype() == t ? gy_in : gy_in.to(t),
                                      w_shape, g);
   });
 }
 
 Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
-  LLR_NVTX_RANGE("conv2d_forward");
   ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
@@ -241,33 +304,34 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   FilterDesc wd(s.w, x.dtype());
   ConvDesc cd(g, x.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = algo_key(Direction::forward, s.x, s.w, g, x.dtype());
-  auto it = algo_cache().find(key);
-  if (it == algo_cache().end()) {
+  std::string key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
+  const ConvPlan& plan = plan_for(key, [&] {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
-      LLR_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
-                                                             perf));
+      check_cudnn_runs(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                              &n, perf),
+                       "cudnnGetConvolutionForwardAlgorithm_v7", key);
     } else {
       Workspace ws(kWorkspaceLimit);
-      LLR_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
-                                                             y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
-                                                             perf, ws.get(), ws.bytes()));
+      check_cudnn_runs(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
+                                                              y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
+                                                              perf, ws.get(), ws.bytes()),
+                       "cudnnFindConvolutionForwardAlgorithmEx", key);
     }
-    it = algo_cache().emplace(key, pick(perf, n, "forward convolution")).first;
-  }
-  Workspace ws(it->second.workspace);
+    return pick(perf, n, key);
+  });
+  Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
-  LLR_CUDNN_CHECK(cudnnConvolutionForward(h, alpha, xd, x.raw_data(), wd, w.raw_data(), cd,
-                                          cudnnConvolutionFwdAlgo_t(it->second.algo), ws.get(), ws.bytes(), beta, yd,
-                                          y.raw_data()));
+  check_cudnn_runs(cudnnConvolutionForward(h, alpha, xd, x.raw_data(), wd, w.raw_data(), cd,
+                                           cudnnConvolutionFwdAlgo_t(plan.algo), ws.get(), ws.bytes(), beta, yd,
+                                           y.raw_data()),
+                   "cudnnConvolutionForward", key);
   return y;
 }
 
 Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
-  LLR_NVTX_RANGE("conv2d_backward_data");
   ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
@@ -275,34 +339,35 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
   FilterDesc wd(s.w, gy.dtype());
   ConvDesc cd(g, gy.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = algo_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
-  auto it = algo_cache().find(key);
-  if (it == algo_cache().end()) {
+  std::string key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  const ConvPlan& plan = plan_for(key, [&] {
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
-      LLR_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
-                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
+      check_cudnn_runs(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
+                                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf),
+                       "cudnnGetConvolutionBackwardDataAlgorithm_v7", key);
     } else {
       Workspace ws(kWorkspaceLimit);
-      LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
-                                                                  dx.raw_data(),
-                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf,
-                                                                  ws.get(), ws.bytes()));
+      check_cudnn_runs(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
+                                                                   dx.raw_data(),
+                                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf,
+                                                                   ws.get(), ws.bytes()),
+                       "cudnnFindConvolutionBackwardDataAlgorithmEx", key);
     }
-    it = algo_cache().emplace(key, pick(perf, n, "backward-data convolution")).first;
-  }
-  Workspace ws(it->second.workspace);
+    return pick(perf, n, key);
+  });
+  Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(gy.dtype(), alpha, beta);
-  LLR_CUDNN_CHECK(cudnnConvolutionBackwardData(h, alpha, wd, w.raw_data(), dyd, gy.raw_data(), cd,
-                                               cudnnConvolutionBwdDataAlgo_t(it->second.algo), ws.get(), ws.bytes(),
-                                               beta, dxd, dx.raw_data()));
+  check_cudnn_runs(cudnnConvolutionBackwardData(h, alpha, wd, w.raw_data(), dyd, gy.raw_data(), cd,
+                                                cudnnConvolutionBwdDataAlgo_t(plan.algo), ws.get(), ws.bytes(), beta,
+                                                dxd, dx.raw_data()),
+                   "cudnnConvolutionBackwardData", key);
   return dx;
 }
 
 Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
-  LLR_NVTX_RANGE("conv2d_backward_filter");
   ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
@@ -310,36 +375,37 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
   FilterDesc dwd(s.w, x.dtype());
   ConvDesc cd(g, x.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = algo_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
-  auto it = algo_cache().find(key);
-  if (it == algo_cache().end()) {
+  std::string key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
+  const ConvPlan& plan = plan_for(key, [&] {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
-      LLR_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd,
-                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                                                                    perf));
+      check_cudnn_runs(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd,
+                                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                                     perf),
+                       "cudnnGetConvolutionBackwardFilterAlgorithm_v7", key);
     } else {
       Workspace ws(kWorkspaceLimit);
-      LLR_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd,
-                                                                    dwd, dw.raw_data(),
-                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                                                                    perf, ws.get(), ws.bytes()));
+      check_cudnn_runs(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd,
+                                                                     dwd, dw.raw_data(),
+                                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                                     perf, ws.get(), ws.bytes()),
+                       "cudnnFindConvolutionBackwardFilterAlgorithmEx", key);
     }
-    it = algo_cache().emplace(key, pick(perf, n, "backward-filter convolution")).first;
-  }
-  Workspace ws(it->second.workspace);
+    return pick(perf, n, key);
+  });
+  Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
-  LLR_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, alpha, xd, x.raw_data(), dyd, gy.raw_data(), cd,
-                                                 cudnnConvolutionBwdFilterAlgo_t(it->second.algo), ws.get(),
-                                                 ws.bytes(), beta, dwd, dw.raw_data()));
+  check_cudnn_runs(cudnnConvolutionBackwardFilter(h, alpha, xd, x.raw_data(), dyd, gy.raw_data(), cd,
+                                                  cudnnConvolutionBwdFilterAlgo_t(plan.algo), ws.get(), ws.bytes(),
+                                                  beta, dwd, dw.raw_data()),
+                   "cudnnConvolutionBackwardFilter", key);
   return dw;
 }
 
 // Row-major C[M,N] = A[M,K] B[N,K]^T  <=>  column-major C^T = B A^T: gemm(T, N, N, M, K, B, K, A, K, C, N).
 Tensor CudaBackend::matmul_nt(const Tensor& a, const Tensor& b) {
-  LLR_NVTX_RANGE("matmul_nt");
   ++op_counters().matmul;
   int64_t m = a.dim(0), k = a.dim(1), n = b.dim(0);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
@@ -349,7 +415,6 @@ Tensor CudaBackend::matmul_nt(const Tensor& a, const Tensor& b) {
 
 // Row-major C[M,N] = A[M,K] B[K,N]  <=>  C^T = B^T A^T: gemm(N, N, N, M, K, B, N, A, K, C, N).
 Tensor CudaBackend::matmul_nn(const Tensor& a, const Tensor& b) {
-  LLR_NVTX_RANGE("matmul_nn");
   ++op_counters().matmul;
   int64_t m = a.dim(0), k = a.dim(1), n = b.dim(1);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);
@@ -359,7 +424,6 @@ Tensor CudaBackend::matmul_nn(const Tensor& a, const Tensor& b) {
 
 // Row-major C[M,N] = A[K,M]^T B[K,N]  <=>  C^T = B^T A: gemm(N, T, N, M, K, B, N, A, M, C, N).
 Tensor CudaBackend::matmul_tn(const Tensor& a, const Tensor& b) {
-  LLR_NVTX_RANGE("matmul_tn");
   ++op_counters().matmul;
   int64_t k = a.dim(0), m = a.dim(1), n = b.dim(1);
   Tensor c = Tensor::empty({m, n}, a.dtype(), Layout::plain, Device::cuda);

@@ -10,7 +10,6 @@
 #include "engine/backend.h"
 #include "kernels/context.h"
 #include "kernels/cuda_check.h"
-#include "kernels/nvtx.h"
 
 namespace llr::cuda {
 

@@ -107,18 +107,26 @@ int64_t Model::parameter_count() const {
 }
 
 Tensor Model::normalize_input(const Tensor& x, const ForwardContext& ctx) const {
-  const double* mean = norm_mean_;
-  const double* stdev = norm_std_;
   const double eps = 1e-5;
   DType sd = stat_dtype(ctx.compute);
-  Tensor m = Tensor::from_vector({mean[0], mean[1], mean[2]}, {3}, sd);
-  Tensor v = Tensor::from_vector({stdev[0] * stdev[0] - eps, stdev[1] * stdev[1] - eps, stdev[2] * stdev[2] - eps},
-                                 {3}, sd);
-  Tensor one = Tensor::full({3}, 1.0, sd), zero = Tensor::full({3}, 0.0, sd);
   Device dev = x.device();
-  if (dev != Device::cpu) m = m.to(dev), v = v.to(dev), one = one.to(dev), zero = zero.to(dev);
+  auto cached = input_norm_.find({dev, sd});
+  if (cached == input_norm_.end()) {
+    const double* mean = norm_mean_;
+    const double* stdev = norm_std_;
+    InputNormalization n;
+    n.mean = Tensor::from_vector({mean[0], mean[1], mean[2]}, {3}, sd);
+    n.var = Tensor::from_vector({stdev[0] * stdev[0] - eps, stdev[1] * stdev[1] - eps, stdev[2] * stdev[2] - eps},
+                                {3}, sd);
+    n.one = Tensor::full({3}, 1.0, sd);
+    n.zero = Tensor::full({3}, 0.0, sd);
+    if (dev != Device::cpu)
+      for (Tensor* t : {&n.mean, &n.var, &n.one, &n.zero}) *t = t->to(dev);
+    cached = input_norm_.emplace(std::make_pair(dev, sd), n).first;
+  }
+  const InputNormalization& n = cached->second;
   Tensor xc = x.dtype() == ctx.compute ? x : cast(x, ctx.compute);
-  return batch_norm(xc, m, v, one, zero, eps);
+  return batch_norm(xc, n.mean, n.var, n.one, n.zero, eps);
 }
 
 Act parse_act(const std::string& s) {

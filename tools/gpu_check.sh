@@ -1,100 +1,342 @@
 #!/usr/bin/env bash
-# One call on a lent GPU: build (or use carried binaries), run the tests (CUDA against CPU), run the CUDA tests again
-# under compute-sanitizer memcheck, then benchmark the WRN-28-10 convolution layers; a short table comes last.
-# Designed to finish within 6 minutes on an H100.
+# One call on a lent GPU (H100 or H200): time-boxed stages, most information first, each printing its verdict line as
+# soon as it ends (and appending it to $OUT/summary.txt), so a run cut short still says what it learned. Never builds:
+# the lent machine has no Eigen, doctest, CLI11 or nlohmann-json. It runs the binaries, scripts and data that
+# tools/prepare_gpu_carry.sh put into carry/ on the build machine. Every step is boxed inside LLR_TOTAL_BUDGET
+# (460 s), so the whole run ends within 8 minutes on an H100.
 #
-#   bash tools/gpu_check.sh                   # configure and build in build-gpu/ (16 cores), then check
-#   LLR_BIN_DIR=carry/bin bash tools/gpu_check.sh   # use binaries built elsewhere (llr_tests, llr_conv_bench)
+# The device call, from the repository root of the checkout the session was started in (the device tool sends that
+# checkout, not another worktree), after `bash tools/prepare_gpu_carry.sh` there:
 #
-# Results go to $OUT (default /tmp/llr_gpu_check): tests.log, memcheck.log, conv_bench.*, bench.*, torch_anchor.*.
+#   run(command="bash tools/gpu_check.sh", carry=["carry"], timeout_s=570)
+#
+# Stages and their time boxes (seconds, H100):
+#   1 environment   20  nvidia-smi; ldd of each binary (a library "not found" is searched for under the CUDA and
+#                       Python folders and added to LD_LIBRARY_PATH); llrtrain --version; the CUDA device query test
+#                       (CUDA runtime and driver, cuDNN and cuBLAS versions, built-with cuDNN)
+#   2 CUDA tests   150  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
+#                       convolutions and >1M-element kernels vs CPU, WRN-28-10 bf16 vs f32, bf16 fallback counter, PGD
+#                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
+#   3 step bench   110  llrtrain bench (WRN-28-10, bf16, batch 128: natural, PGD-10, LLR-2), the PyTorch anchor on the
+#                       same methods, compare_bench.py (ours/torch); LLR_JAX=1 adds the JAX anchor (+120 s, taken
+#                       from memcheck: XLA compiles each step first)
+#   4 conv bench    50  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
+#   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
+#                       (PGD-20 from delta = 0, APGD-CE, APGD-T, gamma), and PyTorch's PGD-20 on the same images: the
+#                       robust accuracies must be equal (both in full f32: LLR_NO_TF32=1 for ours)
+#   6 memcheck     rest compute-sanitizer --tool memcheck on the "cuda" suite without the 4 TiB out-of-memory test,
+#                       cuDNN algorithms by heuristic; boxed by what is left of the 460 s (skipped under 20 s)
+#
+# $OUT (the device sets it; default /tmp/llr_gpu_check/out) receives at most 6 files: summary.txt (the verdicts),
+# bench.jsonl, torch_anchor.jsonl, conv_bench.jsonl, [jax_anchor.jsonl], logs.tar.gz (every stage's full log,
+# rewritten after each stage). Commit them under bench/results/<date>-<gpu>/. Bulky files stay in /tmp/llr_gpu_check.
+#
+# Environment: LLR_CARRY (default carry), LLR_STAGES (e.g. "1 2": run only these), LLR_DRY_RUN=1 (check the script on
+# a machine without a GPU: tiny CPU sizes where a stage allows it; GPU-only steps fail or skip and say so).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/llr_gpu_check}
-mkdir -p "$OUT"
-start=$(date +%s)
-cuda_tests='*GPU*,*CUDA*,*caching allocator*,*host-device*,*larger convolution*'
-bench_methods=natural,pgd-7,pgd-10,trades-10,llr-2,llr-10
+cd "$(dirname "$0")/.." || exit 2
 
-bin=${LLR_BIN_DIR:-}
-if [ -z "$bin" ] || [ ! -x "$bin/llr_tests" ]; then
-  bin=build-gpu
-  echo "== build ($bin) =="
-  cmake -B "$bin" -S . -DLLR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} >"$OUT/build.log" 2>&1 &&
-    cmake --build "$bin" -j"$(nproc)" >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+T0=$(date +%s)
+TOTAL=${LLR_TOTAL_BUDGET:-460}
+CARRY=${LLR_CARRY:-carry}
+BIN=$CARRY/bin
+STAGES=${LLR_STAGES:-1 2 3 4 5 6}
+DRY=${LLR_DRY_RUN:-0}
+WORK=/tmp/llr_gpu_check
+OUT=${OUT:-$WORK/out}
+LOGS=$WORK/logs
+mkdir -p "$OUT" "$LOGS"
+rm -f "$OUT/summary.txt" "$OUT"/*.jsonl "$OUT/logs.tar.gz" "$LOGS"/*
+export PYTHONUNBUFFERED=1
+
+elapsed() { echo $(($(date +%s) - T0)); }
+STAGE_END=$TOTAL
+# A time box: the seconds asked for, cut to what is left of the current stage and of the total (never below 5 s).
+box() {
+  local now b=$1
+  now=$(elapsed)
+  [ "$b" -gt $((STAGE_END - now)) ] && b=$((STAGE_END - now))
+  [ "$b" -gt $((TOTAL - now)) ] && b=$((TOTAL - now))
+  [ "$b" -lt 5 ] && b=5
+  echo "$b"
+}
+# VERDICT lines: printed at once and kept in summary.txt, which comes back even if the call is cut short.
+verdict() {
+  local line
+  line=$(printf 'VERDICT %s %-12s %s' "$1" "$2" "$3")
+  echo "$line"
+  echo "$line" >>"$OUT/summary.txt"
+}
+archive_logs() { tar -czf "$OUT/logs.tar.gz.part" -C "$WORK" logs 2>/dev/null && mv "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"; }
+# Starts a stage with its budget in seconds; box() then keeps every step inside it.
+begin_stage() {
+  STAGE_END=$(($(elapsed) + $3))
+  [ "$STAGE_END" -gt "$TOTAL" ] && STAGE_END=$TOTAL
+  echo
+  echo "== stage $1: $2 (until $STAGE_END s, now at $(elapsed) s) =="
+}
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# rc of a timed command as words.
+status_word() {
+  case $1 in
+    0) echo "ok" ;;
+    124 | 137) echo "TIMED OUT" ;;
+    127) echo "NOT RUN" ;;
+    *) echo "FAILED (rc $1)" ;;
+  esac
+}
+
+echo "gpu_check: $(date -u +%FT%TZ) on $(hostname), carry $CARRY, stages $STAGES$([ "$DRY" = 1 ] && echo ', DRY RUN')"
+if [ ! -x "$BIN/llr_tests" ] || [ ! -x "$BIN/llrtrain" ] || [ ! -x "$BIN/llr_conv_bench" ]; then
+  verdict 0 carry "MISSING: $BIN/{llrtrain,llr_tests,llr_conv_bench}; run tools/prepare_gpu_carry.sh on the build machine and pass carry=[\"carry\"]"
+  exit 2
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
+[ -f "$CARRY/MANIFEST" ] && sed -n '1,3p' "$CARRY/MANIFEST"
 
-echo "== tests =="
-"$bin/llr_tests" -s >"$OUT/tests.log" 2>&1
-tests_rc=$?
-grep -E "^cuda vs cpu|^SKIPPED|^device:" "$OUT/tests.log" | tail -5
-grep -E "test cases:" "$OUT/tests.log"
-
-echo "== compute-sanitizer memcheck (CUDA tests, heuristic algorithm choice) =="
-if command -v compute-sanitizer >/dev/null 2>&1; then
-  LLR_CUDNN_HEURISTIC=1 timeout 240 compute-sanitizer --tool memcheck --leak-check no \
-    "$bin/llr_tests" -tc="$cuda_tests" >"$OUT/memcheck.log" 2>&1
-  memcheck_rc=$?
-  grep -E "ERROR SUMMARY|test cases:" "$OUT/memcheck.log" | tail -2
+# Sizes: the real ones, or tiny CPU ones for a dry run of the script itself.
+if [ "$DRY" = 1 ]; then
+  BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-2,llr-1")
+  ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
+  CONV=(--batch 2 --iters 1)
+  TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
+  EVAL=(--n 32 --batch 32 --device cpu --attacks "pgd-ce:2x0,apgd-ce:2,apgd-t:1" --gamma-steps 1)
 else
-  memcheck_rc=127
-  echo "compute-sanitizer not found"
+  BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2")
+  ANCHOR=(--models wrn-28-10 --prec bf16 --methods "natural,pgd-10,llr-2-dbp" --warm 2 --iters 5)
+  CONV=(--batch 128 --iters 10)
+  TRAIN=(--model wrn-16-4 --epochs 3 --batch 128 --precision bf16 --lr 0.1 --schedule cosine)
+  EVAL=(--n 1000 --batch 500 --attacks "pgd-ce:20x0,apgd-ce:50,apgd-t:20" --gamma-steps 10)
 fi
 
-echo "== WRN-28-10 convolution benchmark =="
-"$bin/llr_conv_bench" --batch 128 --iters 20 --json "$OUT/conv_bench.jsonl" | tee "$OUT/conv_bench.txt"
-bench_rc=${PIPESTATUS[0]}
-
-echo "== training-step benchmark: WRN-28-10, batch 128, bf16 (ours, then PyTorch from carry/anchors) =="
-rm -f "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl"
-"$bin/llrtrain" bench --model wrn-28-10 --methods "$bench_methods" --batch 128 --precision bf16 --warmup 3 \
-  --iters 10 --json "$OUT/bench.jsonl" >"$OUT/bench.txt" 2>&1
-bench2_rc=$?
-tail -8 "$OUT/bench.txt"
-anchor=${LLR_ANCHOR:-carry/anchors/torch_anchor.py}
-if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
-  OUT="$OUT" timeout 200 python3 "$anchor" --models wrn-28-10 --prec bf16 --warm 3 --iters 10 \
-    --methods natural,pgd-7,pgd-10,trades-10,llr-2-dbp,llr-10-dbp >"$OUT/torch_anchor.txt" 2>&1
-  tail -8 "$OUT/torch_anchor.txt"
-else
-  echo "no PyTorch anchor ($anchor or torch missing)"
+# ---------------------------------------------------------------------------------------------------------------
+if want 1; then
+  begin_stage 1 environment 20
+  log=$LOGS/1-environment.log
+  gpu=$(timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 |
+    head -1)
+  echo "nvidia-smi: $gpu"
+  { timeout 10 nvidia-smi 2>&1; echo; } >"$log"
+  missing_libs() { for f in "$BIN"/*; do ldd "$f" 2>&1; done | awk '/not found/ {print $1}' | sort -u; }
+  missing=$(missing_libs)
+  found_in=""
+  if [ -n "$missing" ]; then
+    site=$(timeout 10 python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
+    for lib in $missing; do
+      # shellcheck disable=SC2086  # $site is a list of folders
+      dir=$(timeout "$(box 20)" find /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets $site /usr/local /opt \
+        -name "$lib" -print -quit 2>/dev/null | head -1)
+      if [ -n "$dir" ]; then
+        found_in="$found_in $lib=$(dirname "$dir")"
+        LD_LIBRARY_PATH="$(dirname "$dir")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        export LD_LIBRARY_PATH
+      fi
+    done
+  fi
+  still=$(missing_libs | tr '\n' ' ')
+  for f in "$BIN"/*; do echo "-- ldd $f"; ldd "$f" 2>&1; done >>"$log"
+  [ -n "$found_in" ] && echo "libraries found outside the loader's path:$found_in (LD_LIBRARY_PATH set)"
+  [ -n "$still" ] && echo "libraries NOT FOUND: $still"
+  version=$(timeout "$(box 20)" "$BIN/llrtrain" --version 2>&1 | tee -a "$log")
+  echo "$version"
+  query=$(timeout "$(box 20)" "$BIN/llr_tests" -tc='CUDA device query' 2>&1 | tee -a "$log" | grep -E '^CUDA|^SKIPPED')
+  echo "$query"
+  verdict 1 environment "gpu: ${gpu:-nvidia-smi failed}; libs: ${still:+NOT FOUND $still}${still:-ok}${found_in:+ (via LD_LIBRARY_PATH)}; llrtrain: $(echo "$version" | grep '^gpu:' | head -1); $(echo "$query" | head -1)"
+  archive_logs
 fi
 
-echo "== short LLR and PGD trainings on real CIFAR-10 (carry/cifar10), evaluated; PyTorch PGD cross-check =="
-robust_rc=0
-if [ -f carry/cifar10/data_batch_1.bin.xz ]; then
-  mkdir -p "$OUT/cifar"
-  xz -dc carry/cifar10/data_batch_1.bin.xz >"$OUT/cifar/all.bin"
-  for k in 1 2 3 4 5; do  # five files of 2,000 records: the reader wants data_batch_1..5
-    dd if="$OUT/cifar/all.bin" of="$OUT/cifar/data_batch_$k.bin" bs=3073 skip=$(((k - 1) * 2000)) count=2000 status=none
-  done
-  rm "$OUT/cifar/all.bin"
-  for m in llr pgd; do
-    "$bin/llrtrain" train --method $m --data "$OUT/cifar" --holdout 1000 --model wrn-16-4 --act softplus --epochs 4 \
-      --batch 128 --lr 0.1 --schedule cosine --llr-steps 2 --pgd-steps 7 --eps-warmup 50 --precision bf16 \
-      --out "$OUT/run_$m" >"$OUT/train_$m.log" 2>&1 || robust_rc=1
-    tail -1 "$OUT/train_$m.log"
-    "$bin/llrtrain" eval --checkpoint "$OUT/run_$m/model.safetensors" --data "$OUT/cifar" --split val --holdout 1000 \
-      --attacks pgd-ce:20x0,apgd-ce,apgd-t --gamma-steps 10 --dump-logits "$OUT/images_$m.safetensors" \
-      >"$OUT/eval_$m.log" 2>&1 || robust_rc=1
-    grep -E "clean|pgd-ce|apgd|worst|gamma" "$OUT/eval_$m.log"
-    if python3 -c "import torch, safetensors" 2>/dev/null; then
-      (cd tools/reference && python3 pgd_eval.py --checkpoint "$OUT/run_$m/model.safetensors" \
-        --images "$OUT/images_$m.safetensors" --steps 20 --restarts 0) 2>&1 | tail -1
+# ---------------------------------------------------------------------------------------------------------------
+# Prints a doctest log's own lines (mismatches, summaries, versions, skips) and every failing case's whole block.
+report_tests() {
+  local log=$1
+  grep -E 'MISMATCH|^  mismatch:|^cuda vs cpu[^ ]*:|^cuda vs cpu (WRN|large)|^cuda (WRN|PGD|LLR)|relative L2|bf16 fallback|worst parameter|LLR signs|^SKIPPED|^device:|^CUDA ' "$log"
+  awk '/^=+$/ && length($0) >= 70 { if (block ~ /ERROR|FATAL|THREW|CRASHED|SIG[A-Z]+|exception/) printf "%s", block; block = $0 "\n"; next }
+       { block = block $0 "\n" }
+       END { if (block ~ /ERROR|FATAL|THREW|CRASHED|SIG[A-Z]+|exception/) printf "%s", block }' "$log"
+  grep -E '^\[doctest\] (test cases|assertions)' "$log"
+  echo "slowest cases:"
+  grep -E '^[0-9]+\.[0-9]+ s: ' "$log" | sort -rn | head -5
+}
+cases_line() { grep -E '^\[doctest\] test cases' "$1" | sed 's/\[doctest\] //' | tr -s ' '; }
+
+if want 2; then
+  begin_stage 2 "CUDA tests" 150
+  small=$(box 50)
+  log=$LOGS/2a-tests-cuda.log
+  timeout -k 5 "$small" "$BIN/llr_tests" -ts=cuda --duration=true >"$log" 2>&1
+  rc_small=$?
+  report_tests "$log"
+  [ "$rc_small" = 124 ] && { echo "-- timed out after $small s; the log ends with:"; tail -15 "$log"; }
+  verdict 2a cuda-tests "$(status_word "$rc_small"): $(cases_line "$log"); $(grep -E '^cuda vs cpu: ' "$log" | sed 's/^cuda vs cpu: //')"
+  archive_logs
+  large=$(box 150)
+  log=$LOGS/2b-tests-cuda-large.log
+  timeout -k 5 "$large" "$BIN/llr_tests" -ts=cuda-large --duration=true >"$log" 2>&1
+  rc_large=$?
+  report_tests "$log"
+  [ "$rc_large" = 124 ] && { echo "-- timed out after $large s; the log ends with:"; tail -15 "$log"; }
+  verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured')"
+  archive_logs
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+if want 3; then
+  # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
+  begin_stage 3 "step benchmark" $((110 + 120 * ${LLR_JAX:-0}))
+  log=$LOGS/3-bench.log
+  timeout -k 5 "$(box 45)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
+  rc_ours=$?
+  tail -6 "$log"
+  anchor=$CARRY/anchors/torch_anchor.py
+  if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
+    OUT="$OUT" timeout -k 5 "$(box 65)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
+    rc_torch=$?
+    tail -5 "$LOGS/3-torch-anchor.log"
+  else
+    rc_torch=127
+    echo "PyTorch anchor not run: $anchor missing or no torch"
+  fi
+  if [ "${LLR_JAX:-0}" = 1 ] && [ -f "$CARRY/anchors/jax_anchor.py" ]; then
+    timeout -k 5 "$(box 120)" python3 "$CARRY/anchors/jax_anchor.py" natural,pgd-10,llr-2-dbp bf16 \
+      >"$LOGS/3-jax-anchor.log" 2>&1
+    grep -E '^\{' "$LOGS/3-jax-anchor.log" >"$OUT/jax_anchor.jsonl"
+    tail -4 "$LOGS/3-jax-anchor.log"
+  fi
+  python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
+  verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
+  archive_logs
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+if want 4; then
+  begin_stage 4 "convolution benchmark" 50
+  b=$(box 50)
+  log=$LOGS/4-conv-bench.log
+  timeout -k 5 "$b" "$BIN/llr_conv_bench" "${CONV[@]}" --json "$OUT/conv_bench.jsonl" >"$log" 2>&1
+  rc=$?
+  cat "$log"
+  if [ "$rc" = 0 ] || grep -q '^values: ' "$log"; then
+    verdict 4 conv-bench "$(status_word "$rc"): values $(grep -E '^values: ' "$log" | cut -d' ' -f2- | cut -d'(' -f1)$(grep -c 'fell back' "$log") layers fell back to f32; totals $(grep -E '^total' "$log" | awk '{print $2 " " $(NF-3) " ms"}' | tr '\n' ' ')"
+  else
+    verdict 4 conv-bench "$(status_word "$rc"): $(tail -1 "$log")"
+  fi
+  archive_logs
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# One method's training, evaluation and PyTorch PGD cross-check; prints its verdict text.
+train_and_check() {
+  local m=$1 data=$2 run=$WORK/run_$1
+  local extra=(--llr-steps 2)
+  [ "$m" = pgd ] && extra=(--pgd-steps 7)
+  rm -rf "$run"
+  timeout -k 5 "$(box 35)" "$BIN/llrtrain" train --method "$m" --data "$data" --holdout 1000 --act softplus \
+    --eps-warmup 50 "${extra[@]}" "${TRAIN[@]}" --out "$run" >"$LOGS/5-train-$m.log" 2>&1
+  local rc=$?
+  tail -1 "$LOGS/5-train-$m.log" >&2
+  if [ "$rc" != 0 ]; then
+    echo "$m: training $(status_word "$rc"): $(tail -1 "$LOGS/5-train-$m.log")"
+    return
+  fi
+  LLR_NO_TF32=1 timeout -k 5 "$(box 25)" "$BIN/llrtrain" eval --checkpoint "$run/model.safetensors" --data "$data" \
+    --split val --holdout 1000 "${EVAL[@]}" --dump-logits "$WORK/images_$m.safetensors" \
+    --json "$LOGS/5-eval-$m.json" >"$LOGS/5-eval-$m.log" 2>&1
+  rc=$?
+  grep -E 'clean|pgd-ce|apgd|worst|gamma' "$LOGS/5-eval-$m.log" >&2
+  if [ "$rc" != 0 ]; then
+    echo "$m: eval $(status_word "$rc"): $(tail -1 "$LOGS/5-eval-$m.log")"
+    return
+  fi
+  local torch_line=""
+  if python3 -c "import torch, safetensors" 2>/dev/null; then
+    local steps=20
+    [ "$DRY" = 1 ] && steps=2
+    torch_line=$( (cd "$CARRY/tools/reference" && timeout -k 5 "$(box 25)" python3 pgd_eval.py \
+      --checkpoint "$run/model.safetensors" --images "$WORK/images_$m.safetensors" --steps "$steps" --restarts 0) \
+      2>&1 | tee "$LOGS/5-pgd-eval-$m.log" | tail -1)
+    echo "$torch_line" >&2
+  fi
+  python3 - "$LOGS/5-eval-$m.json" "$m" "$torch_line" <<'PY'
+import json, re, sys
+e = json.load(open(sys.argv[1]))
+n = e["n"]
+parts = [f"{sys.argv[2]}: clean {e['clean_accuracy']:.3f}"]
+ours = None
+for a in e.get("attacks", []):
+    parts.append(f"{a['attack']} {a['robust_accuracy']:.3f}")
+    if a["attack"].startswith("pgd-ce:") and a["attack"].endswith("x0"):
+        ours = a["robust_accuracy"]
+if "robust_accuracy_worst_case" in e:
+    parts.append(f"worst {e['robust_accuracy_worst_case']:.3f}")
+if "gamma" in e:
+    parts.append(f"gamma mean {e['gamma']['mean']:.3g}")
+m = re.search(r"robust accuracy ([0-9.]+)", sys.argv[3])
+if m and ours is not None:
+    theirs = float(m.group(1))
+    k = round(abs(theirs - ours) * n)
+    parts.append(f"torch PGD {theirs:.3f}: " + ("EQUAL" if k == 0 else f"DIFFERS by {k} of {n} images"))
+else:
+    parts.append("torch PGD not run")
+print(", ".join(parts))
+PY
+}
+
+if want 5; then
+  begin_stage 5 "trainings on CIFAR-10" 100
+  xz_file=$CARRY/cifar10/data_batch_1.bin.xz
+  data=$WORK/cifar
+  if [ -f "$xz_file" ]; then
+    mkdir -p "$data"
+    if command -v xz >/dev/null; then
+      xz -dc "$xz_file" >"$data/all.bin"
+    else
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$xz_file" "$data/all.bin"
     fi
-  done
-else
-  echo "no carry/cifar10/data_batch_1.bin.xz: skipped"
+    for k in 1 2 3 4 5; do # the reader wants data_batch_1..5: five files of 2,000 records (3,073 bytes each)
+      dd if="$data/all.bin" of="$data/data_batch_$k.bin" bs=3073 skip=$(((k - 1) * 2000)) count=2000 status=none
+    done
+    rm -f "$data/all.bin"
+    v_llr=$(train_and_check llr "$data")
+    echo "$v_llr"
+    v_pgd=$(train_and_check pgd "$data")
+    echo "$v_pgd"
+    verdict 5 trainings "$v_llr | $v_pgd"
+  else
+    verdict 5 trainings "not run: $xz_file missing"
+  fi
+  archive_logs
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+if want 6; then
+  b=$((TOTAL - $(elapsed)))
+  begin_stage 6 "compute-sanitizer memcheck" "$b"
+  log=$LOGS/6-memcheck.log
+  if [ "$b" -lt 20 ]; then
+    verdict 6 memcheck "not run: only $b s left"
+  elif command -v compute-sanitizer >/dev/null 2>&1; then
+    LLR_CUDNN_HEURISTIC=1 timeout -k 5 "$b" compute-sanitizer --tool memcheck --error-exitcode 1 --leak-check no \
+      --print-limit 20 "$BIN/llr_tests" -ts=cuda -tce='*4 TiB request*' >"$log" 2>&1
+    rc=$?
+    grep -E '^========= (Invalid|Program hit|Address|ERROR SUMMARY)' "$log" | head -20
+    # --error-exitcode and a failing test both give rc 1: the ERROR SUMMARY line tells them apart.
+    errors=$(grep -E 'ERROR SUMMARY' "$log" | tail -1 | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      text="TIMED OUT after $b s with $(grep -c '^========= Invalid' "$log") errors so far; it reached: $(grep -E '^cuda vs cpu' "$log" | tail -1)"
+    elif [ -z "$errors" ]; then
+      text="FAILED (rc $rc) without an error summary: $(tail -1 "$log")"
+    elif [ "$errors" = 0 ]; then
+      text="clean (0 errors); tests $(status_word "$rc"): $(cases_line "$log")"
+    else
+      text="$errors ERRORS; first: $(grep -m1 -E '^========= (Invalid|Program hit)' "$log")"
+    fi
+    verdict 6 memcheck "$text"
+  else
+    verdict 6 memcheck "not run: compute-sanitizer not found"
+  fi
+  archive_logs
 fi
 
 echo
-echo "== summary ($(($(date +%s) - start)) s) =="
-printf '%-28s %s\n' "tests" "$([ $tests_rc = 0 ] && echo passed || echo "FAILED (rc $tests_rc)") $(grep -E 'test cases:' "$OUT/tests.log" | tr -s ' ')"
-printf '%-28s %s\n' "cuda vs cpu" "$(grep -E '^cuda vs cpu: ' "$OUT/tests.log")"
-printf '%-28s %s\n' "memcheck" "$([ $memcheck_rc = 0 ] && echo clean || echo "rc $memcheck_rc") $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" 2>/dev/null | tail -1)"
-printf '%-28s %s\n' "conv benchmark" "$([ $bench_rc = 0 ] && echo ok || echo "FAILED (rc $bench_rc)")"
-grep -E '^total' "$OUT/conv_bench.txt" 2>/dev/null
-printf '%-28s %s\n' "step benchmark" "$([ $bench2_rc = 0 ] && echo ok || echo "FAILED (rc $bench2_rc)")"
-python3 tools/compare_bench.py "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" 2>/dev/null
-printf '%-28s %s\n' "robust trainings" "$([ $robust_rc = 0 ] && echo ok || echo FAILED)"
-[ $tests_rc = 0 ] && [ $memcheck_rc = 0 ] && [ $bench_rc = 0 ] && [ $bench2_rc = 0 ] && [ $robust_rc = 0 ]
+echo "== summary ($(elapsed) s; results in $OUT) =="
+cat "$OUT/summary.txt"
