@@ -96,12 +96,14 @@ fi
 # Sizes: the real ones, or tiny CPU ones for a dry run of the script itself.
 if [ "$DRY" = 1 ]; then
   BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-2,llr-1")
+  PROFILE=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
   CONV=(--batch 2 --iters 1)
   TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
   EVAL=(--n 32 --batch 32 --device cpu --attacks "pgd-ce:2x0,apgd-ce:2,apgd-t:1" --gamma-steps 1)
 else
   BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2")
+  PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2")
   ANCHOR=(--models wrn-28-10 --prec bf16 --methods "natural,pgd-10,llr-2-dbp" --warm 2 --iters 5)
   CONV=(--batch 128 --iters 10)
   TRAIN=(--model wrn-16-4 --epochs 3 --batch 128 --precision bf16 --lr 0.1 --schedule cosine)
@@ -201,6 +203,9 @@ if want 3; then
     grep -E '^\{' "$LOGS/3-jax-anchor.log" >"$OUT/jax_anchor.jsonl"
     tail -4 "$LOGS/3-jax-anchor.log"
   fi
+  # Where the time goes (per phase and per op, CUDA events): a separate run, so the events do not touch the timings.
+  timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${PROFILE[@]}" --profile >"$LOGS/3-profile.log" 2>&1
+  grep -A12 -E '^== |^phase' "$LOGS/3-profile.log" | head -60
   python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   archive_logs
