@@ -141,6 +141,7 @@ struct OpCounters {
   uint64_t conv2d_backward_filter = 0;
   uint64_t matmul = 0;
   uint64_t bn_channel_reductions = 0;  // batch-norm backwards that reduced per channel (for statistics or parameters)
+  uint64_t casts = 0;                  // dtype conversions by the cast op (weights to the compute dtype, ...)
   uint64_t vjp_calls = 0;
   uint64_t jvp_calls = 0;
 };

@@ -21,6 +21,7 @@ bool has_backend(Device device) { return device == Device::cpu || dispatch::Regi
 void register_device_copier(DeviceCopier* copier) { device_copier = copier; }
 
 void copy_into(const Tensor& dst, const Tensor& src) {
+  note_value_write();
   LLR_CHECK(dst.defined() && src.defined(), "copy_into: undefined tensor");
   LLR_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "copy_into: ", src.describe(), " into ",
             dst.describe());

@@ -333,14 +333,28 @@ Tensor reshape(const Tensor& x, const Shape& shape, Layout layout) {
       [shape, layout](const Tensors& t) -> Tensors { return {reshape(t[0], shape, layout)}; });
 }
 
+namespace {
+Tensor record_cast(const Tensor& x, Tensor converted) {
+  DType from = x.dtype(), dtype = converted.dtype();
+  return record1(
+      "cast", {x}, std::move(converted),
+      [from](const Tensors& g, const std::vector<bool>&) -> Tensors { return {g[0].to(from)}; },
+      [dtype](const Tensors& t) -> Tensors { return {cast(t[0], dtype)}; });
+}
+}  // namespace
+
 Tensor cast(const Tensor& x, DType dtype) {
   LLR_CHECK(is_floating(x.dtype()) && is_floating(dtype), "cast: only between floating dtypes, got ", x.describe(),
             " to ", dtype_name(dtype));
-  DType from = x.dtype();
-  return record1(
-      "cast", {x}, x.to(dtype),
-      [from](const Tensors& g, const std::vector<bool>&) -> Tensors { return {g[0].to(from)}; },
-      [dtype](const Tensors& t) -> Tensors { return {cast(t[0], dtype)}; });
+  ++op_counters().casts;
+  return record_cast(x, x.to(dtype));
+}
+
+Tensor cast_reusing(const Tensor& x, const Tensor& converted) {
+  LLR_CHECK(is_floating(x.dtype()) && is_floating(converted.dtype()) && converted.shape() == x.shape() &&
+                converted.device() == x.device(),
+            "cast_reusing: ", converted.describe(), " is not a conversion of ", x.describe());
+  return record_cast(x, converted.detach());
 }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels) {

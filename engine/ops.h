@@ -68,6 +68,9 @@ Tensor mean(const Tensor& x);                                // shape {}
 Tensor reshape(const Tensor& x, const Shape& shape, Layout layout = Layout::plain);
 // Converted to another floating dtype (e.g. f32 master weights to bf16); the gradient converts back.
 Tensor cast(const Tensor& x, DType dtype);
+// cast(x, converted.dtype()) where `converted` already holds x's values in that dtype (a conversion kept from an
+// earlier cast while x was unchanged): no conversion runs, the gradient still converts back to x.
+Tensor cast_reusing(const Tensor& x, const Tensor& converted);
 
 // Per-example losses on logits [N, K] with i32 labels [N].
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels);

@@ -202,7 +202,15 @@ double Tensor::at(int64_t i) const {
   LLR_FAIL("element access to a bf16 tensor on the CPU");
 }
 
+namespace {
+std::atomic<uint64_t> write_epoch{0};
+}  // namespace
+
+uint64_t value_write_epoch() { return write_epoch.load(); }
+void note_value_write() { ++write_epoch; }
+
 void Tensor::set(int64_t i, double value) {
+  note_value_write();
   LLR_CHECK(i >= 0 && i < numel(), "index ", i, " out of range for ", describe());
   switch (dtype()) {
     case DType::f32: data<float>()[i] = static_cast<float>(value); return;

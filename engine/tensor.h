@@ -138,6 +138,12 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// Writes to existing tensors' values outside the ops (a checkpoint load, an optimiser step, Tensor::set, copy_into)
+// advance this counter: a conversion kept for values that have not changed since (weights cast to the compute dtype
+// once per step instead of once per forward pass) is valid while it stands still.
+uint64_t value_write_epoch();
+void note_value_write();
+
 // Calls f(T{}) with T the C++ type of a floating dtype on the CPU (f32 or f64); throws for others.
 template <class F>
 decltype(auto) dispatch_floating(DType dtype, const char* op, F&& f) {

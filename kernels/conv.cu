@@ -4,7 +4,10 @@
 // allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution (conv_plans.h counts them).
 #include <cstdio>
 #include <cstdlib>
+#include <array>
 #include <map>
+#include <memory>
+#include <tuple>
 #include <sstream>
 #include <string>
 
@@ -119,28 +122,48 @@ class Workspace {
   void* ptr_ = nullptr;
 };
 
-// What a convolution key runs with: a cuDNN algorithm and its workspace, or (bf16 only) f32 because cuDNN has no
-// bf16 algorithm for it. Decided once per key, including the fallback: retrying a refused bf16 search on every call
-// would cost a full algorithm search per step.
-struct ConvPlan {
-  bool f32_fallback = false;
-  int algo = 0;
-  size_t workspace = 0;
-};
-
 enum class Direction { forward, backward_data, backward_filter };
 
 const char* direction_name(Direction d) {
   return d == Direction::forward ? "forward" : d == Direction::backward_data ? "backward-data" : "backward-filter";
 }
 
-// Readable, because it names the convolution in the fallback note and in conv_plan_stats().
-std::string plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
-  std::ostringstream os;
-  os << "conv2d " << direction_name(d) << " x" << shape_str(x) << " w" << shape_str(w) << " stride " << g.stride
-     << " pad " << g.padding << ' ' << dtype_name(t) << " math " << int(cudnn_math(t));
-  return os.str();
+// A convolution's identity for its plan: compared as numbers on every call, printed only in messages.
+struct PlanKey {
+  Direction direction;
+  std::array<int64_t, 4> x, w;
+  int stride, padding;
+  DType dtype;
+  int math;
+  bool operator<(const PlanKey& o) const {
+    return std::tie(direction, x, w, stride, padding, dtype, math) <
+           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math);
+  }
+  // Readable, because it names the convolution in the fallback note and in conv_plan_stats().
+  std::string describe() const {
+    std::ostringstream os;
+    os << "conv2d " << direction_name(direction) << " x" << shape_str(Shape(x.begin(), x.end())) << " w"
+       << shape_str(Shape(w.begin(), w.end())) << " stride " << stride << " pad " << padding << ' '
+       << dtype_name(dtype) << " math " << math;
+    return os.str();
+  }
+};
+
+PlanKey plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
+  return {d, {x[0], x[1], x[2], x[3]}, {w[0], w[1], w[2], w[3]}, g.stride, g.padding, t, int(cudnn_math(t))};
 }
+
+// What a convolution runs with: its cuDNN descriptors (built once) and algorithm and workspace, or (bf16 only) f32
+// because cuDNN has no bf16 algorithm for it. Decided once per key, including the fallback: retrying a refused bf16
+// search on every call would cost a full algorithm search per step.
+struct ConvPlan {
+  bool f32_fallback = false;
+  int algo = 0;
+  size_t workspace = 0;
+  std::shared_ptr<TensorDesc> x, y;
+  std::shared_ptr<FilterDesc> w;
+  std::shared_ptr<ConvDesc> conv;
+};
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
 // under compute-sanitizer, where benchmarking is slow and its timings meaningless).
@@ -149,8 +172,8 @@ bool heuristic_only() {
   return on;
 }
 
-std::map<std::string, ConvPlan>& plan_cache() {
-  static std::map<std::string, ConvPlan> cache;
+std::map<PlanKey, ConvPlan>& plan_cache() {
+  static std::map<PlanKey, ConvPlan> cache;
   return cache;
 }
 
@@ -167,31 +190,42 @@ class ConvUnsupported : public Error {
 };
 
 // cuDNN 9 groups its statuses by thousands: 2xxx a parameter it rejects, 3xxx a configuration it does not support.
-void check_cudnn_runs(cudnnStatus_t status, const char* call, const std::string& key) {
+void check_cudnn_runs(cudnnStatus_t status, const char* call, const PlanKey& key) {
   if (status == CUDNN_STATUS_SUCCESS) return;
-  std::string message = std::string(call) + " for " + key + ": cuDNN error: " + cudnnGetErrorString(status);
+  std::string message = std::string(call) + " for " + key.describe() + ": cuDNN error: " + cudnnGetErrorString(status);
   int category = int(status) / 1000;
   if (category == 2 || category == 3) throw ConvUnsupported(message);
   LLR_FAIL(message);
 }
 
-// The cached plan of `key`, or the one `search` finds (which throws ConvUnsupported when no algorithm can run it).
+// The cached plan of `key`, or a new one with its descriptors and the algorithm `search(plan)` picks (which throws
+// ConvUnsupported when no algorithm can run it).
 template <class Search>
-const ConvPlan& plan_for(const std::string& key, Search search) {
+const ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, const Shape& y, const Conv2dGeometry& g,
+                         Search search) {
   auto it = plan_cache().find(key);
   if (it != plan_cache().end()) return it->second;
   ++plan_stats().searches;
-  return plan_cache().emplace(key, search()).first->second;
+  ConvPlan plan;
+  plan.x = std::make_shared<TensorDesc>(x, key.dtype);
+  plan.y = std::make_shared<TensorDesc>(y, key.dtype);
+  plan.w = std::make_shared<FilterDesc>(w, key.dtype);
+  plan.conv = std::make_shared<ConvDesc>(g, key.dtype);
+  search(plan);
+  return plan_cache().emplace(key, std::move(plan)).first->second;
 }
 
 // Picks the fastest successful result within the workspace limit.
 template <class Perf>
-ConvPlan pick(const Perf* perf, int count, const std::string& key) {
+void pick(const Perf* perf, int count, const PlanKey& key, ConvPlan& plan) {
   for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit)
-      return {false, int(perf[i].algo), perf[i].memory};
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit) {
+      plan.algo = int(perf[i].algo);
+      plan.workspace = perf[i].memory;
+      return;
+    }
   std::ostringstream os;
-  os << "cuDNN found no usable algorithm for " << key << " (" << count << " tried:";
+  os << "cuDNN found no usable algorithm for " << key.describe() << " (" << count << " tried:";
   for (int i = 0; i < count; ++i) {
     os << ' ' << cudnnGetErrorString(perf[i].status);
     if (perf[i].status == CUDNN_STATUS_SUCCESS) os << " but needs " << (perf[i].memory >> 20) << " MiB";
@@ -256,13 +290,15 @@ template <class F>
 Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType dtype,
                           F run_in) {
   if (dtype != DType::bf16) return run_in(dtype);
-  std::string key = plan_key(d, x, w, g, dtype);
+  PlanKey key = plan_key(d, x, w, g, dtype);
   auto it = plan_cache().find(key);
   if (it == plan_cache().end() || !it->second.f32_fallback) {
     try {
       return run_in(DType::bf16);
     } catch (const ConvUnsupported& e) {
-      plan_cache()[key] = ConvPlan{true, 0, 0};
+      ConvPlan fallback;
+      fallback.f32_fallback = true;
+      plan_cache()[key] = fallback;
       plan_stats().bf16_fallbacks.push_back(e.what());
       std::fprintf(stderr, "llrtrain: note: %s; this bf16 convolution is computed in f32 from now on\n", e.what());
     }
@@ -300,12 +336,12 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
-  TensorDesc xd(s.x, x.dtype()), yd(s.y, x.dtype());
-  FilterDesc wd(s.w, x.dtype());
-  ConvDesc cd(g, x.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
-  const ConvPlan& plan = plan_for(key, [&] {
+  PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
+  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+    const TensorDesc &xd = *p.x, &yd = *p.y;
+    const FilterDesc& wd = *p.w;
+    const ConvDesc& cd = *p.conv;
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
@@ -319,13 +355,13 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
                                                               perf, ws.get(), ws.bytes()),
                        "cudnnFindConvolutionForwardAlgorithmEx", key);
     }
-    return pick(perf, n, key);
+    pick(perf, n, key, p);
   });
   Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionForward(h, alpha, xd, x.raw_data(), wd, w.raw_data(), cd,
-                                           cudnnConvolutionFwdAlgo_t(plan.algo), ws.get(), ws.bytes(), beta, yd,
+  check_cudnn_runs(cudnnConvolutionForward(h, alpha, *plan.x, x.raw_data(), *plan.w, w.raw_data(), *plan.conv,
+                                           cudnnConvolutionFwdAlgo_t(plan.algo), ws.get(), ws.bytes(), beta, *plan.y,
                                            y.raw_data()),
                    "cudnnConvolutionForward", key);
   return y;
@@ -335,12 +371,12 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
   ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
-  TensorDesc dxd(s.x, gy.dtype()), dyd(s.y, gy.dtype());
-  FilterDesc wd(s.w, gy.dtype());
-  ConvDesc cd(g, gy.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
-  const ConvPlan& plan = plan_for(key, [&] {
+  PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+    const TensorDesc &dxd = *p.x, &dyd = *p.y;
+    const FilterDesc& wd = *p.w;
+    const ConvDesc& cd = *p.conv;
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
@@ -355,14 +391,14 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
                                                                    ws.get(), ws.bytes()),
                        "cudnnFindConvolutionBackwardDataAlgorithmEx", key);
     }
-    return pick(perf, n, key);
+    pick(perf, n, key, p);
   });
   Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(gy.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionBackwardData(h, alpha, wd, w.raw_data(), dyd, gy.raw_data(), cd,
+  check_cudnn_runs(cudnnConvolutionBackwardData(h, alpha, *plan.w, w.raw_data(), *plan.y, gy.raw_data(), *plan.conv,
                                                 cudnnConvolutionBwdDataAlgo_t(plan.algo), ws.get(), ws.bytes(), beta,
-                                                dxd, dx.raw_data()),
+                                                *plan.x, dx.raw_data()),
                    "cudnnConvolutionBackwardData", key);
   return dx;
 }
@@ -371,12 +407,12 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
   ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
-  TensorDesc xd(s.x, x.dtype()), dyd(s.y, x.dtype());
-  FilterDesc dwd(s.w, x.dtype());
-  ConvDesc cd(g, x.dtype());
   cudnnHandle_t h = context().cudnn();
-  std::string key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
-  const ConvPlan& plan = plan_for(key, [&] {
+  PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
+  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+    const TensorDesc &xd = *p.x, &dyd = *p.y;
+    const FilterDesc& dwd = *p.w;
+    const ConvDesc& cd = *p.conv;
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int n = 0;
     if (heuristic_only()) {
@@ -392,14 +428,14 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                                                                      perf, ws.get(), ws.bytes()),
                        "cudnnFindConvolutionBackwardFilterAlgorithmEx", key);
     }
-    return pick(perf, n, key);
+    pick(perf, n, key, p);
   });
   Workspace ws(plan.workspace);
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionBackwardFilter(h, alpha, xd, x.raw_data(), dyd, gy.raw_data(), cd,
-                                                  cudnnConvolutionBwdFilterAlgo_t(plan.algo), ws.get(), ws.bytes(),
-                                                  beta, dwd, dw.raw_data()),
+  check_cudnn_runs(cudnnConvolutionBackwardFilter(h, alpha, *plan.x, x.raw_data(), *plan.y, gy.raw_data(),
+                                                  *plan.conv, cudnnConvolutionBwdFilterAlgo_t(plan.algo), ws.get(),
+                                                  ws.bytes(), beta, *plan.w, dw.raw_data()),
                    "cudnnConvolutionBackwardFilter", key);
   return dw;
 }

@@ -22,12 +22,14 @@ std::vector<Tensor> Registry::parameters() const {
   return out;
 }
 
-namespace {
-// Weights cast to the compute dtype (bf16 compute keeps f32 master weights; the cast's vjp converts back).
-Tensor as_compute(const Tensor& w, const ForwardContext& ctx) {
-  return w.dtype() == ctx.compute ? w : cast(w, ctx.compute);
+Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
+  if (master.dtype() == compute) return master;
+  if (copy_.defined() && copy_.dtype() == compute && epoch_ == value_write_epoch()) return cast_reusing(master, copy_);
+  Tensor c = cast(master, compute);
+  copy_ = c.detach();
+  epoch_ = value_write_epoch();
+  return c;
 }
-}  // namespace
 
 Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, int kernel, int stride, int padding,
                Init init)
@@ -40,7 +42,7 @@ Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, in
 }
 
 Tensor Conv2d::forward(const Tensor& x, const ForwardContext& ctx) const {
-  return conv2d(x, as_compute(weight_, ctx), {}, {stride_, padding_});
+  return conv2d(x, weight_compute_.of(weight_, ctx.compute), {}, {stride_, padding_});
 }
 
 BatchNorm::BatchNorm(Registry& r, const std::string& name, int64_t channels, Init init) {
@@ -97,7 +99,7 @@ Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, In
 // differences of losses, which bf16 logits would round by about 0.03.
 Tensor Linear::forward(const Tensor& x, const ForwardContext& ctx) const {
   DType out = stat_dtype(ctx.compute);
-  return linear(x.dtype() == out ? x : cast(x, out), weight_.dtype() == out ? weight_ : cast(weight_, out), bias_);
+  return linear(x.dtype() == out ? x : cast(x, out), weight_compute_.of(weight_, out), bias_);
 }
 
 int64_t Model::parameter_count() const {

@@ -61,6 +61,17 @@ struct Init {
   Tensor place(const Tensor& t) const { return device == Device::cpu ? t : t.to(device); }
 };
 
+// The master weight in the compute dtype, converted once while the weights stand still (value_write_epoch()) rather
+// than on every forward pass: a PGD-10 step runs eleven of them between two optimiser steps.
+class ComputeCopy {
+ public:
+  Tensor of(const Tensor& master, DType compute) const;
+
+ private:
+  mutable Tensor copy_;
+  mutable uint64_t epoch_ = ~uint64_t(0);
+};
+
 class Conv2d {
  public:
   Conv2d() = default;
@@ -70,6 +81,7 @@ class Conv2d {
 
  private:
   Tensor weight_;  // KRSC
+  ComputeCopy weight_compute_;
   int stride_ = 1, padding_ = 0;
 };
 
@@ -96,6 +108,7 @@ class Linear {
 
  private:
   Tensor weight_, bias_;
+  ComputeCopy weight_compute_;
 };
 
 class Model {

@@ -88,6 +88,40 @@ TEST_CASE("unknown models and activations are refused") {
   CHECK_THROWS_WITH_AS(nets::parse_act("tanh"), doctest::Contains("unknown activation"), Error);
 }
 
+TEST_CASE("weights are converted to the compute dtype once while they stand still, and again after an update") {
+  // f64 master values computed in f32 on the CPU take the path f32 weights computed in bf16 take on the GPU.
+  Generator gen(4);
+  Tensor w = gen.normal({6, 5}, 0, 1, DType::f64).requires_grad_();
+  Tensor x = gen.normal({3, 5}, 0, 1, DType::f32);
+  nets::ComputeCopy copy;
+  auto casts_of = [&](Tensor* out) {
+    uint64_t before = op_counters().casts;
+    *out = copy.of(w, DType::f32);
+    return int64_t(op_counters().casts - before);
+  };
+  Tensor first, second, third;
+  CHECK(casts_of(&first) == 1);
+  CHECK(casts_of(&second) == 0);
+  CHECK(first.dtype() == DType::f32);
+  CHECK(first.to_vector() == second.to_vector());
+  // The gradient reaches the f64 master through the kept conversion as through a fresh one.
+  Tape::current().clear();
+  Tensor kept;
+  CHECK(casts_of(&kept) == 0);
+  Tensor loss = sum(linear(x, kept));
+  Tensor g = grad({loss}, {Tensor::scalar(1.0, DType::f32)}, {w})[0];
+  CHECK(g.dtype() == DType::f64);
+  Tensor g_fresh = grad({sum(linear(x, cast(w, DType::f32)))}, {Tensor::scalar(1.0, DType::f32)}, {w})[0];
+  CHECK(max_abs(g) > 0);
+  CHECK(g.to_vector() == g_fresh.to_vector());
+  Tape::current().clear();
+  // A write to the values (an optimiser step, a checkpoint load) makes the next use convert again.
+  w.set(0, 7.0);
+  CHECK(casts_of(&third) == 1);
+  CHECK(third.at(0) == 7.0);
+  CHECK(casts_of(&third) == 0);
+}
+
 }  // namespace
 }  // namespace llr::test
 

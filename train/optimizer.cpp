@@ -24,6 +24,7 @@ void Sgd::step(const std::vector<Tensor>& grads, double lr) {
                         options_.nesterov, steps_ == 0, nonfinite_);
   }
   ++steps_;
+  note_value_write();
 }
 
 }  // namespace llr
