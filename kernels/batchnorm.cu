@@ -52,7 +52,7 @@ Tensor batch_stats_backward_impl(const Tensor& x, const Tensor& mean, const Tens
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     st(o, i, inv * (pgm[c] + S(2) * (ld(px, i) - pm[c]) * pgv[c]));
   });
   return dx;
@@ -97,7 +97,7 @@ BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const 
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     S d = ld(pd, i);
     st(dd, i, inv * (pa[c] + S(2) * pb[c] * (ld(px, i) - pm[c])));
     st(dx, i, inv * S(2) * pb[c] * d);
@@ -118,7 +118,7 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     S a = math::bn_normalize<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]);
     st(o, i, math::activation_derivative<S>(act, 0, a));
   });
@@ -146,7 +146,7 @@ BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const
     return gp;
   };
   if (!need_stats && !need_params) {
-    for_each(x.numel(), [=] __device__(int64_t i) { direct(i, i % C); });
+    for_each(x.numel(), [=] __device__(int64_t i) { direct(i, channel_of(i, C)); });
     return out;
   }
   ++op_counters().bn_channel_reductions;
@@ -190,7 +190,7 @@ Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
     S a = math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c]);
     S t = math::bn_affine_tangent<S>(xi, pm[c], r, ps[c], ld(pd, i), pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0),
@@ -212,7 +212,7 @@ Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, c
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     st(o, i, math::bn_tangent<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), ps[c], ld(pd, i),
                                  pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0)));
   });
@@ -245,7 +245,7 @@ BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, con
   T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
   S e = static_cast<S>(eps);
   for_each(x.numel(), [=] __device__(int64_t i) {
-    int64_t c = i % C;
+    int64_t c = channel_of(i, C);
     S r = math::bn_inv_std<S>(pv[c], e), g = ld(pg, i), vd = pvd ? pvd[c] : S(0);
     st(dd, i, ps[c] * r * g);
     st(dx, i, S(-0.5) * ps[c] * r * r * r * vd * g);

@@ -88,6 +88,13 @@ T* ptr_or_null_mut(Tensor& t) {
   return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr;
 }
 
+// The channel (last-axis index) of flat element i of a tensor with C channels. Below 2^32 elements, in 32-bit
+// arithmetic: a 64-bit division costs several times a 32-bit one, and every elementwise batch-norm kernel does one
+// per element.
+__device__ __forceinline__ int64_t channel_of(int64_t i, int64_t C) {
+  return i < (int64_t(1) << 32) ? int64_t(uint32_t(i) % uint32_t(C)) : i % C;
+}
+
 inline int grid_for(int64_t n, int threads) {
   int64_t blocks = (n + threads - 1) / threads;
   int64_t cap = static_cast<int64_t>(std::max(1, context().sm_count())) * 32;

@@ -124,7 +124,7 @@ Tensor bias_add_impl(const Tensor& x, const Tensor& b, int64_t channels) {
   const T* px = ptr<T>(x);
   const acc_t<T>* pb = ptr<acc_t<T>>(b);
   T* o = ptr<T>(out);
-  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) + pb[i % channels]); });
+  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) + pb[channel_of(i, channels)]); });
   return out;
 }
 
