@@ -14,8 +14,8 @@ namespace {
 // One block per example.
 template <class T>
 __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T* grad, const T* gx,
-                                    const T* sign_g, T* m, T* v, T step_size, T eps, bool adam, T beta1, T beta2,
-                                    T adam_eps, T bias1, T bias2, T* dots) {
+                                    const T* sign_g, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1,
+                                    T beta2, T adam_eps, T bias1, T bias2, T* dots) {
   int64_t e = blockIdx.x;
   T acc = 0;
   for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
@@ -24,8 +24,8 @@ __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T
     T mm = 0, vv = 0;
     T* mp = adam ? m + i : &mm;
     T* vp = adam ? v + i : &vv;
-    T d = perturbation_math::step<T>(delta[i], x[i], dir, mp, vp, step_size, eps, adam, beta1, beta2, adam_eps, bias1,
-                                     bias2);
+    T d = perturbation_math::step<T>(delta[i], x[i], dir, mp, vp, step_size, eps, ball, adam, beta1, beta2, adam_eps,
+                                     bias1, bias2);
     delta[i] = d;
     if (gx) acc += d * gx[i];
   }
@@ -44,8 +44,9 @@ Tensor perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, con
   T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
       inner, ptr<T>(delta), ptr<T>(x), ptr<T>(grad), llr ? ptr<T>(gx) : nullptr, llr ? ptr<T>(sign_g) : nullptr,
-      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps), adam, T(p.beta1),
-      T(p.beta2), T(p.adam_eps), bias1, bias2, llr ? ptr<T>(dots) : nullptr);
+      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps),
+      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2,
+      llr ? ptr<T>(dots) : nullptr);
   LLR_CUDA_LAUNCH_CHECK();
   return dots;
 }

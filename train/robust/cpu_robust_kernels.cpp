@@ -42,6 +42,7 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
                                      const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
   bool llr = gx.defined();
   bool adam = p.update == PerturbationUpdate::adam;
+  bool ball = p.projection == Projection::ball_and_box;
   return dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
@@ -61,8 +62,8 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
         T mm = 0, vv = 0;
         T* mp = adam ? pm + i : &mm;
         T* vp = adam ? pv + i : &vv;
-        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), adam, T(p.beta1),
-                                          T(p.beta2), T(p.adam_eps), bias1, bias2);
+        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), ball, adam,
+                                          T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2);
         if (llr) acc += double(d[i]) * double(pgx[i]);
       }
       if (llr) dots.data<T>()[e] = static_cast<T>(acc);

@@ -11,11 +11,15 @@
 namespace llr {
 
 enum class PerturbationUpdate : int { sign = 0, adam = 1 };
+// What a step projects onto: the eps-ball and the [0, 1] box, or the box only (N-FGSM, whose start and step may
+// leave the ball).
+enum class Projection : int { ball_and_box = 0, box = 1 };
 
 struct PerturbationParams {
   PerturbationUpdate update = PerturbationUpdate::sign;
   double step_size = 0;  // sign: alpha; adam: learning rate
   double eps = 0;        // l_inf radius
+  Projection projection = Projection::ball_and_box;
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
   int64_t t = 1;  // Adam step count (1-based) for bias correction
 };
@@ -34,10 +38,10 @@ LLR_HD T sign_of(T v) {
   return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0));
 }
 
-// Updates delta in place (ascent) and returns it projected: |delta| <= eps and 0 <= x + delta <= 1.
+// Updates delta in place (ascent) and returns it projected: |delta| <= eps (when `ball`) and 0 <= x + delta <= 1.
 template <class T>
-LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool adam, T beta1, T beta2, T adam_eps,
-              T bias1, T bias2) {
+LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1, T beta2,
+              T adam_eps, T bias1, T bias2) {
   T upd;
   if (adam) {
     *m = beta1 * *m + (T(1) - beta1) * dir;
@@ -48,7 +52,7 @@ LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool adam, T 
     upd = step_size * sign_of(dir);
   }
   T d = delta + upd;
-  d = d > eps ? eps : (d < -eps ? -eps : d);
+  if (ball) d = d > eps ? eps : (d < -eps ? -eps : d);
   T xp = x + d;
   xp = xp > T(1) ? T(1) : (xp < T(0) ? T(0) : xp);
   return xp - x;
