@@ -1,6 +1,7 @@
 // Per-element math of the perturbation kernels (robust_kernels.def), shared by the CPU loops and the CUDA kernels: the
 // ascent direction of the LLR search or a PGD attack, the Adam or sign update, the projection onto the eps-ball and
-// the [0, 1] box, APGD's step and per-example bookkeeping, and the ranking of classes by logit.
+// the [0, 1] box, APGD's step and per-example bookkeeping, the ranking of classes by logit, GradAlign's cosine and its
+// derivative, and ELLE's random triplets and coefficients.
 #pragma once
 
 #include <cmath>
@@ -124,6 +125,53 @@ LLR_HD T initial(uint64_t seed, uint64_t index, T eps, T normal_scale) {
   if (normal_scale > T(0))
     return normal_scale * T(sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2));
   return eps * T(2.0 * u1 - 1.0);
+}
+
+// GradAlign's cosine of two per-example gradients a and b: <a, b> / (n_a n_b), each norm kept at least `guard`
+// (PyTorch's cosine_similarity), so a vanishing gradient gives a cosine of 0 instead of a division by zero.
+template <class T>
+LLR_HD T guarded_norm(T squared_norm, T guard) {
+  T n = sqrt(squared_norm);
+  return n > guard ? n : guard;
+}
+
+// d cos / d a_j = b_j / (n_a n_b) - cos a_j / n_a^2 while |a| > guard; below the guard n_a is the constant guard and
+// only the first term remains.
+template <class T>
+LLR_HD T cosine_derivative(T a, T b, T n_a, T n_b, T cos, bool a_above_guard) {
+  T d = b / (n_a * n_b);
+  return a_above_guard ? d - cos * a / (n_a * n_a) : d;
+}
+
+// ELLE's random triplet (Abad Rocamora et al. 2024) for element j (of `numel` in the batch) of example i: x_a and x_b
+// uniform in the eps-ball around x (projected onto [0, 1]) from draws counter + j and counter + numel + j, and the
+// interpolation weight of example i from draw counter + 2 numel + i.
+template <class T>
+LLR_HD T triplet_point(uint64_t seed, uint64_t counter, uint64_t numel, uint64_t j, T x, T eps, int which, T alpha) {
+  T a = x + project<T>(initial<T>(seed, counter + j, eps, T(0)), x, eps);
+  if (which == 0) return a;
+  T b = x + project<T>(initial<T>(seed, counter + numel + j, eps, T(0)), x, eps);
+  if (which == 1) return b;
+  return alpha * a + (T(1) - alpha) * b;
+}
+
+template <class T>
+LLR_HD T triplet_weight(uint64_t seed, uint64_t counter, uint64_t numel, uint64_t i) {
+  return T(rng_math::uniform01(seed, 2 * (counter + 2 * numel + i)));
+}
+
+// ELLE's linearity residual r = l_c - alpha l_a - (1 - alpha) l_b of one example, and the weights of its three losses
+// in the gradient of lambda/N sum r^2 with r's value held: (2 lambda / N) r (-alpha, -(1 - alpha), 1).
+template <class T>
+LLR_HD T triplet_residual(T l_a, T l_b, T l_c, T alpha) {
+  return l_c - alpha * l_a - (T(1) - alpha) * l_b;
+}
+
+// which: 0 for l_a, 1 for l_b, 2 for l_c; scale = 2 lambda / N.
+template <class T>
+LLR_HD T triplet_loss_weight(T residual, T alpha, int which, T scale) {
+  T w = which == 0 ? -alpha : (which == 1 ? alpha - T(1) : T(1));
+  return scale * residual * w;
 }
 
 }  // namespace perturbation_math
