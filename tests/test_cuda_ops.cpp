@@ -245,6 +245,7 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
       ctx.compute = dt;
       ctx.update_running = false;
       ctx.fixed_delta = &dd;
+      ctx.eps = 8.0 / 255.0;  // the radius of GradAlign's and ELLE's random points
       TapeScope scope;
       ObjectiveResult r = objective->build(m, xx, yy, RobustSettings(), ctx);
       std::vector<Tensor> g = objective_gradients(r, m.parameters());
