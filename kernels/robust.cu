@@ -1,7 +1,8 @@
 // The CUDA side of the perturbation kernels (train/robust/robust_kernels.def): the fused perturbation step (one block
 // per example: ascent direction, Adam or sign update, projection onto the eps-ball and [0, 1], and
-// d_i = <delta_i, gx_i> in one kernel), the LLR per-example coefficients, APGD's step and bookkeeping, and the row and
-// class selections of the search. Per-element math: train/robust/perturbation_math.h, shared with the CPU side.
+// d_i = <delta_i, gx_i> in one kernel), the LLR per-example coefficients, GradAlign's cosine and its derivatives (one
+// block per example), ELLE's triplets and coefficients, APGD's step and bookkeeping, and the row and class selections
+// of the search. Per-element math: train/robust/perturbation_math.h, shared with the CPU side.
 #include <cmath>
 
 #include "kernels/cuda_backend.h"
@@ -14,8 +15,8 @@ namespace {
 // One block per example.
 template <class T>
 __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T* grad, const T* gx,
-                                    const T* sign_g, T* m, T* v, T step_size, T eps, bool adam, T beta1, T beta2,
-                                    T adam_eps, T bias1, T bias2, T* dots) {
+                                    const T* sign_g, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1,
+                                    T beta2, T adam_eps, T bias1, T bias2, T* dots) {
   int64_t e = blockIdx.x;
   T acc = 0;
   for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
@@ -24,8 +25,8 @@ __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T
     T mm = 0, vv = 0;
     T* mp = adam ? m + i : &mm;
     T* vp = adam ? v + i : &vv;
-    T d = perturbation_math::step<T>(delta[i], x[i], dir, mp, vp, step_size, eps, adam, beta1, beta2, adam_eps, bias1,
-                                     bias2);
+    T d = perturbation_math::step<T>(delta[i], x[i], dir, mp, vp, step_size, eps, ball, adam, beta1, beta2, adam_eps,
+                                     bias1, bias2);
     delta[i] = d;
     if (gx) acc += d * gx[i];
   }
@@ -44,8 +45,9 @@ Tensor perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, con
   T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
       inner, ptr<T>(delta), ptr<T>(x), ptr<T>(grad), llr ? ptr<T>(gx) : nullptr, llr ? ptr<T>(sign_g) : nullptr,
-      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps), adam, T(p.beta1),
-      T(p.beta2), T(p.adam_eps), bias1, bias2, llr ? ptr<T>(dots) : nullptr);
+      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps),
+      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2,
+      llr ? ptr<T>(dots) : nullptr);
   LLR_CUDA_LAUNCH_CHECK();
   return dots;
 }
@@ -69,6 +71,95 @@ LlrCoefficients llr_coefficients_impl(const Tensor& l, const Tensor& lp, const T
     tw[i] = m * sd - lam * sg;
     ag[i] = fabs(g);
     sgn[i] = sg;
+  });
+  return c;
+}
+
+// One block per example: the three per-example sums, then both derivatives.
+template <class T>
+__global__ void gradient_alignment_kernel(int64_t inner, const T* g1, const T* g2, T guard, T* cos, T* d1, T* d2) {
+  int64_t e = blockIdx.x;
+  const T *a = g1 + e * inner, *b = g2 + e * inner;
+  T dot = 0, aa = 0, bb = 0;
+  for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
+    dot += a[j] * b[j];
+    aa += a[j] * a[j];
+    bb += b[j] * b[j];
+  }
+  __shared__ T sums[3];
+  dot = block_sum(dot);
+  if (threadIdx.x == 0) sums[0] = dot;
+  aa = block_sum(aa);
+  if (threadIdx.x == 0) sums[1] = aa;
+  bb = block_sum(bb);
+  if (threadIdx.x == 0) sums[2] = bb;
+  __syncthreads();
+  T na = perturbation_math::guarded_norm(sums[1], guard), nb = perturbation_math::guarded_norm(sums[2], guard);
+  bool a_above = na > guard, b_above = nb > guard;
+  T c = sums[0] / (na * nb);
+  if (threadIdx.x == 0) cos[e] = c;
+  for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
+    d1[e * inner + j] = perturbation_math::cosine_derivative(a[j], b[j], na, nb, c, a_above);
+    d2[e * inner + j] = perturbation_math::cosine_derivative(b[j], a[j], nb, na, c, b_above);
+  }
+}
+
+template <class T>
+GradientAlignment gradient_alignment_impl(const Tensor& g1, const Tensor& g2, double guard) {
+  int64_t n = g1.dim(0), inner = g1.numel() / n;
+  GradientAlignment r;
+  r.cos = Tensor::empty({n}, g1.dtype(), Layout::plain, Device::cuda);
+  r.d_cos_d_g1 = new_like(g1);
+  r.d_cos_d_g2 = new_like(g2);
+  if (n == 0) return r;
+  gradient_alignment_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
+      inner, ptr<T>(g1), ptr<T>(g2), T(guard), ptr<T>(r.cos), ptr<T>(r.d_cos_d_g1), ptr<T>(r.d_cos_d_g2));
+  LLR_CUDA_LAUNCH_CHECK();
+  return r;
+}
+
+template <class T>
+ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double eps, uint64_t seed, uint64_t counter) {
+  int64_t n = x.dim(0), numel = x.numel(), inner = n == 0 ? 0 : numel / n;
+  Shape s = x.shape();
+  s[0] = 3 * n;
+  ElleTriplets r;
+  r.points = Tensor::empty(s, x.dtype(), x.layout(), Device::cuda);
+  r.alpha = Tensor::empty({n}, x.dtype(), Layout::plain, Device::cuda);
+  r.labels = Tensor::empty({3 * n}, DType::i32, Layout::plain, Device::cuda);
+  const int32_t* y = ptr<int32_t>(labels);
+  int32_t* y3 = ptr<int32_t>(r.labels);
+  for_each(3 * n, [=] __device__(int64_t k) { y3[k] = y[k % n]; });
+  const T* px = ptr<T>(x);
+  T *pp = ptr<T>(r.points), *pa = ptr<T>(r.alpha);
+  T e = T(eps);
+  uint64_t total = uint64_t(numel);
+  for_each(n, [=] __device__(int64_t i) {
+    pa[i] = perturbation_math::triplet_weight<T>(seed, counter, total, uint64_t(i));
+  });
+  for_each(3 * numel, [=] __device__(int64_t k) {
+    int which = static_cast<int>(k / numel);
+    int64_t j = k % numel;
+    T alpha = perturbation_math::triplet_weight<T>(seed, counter, total, uint64_t(j / inner));
+    pp[k] = perturbation_math::triplet_point<T>(seed, counter, total, uint64_t(j), px[j], e, which, alpha);
+  });
+  return r;
+}
+
+template <class T>
+ElleCoefficients elle_coefficients_impl(const Tensor& losses, const Tensor& alpha, double lambda) {
+  int64_t n = alpha.numel();
+  ElleCoefficients c;
+  c.residual = Tensor::empty({n}, losses.dtype(), Layout::plain, Device::cuda);
+  c.loss_weight = Tensor::empty({3 * n}, losses.dtype(), Layout::plain, Device::cuda);
+  const T *l = ptr<T>(losses), *a = ptr<T>(alpha);
+  T *r = ptr<T>(c.residual), *w = ptr<T>(c.loss_weight);
+  T scale = T(2.0 * lambda / double(n));
+  for_each(n, [=] __device__(int64_t i) {
+    T res = perturbation_math::triplet_residual(l[i], l[n + i], l[2 * n + i], a[i]);
+    r[i] = res;
+    for (int which = 0; which < 3; ++which)
+      w[which * n + i] = perturbation_math::triplet_loss_weight(res, a[i], which, scale);
   });
   return c;
 }
@@ -215,6 +306,24 @@ Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double 
                                       uint64_t counter) {
   if (x.dtype() == DType::f64) return perturbation_init_impl<double>(x, eps, normal_scale, seed, counter);
   return perturbation_init_impl<float>(x, eps, normal_scale, seed, counter);
+}
+
+GradientAlignment CudaRobustKernels::gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
+  LLR_NVTX_RANGE("gradient_alignment");
+  if (g1.dtype() == DType::f64) return gradient_alignment_impl<double>(g1, g2, guard);
+  return gradient_alignment_impl<float>(g1, g2, guard);
+}
+
+ElleTriplets CudaRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
+                                              uint64_t counter) {
+  LLR_NVTX_RANGE("elle_triplets");
+  if (x.dtype() == DType::f64) return elle_triplets_impl<double>(x, labels, eps, seed, counter);
+  return elle_triplets_impl<float>(x, labels, eps, seed, counter);
+}
+
+ElleCoefficients CudaRobustKernels::elle_coefficients(const Tensor& losses, const Tensor& alpha, double lambda) {
+  if (losses.dtype() == DType::f64) return elle_coefficients_impl<double>(losses, alpha, lambda);
+  return elle_coefficients_impl<float>(losses, alpha, lambda);
 }
 
 void CudaRobustKernels::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta,

@@ -15,6 +15,6 @@ inline std::unique_ptr<Method> method_with(const std::string& name, const nlohma
   return set.get(name).clone();
 }
 
-inline const char* const kMethods[] = {"natural", "pgd", "trades", "llr"};
+inline const char* const kMethods[] = {"natural", "pgd", "trades", "llr", "fgsm-rs", "n-fgsm", "gradalign", "elle"};
 
 }  // namespace llr::test

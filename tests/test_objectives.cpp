@@ -244,15 +244,17 @@ TEST_CASE("the logged loss of every objective equals its definition") {
     ctx.compute = DType::f64;
     ctx.update_running = false;
     ctx.fixed_delta = &delta;
+    ctx.eps = 0.05;  // the radius of GradAlign's and ELLE's random points
     double logged;
     {
       TapeScope scope;
       logged = host_value(m->build(*model, x, y, RobustSettings(), ctx).loss);
     }
-    // The definition computed independently of build(): LLR's from d and g, the others' written out here (batch norm
-    // with each pass's own statistics).
+    // The definition computed independently of build(): LLR's from d and g, GradAlign's from both input gradients,
+    // ELLE's from the triplet losses, the others' written out here (batch norm with each pass's own statistics).
+    const std::string method = name;
     double defined = NAN;
-    if (std::string(name) == "llr") {
+    if (method == "llr" || method == "gradalign" || method == "elle") {
       defined = m->definition(*model, x, y, RobustSettings(), ctx);
     } else {
       NoGradGuard no_grad;
@@ -262,9 +264,10 @@ TEST_CASE("the logged loss of every objective equals its definition") {
       Tensor clean = model->forward(x, train_mode);
       nets::ForwardContext train_mode2 = train_mode;
       Tensor adv = model->forward(add(x, delta), train_mode2);
-      if (std::string(name) == "natural") defined = host_value(mean(cross_entropy(clean, y)));
-      if (std::string(name) == "pgd") defined = host_value(mean(cross_entropy(adv, y)));
-      if (std::string(name) == "trades")
+      if (method == "natural") defined = host_value(mean(cross_entropy(clean, y)));
+      if (method == "pgd" || method == "fgsm-rs" || method == "n-fgsm")
+        defined = host_value(mean(cross_entropy(adv, y)));
+      if (method == "trades")
         defined = host_value(mean(cross_entropy(clean, y))) + 6.0 * host_value(mean(kl_div(clean, adv)));
     }
     INFO("method ", name);

@@ -4,6 +4,7 @@
 #include "engine/backend.h"
 #include "engine/ops.h"
 #include "train/methods/method.h"
+#include "train/robust/search.h"
 #include "train/training_kernels.h"
 
 namespace llr::methods {
@@ -32,6 +33,34 @@ inline void set_loss(ObjectiveResult& r, const Tensor& loss) {
   r.loss = loss.detach();
   r.outputs = {loss};
   r.cotangents = {backend::full_like(loss, 1.0)};
+}
+
+// Where draw k of a step's `draws` random draws (each of at most `numel` counters, a batch's elements) starts, so no
+// two draws of a run overlap. A method with one draw per step draws from PGD's counters.
+inline uint64_t draw_counter(const StepContext& ctx, const Tensor& x, uint64_t draws, uint64_t k) {
+  return (ctx.step * draws + k) * static_cast<uint64_t>(x.numel());
+}
+
+// The perturbation that maximises the cross-entropy by the search `o` (its steps, rule, start and projection), batch
+// norm in the attack passes as `bn` says.
+inline Tensor cross_entropy_attack(nets::Model& model, const Tensor& x, const Tensor& y, nets::BnMode bn,
+                                   const StepContext& ctx, const robust::SearchOptions& o) {
+  robust::SearchProblem p;
+  p.per_example = {y};
+  p.loss = [&model, bn, &ctx](const Tensor& xa, const std::vector<Tensor>& rows, Tensor*) {
+    auto fc = forward_context(bn, ctx.compute);
+    return cross_entropy(model.forward(xa, fc), rows[0]);
+  };
+  return robust::search(x, p, o).delta;
+}
+
+// The mean cross-entropy at x + delta with the pass's own batch statistics (updating the running averages when the
+// step says so): the training loss of the adversarial methods.
+inline Tensor adversarial_loss(nets::Model& model, const Tensor& x, const Tensor& delta, const Tensor& y,
+                               const StepContext& ctx, Tensor* logits) {
+  auto fc = forward_context(nets::BnMode::train, ctx.compute, nullptr, nullptr, ctx.update_running);
+  *logits = model.forward(add(x, delta), fc);
+  return mean(cross_entropy(*logits, y));
 }
 
 }  // namespace llr::methods

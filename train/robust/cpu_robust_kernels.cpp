@@ -42,6 +42,7 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
                                      const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
   bool llr = gx.defined();
   bool adam = p.update == PerturbationUpdate::adam;
+  bool ball = p.projection == Projection::ball_and_box;
   return dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
@@ -61,8 +62,8 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
         T mm = 0, vv = 0;
         T* mp = adam ? pm + i : &mm;
         T* vp = adam ? pv + i : &vv;
-        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), adam, T(p.beta1),
-                                          T(p.beta2), T(p.adam_eps), bias1, bias2);
+        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), ball, adam,
+                                          T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2);
         if (llr) acc += double(d[i]) * double(pgx[i]);
       }
       if (llr) dots.data<T>()[e] = static_cast<T>(acc);
@@ -101,6 +102,82 @@ Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double n
       d.data<T>()[i] = perturbation_math::project<T>(
           perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)), x.data<T>()[i], T(eps));
     return d;
+  });
+}
+
+GradientAlignment CpuRobustKernels::gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
+  return dispatch_floating(g1.dtype(), "gradient_alignment", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = g1.dim(0), inner = row_elements(g1);
+    GradientAlignment r;
+    r.cos = Tensor::empty({n}, g1.dtype());
+    r.d_cos_d_g1 = Tensor::empty(g1.shape(), g1.dtype(), g1.layout());
+    r.d_cos_d_g2 = Tensor::empty(g2.shape(), g2.dtype(), g2.layout());
+    const T *a = g1.data<T>(), *b = g2.data<T>();
+    T *da = r.d_cos_d_g1.data<T>(), *db = r.d_cos_d_g2.data<T>();
+    for (int64_t e = 0; e < n; ++e) {
+      double dot = 0, aa = 0, bb = 0;
+      for (int64_t j = e * inner; j < (e + 1) * inner; ++j) {
+        dot += double(a[j]) * double(b[j]);
+        aa += double(a[j]) * double(a[j]);
+        bb += double(b[j]) * double(b[j]);
+      }
+      T na = perturbation_math::guarded_norm(T(aa), T(guard)), nb = perturbation_math::guarded_norm(T(bb), T(guard));
+      bool a_above = na > T(guard), b_above = nb > T(guard);
+      T cos = T(dot) / (na * nb);
+      r.cos.data<T>()[e] = cos;
+      for (int64_t j = e * inner; j < (e + 1) * inner; ++j) {
+        da[j] = perturbation_math::cosine_derivative(a[j], b[j], na, nb, cos, a_above);
+        db[j] = perturbation_math::cosine_derivative(b[j], a[j], nb, na, cos, b_above);
+      }
+    }
+    return r;
+  });
+}
+
+ElleTriplets CpuRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
+                                             uint64_t counter) {
+  return dispatch_floating(x.dtype(), "elle_triplets", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = x.dim(0), inner = row_elements(x), numel = x.numel();
+    Shape s = x.shape();
+    s[0] = 3 * n;
+    ElleTriplets r;
+    r.points = Tensor::empty(s, x.dtype(), x.layout());
+    r.alpha = Tensor::empty({n}, x.dtype());
+    r.labels = Tensor::empty({3 * n}, DType::i32);
+    for (int which = 0; which < 3; ++which)
+      std::memcpy(r.labels.data<int32_t>() + which * n, labels.data<int32_t>(), size_t(n) * sizeof(int32_t));
+    const T* px = x.data<T>();
+    T* pa = r.alpha.data<T>();
+    for (int64_t i = 0; i < n; ++i)
+      pa[i] = perturbation_math::triplet_weight<T>(seed, counter, uint64_t(numel), uint64_t(i));
+    for (int which = 0; which < 3; ++which) {
+      T* out = r.points.data<T>() + which * numel;
+      for (int64_t j = 0; j < numel; ++j)
+        out[j] = perturbation_math::triplet_point<T>(seed, counter, uint64_t(numel), uint64_t(j), px[j], T(eps), which,
+                                                     pa[j / inner]);
+    }
+    return r;
+  });
+}
+
+ElleCoefficients CpuRobustKernels::elle_coefficients(const Tensor& losses, const Tensor& alpha, double lambda) {
+  return dispatch_floating(losses.dtype(), "elle_coefficients", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = alpha.numel();
+    ElleCoefficients c;
+    c.residual = Tensor::empty({n}, losses.dtype());
+    c.loss_weight = Tensor::empty({3 * n}, losses.dtype());
+    const T *l = losses.data<T>(), *a = alpha.data<T>();
+    T scale = T(2.0 * lambda / double(n));
+    for (int64_t i = 0; i < n; ++i) {
+      T r = perturbation_math::triplet_residual(l[i], l[n + i], l[2 * n + i], a[i]);
+      c.residual.data<T>()[i] = r;
+      for (int which = 0; which < 3; ++which)
+        c.loss_weight.data<T>()[which * n + i] = perturbation_math::triplet_loss_weight(r, a[i], which, scale);
+    }
+    return c;
   });
 }
 

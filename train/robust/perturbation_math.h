@@ -1,6 +1,7 @@
 // Per-element math of the perturbation kernels (robust_kernels.def), shared by the CPU loops and the CUDA kernels: the
 // ascent direction of the LLR search or a PGD attack, the Adam or sign update, the projection onto the eps-ball and
-// the [0, 1] box, APGD's step and per-example bookkeeping, and the ranking of classes by logit.
+// the [0, 1] box, APGD's step and per-example bookkeeping, the ranking of classes by logit, GradAlign's cosine and its
+// derivative, and ELLE's random triplets and coefficients.
 #pragma once
 
 #include <cmath>
@@ -11,11 +12,15 @@
 namespace llr {
 
 enum class PerturbationUpdate : int { sign = 0, adam = 1 };
+// What a step projects onto: the eps-ball and the [0, 1] box, or the box only (N-FGSM, whose start and step may
+// leave the ball).
+enum class Projection : int { ball_and_box = 0, box = 1 };
 
 struct PerturbationParams {
   PerturbationUpdate update = PerturbationUpdate::sign;
   double step_size = 0;  // sign: alpha; adam: learning rate
   double eps = 0;        // l_inf radius
+  Projection projection = Projection::ball_and_box;
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
   int64_t t = 1;  // Adam step count (1-based) for bias correction
 };
@@ -34,10 +39,10 @@ LLR_HD T sign_of(T v) {
   return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0));
 }
 
-// Updates delta in place (ascent) and returns it projected: |delta| <= eps and 0 <= x + delta <= 1.
+// Updates delta in place (ascent) and returns it projected: |delta| <= eps (when `ball`) and 0 <= x + delta <= 1.
 template <class T>
-LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool adam, T beta1, T beta2, T adam_eps,
-              T bias1, T bias2) {
+LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1, T beta2,
+              T adam_eps, T bias1, T bias2) {
   T upd;
   if (adam) {
     *m = beta1 * *m + (T(1) - beta1) * dir;
@@ -48,7 +53,7 @@ LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool adam, T 
     upd = step_size * sign_of(dir);
   }
   T d = delta + upd;
-  d = d > eps ? eps : (d < -eps ? -eps : d);
+  if (ball) d = d > eps ? eps : (d < -eps ? -eps : d);
   T xp = x + d;
   xp = xp > T(1) ? T(1) : (xp < T(0) ? T(0) : xp);
   return xp - x;
@@ -120,6 +125,53 @@ LLR_HD T initial(uint64_t seed, uint64_t index, T eps, T normal_scale) {
   if (normal_scale > T(0))
     return normal_scale * T(sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2));
   return eps * T(2.0 * u1 - 1.0);
+}
+
+// GradAlign's cosine of two per-example gradients a and b: <a, b> / (n_a n_b), each norm kept at least `guard`
+// (PyTorch's cosine_similarity), so a vanishing gradient gives a cosine of 0 instead of a division by zero.
+template <class T>
+LLR_HD T guarded_norm(T squared_norm, T guard) {
+  T n = sqrt(squared_norm);
+  return n > guard ? n : guard;
+}
+
+// d cos / d a_j = b_j / (n_a n_b) - cos a_j / n_a^2 while |a| > guard; below the guard n_a is the constant guard and
+// only the first term remains.
+template <class T>
+LLR_HD T cosine_derivative(T a, T b, T n_a, T n_b, T cos, bool a_above_guard) {
+  T d = b / (n_a * n_b);
+  return a_above_guard ? d - cos * a / (n_a * n_a) : d;
+}
+
+// ELLE's random triplet (Abad Rocamora et al. 2024) for element j (of `numel` in the batch) of example i: x_a and x_b
+// uniform in the eps-ball around x (projected onto [0, 1]) from draws counter + j and counter + numel + j, and the
+// interpolation weight of example i from draw counter + 2 numel + i.
+template <class T>
+LLR_HD T triplet_point(uint64_t seed, uint64_t counter, uint64_t numel, uint64_t j, T x, T eps, int which, T alpha) {
+  T a = x + project<T>(initial<T>(seed, counter + j, eps, T(0)), x, eps);
+  if (which == 0) return a;
+  T b = x + project<T>(initial<T>(seed, counter + numel + j, eps, T(0)), x, eps);
+  if (which == 1) return b;
+  return alpha * a + (T(1) - alpha) * b;
+}
+
+template <class T>
+LLR_HD T triplet_weight(uint64_t seed, uint64_t counter, uint64_t numel, uint64_t i) {
+  return T(rng_math::uniform01(seed, 2 * (counter + 2 * numel + i)));
+}
+
+// ELLE's linearity residual r = l_c - alpha l_a - (1 - alpha) l_b of one example, and the weights of its three losses
+// in the gradient of lambda/N sum r^2 with r's value held: (2 lambda / N) r (-alpha, -(1 - alpha), 1).
+template <class T>
+LLR_HD T triplet_residual(T l_a, T l_b, T l_c, T alpha) {
+  return l_c - alpha * l_a - (T(1) - alpha) * l_b;
+}
+
+// which: 0 for l_a, 1 for l_b, 2 for l_c; scale = 2 lambda / N.
+template <class T>
+LLR_HD T triplet_loss_weight(T residual, T alpha, int which, T scale) {
+  T w = which == 0 ? -alpha : (which == 1 ? alpha - T(1) : T(1));
+  return scale * residual * w;
 }
 
 }  // namespace perturbation_math

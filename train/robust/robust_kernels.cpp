@@ -79,6 +79,27 @@ void llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double
   same_shape("llr_coefficients", l, d);
 }
 
+void gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
+  perturbation_dtype("gradient_alignment", {&g1, &g2});
+  batch("gradient_alignment", g1);
+  same_shape("gradient_alignment", g1, g2);
+  LLR_CHECK(guard > 0, "gradient_alignment: the norm guard ", guard, " must be positive");
+}
+
+void elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t, uint64_t) {
+  perturbation_dtype("elle_triplets", {&x});
+  batch("elle_triplets", x);
+  indices("elle_triplets", "labels", labels, x.dim(0));
+  LLR_CHECK(eps >= 0, "elle_triplets: eps ", eps, " must be non-negative");
+}
+
+void elle_coefficients(const Tensor& losses, const Tensor& alpha, double lambda) {
+  perturbation_dtype("elle_coefficients", {&losses, &alpha});
+  LLR_CHECK(alpha.rank() == 1, "elle_coefficients: alpha must be per-example [N], got ", alpha.describe());
+  per_example("elle_coefficients", "the triplet losses", losses, 3 * alpha.dim(0));
+  LLR_CHECK(lambda >= 0, "elle_coefficients: lambda ", lambda, " must be non-negative");
+}
+
 void apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor& x, const Tensor& grad, const Tensor& eta, double,
                double eps) {
   perturbation_dtype("apgd_step", {&delta, &delta_prev, &x, &grad, &eta});

@@ -19,6 +19,26 @@ struct LlrCoefficients {
   Tensor sign_g;            // sign(g_i)
 };
 
+// GradAlign's per-example cosine and its derivatives (robust::gradient_alignment).
+struct GradientAlignment {
+  Tensor cos;         // [N]
+  Tensor d_cos_d_g1;  // like g1
+  Tensor d_cos_d_g2;  // like g2
+};
+
+// ELLE's random points (robust::elle_triplets).
+struct ElleTriplets {
+  Tensor points;  // [3N, ...]: x_a, then x_b, then x_c
+  Tensor labels;  // [3N] i32
+  Tensor alpha;   // [N]
+};
+
+// ELLE's residuals and loss weights (robust::elle_coefficients).
+struct ElleCoefficients {
+  Tensor residual;     // [N]: l_c - alpha l_a - (1 - alpha) l_b
+  Tensor loss_weight;  // [3N]: the cotangent of the triplet batch's losses
+};
+
 class RobustKernels {
  public:
   virtual ~RobustKernels() = default;

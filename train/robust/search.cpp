@@ -50,8 +50,9 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
   Run r;
   Tensor delta = o.start == Start::zero
                      ? backend::full_like(x, 0.0)
-                     : robust::perturbation_init(x, o.eps, o.start == Start::normal ? o.normal_scale : 0.0, o.seed,
-                                                 counter);
+                     : o.start == Start::normal
+                           ? robust::perturbation_init(x, o.eps, o.normal_scale, o.seed, counter)
+                           : robust::perturbation_init(x, o.start_scale * o.eps, 0.0, o.seed, counter);
   Tensor d = gap ? backend::per_example_dot(delta, rows.gap_gradient) : Tensor();
   if (o.track_max) r.max_value = per_example_full(n, -INFINITY, x);
   if (o.early_stop) {
@@ -63,6 +64,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
   pp.update = o.rule == StepRule::adam ? PerturbationUpdate::adam : PerturbationUpdate::sign;
   pp.step_size = o.step_size;
   pp.eps = o.eps;
+  pp.projection = o.projection;
   Tensor m, v;
   if (o.rule == StepRule::adam) m = backend::full_like(x, 0.0), v = backend::full_like(x, 0.0);
   // APGD: per-example step sizes, best loss and point (and its gradient, to restart from), success counters.
@@ -160,6 +162,9 @@ SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchO
             "perturbation search: images must be f32 or f64 with a batch axis, got ", x.describe());
   LLR_CHECK(o.steps >= 0 && o.restarts >= 1 && o.eps >= 0 && o.step_size >= 0, "perturbation search: steps ",
             o.steps, ", restarts ", o.restarts, ", eps ", o.eps, " and step size ", o.step_size, " must be valid");
+  LLR_CHECK(o.start_scale >= 0, "perturbation search: the start scale ", o.start_scale, " must be non-negative");
+  LLR_CHECK(o.projection == Projection::ball_and_box || o.rule != StepRule::apgd,
+            "perturbation search: APGD steps always project onto the eps-ball");
   LLR_CHECK(!o.early_stop || problem.labels.defined(), "perturbation search: early stopping needs labels");
   LLR_CHECK(!active.defined() || o.early_stop, "perturbation search: an active mask needs early stopping");
   const int64_t n = x.dim(0);

@@ -24,6 +24,10 @@ struct SearchOptions {
   double eps = 0;
   Start start = Start::uniform;
   double normal_scale = 0;  // Start::normal: the standard deviation
+  // Start::uniform: the start's radius as a multiple of eps (N-FGSM draws its noise from 2 eps).
+  double start_scale = 1;
+  // Sign and Adam steps: onto the eps-ball and the [0, 1] box, or the box only (N-FGSM).
+  Projection projection = Projection::ball_and_box;
   int restarts = 1;
   // Run r draws its start from (seed, counter + r * numel of the whole batch).
   uint64_t seed = 0, counter = 0;
