@@ -88,6 +88,10 @@ int run_eval(EvalConfig e) {
     // Per-example bookkeeping stays on the device; each sum is read once, at the end.
     std::vector<Tensor> robust(attacks.size());
     std::vector<double> seconds(attacks.size(), 0.0), gammas;
+    // Suites (autoattack): per attack, its stages' labels, robust counts and seconds.
+    std::vector<std::vector<std::string>> stage_labels(attacks.size());
+    std::vector<std::vector<Tensor>> stage_robust(attacks.size());
+    std::vector<std::vector<double>> stage_seconds(attacks.size());
     Tensor worst, clean;
     double gamma_seconds = 0;
     std::vector<int32_t> order(static_cast<size_t>(r.n));
@@ -105,6 +109,15 @@ int run_eval(EvalConfig e) {
         AttackResult ar = attacks[a]->run(ctx, bt.images, bt.labels, correct);
         accumulate(robust[a], backend::sum_all(ar.robust));
         all = backend::mul(all, ar.robust);
+        for (size_t k = 0; k < ar.stages.size(); ++k) {
+          if (stage_labels[a].size() <= k) {
+            stage_labels[a].push_back(ar.stages[k].label);
+            stage_robust[a].emplace_back();
+            stage_seconds[a].push_back(0.0);
+          }
+          accumulate(stage_robust[a][k], backend::sum_all(ar.stages[k].robust));
+          stage_seconds[a][k] += ar.stages[k].seconds;
+        }
         backend_for(device).synchronize();
         seconds[a] += std::chrono::duration<double>(clock::now() - t0).count();
       }
@@ -131,7 +144,14 @@ int run_eval(EvalConfig e) {
     for (size_t a = 0; a < attacks.size(); ++a) {
       double acc = count(robust[a]) / double(r.n);
       std::printf("%-20s %10.4f %10.1f\n", attacks[a]->label().c_str(), acc, seconds[a]);
-      results.push_back({{"attack", attacks[a]->label()}, {"robust_accuracy", acc}, {"seconds", seconds[a]}});
+      nlohmann::json entry = {{"attack", attacks[a]->label()}, {"robust_accuracy", acc}, {"seconds", seconds[a]}};
+      for (size_t k = 0; k < stage_labels[a].size(); ++k) {
+        double stage_acc = count(stage_robust[a][k]) / double(r.n);
+        std::printf("  after %-12s %10.4f %10.1f\n", stage_labels[a][k].c_str(), stage_acc, stage_seconds[a][k]);
+        entry["stages"].push_back(
+            {{"attack", stage_labels[a][k]}, {"robust_accuracy", stage_acc}, {"seconds", stage_seconds[a][k]}});
+      }
+      results.push_back(entry);
     }
     if (!attacks.empty()) {
       std::printf("%-20s %10.4f\n", "worst case", count(worst) / double(r.n));
