@@ -86,7 +86,7 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
   const double eps = 8.0 / 255.0;
   std::vector<char> correct = correctly_classified(*t->model, t->x, t->y);
   double clean = fraction(correct);
-  for (const char* spec : {"pgd-ce:10x2", "pgd-margin:20", "mt:5", "apgd-ce:20", "apgd-t:5"}) {
+  for (const char* spec : {"pgd-ce:10x2", "pgd-margin:20", "mt:5", "apgd-ce:20", "apgd-t:5", "fab-t:10", "square:300"}) {
     AttackResult r = attack(*t, spec, eps, 11);
     std::vector<char> still = flags(r.robust);
     double robust = fraction(still);
