@@ -7,6 +7,8 @@
 #include <cstring>
 #include <sstream>
 
+#include <unistd.h>
+
 namespace llr {
 
 namespace {
@@ -26,6 +28,10 @@ void host_allocated(size_t bytes) {
 
 HostMemoryStats host_memory_stats() { return {host_in_use.load(), host_peak.load()}; }
 void reset_host_memory_peak() { host_peak = host_in_use.load(); }
+size_t host_memory_available() {
+  long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+}
 
 void register_device_allocator(DeviceAllocator* allocator) { device_allocator_ = allocator; }
 DeviceAllocator* device_allocator() { return device_allocator_; }

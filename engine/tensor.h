@@ -25,6 +25,8 @@ class DeviceAllocator {
   virtual void deallocate(void* ptr, size_t bytes) = 0;
   virtual size_t peak_bytes_in_use() const = 0;
   virtual void reset_peak() = 0;
+  // Device memory a new allocation could still get: free on the device plus what the allocator caches.
+  virtual size_t bytes_available() const = 0;
 };
 void register_device_allocator(DeviceAllocator* allocator);
 DeviceAllocator* device_allocator();  // the registered one, or nullptr
@@ -36,6 +38,8 @@ struct HostMemoryStats {
 };
 HostMemoryStats host_memory_stats();
 void reset_host_memory_peak();
+// Physical host memory not in use by anything (the operating system's free pages).
+size_t host_memory_available();
 
 // Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
 class Storage {

@@ -101,6 +101,12 @@ void CachingAllocator::reset_peak() {
   stats_.peak_bytes_in_use = stats_.bytes_in_use;
 }
 
+size_t CachingAllocator::bytes_available() const {
+  size_t free = 0, total = 0;
+  LLR_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free + stats().bytes_cached;
+}
+
 void CachingAllocator::release_cache() {
   std::lock_guard<std::mutex> lock(mutex_);
   cudaStreamSynchronize(context_stream_or_null());

@@ -34,6 +34,7 @@ class CachingAllocator final : public DeviceAllocator {
   static size_t size_class(size_t bytes);  // the rounded size a request is served with
   AllocatorStats stats() const;
   void reset_peak() override;
+  size_t bytes_available() const override;
   void release_cache();  // cudaFree every cached block
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.

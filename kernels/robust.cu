@@ -1,12 +1,15 @@
 // The CUDA side of the perturbation kernels (train/robust/robust_kernels.def): the fused perturbation step (one block
 // per example: ascent direction, Adam or sign update, projection onto the eps-ball and [0, 1], and
 // d_i = <delta_i, gx_i> in one kernel), the LLR per-example coefficients, GradAlign's cosine and its derivatives (one
-// block per example), ELLE's triplets and coefficients, APGD's step and bookkeeping, and the row and class selections
-// of the search. Per-element math: train/robust/perturbation_math.h, shared with the CPU side.
+// block per example), ELLE's triplets and coefficients, APGD's step and bookkeeping, FAB's step and bookkeeping (one
+// block per example), Square's start, queries and acceptance, and the row and class selections of the search.
+// Per-element math: train/robust/perturbation_math.h, fab_math.h and square_math.h, shared with the CPU side.
 #include <cmath>
 
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
+#include "train/robust/fab_math.h"
+#include "train/robust/square_math.h"
 
 namespace llr::cuda {
 
@@ -279,6 +282,121 @@ Tensor class_at_rank_impl(const Tensor& z, const Tensor& labels, int rank) {
   return out;
 }
 
+constexpr int kFabThreads = 256;
+
+// fab_math's two visits of one example's elements by one block: strided over the threads; a reduction goes through
+// shared memory and every thread receives its result, so all threads take the same branches of the algorithm.
+struct BlockLoops {
+  int64_t n;
+  fab_math::Partial* shared;  // kFabThreads entries
+  template <class F, class C>
+  __device__ fab_math::Partial operator()(F f, C combine) const {
+    fab_math::Partial acc{{0, 0, 0, 0, 0, 0}};
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = combine(acc, f(i));
+    shared[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) shared[threadIdx.x] = combine(shared[threadIdx.x], shared[threadIdx.x + s]);
+      __syncthreads();
+    }
+    fab_math::Partial out = shared[0];
+    __syncthreads();  // before the next reduction overwrites shared[0]
+    return out;
+  }
+  template <class F>
+  __device__ void operator()(F f) const {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) f(i);
+  }
+};
+
+template <class T>
+__global__ void fab_step_kernel(int64_t inner, T* delta, const T* x0, const T* grad, const T* f, T overshoot,
+                                T alpha_max) {
+  __shared__ fab_math::Partial shared[kFabThreads];
+  int64_t e = blockIdx.x;
+  BlockLoops loops{inner, shared};
+  fab_math::step<T>(delta + e * inner, x0 + e * inner, grad + e * inner, f[e], overshoot, alpha_max, loops, loops);
+}
+
+template <class T>
+void fab_step_impl(Tensor& delta, const Tensor& x0, const Tensor& grad, const Tensor& f, double overshoot,
+                   double alpha_max) {
+  int64_t n = delta.dim(0);
+  if (n == 0) return;
+  fab_step_kernel<T><<<static_cast<unsigned>(n), kFabThreads, 0, context().stream()>>>(
+      delta.numel() / n, ptr<T>(delta), ptr<T>(x0), ptr<T>(grad), ptr<T>(f), T(overshoot), T(alpha_max));
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+template <class T>
+__global__ void fab_track_kernel(int64_t inner, T* delta, const T* correct, T* best_delta, T* best_norm, T* robust,
+                                 T backstep, T eps) {
+  __shared__ fab_math::Partial shared[kFabThreads];
+  int64_t e = blockIdx.x;
+  BlockLoops loops{inner, shared};
+  fab_math::Best<T> b{best_norm[e], robust[e]};
+  b = fab_math::track<T>(delta + e * inner, correct[e], best_delta + e * inner, b, backstep, eps, loops, loops);
+  if (threadIdx.x == 0) {
+    best_norm[e] = b.norm;
+    robust[e] = b.robust;
+  }
+}
+
+template <class T>
+void fab_track_impl(Tensor& delta, const Tensor& correct, Tensor& best_delta, Tensor& best_norm, Tensor& robust,
+                    double backstep, double eps) {
+  int64_t n = delta.dim(0);
+  if (n == 0) return;
+  fab_track_kernel<T><<<static_cast<unsigned>(n), kFabThreads, 0, context().stream()>>>(
+      delta.numel() / n, ptr<T>(delta), ptr<T>(correct), ptr<T>(best_delta), ptr<T>(best_norm), ptr<T>(robust),
+      T(backstep), T(eps));
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
+template <class T>
+Tensor square_start_impl(const Tensor& x, const Tensor& ids, double eps, uint64_t seed, uint64_t counter) {
+  Tensor d = new_like(x);
+  int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
+  const T* px = ptr<T>(x);
+  const int32_t* id = ptr<int32_t>(ids);
+  T* o = ptr<T>(d);
+  T e = T(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    square_math::Place at = square_math::place_of(i, h, w, c);
+    o[i] = square_math::stripe_start<T>(px[i], id[at.example], at, w, c, e, seed, counter);
+  });
+  return d;
+}
+
+template <class T>
+Tensor square_proposal_impl(const Tensor& best, const Tensor& x, const Tensor& ids, int64_t examples, int64_t query,
+                            int64_t side, double eps, uint64_t seed, uint64_t counter) {
+  Tensor d = new_like(x);
+  int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
+  const T *px = ptr<T>(x), *pb = ptr<T>(best);
+  const int32_t* id = ptr<int32_t>(ids);
+  T* o = ptr<T>(d);
+  T e = T(eps);
+  for_each(x.numel(), [=] __device__(int64_t i) {
+    square_math::Place at = square_math::place_of(i, h, w, c);
+    o[i] = square_math::proposal<T>(pb[i], px[i], at, id[at.example], query, examples, h, w, c, side, e, seed,
+                                    counter);
+  });
+  return d;
+}
+
+template <class T>
+Tensor square_accept_impl(const Tensor& z, const Tensor& labels, Tensor& best_margin, Tensor& robust) {
+  int64_t k = z.dim(1);
+  const T* pz = ptr<T>(z);
+  const int32_t* y = ptr<int32_t>(labels);
+  T *bm = ptr<T>(best_margin), *rb = ptr<T>(robust);
+  return per_example<T>(z.dim(0), [=] __device__(int64_t i) {
+    auto at = [pz, i, k](int64_t j) { return pz[i * k + j]; };
+    return square_math::accept<T>(at, k, int64_t(y[i]), bm + i, rb + i);
+  });
+}
+
 template <class S>
 void update_max_impl(Tensor& acc, const Tensor& v) {
   S* a = ptr<S>(acc);
@@ -309,14 +427,12 @@ Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double 
 }
 
 GradientAlignment CudaRobustKernels::gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
-  LLR_NVTX_RANGE("gradient_alignment");
   if (g1.dtype() == DType::f64) return gradient_alignment_impl<double>(g1, g2, guard);
   return gradient_alignment_impl<float>(g1, g2, guard);
 }
 
 ElleTriplets CudaRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
                                               uint64_t counter) {
-  LLR_NVTX_RANGE("elle_triplets");
   if (x.dtype() == DType::f64) return elle_triplets_impl<double>(x, labels, eps, seed, counter);
   return elle_triplets_impl<float>(x, labels, eps, seed, counter);
 }
@@ -373,6 +489,40 @@ Tensor CudaRobustKernels::predicted_correct(const Tensor& z, const Tensor& label
 
 Tensor CudaRobustKernels::class_at_rank(const Tensor& z, const Tensor& labels, int rank) {
   return LLR_CUDA_DISPATCH(z.dtype(), "class_at_rank", class_at_rank_impl, z, labels, rank);
+}
+
+void CudaRobustKernels::fab_step(Tensor& delta, const Tensor& x0, const Tensor& grad, const Tensor& f,
+                                 double overshoot, double alpha_max) {
+  if (delta.dtype() == DType::f64)
+    fab_step_impl<double>(delta, x0, grad, f, overshoot, alpha_max);
+  else
+    fab_step_impl<float>(delta, x0, grad, f, overshoot, alpha_max);
+}
+
+void CudaRobustKernels::fab_track(Tensor& delta, const Tensor& correct, Tensor& best_delta, Tensor& best_norm,
+                                  Tensor& robust, double backstep, double eps) {
+  if (delta.dtype() == DType::f64)
+    fab_track_impl<double>(delta, correct, best_delta, best_norm, robust, backstep, eps);
+  else
+    fab_track_impl<float>(delta, correct, best_delta, best_norm, robust, backstep, eps);
+}
+
+Tensor CudaRobustKernels::square_start(const Tensor& x, const Tensor& ids, int64_t, double eps, uint64_t seed,
+                                       uint64_t counter) {
+  if (x.dtype() == DType::f64) return square_start_impl<double>(x, ids, eps, seed, counter);
+  return square_start_impl<float>(x, ids, eps, seed, counter);
+}
+
+Tensor CudaRobustKernels::square_proposal(const Tensor& best, const Tensor& x, const Tensor& ids, int64_t examples,
+                                          int64_t query, int64_t side, double eps, uint64_t seed, uint64_t counter) {
+  if (x.dtype() == DType::f64)
+    return square_proposal_impl<double>(best, x, ids, examples, query, side, eps, seed, counter);
+  return square_proposal_impl<float>(best, x, ids, examples, query, side, eps, seed, counter);
+}
+
+Tensor CudaRobustKernels::square_accept(const Tensor& z, const Tensor& labels, Tensor& best_margin, Tensor& robust) {
+  if (z.dtype() == DType::f64) return square_accept_impl<double>(z, labels, best_margin, robust);
+  return square_accept_impl<float>(z, labels, best_margin, robust);
 }
 
 void CudaRobustKernels::update_max(Tensor& acc, const Tensor& v) {

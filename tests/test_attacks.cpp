@@ -80,7 +80,7 @@ AttackResult attack(const Trained& t, const std::string& spec, double eps, uint6
   return a[0]->run(ctx, t.x, t.y, correct_mask(*t.model, t.x, t.y, DType::f32));
 }
 
-TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally trained model" * doctest::test_suite("slow")) {
+TEST_CASE("every attack stays in the eps-ball and [0 1] and breaks a naturally trained model" * doctest::test_suite("slow")) {
   Trained* t = trained();
   if (!t) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -89,7 +89,7 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
   const double eps = 8.0 / 255.0;
   std::vector<char> correct = correctly_classified(*t->model, t->x, t->y);
   double clean = fraction(correct);
-  for (const char* spec : {"pgd-ce:10x2", "pgd-margin:20", "mt:5", "apgd-ce:20", "apgd-t:5"}) {
+  for (const char* spec : {"pgd-ce:10x2", "pgd-margin:20", "mt:5", "apgd-ce:20", "apgd-t:5", "fab-t:10", "square:300"}) {
     AttackResult r = attack(*t, spec, eps, 11);
     std::vector<char> still = flags(r.robust);
     double robust = fraction(still);
@@ -115,7 +115,7 @@ TEST_CASE("every attack stays in the eps-ball and [0, 1] and breaks a naturally 
   }
 }
 
-TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradient steps, and attacks repeat exactly" * doctest::test_suite("slow")) {
+TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradient steps and attacks repeat exactly" * doctest::test_suite("slow")) {
   Trained* t = trained();
   if (!t) {
     MESSAGE("skipped: no CIFAR-10 data");
@@ -134,7 +134,7 @@ TEST_CASE("APGD-T is at least as strong as PGD-CE with the same number of gradie
   CHECK(again.delta.to_vector() == apgdt.delta.to_vector());
 }
 
-TEST_CASE("gamma is zero for a linear loss, positive for a curved one, and reproducible" * doctest::test_suite("slow")) {
+TEST_CASE("gamma is zero for a linear loss and positive for a curved one and is reproducible" * doctest::test_suite("slow")) {
   Generator gen(8);
   Tensor x = gen.uniform({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);
   Tensor w = gen.normal({6, 4, 4, 3}, 0, 1, DType::f64, Layout::nhwc);

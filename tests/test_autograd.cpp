@@ -24,7 +24,7 @@ TEST_CASE("a tensor used twice accumulates its gradient") {
   for (int64_t i = 0; i < x.numel(); ++i) CHECK(g.at(i) == doctest::Approx(2 * x.at(i) + 3).epsilon(1e-14));
 }
 
-TEST_CASE("an input-only gradient computes no filter gradient, a full one does") {
+TEST_CASE("an input-only gradient computes no filter gradient but a full one does") {
   TapeReset reset;
   Generator gen(6);
   Tensor x = gen.normal({2, 6, 6, 3}, 0, 1, DType::f64, Layout::nhwc).requires_grad_();
@@ -92,7 +92,7 @@ TEST_CASE("nothing is recorded when no input requires grad") {
   CHECK(Tape::current().size() == 0);
 }
 
-TEST_CASE("backward accumulates into leaves, and without retain the graph is freed") {
+TEST_CASE("backward accumulates into leaves and without retain the graph is freed") {
   TapeReset reset;
   Generator gen(10);
   Tensor x = gen.normal({4}, 0, 1, DType::f64).requires_grad_();
@@ -147,7 +147,7 @@ TEST_CASE("gradients with respect to an intermediate tensor") {
   for (int64_t i = 0; i < 5; ++i) CHECK(gh.at(i) == doctest::Approx(2 * h.at(i)).epsilon(1e-14));
 }
 
-TEST_CASE("cast converts values, gradients and tangents between dtypes") {
+TEST_CASE("cast converts values and gradients and tangents between dtypes") {
   // Finite differences cannot see through f32 rounding, so check the rules directly.
   TapeReset reset;
   Generator gen(16);
@@ -169,7 +169,7 @@ TEST_CASE("cast converts values, gradients and tangents between dtypes") {
   }
 }
 
-TEST_CASE("eager tangents equal replayed tangents, and tangent computations are recorded") {
+TEST_CASE("eager tangents equal replayed tangents and tangent computations are recorded") {
   TapeReset reset;
   Generator gen(15);
   Tensor x = gen.normal({2, 5, 5, 3}, 0, 1, DType::f64, Layout::nhwc).requires_grad_();

@@ -75,7 +75,7 @@ TEST_CASE("the gradient checker skips elements whose finite difference straddles
   Tape::current().clear();
 }
 
-TEST_CASE("the fused batch norm + activation kernels equal the unfused ones, and an input gradient skips the reductions") {
+TEST_CASE("the fused batch norm + activation kernels equal the unfused ones and an input gradient skips the reductions") {
   Generator gen(31);
   Shape shape{3, 4, 5, 6};
   Tensor x = gen.normal(shape, 0.3, 1.5, DType::f64, Layout::nhwc);

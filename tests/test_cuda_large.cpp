@@ -77,7 +77,7 @@ OpCase conv_layer_case(const ConvLayer& l, int64_t batch) {
           [=](const Tensors& in) { return conv2d(in[0], in[1], {}, o); }};
 }
 
-TEST_CASE("WRN-28-10 convolutions at real channel counts match the CPU: forward, backward-data, backward-filter") {
+TEST_CASE("WRN-28-10 convolutions at real channel counts match the CPU: forward and backward-data and backward-filter") {
   if (!gpu_ready("CUDA WRN-size convolutions")) return;
   int failures = 0, runs = 0;
   for (const Mode& m : {kF32Conv, kTf32, kBf16}) {
@@ -254,7 +254,7 @@ std::vector<OpCase> large_cases() {
   return c;
 }
 
-TEST_CASE("elementwise, batch-norm and loss kernels on over a million elements match the CPU in f32 and bf16") {
+TEST_CASE("elementwise and batch-norm and loss kernels on over a million elements match the CPU in f32 and bf16") {
   if (!gpu_ready("CUDA large elementwise, batch-norm and loss kernels")) return;
   int failures = 0, runs = 0;
   for (const OpCase& c : large_cases())
@@ -351,7 +351,7 @@ bool check_rel_l2(const char* what, const Tensor& got, const Tensor& ref, double
 }
 
 // Also: a second step searches no plan again, a fallback included (each search benchmarks every cuDNN algorithm).
-TEST_CASE("WRN-28-10's bf16 convolutions run in bf16 at batch 128, none falls back to f32, plans are searched once") {
+TEST_CASE("WRN-28-10's bf16 convolutions run in bf16 at batch 128: none falls back to f32 and plans are searched once") {
   if (!gpu_ready("CUDA WRN-28-10 bf16 without fallback")) return;
   auto model = nets::make_model("wrn-28-10", Act::relu, 10, 7, Device::cuda, DType::f32);
   Generator gen(30);
@@ -374,7 +374,7 @@ TEST_CASE("WRN-28-10's bf16 convolutions run in bf16 at batch 128, none falls ba
   CHECK(searches_second == 0);
 }
 
-TEST_CASE("WRN-28-10 at batch 128: bf16 logits, input and weight gradients agree with f32 to bf16 precision") {
+TEST_CASE("WRN-28-10 at batch 128: bf16 logits and input and weight gradients agree with f32 to bf16 precision") {
   if (!gpu_ready("CUDA WRN-28-10 bf16 vs f32")) return;
   cuda::context().set_tf32(false);
   const int depth = 28;

@@ -23,7 +23,7 @@ TEST_SUITE_BEGIN("cuda");
 
 bool uses_gemm(const OpCase& c) { return c.name.rfind("conv2d", 0) == 0 || c.name.rfind("linear", 0) == 0; }
 
-TEST_CASE("every op on the GPU matches the CPU: forward, vjp and jvp in f32, TF32 and bf16") {
+TEST_CASE("every op on the GPU matches the CPU: forward and vjp and jvp in f32 and TF32 and bf16") {
   if (!gpu_ready("CUDA op comparison")) return;
   std::printf("device: %s\n", cuda::device_summary().c_str());
   const Mode modes[] = {{"f32", DType::f32, false, 1e-5}, {"tf32", DType::f32, true, 1e-3},
@@ -77,7 +77,7 @@ TEST_CASE("caching allocator reuses blocks and counts bytes") {
 
 // Kept apart from the test above: tools/gpu_check.sh leaves it out under compute-sanitizer, which reports the
 // deliberately failed 4 TiB cudaMalloc as an error.
-TEST_CASE("caching allocator: a 4 TiB request fails as out-of-memory, naming the request") {
+TEST_CASE("caching allocator: a 4 TiB request fails as out-of-memory naming the request") {
   if (!gpu_ready("CUDA allocator out-of-memory")) return;
   CHECK_THROWS_WITH_AS(Tensor::empty({int64_t(1) << 40}, DType::f32, Layout::plain, Device::cuda),
                        doctest::Contains("CUDA out of memory: asked for"), Error);
@@ -87,7 +87,7 @@ TEST_CASE("caching allocator: a 4 TiB request fails as out-of-memory, naming the
 }
 
 // Needs no GPU: only the wording. A sticky error from an earlier faulting kernel must not read as a full GPU.
-TEST_CASE("a cudaMalloc failure other than out-of-memory is named as such, with the context called corrupted") {
+TEST_CASE("a cudaMalloc failure other than out-of-memory is named as such with the context called corrupted") {
   cuda::AllocatorStats held;
   held.bytes_in_use = size_t(3) << 30;
   std::string oom = cuda::malloc_failure_message(cudaErrorMemoryAllocation, size_t(1) << 30, held);
@@ -177,13 +177,61 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
   cuda::context().set_tf32(true);
 }
 
-TEST_SUITE_END();
+// FAB's block-per-example step and bookkeeping and Square's start, queries and acceptance: the GPU against the CPU
+// on the same inputs (f64 to rounding; f32 within a few ulps, since block reductions sum in another order and the
+// projection's bisection may end one float apart).
+TEST_CASE("FAB's and Square's kernels on the GPU match the CPU") {
+  if (!gpu_ready("CUDA FAB and Square kernels")) return;
+  for (DType dt : {DType::f64, DType::f32}) {
+    INFO(dtype_name(dt));
+    const double tol = dt == DType::f64 ? 1e-12 : 1e-5;
+    auto gpu = [](const Tensor& t) { return t.to(Device::cuda); };
+    auto same = [&](const char* what, const Tensor& got, const Tensor& ref) {
+      Comparison c = compare(got.to(Device::cpu), ref, tol, tol);
+      INFO(what, ": ", c.worst);
+      CHECK(c.max_violation <= 1);
+    };
+    Generator gen(41);
+    Tensor x0 = gen.uniform({5, 8, 8, 3}, 0, 1, dt, Layout::nhwc);
+    Tensor w = gen.normal({5, 8, 8, 3}, 0, 1, dt, Layout::nhwc);
+    Tensor delta = gen.uniform({5, 8, 8, 3}, -0.05, 0.05, dt, Layout::nhwc);
+    for (int64_t i = 0; i < delta.numel(); ++i)
+      delta.set(i, std::min(1.0, std::max(0.0, x0.at(i) + delta.at(i))) - x0.at(i));
+    Tensor f = Tensor::from_vector({0.3, -0.2, 0.0, 2.0, 500.0}, {5}, dt);
+    Tensor cpu_delta = delta.clone(), gpu_delta = gpu(delta);
+    robust::fab_step(cpu_delta, x0, w, f, 1.05, 0.1);
+    robust::fab_step(gpu_delta, gpu(x0), gpu(w), gpu(f), 1.05, 0.1);
+    same("fab_step", gpu_delta, cpu_delta);
 
-}  // namespace
-}  // namespace llr::test
+    Tensor correct = Tensor::from_vector({0, 1, 0, 0, 1}, {5}, dt);
+    Tensor best = Tensor::full(x0.shape(), 0.0, dt, Layout::nhwc);
+    Tensor norm = Tensor::from_vector({INFINITY, INFINITY, 0.01, INFINITY, INFINITY}, {5}, dt);
+    Tensor robust = Tensor::full({5}, 1.0, dt);
+    Tensor g_delta = gpu(cpu_delta), g_best = gpu(best), g_norm = gpu(norm), g_robust = gpu(robust);
+    robust::fab_track(cpu_delta, correct, best, norm, robust, 0.9, 8.0 / 255.0);
+    robust::fab_track(g_delta, gpu(correct), g_best, g_norm, g_robust, 0.9, 8.0 / 255.0);
+    same("fab_track delta", g_delta, cpu_delta);
+    same("fab_track best delta", g_best, best);
+    same("fab_track best norm", g_norm, norm);
+    same("fab_track robust", g_robust, robust);
 
-namespace llr::test {
-namespace {
+    Tensor ids = Tensor::from_labels({4, 0, 7, 2, 5});
+    Tensor start = robust::square_start(x0, ids, 8, 8.0 / 255.0, 7, 0);
+    same("square_start", robust::square_start(gpu(x0), gpu(ids), 8, 8.0 / 255.0, 7, 0), start);
+    Tensor query = robust::square_proposal(start, x0, ids, 8, 3, 4, 8.0 / 255.0, 7, 0);
+    same("square_proposal",
+         robust::square_proposal(gpu(start), gpu(x0), gpu(ids), 8, 3, 4, 8.0 / 255.0, 7, 0), query);
+    Tensor z = gen.normal({5, 10}, 0, 1, dt);
+    Tensor labels = Tensor::from_labels({1, 3, 0, 9, 4});
+    Tensor margin = Tensor::from_vector({INFINITY, -1.0, 0.5, 2.0, 0.1}, {5}, dt);
+    Tensor still = Tensor::from_vector({1, 1, 0, 1, 1}, {5}, dt);
+    Tensor g_margin = gpu(margin), g_still = gpu(still);
+    Tensor accepted = robust::square_accept(z, labels, margin, still);
+    same("square_accept", robust::square_accept(gpu(z), gpu(labels), g_margin, g_still), accepted);
+    same("square_accept margin", g_margin, margin);
+    same("square_accept robust", g_still, still);
+  }
+}
 
 // The kernels of the fast methods on the GPU against the CPU on the same inputs, in f32 and f64: GradAlign's cosine
 // and derivatives, ELLE's triplets and coefficients, and the perturbation step that projects onto the box only
@@ -230,6 +278,8 @@ TEST_CASE("the fast methods' perturbation kernels on the GPU match the CPU") {
     check_close("delta", "perturbation_step (box only)", m, delta_gpu, host_f64(delta_cpu));
   }
 }
+
+TEST_SUITE_END();
 
 }  // namespace
 }  // namespace llr::test

@@ -25,7 +25,7 @@ std::vector<nlohmann::json> result_lines(const fs::path& p) {
   return out;
 }
 
-TEST_CASE("an experiment trains every method to every budget, reports a failing run and skips finished ones on a rerun" *
+TEST_CASE("an experiment trains every method to every budget and reports a failing run and skips finished ones on a rerun" *
           doctest::test_suite("slow")) {
   fs::path dir = fs::temp_directory_path() / ("llr_experiment_" + std::to_string(::getpid()));
   fs::remove_all(dir);

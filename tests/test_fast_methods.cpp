@@ -82,7 +82,7 @@ double guarded_cosine(const std::vector<double>& a, const std::vector<double>& b
   return dot / (std::max(std::sqrt(aa), guard) * std::max(std::sqrt(bb), guard));
 }
 
-TEST_CASE("GradAlign's cosine kernel: the cosine written out, its derivatives against finite differences") {
+TEST_CASE("GradAlign's cosine kernel: the cosine written out and its derivatives against finite differences") {
   Generator gen(32);
   const double guard = 1e-8;
   Shape s{4, 4, 4, 2};
@@ -125,7 +125,7 @@ TEST_CASE("GradAlign's cosine kernel: the cosine written out, its derivatives ag
   for (int64_t j = 0; j < inner; ++j) CHECK(a.d_cos_d_g2.at(3 * inner + j) == 0.0);
 }
 
-TEST_CASE("ELLE's triplets lie in the ball and the box, x_c interpolates, and its coefficients are the gradient") {
+TEST_CASE("ELLE's triplets lie in the ball and the box: x_c interpolates and its coefficients are the gradient") {
   Generator gen(33);
   const double eps = 0.05;
   const int64_t n = 3;

@@ -17,7 +17,7 @@ TEST_CASE("parameter counts of the standard models") {
   CHECK(wrn28_8->parameter_count() == 23354842);
 }
 
-TEST_CASE("ImageNet bottleneck ResNets: parameter counts, torchvision names, and a forward pass" * doctest::test_suite("slow")) {
+TEST_CASE("ImageNet bottleneck ResNets: parameter counts and torchvision names and a forward pass" * doctest::test_suite("slow")) {
   auto r50 = nets::make_model("resnet-50", Act::relu, 1000, 1, Device::cpu);
   CHECK(r50->parameter_count() == 25557032);  // torchvision resnet50
   auto r152 = nets::make_model("resnet-152", Act::relu, 1000, 1, Device::cpu);
@@ -50,7 +50,7 @@ TEST_CASE("state-dict names follow the PyTorch reference") {
   CHECK(m->registry().counters().size() == 2 * 6 + 1);  // one num_batches_tracked per batch norm
 }
 
-TEST_CASE("forward shapes, and batch-norm modes record, share and update statistics") {
+TEST_CASE("forward shapes and batch-norm modes record and share and update statistics") {
   Generator gen(2);
   for (const char* name : {"wrn-10-1", "preact-rn18"}) {
     auto m = nets::make_model(name, Act::softplus, 10, 3, Device::cpu);
@@ -88,7 +88,7 @@ TEST_CASE("unknown models and activations are refused") {
   CHECK_THROWS_WITH_AS(nets::parse_act("tanh"), doctest::Contains("unknown activation"), Error);
 }
 
-TEST_CASE("weights are converted to the compute dtype once while they stand still, and again after an update") {
+TEST_CASE("weights are converted to the compute dtype once while they stand still and again after an update") {
   // f64 master values computed in f32 on the CPU take the path f32 weights computed in bf16 take on the GPU.
   Generator gen(4);
   Tensor w = gen.normal({6, 5}, 0, 1, DType::f64).requires_grad_();

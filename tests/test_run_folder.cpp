@@ -174,7 +174,7 @@ TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum" * d
   fs::remove_all(dir);
 }
 
-TEST_CASE("a run folder in use, or holding another run, is refused" * doctest::test_suite("slow")) {
+TEST_CASE("a run folder in use or holding another run is refused" * doctest::test_suite("slow")) {
   fs::path dir = fresh_dir("lock");
   TrainConfig c = small_run(dir / "run");
   c.epochs = 1;

@@ -20,7 +20,7 @@ double inner(const Tensor& a, const Tensor& b) {
   return s;
 }
 
-TEST_CASE("directional derivative by the tangent pass equals <v, grad_x S> (softplus and relu)") {
+TEST_CASE("directional derivative by the tangent pass equals the inner product of v and grad_x S (softplus and relu)") {
   for (Act act : {Act::softplus, Act::relu}) {
     Tape::current().clear();
     const uint64_t seed = 31;
@@ -67,7 +67,7 @@ struct TwoPassNet {
   }
 };
 
-TEST_CASE("one reverse pass over nominal, perturbed and tangent computations gives the exact gradient") {
+TEST_CASE("one reverse pass over nominal and perturbed and tangent computations gives the exact gradient") {
   for (Act act : {Act::softplus, Act::relu}) {
     Tape::current().clear();
     const uint64_t seed = 47;

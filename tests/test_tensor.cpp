@@ -7,7 +7,7 @@ TEST_SUITE_BEGIN("fast");
 namespace llr::test {
 namespace {
 
-TEST_CASE("tensor shape, dtype, layout and description") {
+TEST_CASE("tensor shape and dtype and layout and description") {
   Tensor t = Tensor::zeros({2, 4, 4, 3}, DType::f32, Layout::nhwc);
   CHECK(t.numel() == 96);
   CHECK(t.rank() == 4);
@@ -20,7 +20,7 @@ TEST_CASE("tensor shape, dtype, layout and description") {
   for (int64_t i = 0; i < t.numel(); ++i) CHECK(t.at(i) == 0.0);
 }
 
-TEST_CASE("from_vector, conversion and clone keep values, detach shares storage") {
+TEST_CASE("from_vector and conversion and clone keep values and detach shares storage") {
   Tensor a = Tensor::from_vector({1.5, -2.25, 3.0, 4.125}, {2, 2}, DType::f64);
   Tensor b = a.to(DType::f32);
   CHECK(b.dtype() == DType::f32);
@@ -45,7 +45,7 @@ TEST_CASE("labels are i32 and item() needs one element") {
   CHECK_THROWS_AS(y.item(), Error);
 }
 
-TEST_CASE("seeded generator is reproducible, in range, and has the right moments") {
+TEST_CASE("seeded generator is reproducible and in range and has the right moments") {
   Generator g1(123), g2(123), g3(124);
   Tensor a = g1.uniform({10000}, -1.0, 2.0, DType::f64);
   Tensor b = g2.uniform({10000}, -1.0, 2.0, DType::f64);

@@ -55,7 +55,7 @@ TEST_CASE("the CIFAR-10 reader converts planar records to NHWC and keeps labels"
   fs::remove_all(dir);
 }
 
-TEST_CASE("the CIFAR-10 reader rejects truncated files, bad labels and missing folders, naming file and offset") {
+TEST_CASE("the CIFAR-10 reader rejects truncated files and bad labels and missing folders naming file and offset") {
   fs::path dir = temp_dir("cifar_bad");
   std::string good = cifar_bytes(2);
   write(dir / "truncated.bin", good + good.substr(0, 100));
@@ -78,7 +78,7 @@ TEST_CASE("the CIFAR-10 reader rejects truncated files, bad labels and missing f
   fs::remove_all(dir);
 }
 
-TEST_CASE("augmentation keeps labels, stays in [0, 1], crops and flips the reflect-padded image") {
+TEST_CASE("augmentation keeps labels and stays in [0 1] and crops and flips the reflect-padded image") {
   data::Dataset d = data::synthetic(12, 5);
   std::vector<int32_t> order = data::epoch_order(d.size(), 1, 0);
   data::Batch plain = data::make_batch(d, order, 2, 6, false, 9, 3, DType::f32);
@@ -118,7 +118,7 @@ TEST_CASE("augmentation keeps labels, stays in [0, 1], crops and flips the refle
   CHECK(augment::reflect(32, 32) == 30);
 }
 
-TEST_CASE("a checkpoint round trip is bit-exact, and truncated or corrupt checkpoints are refused") {
+TEST_CASE("a checkpoint round trip is bit-exact and truncated or corrupt checkpoints are refused") {
   fs::path dir = temp_dir("ckpt");
   auto a = nets::make_model("wrn-10-1", Act::softplus, 10, 1, Device::cpu);
   auto b = nets::make_model("wrn-10-1", Act::softplus, 10, 2, Device::cpu);
@@ -246,7 +246,7 @@ TEST_CASE("a loss that becomes NaN stops training with a clear error and leaves 
 }
 
 // Real CIFAR-10 images from ../shared (skipped when absent): 3,000 records, 2,000 for training, 1,000 held out.
-TEST_CASE("CPU training of a small WRN on 2,000 real CIFAR-10 images beats chance on 1,000 held-out ones" * doctest::test_suite("slow")) {
+TEST_CASE("CPU training of a small WRN on 2000 real CIFAR-10 images beats chance on 1000 held-out ones" * doctest::test_suite("slow")) {
   fs::path dir = cifar_subset("natural_training", 600);
   if (dir.empty()) {
     MESSAGE("skipped: no CIFAR-10 data");

@@ -78,7 +78,8 @@ void EvalConfig::visit(SettingVisitor& v) {
   v.text({"attacks", "comma-separated attacks (see llrtrain eval --help)"}, attacks, {});
   v.real({"eps", "l_inf radius of the attacks and of gamma"}, eps, Range::at_least(0));
   v.integer({"n", "evaluate the first N images (0: all)"}, n, Range::at_least(0));
-  v.integer({"batch", "batch size"}, batch, Range::at_least(1));
+  v.integer({"batch", "batch size (0: the whole set, or the largest batch whose attack steps fit in half the free memory)"},
+            batch, Range::at_least(0));
   v.seed({"seed", "attack seed (and the synthetic data seed of the training run)"}, seed);
   v.integer({"gamma_steps", "Adam steps of the gamma search (0: no gamma)"}, gamma_steps, Range::at_least(0));
   v.integer({"gamma_restarts", "random restarts of the gamma search"}, gamma_restarts, Range::at_least(1));

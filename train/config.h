@@ -76,7 +76,7 @@ struct EvalConfig {
   std::string attacks;
   double eps = 8.0 / 255.0;
   int64_t n = 0;
-  int64_t batch = 500;
+  int64_t batch = 0;
   uint64_t seed = 0;
   int64_t gamma_steps = 0;
   int64_t gamma_restarts = 1;

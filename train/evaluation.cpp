@@ -48,6 +48,35 @@ double percentile(std::vector<double> v, double q) {
   return v[static_cast<size_t>(std::min<double>(v.size() - 1, q * (v.size() - 1) + 0.5))];
 }
 
+// --batch 0: attacks run fastest on the largest batches (per-step launches and reads are paid once per batch), so
+// the whole set, unless an attack step (forward and input gradient) on it would need more than half the memory
+// available: then the largest batch that fits, from the bytes a step on a small probe batch takes.
+int64_t automatic_batch(nets::Model& model, const data::Dataset& d, DType compute, int64_t n, Device device) {
+  const int64_t probe = std::min<int64_t>(n, 16);
+  std::vector<int32_t> order(static_cast<size_t>(probe));
+  for (int64_t i = 0; i < probe; ++i) order[i] = static_cast<int32_t>(i);
+  data::Batch b = data::make_batch(d, order, 0, probe, false, 0, 0, stat_dtype(compute));
+  DeviceAllocator* device_memory = device == Device::cpu ? nullptr : device_allocator();
+  LLR_CHECK(device == Device::cpu || device_memory, "no allocator registered for ", device_name(device));
+  backend_for(device).synchronize();
+  if (device_memory)
+    device_memory->reset_peak();
+  else
+    reset_host_memory_peak();
+  size_t before = device_memory ? device_memory->peak_bytes_in_use() : host_memory_stats().peak_bytes_in_use;
+  {
+    TapeScope scope;
+    Tensor x = b.images.detach().requires_grad_();
+    Tensor l = cross_entropy(eval_logits(model, x, compute), b.labels);
+    grad({l}, {backend::full_like(l, 1.0)}, {x});
+  }
+  backend_for(device).synchronize();
+  size_t peak = device_memory ? device_memory->peak_bytes_in_use() : host_memory_stats().peak_bytes_in_use;
+  double per_example = double(peak > before ? peak - before : 1) / double(probe);
+  double available = double(device_memory ? device_memory->bytes_available() : host_memory_available());
+  return std::clamp<int64_t>(static_cast<int64_t>(available / 2 / per_example), 1, n);
+}
+
 void accumulate(Tensor& acc, const Tensor& v) { acc = acc.defined() ? backend::add(acc, v) : v; }
 
 double count(const Tensor& sum) { return sum.defined() ? host_value(sum) : 0.0; }
@@ -76,10 +105,12 @@ int run_eval(EvalConfig e) {
   d = data::to_device(d, device);
   DType compute = info.dtype == DType::f64 ? DType::f64 : DType::f32;
   if (!e.dump_logits.empty()) dump_logits(e.dump_logits, *model, d, e.n > 0 ? e.n : 64, compute);
+  const int64_t n = e.n > 0 ? std::min<int64_t>(e.n, d.size()) : d.size();
+  if (e.batch == 0) e.batch = automatic_batch(*model, d, compute, n, device);
   EvalResult r = evaluate(*model, d, e.batch, compute, e.n);
-  std::printf("%s (%s) on %s/%s: clean accuracy %.4f over %lld images, mean cross-entropy %.4f\n", info.model.c_str(),
-              nets::act_name(info.act), e.data.c_str(), e.split.c_str(), r.accuracy, static_cast<long long>(r.n),
-              r.loss);
+  std::printf("%s (%s) on %s/%s: clean accuracy %.4f over %lld images (batches of %lld), mean cross-entropy %.4f\n",
+              info.model.c_str(), nets::act_name(info.act), e.data.c_str(), e.split.c_str(), r.accuracy,
+              static_cast<long long>(r.n), static_cast<long long>(e.batch), r.loss);
   nlohmann::json j = {{"checkpoint", e.checkpoint}, {"model", info.model}, {"act", nets::act_name(info.act)},
                       {"data", e.data},             {"split", e.split},    {"n", r.n},
                       {"clean_accuracy", r.accuracy}, {"loss", r.loss},    {"seed", e.seed}};
@@ -88,6 +119,10 @@ int run_eval(EvalConfig e) {
     // Per-example bookkeeping stays on the device; each sum is read once, at the end.
     std::vector<Tensor> robust(attacks.size());
     std::vector<double> seconds(attacks.size(), 0.0), gammas;
+    // Suites (autoattack): per attack, its stages' labels, robust counts and seconds.
+    std::vector<std::vector<std::string>> stage_labels(attacks.size());
+    std::vector<std::vector<Tensor>> stage_robust(attacks.size());
+    std::vector<std::vector<double>> stage_seconds(attacks.size());
     Tensor worst, clean;
     double gamma_seconds = 0;
     std::vector<int32_t> order(static_cast<size_t>(r.n));
@@ -105,6 +140,15 @@ int run_eval(EvalConfig e) {
         AttackResult ar = attacks[a]->run(ctx, bt.images, bt.labels, correct);
         accumulate(robust[a], backend::sum_all(ar.robust));
         all = backend::mul(all, ar.robust);
+        for (size_t k = 0; k < ar.stages.size(); ++k) {
+          if (stage_labels[a].size() <= k) {
+            stage_labels[a].push_back(ar.stages[k].label);
+            stage_robust[a].emplace_back();
+            stage_seconds[a].push_back(0.0);
+          }
+          accumulate(stage_robust[a][k], backend::sum_all(ar.stages[k].robust));
+          stage_seconds[a][k] += ar.stages[k].seconds;
+        }
         backend_for(device).synchronize();
         seconds[a] += std::chrono::duration<double>(clock::now() - t0).count();
       }
@@ -131,7 +175,14 @@ int run_eval(EvalConfig e) {
     for (size_t a = 0; a < attacks.size(); ++a) {
       double acc = count(robust[a]) / double(r.n);
       std::printf("%-20s %10.4f %10.1f\n", attacks[a]->label().c_str(), acc, seconds[a]);
-      results.push_back({{"attack", attacks[a]->label()}, {"robust_accuracy", acc}, {"seconds", seconds[a]}});
+      nlohmann::json entry = {{"attack", attacks[a]->label()}, {"robust_accuracy", acc}, {"seconds", seconds[a]}};
+      for (size_t k = 0; k < stage_labels[a].size(); ++k) {
+        double stage_acc = count(stage_robust[a][k]) / double(r.n);
+        std::printf("  after %-12s %10.4f %10.1f\n", stage_labels[a][k].c_str(), stage_acc, stage_seconds[a][k]);
+        entry["stages"].push_back(
+            {{"attack", stage_labels[a][k]}, {"robust_accuracy", stage_acc}, {"seconds", stage_seconds[a][k]}});
+      }
+      results.push_back(entry);
     }
     if (!attacks.empty()) {
       std::printf("%-20s %10.4f\n", "worst case", count(worst) / double(r.n));

@@ -21,9 +21,17 @@ struct AttackContext {
   uint64_t seed;
 };
 
+// One attack of a suite (autoattack): the mask after it and its wall-clock time.
+struct AttackStage {
+  std::string label;
+  Tensor robust;
+  double seconds;
+};
+
 struct AttackResult {
   Tensor robust;  // per example (images' dtype): 1 where still classified correctly after the attack
-  Tensor delta;   // [N, H, W, C]: the perturbation at the example's first misclassification, zeros where robust
+  Tensor delta;   // [N, H, W, C]: the perturbation that broke the example, zeros where robust
+  std::vector<AttackStage> stages = {};  // a suite's attacks in order; empty for a single attack
 };
 
 class Attack {

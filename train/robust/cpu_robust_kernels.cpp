@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "engine/elementwise_math.h"
+#include "train/robust/fab_math.h"
 #include "train/robust/robust_kernels.h"
+#include "train/robust/square_math.h"
 
 namespace llr {
 
@@ -30,6 +32,21 @@ Tensor per_example(int64_t n, DType dtype, F f) {
   });
   return out;
 }
+
+// The two ways fab_math visits an example's n elements, as plain loops.
+struct ExampleLoops {
+  int64_t n;
+  template <class F, class C>
+  fab_math::Partial operator()(F f, C combine) const {
+    fab_math::Partial acc{{0, 0, 0, 0, 0, 0}};
+    for (int64_t i = 0; i < n; ++i) acc = combine(acc, f(i));
+    return acc;
+  }
+  template <class F>
+  void operator()(F f) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+};
 
 }  // namespace
 
@@ -272,6 +289,79 @@ Tensor CpuRobustKernels::class_at_rank(const Tensor& z, const Tensor& labels, in
     return 0;
   });
   return out;
+}
+
+void CpuRobustKernels::fab_step(Tensor& delta, const Tensor& x0, const Tensor& grad, const Tensor& f, double overshoot,
+                                double alpha_max) {
+  dispatch_floating(delta.dtype(), "fab_step", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = delta.dim(0), inner = row_elements(delta);
+    for (int64_t e = 0; e < n; ++e) {
+      ExampleLoops loops{inner};
+      fab_math::step<T>(delta.data<T>() + e * inner, x0.data<T>() + e * inner, grad.data<T>() + e * inner,
+                        f.data<T>()[e], T(overshoot), T(alpha_max), loops, loops);
+    }
+    return 0;
+  });
+}
+
+void CpuRobustKernels::fab_track(Tensor& delta, const Tensor& correct, Tensor& best_delta, Tensor& best_norm,
+                                 Tensor& robust, double backstep, double eps) {
+  dispatch_floating(delta.dtype(), "fab_track", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = delta.dim(0), inner = row_elements(delta);
+    for (int64_t e = 0; e < n; ++e) {
+      ExampleLoops loops{inner};
+      fab_math::Best<T> b{best_norm.data<T>()[e], robust.data<T>()[e]};
+      b = fab_math::track<T>(delta.data<T>() + e * inner, correct.data<T>()[e], best_delta.data<T>() + e * inner, b,
+                             T(backstep), T(eps), loops, loops);
+      best_norm.data<T>()[e] = b.norm;
+      robust.data<T>()[e] = b.robust;
+    }
+    return 0;
+  });
+}
+
+Tensor CpuRobustKernels::square_start(const Tensor& x, const Tensor& ids, int64_t, double eps, uint64_t seed,
+                                      uint64_t counter) {
+  return dispatch_floating(x.dtype(), "square_start", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
+    Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    const int32_t* id = ids.data<int32_t>();
+    for (int64_t i = 0, total = x.numel(); i < total; ++i) {
+      square_math::Place at = square_math::place_of(i, h, w, c);
+      d.data<T>()[i] = square_math::stripe_start<T>(x.data<T>()[i], id[at.example], at, w, c, T(eps), seed, counter);
+    }
+    return d;
+  });
+}
+
+Tensor CpuRobustKernels::square_proposal(const Tensor& best, const Tensor& x, const Tensor& ids, int64_t examples,
+                                         int64_t query, int64_t side, double eps, uint64_t seed, uint64_t counter) {
+  return dispatch_floating(x.dtype(), "square_proposal", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
+    Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    const int32_t* id = ids.data<int32_t>();
+    for (int64_t i = 0, total = x.numel(); i < total; ++i) {
+      square_math::Place at = square_math::place_of(i, h, w, c);
+      d.data<T>()[i] = square_math::proposal<T>(best.data<T>()[i], x.data<T>()[i], at, id[at.example], query, examples,
+                                                h, w, c, side, T(eps), seed, counter);
+    }
+    return d;
+  });
+}
+
+Tensor CpuRobustKernels::square_accept(const Tensor& z, const Tensor& labels, Tensor& best_margin, Tensor& robust) {
+  int64_t k = z.dim(1);
+  const int32_t* y = labels.data<int32_t>();
+  return per_example(z.dim(0), z.dtype(), [&](auto tag, int64_t i) {
+    using T = decltype(tag);
+    const T* row = z.data<T>() + i * k;
+    return square_math::accept<T>([row](int64_t j) { return row[j]; }, k, y[i], best_margin.data<T>() + i,
+                                  robust.data<T>() + i);
+  });
 }
 
 void CpuRobustKernels::update_max(Tensor& acc, const Tensor& v) {

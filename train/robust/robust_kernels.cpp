@@ -2,6 +2,8 @@
 // implementation.
 #include "train/robust/robust_kernels.h"
 
+#include <algorithm>
+
 namespace llr::robust_check {
 
 namespace {
@@ -160,6 +162,60 @@ void class_at_rank(const Tensor& z, const Tensor& labels, int rank) {
   if (labels.defined()) indices("class_at_rank", "labels", labels, z.dim(0));
   int64_t classes = z.dim(1) - (labels.defined() ? 1 : 0);
   LLR_CHECK(rank >= 1 && rank <= classes, "class_at_rank: rank ", rank, " outside [1, ", classes, "]");
+}
+
+void fab_step(Tensor& delta, const Tensor& x0, const Tensor& grad, const Tensor& f, double overshoot, double alpha_max) {
+  perturbation_dtype("fab_step", {&delta, &x0, &grad, &f});
+  batch("fab_step", delta);
+  same_shape("fab_step", delta, x0);
+  same_shape("fab_step", delta, grad);
+  per_example("fab_step", "f", f, delta.dim(0));
+  LLR_CHECK(overshoot > 0 && alpha_max >= 0 && alpha_max <= 1, "fab_step: overshoot ", overshoot, " and alpha_max ",
+            alpha_max, " must be positive and in [0, 1]");
+}
+
+void fab_track(Tensor& delta, const Tensor& correct, Tensor& best_delta, Tensor& best_norm, Tensor& robust,
+               double backstep, double eps) {
+  perturbation_dtype("fab_track", {&delta, &correct, &best_delta, &best_norm, &robust});
+  batch("fab_track", delta);
+  same_shape("fab_track", delta, best_delta);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&correct, &best_norm, &robust})
+    per_example("fab_track", "per-example state", *t, delta.dim(0));
+  LLR_CHECK(backstep >= 0 && backstep <= 1 && eps >= 0, "fab_track: backstep ", backstep, " must be in [0, 1] and eps ",
+            eps, " non-negative");
+}
+
+namespace {
+
+void square_images(const char* op, const Tensor& x, const Tensor& ids, int64_t examples) {
+  perturbation_dtype(op, {&x});
+  LLR_CHECK(x.rank() == 4, op, ": images must be NHWC [n, h, w, c], got ", x.describe());
+  indices(op, "example ids", ids, x.dim(0));
+  LLR_CHECK(examples >= x.dim(0), op, ": ", x.dim(0), " rows cannot be among ", examples, " examples");
+}
+
+}  // namespace
+
+void square_start(const Tensor& x, const Tensor& ids, int64_t examples, double eps, uint64_t, uint64_t) {
+  square_images("square_start", x, ids, examples);
+  LLR_CHECK(eps >= 0, "square_start: eps ", eps, " must be non-negative");
+}
+
+void square_proposal(const Tensor& best, const Tensor& x, const Tensor& ids, int64_t examples, int64_t query,
+                     int64_t side, double eps, uint64_t, uint64_t) {
+  square_images("square_proposal", x, ids, examples);
+  perturbation_dtype("square_proposal", {&x, &best});
+  same_shape("square_proposal", x, best);
+  LLR_CHECK(query >= 0 && side >= 1 && side <= std::min(x.dim(1), x.dim(2)) && eps >= 0, "square_proposal: query ",
+            query, ", side ", side, " (at most ", std::min(x.dim(1), x.dim(2)), ") and eps ", eps, " must be valid");
+}
+
+void square_accept(const Tensor& z, const Tensor& labels, Tensor& best_margin, Tensor& robust) {
+  logits("square_accept", z);
+  indices("square_accept", "labels", labels, z.dim(0));
+  perturbation_dtype("square_accept", {&z, &best_margin, &robust});
+  per_example("square_accept", "best margin", best_margin, z.dim(0));
+  per_example("square_accept", "robust", robust, z.dim(0));
 }
 
 void update_max(Tensor& acc, const Tensor& v) {

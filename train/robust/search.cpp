@@ -1,5 +1,6 @@
 #include "train/robust/search.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -10,13 +11,36 @@
 namespace llr::robust {
 
 std::vector<int> apgd_checkpoints(int steps) {
+  // Integer arithmetic as in the reference implementation: the interval starts at 22% of the steps and shrinks by
+  // 3% of them per checkpoint down to 6% (the fractional recurrence of the paper rounds differently, e.g. 58 instead
+  // of 57 for 100 steps).
   std::vector<int> out;
-  for (double p0 = 0, p1 = 0.22; p1 < 1.0;) {
-    out.push_back(static_cast<int>(std::ceil(p1 * steps)));
-    double p2 = p1 + std::max(p1 - p0 - 0.03, 0.06);
-    p0 = p1, p1 = p2;
-  }
+  const int shrink = std::max(static_cast<int>(0.03 * steps), 1), shortest = std::max(static_cast<int>(0.06 * steps), 1);
+  for (int interval = std::max(static_cast<int>(0.22 * steps), 1), at = interval; at <= steps;
+       interval = std::max(interval - shrink, shortest), at += interval)
+    out.push_back(at);
   return out;
+}
+
+Tensor rows_of(const Tensor& mask, int64_t* count) {
+  std::vector<double> m = mask.to(Device::cpu).to_vector();
+  std::vector<int32_t> idx;
+  for (size_t i = 0; i < m.size(); ++i)
+    if (m[i] != 0) idx.push_back(static_cast<int32_t>(i));
+  *count = static_cast<int64_t>(idx.size());
+  if (*count == mask.numel()) return Tensor();
+  Tensor t = Tensor::from_labels(idx);
+  return mask.device() == Device::cpu ? t : t.to(mask.device());
+}
+
+Tensor taken(const Tensor& t, const Tensor& idx) { return !t.defined() || !idx.defined() ? t : robust::take_rows(t, idx); }
+
+void place(Tensor& full, const Tensor& part, const Tensor& idx) {
+  if (!idx.defined()) {
+    full = part;
+    return;
+  }
+  robust::put_rows(full, part, idx);
 }
 
 namespace {
@@ -29,9 +53,8 @@ struct Rows {
 };
 
 Rows take(const Tensor& x, const SearchProblem& p, const Tensor& idx) {
-  auto pick = [&](const Tensor& t) { return !t.defined() || !idx.defined() ? t : robust::take_rows(t, idx); };
-  Rows r{pick(x), {}, pick(p.gap_base), pick(p.gap_gradient), pick(p.labels)};
-  for (const Tensor& t : p.per_example) r.per_example.push_back(pick(t));
+  Rows r{taken(x, idx), {}, taken(p.gap_base, idx), taken(p.gap_gradient, idx), taken(p.labels, idx)};
+  for (const Tensor& t : p.per_example) r.per_example.push_back(taken(t, idx));
   return r;
 }
 
@@ -122,10 +145,10 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
     if (apgd) {
       best_grad = robust::select_rows(best_grad, g, improved);
       if (next_cp < checkpoints.size() && t == checkpoints[next_cp]) {
-        // Examples whose step size halves continue from their best point, without momentum.
+        // Examples whose step size halves continue from their best point; the momentum term then points from the
+        // previous iterate to it (delta_prev is kept), as in the reference implementation.
         Tensor restart = robust::apgd_checkpoint(successes, eta, eta_at_cp, best_at_cp, best, 0.75 * (t - last_cp));
         delta = robust::select_rows(delta, best_delta, restart);
-        delta_prev = robust::select_rows(delta_prev, best_delta, restart);
         g = robust::select_rows(g, best_grad, restart);
         last_cp = t;
         ++next_cp;
@@ -142,17 +165,6 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
   r.delta = delta;
   r.d = d;
   return r;
-}
-
-// The rows where the 0/1 mask is set, as i32 indices on the mask's device (reads the mask: one synchronisation).
-Tensor rows_of(const Tensor& mask, int64_t* count) {
-  std::vector<double> m = mask.to(Device::cpu).to_vector();
-  std::vector<int32_t> idx;
-  for (size_t i = 0; i < m.size(); ++i)
-    if (m[i] != 0) idx.push_back(static_cast<int32_t>(i));
-  *count = static_cast<int64_t>(idx.size());
-  Tensor t = Tensor::from_labels(idx);
-  return mask.device() == Device::cpu ? t : t.to(mask.device());
 }
 
 }  // namespace
@@ -184,31 +196,23 @@ SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchO
       int64_t count = 0;
       idx = rows_of(res.robust, &count);
       if (count == 0) break;
-      if (count == n) idx = Tensor();
     }
     Run r = run_once(take(x, problem, idx), problem, o, counter);
-    auto place = [&](Tensor& full, const Tensor& part) {
-      if (!idx.defined()) {
-        full = part;
-        return;
-      }
-      robust::put_rows(full, part, idx);
-    };
     if (!res.delta.defined()) {
       res.delta = backend::full_like(x, 0.0);
       if (r.d.defined()) res.d = per_example_full(n, 0.0, x);
     }
-    place(res.delta, r.delta);
-    if (r.d.defined()) place(res.d, r.d);
+    place(res.delta, r.delta, idx);
+    if (r.d.defined()) place(res.d, r.d, idx);
     if (o.track_max) {
       Tensor mv = per_example_full(n, -INFINITY, x);
-      place(mv, r.max_value);
+      place(mv, r.max_value, idx);
       robust::update_max(res.max_value, mv);
     }
     if (o.early_stop) {
       // The rows this run searched were unbroken before it: their breaking perturbations were still zero.
-      place(res.robust, r.robust);
-      place(res.broken_delta, r.broken_delta);
+      place(res.robust, r.robust, idx);
+      place(res.broken_delta, r.broken_delta, idx);
     }
   }
   return res;

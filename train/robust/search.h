@@ -67,8 +67,18 @@ struct SearchResult {
 SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchOptions& options,
                     const Tensor& active = {});
 
-// APGD's checkpoint iterations for a run of `steps` steps: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} -
-// 0.03, 0.06), at ceil(p_j * steps) (Croce & Hein 2020).
+// Early stopping's compaction, shared with the attacks that run their own loops (FAB, Square): the rows where the
+// 0/1 mask is set, as i32 indices on the mask's device, read once (a synchronisation); undefined when every row is
+// set. *count receives their number.
+Tensor rows_of(const Tensor& mask, int64_t* count);
+// The rows idx of t (t itself when either is undefined), and back: full[idx[i]] = part[i] (full = part when idx is
+// undefined).
+Tensor taken(const Tensor& t, const Tensor& idx);
+void place(Tensor& full, const Tensor& part, const Tensor& idx);
+
+// APGD's checkpoint iterations for a run of `steps` steps (Croce & Hein 2020), as the reference implementation counts
+// them: intervals of int(0.22 steps), then each int(0.03 steps) shorter, down to int(0.06 steps) (each at least 1);
+// 22, 41, 57, 70, 80, 87, 93, 99 for 100 steps.
 std::vector<int> apgd_checkpoints(int steps);
 
 }  // namespace llr::robust
