@@ -18,7 +18,7 @@ grep -q "after 4 steps" "$dir/resume.log" || fail "resume did not finish the 4 s
 for key in clean_accuracy robust_accuracy_worst_case '"gamma"' '"apgd-t:2"'; do
   grep -q "$key" "$dir/eval.json" || fail "eval.json lacks $key"
 done
-"$bin" eval --checkpoint "$dir/run/model.safetensors" --data synthetic --split val --n 16 \
+"$bin" eval --checkpoint "$dir/run/model.safetensors" --data synthetic --split val --n 8 \
   --attacks autoattack,fab-t:2,square:20 --json "$dir/eval_aa.json" >"$dir/eval_aa.log" 2>&1 ||
   fail "eval autoattack: $(tail -1 "$dir/eval_aa.log")"
 for key in '"stages"' '"fab-t:2"' '"square:20"'; do

@@ -73,6 +73,47 @@ TEST_CASE("an experiment trains every method to every budget and reports a faili
   fs::remove_all(dir);
 }
 
+TEST_CASE("an experiment file with an unknown or invalid setting is refused before any run starts") {
+  fs::path dir = fs::temp_directory_path() / ("llr_experiment_check_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto refused = [&](const nlohmann::json& train, const nlohmann::json& method, const nlohmann::json& eval) {
+    nlohmann::json file = {{"train", train}, {"methods", {method}}, {"budgets", {1}}, {"seeds", {0}}, {"eval", eval}};
+    std::ofstream(dir / "exp.json") << file.dump();
+    ExperimentOptions o;
+    o.file = (dir / "exp.json").string();
+    o.out = (dir / "out").string();
+    try {
+      run_experiment(o);
+    } catch (const std::exception& e) {
+      CHECK_FALSE(fs::exists(dir / "out"));  // nothing was trained or written
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json train = {{"data", "synthetic"}, {"device", "cpu"}};
+  nlohmann::json natural = {{"label", "n"}, {"method", "natural"}};
+  // A flag's name where the JSON name differs: the message names the right one.
+  CHECK(refused({{"wd", 5e-4}}, natural, nlohmann::json::object()).find("'weight_decay'") != std::string::npos);
+  CHECK(refused(train, {{"label", "p"}, {"method", "pgd"}, {"pgd_stepz", 3}}, nlohmann::json::object())
+            .find("unknown setting 'pgd_stepz'") != std::string::npos);
+  CHECK(refused(train, natural, {{"atacks", "apgd-ce"}}).find("unknown setting 'atacks'") != std::string::npos);
+  CHECK(refused(train, natural, {{"attacks", "apgd-ce:0"}}).find("apgd-ce") != std::string::npos);
+  CHECK(refused({{"lr", -1}}, natural, nlohmann::json::object()).find("'lr' must be > 0") != std::string::npos);
+
+  // --check lists the runs of a valid file and trains nothing.
+  nlohmann::json ok = {{"train", train}, {"methods", {natural}}, {"budgets", {1, 2}}, {"seeds", {0}},
+                       {"eval", {{"n", 8}}}};
+  std::ofstream(dir / "ok.json") << ok.dump();
+  ExperimentOptions o;
+  o.file = (dir / "ok.json").string();
+  o.out = (dir / "out").string();
+  o.check = true;
+  CHECK(run_experiment(o) == 0);
+  CHECK_FALSE(fs::exists(dir / "out"));
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace llr::test
 

@@ -1,4 +1,4 @@
-"""Plots a run's metrics.jsonl: training loss, training and held-out accuracy, and the learning rate against step.
+"""Plots a run's metrics.jsonl: training loss, training (clean and perturbed) and held-out accuracy, and the learning rate against step.
 
     python3 tools/plot_metrics.py RUN_DIR [--out RUN_DIR/metrics.png]
 """
@@ -25,8 +25,12 @@ def main():
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     if held:
         ax[0].plot([r["step"] for r in held], [r["loss"] for r in held], "o-", label=held[0]["split"])
-    ax[0].set(xlabel="step", ylabel="cross-entropy", title="loss")
-    ax[1].plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train")
+    ax[0].set(xlabel="step", ylabel="training objective (held out: cross-entropy)", title="loss")
+    # PGD and FGSM-style methods never see the clean batch while training: they log adv_accuracy only.
+    for key, label in (("accuracy", "train"), ("adv_accuracy", "train, perturbed")):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        if pts:
+            ax[1].plot([s for s, _ in pts], [v for _, v in pts], label=label)
     if held:
         ax[1].plot([r["step"] for r in held], [r["accuracy"] for r in held], "o-", label=held[0]["split"])
     ax[1].set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "train/attacks/attack.h"
 #include "train/config.h"
 #include "train/evaluation.h"
 #include "train/safetensors.h"
@@ -77,8 +78,8 @@ std::vector<Run> plan(const json& file, const std::string& path) {
 TrainConfig train_config(const json& file, const Run& r, const std::string& out, const std::string& path) {
   TrainConfig c;
   c.epochs = 100000;  // the time budget ends every run
-  read_json(c, file["train"], path + " (train)");
-  read_json(c, r.method_settings, path + " (method " + r.label + ")");
+  read_json_strict(c, file["train"], path + " (train)");
+  read_json_strict(c, r.method_settings, path + " (method " + r.label + ")");
   c.time_budget = r.budget;
   c.seed = r.seed;
   c.out = (fs::path(out) / r.key()).string();
@@ -93,7 +94,12 @@ EvalConfig eval_config(const json& file, const TrainConfig& c, const std::string
   e.eps = c.robust.eps;
   e.device = c.device;
   e.seed = c.seed;
-  read_json(e, file["eval"], path + " (eval)");
+  read_json_strict(e, file["eval"], path + " (eval)");
+  try {
+    if (!e.attacks.empty()) parse_attacks(e.attacks);  // a bad attack list fails here, not after the training
+  } catch (const std::exception& err) {
+    LLR_FAIL(path, " (eval): ", err.what());
+  }
   e.checkpoint = (fs::path(c.out) / "model.safetensors").string();
   e.json = (fs::path(c.out) / "eval.json").string();
   validate(e);
@@ -186,6 +192,15 @@ int run_experiment(const ExperimentOptions& options) {
   std::vector<Run> runs = plan(file, options.file);
   // Every run's configuration before the first starts: a typo costs nothing.
   for (const Run& r : runs) eval_config(file, train_config(file, r, out, options.file), options.file);
+  if (options.check) {
+    for (const Run& r : runs) {
+      TrainConfig c = train_config(file, r, out, options.file);
+      std::printf("%-24s method %-10s %g s of training, seed %llu -> %s\n", r.key().c_str(), c.method.c_str(), r.budget,
+                  static_cast<unsigned long long>(r.seed), c.out.c_str());
+    }
+    std::printf("%s: %zu runs, every setting valid\n", options.file.c_str(), runs.size());
+    return 0;
+  }
   fs::create_directories(out);
   const std::string results_path = (fs::path(out) / "results.jsonl").string();
   std::map<std::string, json> done = finished(results_path);

@@ -19,6 +19,7 @@ namespace llr {
 struct ExperimentOptions {
   std::string file;
   std::string out;  // default: the file's name without extension, beside it
+  bool check = false;  // validate the file and print its runs, train nothing
 };
 
 // Returns the number of runs that failed (0: all succeeded or were already done).

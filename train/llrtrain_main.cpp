@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
                                     "and draw robust accuracy against training time");
   ExperimentOptions xo;
   ex->add_option("file", xo.file, "experiment file (JSON; tools/experiments/ has examples)")->required();
+  ex->add_flag("--check", xo.check, "check every setting of the file and list its runs; train nothing");
   ex->add_option("--out", xo.out, "folder of the runs, results.jsonl and frontier.svg (default: beside the file)");
 
   try {

@@ -3,6 +3,9 @@
 #include <cerrno>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <functional>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "engine/error.h"
@@ -189,7 +192,12 @@ class JsonReader final : public SettingVisitor {
   }
 
  private:
-  const nlohmann::json* find(const Setting& s) const {
+  const nlohmann::json* find(const Setting& s) {
+    seen_.insert(s.name);
+    std::string flag = s.flag_name().substr(2);
+    for (char& c : flag)
+      if (c == '-') c = '_';
+    by_flag_[flag] = s.name;
     auto it = j_.find(s.name);
     return it == j_.end() ? nullptr : &*it;
   }
@@ -201,6 +209,19 @@ class JsonReader final : public SettingVisitor {
   }
   const nlohmann::json& j_;
   std::string source_;
+  std::set<std::string> seen_;
+  std::map<std::string, std::string> by_flag_;  // a flag's name with '_' for '-' -> its JSON name
+
+ public:
+  // After a visit: refuses a key of the object that names no setting of the visited configuration.
+  void refuse_unknown() const {
+    for (auto it = j_.begin(); it != j_.end(); ++it) {
+      if (seen_.count(it.key())) continue;
+      auto f = by_flag_.find(it.key());
+      if (f != by_flag_.end()) LLR_FAIL(source_, ": unknown setting '", it.key(), "' (the JSON name of that flag is '", f->second, "')");
+      LLR_FAIL(source_, ": unknown setting '", it.key(), "'");
+    }
+  }
 };
 
 }  // namespace
@@ -211,6 +232,14 @@ SettingVisitor& validator() {
 }
 
 std::unique_ptr<SettingVisitor> json_writer(nlohmann::json& j) { return std::make_unique<JsonWriter>(j); }
+
+void read_json_strict(const std::function<void(SettingVisitor&)>& visit, const nlohmann::json& j,
+                      const std::string& source) {
+  LLR_CHECK(j.is_object(), source, ": expected an object of settings, got ", j.dump());
+  JsonReader r(j, source);
+  visit(r);
+  r.refuse_unknown();
+}
 
 std::unique_ptr<SettingVisitor> json_reader(const nlohmann::json& j, const std::string& source) {
   LLR_CHECK(j.is_object(), source, " is not a JSON object");

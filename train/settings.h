@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -64,11 +65,17 @@ template <class Config>
 void write_json(Config& c, nlohmann::json& j);
 template <class Config>
 void read_json(Config& c, const nlohmann::json& j, const std::string& source);
+// Like read_json, and also refuses a key that names no setting (for files people write by hand, where a typo must not
+// pass silently).
+template <class Config>
+void read_json_strict(Config& c, const nlohmann::json& j, const std::string& source);
 
 namespace settings_detail {
 SettingVisitor& validator();
 std::unique_ptr<SettingVisitor> json_writer(nlohmann::json& j);
 std::unique_ptr<SettingVisitor> json_reader(const nlohmann::json& j, const std::string& source);
+void read_json_strict(const std::function<void(SettingVisitor&)>& visit, const nlohmann::json& j,
+                      const std::string& source);
 }  // namespace settings_detail
 
 template <class Config>
@@ -82,6 +89,10 @@ void write_json(Config& c, nlohmann::json& j) {
 template <class Config>
 void read_json(Config& c, const nlohmann::json& j, const std::string& source) {
   c.visit(*settings_detail::json_reader(j, source));
+}
+template <class Config>
+void read_json_strict(Config& c, const nlohmann::json& j, const std::string& source) {
+  settings_detail::read_json_strict([&c](SettingVisitor& v) { c.visit(v); }, j, source);
 }
 
 }  // namespace llr
