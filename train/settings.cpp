@@ -2,9 +2,9 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <nlohmann/json.hpp>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -218,7 +218,8 @@ class JsonReader final : public SettingVisitor {
     for (auto it = j_.begin(); it != j_.end(); ++it) {
       if (seen_.count(it.key())) continue;
       auto f = by_flag_.find(it.key());
-      if (f != by_flag_.end()) LLR_FAIL(source_, ": unknown setting '", it.key(), "' (the JSON name of that flag is '", f->second, "')");
+      if (f != by_flag_.end())
+        LLR_FAIL(source_, ": unknown setting '", it.key(), "' (the JSON name of that flag is '", f->second, "')");
       LLR_FAIL(source_, ": unknown setting '", it.key(), "'");
     }
   }
