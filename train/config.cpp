@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "train/attacks/attack.h"
 
 namespace llr {
 
@@ -62,6 +63,11 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& s
 bool resume_may_change(const std::string& name) {
   return name == "epochs" || name == "steps" || name == "time_budget" || name == "log_every" || name == "eval_batch" ||
          name == "device";
+}
+
+void validate(EvalConfig& c) {
+  c.visit(settings_detail::validator());
+  if (!c.attacks.empty()) parse_attacks(c.attacks);
 }
 
 void EvalConfig::visit(SettingVisitor& v) {

@@ -84,6 +84,10 @@ struct EvalConfig {
   void visit(SettingVisitor& v);
 };
 
+// The schema's checks and, beyond them, the attack list parsed: every caller (eval, the experiment driver) refuses a
+// bad attack before any work.
+void validate(EvalConfig& c);
+
 struct BenchConfig {
   std::string model = "wrn-28-10";
   std::string act = "relu";

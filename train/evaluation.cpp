@@ -85,7 +85,7 @@ double count(const Tensor& sum) { return sum.defined() ? host_value(sum) : 0.0; 
 
 int run_eval(EvalConfig e) {
   using clock = std::chrono::steady_clock;
-  validate(e);
+  validate(e);  // the attack list too
   LLR_CHECK(!e.checkpoint.empty(), "--checkpoint is required");
   std::vector<std::unique_ptr<Attack>> attacks;
   if (!e.attacks.empty()) attacks = parse_attacks(e.attacks);

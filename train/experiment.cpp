@@ -10,7 +10,6 @@
 #include <sstream>
 
 #include "engine/error.h"
-#include "train/attacks/attack.h"
 #include "train/config.h"
 #include "train/evaluation.h"
 #include "train/safetensors.h"
@@ -95,11 +94,6 @@ EvalConfig eval_config(const json& file, const TrainConfig& c, const std::string
   e.device = c.device;
   e.seed = c.seed;
   read_json_strict(e, file["eval"], path + " (eval)");
-  try {
-    if (!e.attacks.empty()) parse_attacks(e.attacks);  // a bad attack list fails here, not after the training
-  } catch (const std::exception& err) {
-    LLR_FAIL(path, " (eval): ", err.what());
-  }
   e.checkpoint = (fs::path(c.out) / "model.safetensors").string();
   e.json = (fs::path(c.out) / "eval.json").string();
   validate(e);

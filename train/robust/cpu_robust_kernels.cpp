@@ -115,9 +115,11 @@ Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double n
   return dispatch_floating(x.dtype(), "perturbation_init", [&](auto tag) {
     using T = decltype(tag);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* pd = d.data<T>();
+    const T* px = x.data<T>();
     for (int64_t i = 0, n_ = x.numel(); i < n_; ++i)
-      d.data<T>()[i] = perturbation_math::project<T>(
-          perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)), x.data<T>()[i], T(eps));
+      pd[i] = perturbation_math::project<T>(perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)),
+                                            px[i], T(eps));
     return d;
   });
 }
@@ -204,10 +206,10 @@ void CpuRobustKernels::apgd_step(Tensor& delta, Tensor& delta_prev, const Tensor
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
     T *d = delta.data<T>(), *dp = delta_prev.data<T>();
+    const T *px = x.data<T>(), *pg = grad.data<T>(), *pe = eta.data<T>();
     for (int64_t i = 0, n_ = delta.numel(); i < n_; ++i) {
       T old = d[i];
-      d[i] = perturbation_math::apgd<T>(d[i], dp[i], x.data<T>()[i], grad.data<T>()[i], eta.data<T>()[i / inner],
-                                        T(alpha), T(eps));
+      d[i] = perturbation_math::apgd<T>(d[i], dp[i], px[i], pg[i], pe[i / inner], T(alpha), T(eps));
       dp[i] = old;
     }
     return 0;
@@ -329,9 +331,11 @@ Tensor CpuRobustKernels::square_start(const Tensor& x, const Tensor& ids, int64_
     int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
     const int32_t* id = ids.data<int32_t>();
+    T* pd = d.data<T>();
+    const T* px = x.data<T>();
     for (int64_t i = 0, total = x.numel(); i < total; ++i) {
       square_math::Place at = square_math::place_of(i, h, w, c);
-      d.data<T>()[i] = square_math::stripe_start<T>(x.data<T>()[i], id[at.example], at, w, c, T(eps), seed, counter);
+      pd[i] = square_math::stripe_start<T>(px[i], id[at.example], at, w, c, T(eps), seed, counter);
     }
     return d;
   });
@@ -344,10 +348,12 @@ Tensor CpuRobustKernels::square_proposal(const Tensor& best, const Tensor& x, co
     int64_t h = x.dim(1), w = x.dim(2), c = x.dim(3);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
     const int32_t* id = ids.data<int32_t>();
+    T* pd = d.data<T>();
+    const T *pb = best.data<T>(), *px = x.data<T>();
     for (int64_t i = 0, total = x.numel(); i < total; ++i) {
       square_math::Place at = square_math::place_of(i, h, w, c);
-      d.data<T>()[i] = square_math::proposal<T>(best.data<T>()[i], x.data<T>()[i], at, id[at.example], query, examples,
-                                                h, w, c, side, T(eps), seed, counter);
+      pd[i] = square_math::proposal<T>(pb[i], px[i], at, id[at.example], query, examples, h, w, c, side, T(eps), seed,
+                                       counter);
     }
     return d;
   });
