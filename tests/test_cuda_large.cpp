@@ -279,6 +279,17 @@ TEST_CASE("elementwise and batch-norm and loss kernels on over a million element
 // kernel (a dropped term, a wrong index, an unwritten element) gives errors of order one, far above these bounds:
 // WRN-28-10 (L = 28): forward 0.062, gradients 0.088.
 //
+// One tensor's gradient can be far less precise than all of them together: an early layer's weight gradient, and
+// a batch-norm bias gradient most of all, is a sum over the batch with heavy cancellation, behind every batch-norm
+// backward of the chain (each subtracts means). On the H100 (2026-11-27) the a-priori bound held for the logits
+// (0.0023), the input gradient (0.024) and all parameter gradients together (0.011), while block 1's convolution
+// weights differed from f32 by 0.15 to 0.22. So each tensor is also held to the noise bf16 itself puts there: a
+// second bf16 run on the input jittered by one bf16 rounding (x (1 + 2^-8 xi), xi uniform in [-1, 1]) is as valid
+// a bf16 result as the first; two such runs differ by about sqrt(2) times what each differs from the exact result
+// if the errors are rounding noise. A tensor passes if it is within the a-priori bound or within twice that
+// spread of f32. A kernel that is wrong (a dropped term, a wrong index) moves both bf16 runs alike, far from f32,
+// and leaves the spread small; rounding noise does not.
+//
 // Softplus, not ReLU: a ReLU whose input changes sign under rounding flips its derivative from 0 to 1, so its error
 // would count sign flips rather than measure precision.
 // ---------------------------------------------------------------------------------------------------------------
@@ -314,29 +325,58 @@ PassResult forward_backward(nets::Model& model, const Tensor& x, const Tensor& y
   return {logits.detach(), g[0], std::vector<Tensor>(g.begin() + 1, g.end())};
 }
 
-// Checks each convolution/linear weight's gradient and all parameter gradients together against `bound`; prints
-// the three worst tensors.
+// The input, each value times (1 + 2^-8 xi) with xi uniform in [-1, 1], kept in [0, 1], on the GPU: one more
+// bf16 rounding of it (see the bound above).
+Tensor jittered(const Tensor& x_host, uint64_t seed) {
+  Generator gen(seed);
+  Tensor xi = gen.uniform(x_host.shape(), -1, 1, DType::f64, x_host.layout());
+  Tensor j = Tensor::empty(x_host.shape(), DType::f32, x_host.layout());
+  for (int64_t i = 0; i < j.numel(); ++i)
+    j.set(i, std::clamp(x_host.at(i) * (1.0 + xi.at(i) / 256.0), 0.0, 1.0));
+  return j.to(Device::cuda);
+}
+
+// Checks each convolution/linear weight's gradient against `bound` or, where `twin` (the same bf16 computation on
+// a jittered input) is given, against twice the two bf16 runs' spread on that tensor if that is larger; and all
+// parameter gradients together against `bound`. Prints the three worst tensors.
 bool check_param_grads(const char* what, nets::Model& model, const std::vector<Tensor>& got,
-                       const std::vector<Tensor>& ref, double bound) {
+                       const std::vector<Tensor>& ref, double bound, const std::vector<Tensor>* twin = nullptr) {
   auto names = parameter_names(model);
   REQUIRE(names.size() == got.size());
+  if (twin) REQUIRE(twin->size() == got.size());
   std::vector<std::pair<double, std::string>> errors;
   bool ok = true;
+  int by_spread = 0;
+  double worst_ratio = 0;
+  std::string worst_ratio_name;
   for (size_t k = 0; k < got.size(); ++k) {
     double e = relative_l2({got[k]}, {ref[k]});
     errors.push_back({e, names[k].first});
-    if (names[k].second && !(e <= bound)) {
+    if (!names[k].second) continue;
+    double spread = twin ? relative_l2({(*twin)[k]}, {got[k]}) : 0.0;
+    double b = std::max(bound, 2.0 * spread);
+    if (twin && spread > 0 && e / spread > worst_ratio) {
+      worst_ratio = e / spread;
+      worst_ratio_name = names[k].first;
+    }
+    if (e > bound && e <= b) ++by_spread;
+    if (!(e <= b)) {
       ok = false;
-      std::printf("  mismatch: %s gradient of %s: relative L2 %.4g > %.4g\n", what, names[k].first.c_str(), e, bound);
+      std::printf("  mismatch: %s gradient of %s: relative L2 %.4g > %.4g (a-priori %.4g, bf16 spread %.4g)\n", what,
+                  names[k].first.c_str(), e, b, bound, spread);
     }
   }
+  if (twin)
+    std::printf("  %s: %d weight gradients above the a-priori bound and within twice the bf16 spread; largest "
+                "error/spread %.3g (%s)\n",
+                what, by_spread, worst_ratio, worst_ratio_name.c_str());
   std::sort(errors.rbegin(), errors.rend());
   for (size_t k = 0; k < std::min<size_t>(3, errors.size()); ++k)
     std::printf("  %s: worst parameter gradients: %s %.4g\n", what, errors[k].second.c_str(), errors[k].first);
   double all = relative_l2(got, ref);
   std::printf("  %s: all parameter gradients together: relative L2 %.4g (bound %.4g)\n", what, all, bound);
   ok &= all <= bound;
-  INFO(what, ": parameter gradients, bf16 vs f32 (see the lines printed above)");
+  INFO(std::string(what), ": parameter gradients, bf16 vs f32 (see the lines printed above)");
   CHECK(ok);
   return ok;
 }
@@ -345,7 +385,7 @@ bool check_rel_l2(const char* what, const Tensor& got, const Tensor& ref, double
   double e = relative_l2({got}, {ref});
   bool ok = e <= bound;
   std::printf("  %s: relative L2 %.4g (bound %.4g)%s\n", what, e, bound, ok ? "" : " MISMATCH");
-  INFO(what, ": relative L2 ", e, " > bound ", bound);
+  INFO(std::string(what), ": relative L2 ", e, " > bound ", bound);
   CHECK(ok);
   return ok;
 }
@@ -380,14 +420,17 @@ TEST_CASE("WRN-28-10 at batch 128: bf16 logits and input and weight gradients ag
   const int depth = 28;
   auto model = nets::make_model("wrn-28-10", Act::softplus, 10, 7, Device::cuda, DType::f32);
   Generator gen(31);
-  Tensor x = gen.uniform({128, 32, 32, 3}, 0, 1, DType::f32, Layout::nhwc).to(Device::cuda);
+  Tensor x_host = gen.uniform({128, 32, 32, 3}, 0, 1, DType::f32, Layout::nhwc);
+  Tensor x = x_host.to(Device::cuda);
   Tensor y = gen.randint({128}, 0, 10).to(Device::cuda);
   PassResult ref = forward_backward(*model, x, y, DType::f32);
   PassResult got = forward_backward(*model, x, y, DType::bf16);
+  PassResult twin = forward_backward(*model, jittered(x_host, 32), y, DType::bf16);
   std::printf("cuda WRN-28-10 softplus, batch 128, bf16 vs f32 (TF32 off):\n");
   bool ok = check_rel_l2("logits", got.logits, ref.logits, bf16_bound(depth));
   ok &= check_rel_l2("input gradient", got.input_grad, ref.input_grad, bf16_bound(2 * depth));
-  ok &= check_param_grads("WRN-28-10", *model, got.param_grads, ref.param_grads, bf16_bound(2 * depth));
+  ok &= check_param_grads("WRN-28-10", *model, got.param_grads, ref.param_grads, bf16_bound(2 * depth),
+                          &twin.param_grads);
   std::printf("cuda WRN-28-10 bf16 vs f32 %s\n", ok ? "ok" : "MISMATCH");
   cuda::context().set_tf32(true);
 }
@@ -457,25 +500,26 @@ Tensor signed_step(const Tensor& x_host, const Tensor& gradient, double eps) {
 }
 
 // The objective's loss and parameter gradients in bf16 and f32 (TF32 off) on the same model, batch and delta.
-bool compare_objective(const char* name, nets::Model& model, const Tensor& x, const Tensor& y, const Tensor& delta,
-                       const Method& method, int chain_layers, int loss_chain_layers) {
-  auto run = [&](DType compute) {
+bool compare_objective(const char* name, nets::Model& model, const Tensor& x, const Tensor& x_twin, const Tensor& y,
+                       const Tensor& delta, const Method& method, int chain_layers, int loss_chain_layers) {
+  auto run = [&](DType compute, const Tensor& input) {
     StepContext ctx;
     ctx.compute = compute;
     ctx.update_running = false;
     ctx.fixed_delta = &delta;
     TapeScope scope;
-    ObjectiveResult r = method.build(model, x, y, RobustSettings(), ctx);
+    ObjectiveResult r = method.build(model, input, y, RobustSettings(), ctx);
     std::vector<Tensor> g = objective_gradients(r, model.parameters());
     g.insert(g.begin(), r.loss);
     return g;
   };
-  std::vector<Tensor> ref = run(DType::f32), got = run(DType::bf16);
+  std::vector<Tensor> ref = run(DType::f32, x), got = run(DType::bf16, x), twin = run(DType::bf16, x_twin);
   std::printf("cuda %s objective on WRN-16-4 softplus, batch %lld, bf16 vs f32 (TF32 off):\n", name,
               static_cast<long long>(x.dim(0)));
   bool ok = check_rel_l2("loss", got[0], ref[0], bf16_bound(loss_chain_layers));
+  std::vector<Tensor> twin_grads(twin.begin() + 1, twin.end());
   ok &= check_param_grads(name, model, std::vector<Tensor>(got.begin() + 1, got.end()),
-                          std::vector<Tensor>(ref.begin() + 1, ref.end()), bf16_bound(chain_layers));
+                          std::vector<Tensor>(ref.begin() + 1, ref.end()), bf16_bound(chain_layers), &twin_grads);
   std::printf("cuda %s objective bf16 vs f32 %s\n", name, ok ? "ok" : "MISMATCH");
   return ok;
 }
@@ -498,20 +542,24 @@ TEST_CASE("PGD and LLR objective gradients in bf16 agree with f32 to bf16 precis
     Tape::current().clear();
   }
   Tensor delta = signed_step(x_host, gx, 8.0 / 255.0);
+  Tensor x_twin = jittered(x_host, 43);
 
-  compare_objective("PGD", *model, x, y, delta, *method_with("pgd"), 2 * depth, depth);
+  compare_objective("PGD", *model, x, x_twin, y, delta, *method_with("pgd"), 2 * depth, depth);
 
   std::unique_ptr<Method> llr = method_with("llr");
-  compare_objective("LLR (lambda 0)", *model, x, y, delta, *method_with("llr", {{"lambda", 0}}), 4 * depth,
+  compare_objective("LLR (lambda 0)", *model, x, x_twin, y, delta, *method_with("llr", {{"lambda", 0}}), 4 * depth,
                     2 * depth);
 
   for (double eps : {8.0 / 255.0, 16.0 / 255.0, 32.0 / 255.0, 64.0 / 255.0}) {
     Tensor d = signed_step(x_host, gx, eps);
-    int unsure = sign_disagreements(llr_terms(*model, x, y, d, DType::bf16), llr_terms(*model, x, y, d, DType::f32));
-    std::printf("  LLR signs at eps %.4f: %d of %d examples differ, or are within 50%% of flipping, in bf16 vs f32\n",
-                eps, unsure, batch);
-    if (unsure == 0) {
-      compare_objective("LLR", *model, x, y, d, *llr, 4 * depth, 2 * depth);
+    LlrTerms f32_terms = llr_terms(*model, x, y, d, DType::f32);
+    int unsure = sign_disagreements(llr_terms(*model, x, y, d, DType::bf16), f32_terms);
+    int unsure_twin = sign_disagreements(llr_terms(*model, x_twin, y, d, DType::bf16), f32_terms);
+    std::printf("  LLR signs at eps %.4f: %d (jittered input: %d) of %d examples differ, or are within 50%% of "
+                "flipping, in bf16 vs f32\n",
+                eps, unsure, unsure_twin, batch);
+    if (unsure == 0 && unsure_twin == 0) {
+      compare_objective("LLR", *model, x, x_twin, y, d, *llr, 4 * depth, 2 * depth);
       cuda::context().set_tf32(true);
       return;
     }

@@ -183,12 +183,12 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
 TEST_CASE("FAB's and Square's kernels on the GPU match the CPU") {
   if (!gpu_ready("CUDA FAB and Square kernels")) return;
   for (DType dt : {DType::f64, DType::f32}) {
-    INFO(dtype_name(dt));
+    INFO(std::string(dtype_name(dt)));
     const double tol = dt == DType::f64 ? 1e-12 : 1e-5;
     auto gpu = [](const Tensor& t) { return t.to(Device::cuda); };
     auto same = [&](const char* what, const Tensor& got, const Tensor& ref) {
       Comparison c = compare(got.to(Device::cpu), ref, tol, tol);
-      INFO(what, ": ", c.worst);
+      INFO(std::string(what), ": ", c.worst);
       CHECK(c.max_violation <= 1);
     };
     Generator gen(41);

@@ -63,7 +63,7 @@ TEST_CASE("FGSM-RS and N-FGSM take the one sign step their papers define") {
       double d = start.at(i) + alpha * sign_of(g.at(i));
       if (!noise) d = std::clamp(d, -ctx.eps, ctx.eps);
       d = std::clamp(x.at(i) + d, 0.0, 1.0) - x.at(i);
-      INFO(name, " element ", i);
+      INFO(std::string(name), " element ", i);
       REQUIRE(delta.at(i) == doctest::Approx(d).epsilon(1e-15).scale(1.0));
       largest = std::max(largest, std::fabs(delta.at(i)));
     }

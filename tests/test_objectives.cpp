@@ -220,7 +220,7 @@ TEST_CASE("a short CPU training run with each method on real CIFAR-10 lowers its
     REQUIRE(losses.size() == 3);
     std::printf("%-8s objective over steps 1-10, 11-20, 21-30: %.4f %.4f %.4f\n", method, losses[0], losses[1],
                 losses[2]);
-    INFO(method);
+    INFO(std::string(method));
     CHECK(losses[2] < losses[0]);
   }
   std::filesystem::remove_all(dir);

@@ -31,7 +31,8 @@ def main():
         tg = f"{t['peak_gib']:9.2f}" if t else f"{'-':>9}"
         print(f"{r['model']:11} {r['prec']:5} {r['method']:13} {r['ms_step_median']:9.2f} {tm} {ratio} "
               f"{r['peak_gib']:9.2f} {tg}")
-        summary.append(f"{r['method']} {r['ms_step_median']:.1f} ms" +
+        who = r["method"] if r["model"] == ours[0]["model"] else f"{r['model']} {r['method']}"
+        summary.append(f"{who} {r['ms_step_median']:.1f} ms" +
                        (f" (torch {t['ms_step_median']:.1f}, x{r['ms_step_median'] / t['ms_step_median']:.2f})" if t else ""))
     failed = [r["method"] for r in load(sys.argv[1]) + load(sys.argv[2]) if "error" in r]
     print("summary: " + ("; ".join(summary) if summary else "no llrtrain timings") +

@@ -3,12 +3,12 @@
 # soon as it ends (and appending it to $OUT/summary.txt), so a run cut short still says what it learned. Never builds:
 # the lent machine has no Eigen, doctest, CLI11 or nlohmann-json. It runs the binaries, scripts and data that
 # tools/prepare_gpu_carry.sh put into carry/ on the build machine. Every step is boxed inside LLR_TOTAL_BUDGET
-# (460 s), so the whole run ends within 8 minutes on an H100.
+# (440 s), so the whole run ends within 8 minutes on an H100.
 #
 # The device call, from the repository root of the checkout the session was started in (the device tool sends that
 # checkout, not another worktree), after `bash tools/prepare_gpu_carry.sh` there:
 #
-#   run(command="bash tools/gpu_check.sh", carry=["carry"], timeout_s=570)
+#   run(command="bash tools/gpu_check.sh", carry=["carry"], timeout_s=480)
 #
 # Stages and their time boxes (seconds, H100):
 #   1 environment   20  nvidia-smi; ldd of each binary (a library "not found" is searched for under the CUDA and
@@ -17,10 +17,13 @@
 #   2 CUDA tests   150  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
 #                       convolutions and >1M-element kernels vs CPU, WRN-28-10 bf16 vs f32, bf16 fallback counter, PGD
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
-#   3 step bench   110  llrtrain bench (WRN-28-10, bf16, batch 128: natural, PGD-10, LLR-2), the PyTorch anchor on the
-#                       same methods, compare_bench.py (ours/torch); LLR_JAX=1 adds the JAX anchor (+120 s, taken
-#                       from memcheck: XLA compiles each step first)
-#   4 conv bench    50  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
+#   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
+#                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
+#   3 step bench   130  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with natural,
+#                       PGD-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py (ours/torch), the per-phase
+#                       and per-op profile; LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA
+#                       compiles each step first)
+#   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
 #                       (PGD-20 from delta = 0, APGD-CE, APGD-T, gamma), and PyTorch's PGD-20 on the same images: the
 #                       robust accuracies must be equal (both in full f32: LLR_NO_TF32=1 for ours)
@@ -37,7 +40,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
 T0=$(date +%s)
-TOTAL=${LLR_TOTAL_BUDGET:-460}
+TOTAL=${LLR_TOTAL_BUDGET:-440}
 CARRY=${LLR_CARRY:-carry}
 BIN=$CARRY/bin
 STAGES=${LLR_STAGES:-1 2 3 4 5 6}
@@ -96,15 +99,22 @@ fi
 # Sizes: the real ones, or tiny CPU ones for a dry run of the script itself.
 if [ "$DRY" = 1 ]; then
   BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-2,llr-1")
+  BENCH_SMALL=(--model wrn-10-1 --act softplus --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1
+    --methods "natural")
   PROFILE=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
+  PROFILE_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
   CONV=(--batch 2 --iters 1)
   TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
   EVAL=(--n 32 --batch 32 --device cpu --attacks "pgd-ce:2x0,apgd-ce:2,apgd-t:1" --gamma-steps 1)
 else
-  BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2")
-  PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2")
-  ANCHOR=(--models wrn-28-10 --prec bf16 --methods "natural,pgd-10,llr-2-dbp" --warm 2 --iters 5)
+  BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5
+    --methods "natural,pgd-10,trades-10,llr-2,llr-10,fgsm-rs,n-fgsm,gradalign,elle")
+  BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10 --methods "natural,pgd-10,llr-2")
+  PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
+  PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
+  ANCHOR=(--models wrn-28-10,preact-rn18 --prec bf16 --methods "natural,pgd-10,trades-10,llr-2-dbp,llr-10-dbp"
+    --warm 2 --iters 5)
   CONV=(--batch 128 --iters 10)
   TRAIN=(--model wrn-16-4 --epochs 3 --batch 128 --precision bf16 --lr 0.1 --schedule cosine)
   EVAL=(--n 1000 --batch 500 --attacks "pgd-ce:20x0,apgd-ce:50,apgd-t:20" --gamma-steps 10)
@@ -178,21 +188,37 @@ if want 2; then
   [ "$rc_large" = 124 ] && { echo "-- timed out after $large s; the log ends with:"; tail -15 "$log"; }
   verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured')"
   archive_logs
+  begin_stage 2c "PyTorch bf16 reference" 40
+  log=$LOGS/2c-bf16-reference.log
+  if python3 -c "import torch" 2>/dev/null; then
+    ref_args=()
+    [ "$DRY" = 1 ] && ref_args=(--model wrn-10-1 --batch 8)
+    (cd "$CARRY/tools/reference" && timeout -k 5 "$(box 40)" python3 bf16_gradient_reference.py "${ref_args[@]}") \
+      >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    verdict 2c bf16-ref "$(status_word "$rc"): $(grep -E '^REFERENCE' "$log" | sed 's/^REFERENCE //'); ours: $(grep -E 'WRN-28-10: .*(within twice|together)' "$LOGS/2b-tests-cuda-large.log" | sed 's/^ *WRN-28-10: //' | tr '\n' ' ')"
+  else
+    verdict 2c bf16-ref "not run: no torch"
+  fi
+  archive_logs
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
 if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
-  begin_stage 3 "step benchmark" $((110 + 120 * ${LLR_JAX:-0}))
+  begin_stage 3 "step benchmark" $((130 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
-  timeout -k 5 "$(box 45)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
+  timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
-  tail -6 "$log"
+  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
+  [ "$rc_ours" = 0 ] && rc_ours=$?
+  grep -vE '^\{' "$log" | tail -16
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
-    OUT="$OUT" timeout -k 5 "$(box 65)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
+    OUT="$OUT" timeout -k 5 "$(box 60)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
     rc_torch=$?
-    tail -5 "$LOGS/3-torch-anchor.log"
+    grep -vE '^\{' "$LOGS/3-torch-anchor.log" | tail -12
   else
     rc_torch=127
     echo "PyTorch anchor not run: $anchor missing or no torch"
@@ -205,7 +231,8 @@ if want 3; then
   fi
   # Where the time goes (per phase and per op, CUDA events): a separate run, so the events do not touch the timings.
   timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${PROFILE[@]}" --profile >"$LOGS/3-profile.log" 2>&1
-  grep -A12 -E '^== |^phase' "$LOGS/3-profile.log" | head -60
+  timeout -k 5 "$(box 10)" "$BIN/llrtrain" bench "${PROFILE_SMALL[@]}" --profile >>"$LOGS/3-profile.log" 2>&1
+  grep -E '^== |^profile over' "$LOGS/3-profile.log"
   python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   archive_logs
@@ -213,8 +240,8 @@ fi
 
 # ---------------------------------------------------------------------------------------------------------------
 if want 4; then
-  begin_stage 4 "convolution benchmark" 50
-  b=$(box 50)
+  begin_stage 4 "convolution benchmark" 90
+  b=$(box 90)
   log=$LOGS/4-conv-bench.log
   timeout -k 5 "$b" "$BIN/llr_conv_bench" "${CONV[@]}" --json "$OUT/conv_bench.jsonl" >"$log" 2>&1
   rc=$?
