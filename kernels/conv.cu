@@ -172,6 +172,26 @@ bool heuristic_only() {
   return on;
 }
 
+// Diagnostics of bf16 precision and of algorithm choice (not for training runs):
+//   LLR_CONV_F32=forward,backward-data,backward-filter (or all): those bf16 convolutions are computed in f32 from the
+//     same bf16 inputs and rounded to bf16, as the fallback does, so a bf16-against-f32 comparison can tell cuDNN's
+//     bf16 arithmetic from the rest of the engine;
+//   LLR_PRINT_PLANS=1: each new plan's key, the algorithm picked, its workspace and the first few timings to stderr.
+bool conv_in_f32_forced(Direction d) {
+  static const std::string list = [] {
+    const char* v = std::getenv("LLR_CONV_F32");
+    return v ? "," + std::string(v) + "," : std::string();
+  }();
+  if (list.empty()) return false;
+  return list.find(",all,") != std::string::npos ||
+         list.find("," + std::string(direction_name(d)) + ",") != std::string::npos;
+}
+
+bool print_plans() {
+  static const bool on = env_flag_set("LLR_PRINT_PLANS");
+  return on;
+}
+
 std::map<PlanKey, ConvPlan>& plan_cache() {
   static std::map<PlanKey, ConvPlan> cache;
   return cache;
@@ -218,6 +238,14 @@ const ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, con
 // Picks the fastest successful result within the workspace limit.
 template <class Perf>
 void pick(const Perf* perf, int count, const PlanKey& key, ConvPlan& plan) {
+  if (print_plans()) {
+    std::fprintf(stderr, "plan %s:", key.describe().c_str());
+    for (int i = 0; i < std::min(count, 4); ++i)
+      std::fprintf(stderr, " [algo %d %s %.3f ms %zu MiB math %d]", int(perf[i].algo),
+                   cudnnGetErrorString(perf[i].status), double(perf[i].time), perf[i].memory >> 20,
+                   int(perf[i].mathType));
+    std::fprintf(stderr, "\n");
+  }
   for (int i = 0; i < count; ++i)
     if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit) {
       plan.algo = int(perf[i].algo);
@@ -290,6 +318,7 @@ template <class F>
 Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType dtype,
                           F run_in) {
   if (dtype != DType::bf16) return run_in(dtype);
+  if (conv_in_f32_forced(d)) return run_in(DType::f32).to(DType::bf16);
   PlanKey key = plan_key(d, x, w, g, dtype);
   auto it = plan_cache().find(key);
   if (it == plan_cache().end() || !it->second.f32_fallback) {
