@@ -30,10 +30,19 @@ std::shared_ptr<Node> producer(const Tensor& t) {
 
 void accumulate(std::unordered_map<uint64_t, Tensor>& map, uint64_t id, const Tensor& value) {
   auto it = map.find(id);
-  if (it == map.end())
+  if (it == map.end()) {
     map.emplace(id, value);
-  else
-    it->second = backend::add(it->second, value);
+    return;
+  }
+  // In the wider dtype: a batch norm's f32 dx part and bf16 parts are summed before any rounding.
+  emulate_bf16::Suspend unrounded;
+  it->second = backend::add_widening(it->second, value);
+}
+
+// A cotangent in the dtype of the tensor it belongs to (rounded once, after all its parts were summed).
+Tensor as_dtype_of(const Tensor& cotangent, DType dtype) {
+  if (cotangent.dtype() != dtype) return backend::convert(cotangent, dtype);
+  return emulate_bf16::active() ? emulate_bf16::cotangent_as_used(cotangent) : cotangent;
 }
 
 void release(Node& node) {
@@ -176,7 +185,7 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
     for (size_t k = 0; k < node.output_ids.size(); ++k) {
       auto it = cot.find(node.output_ids[k]);
       if (it != cot.end()) {
-        out_cot.push_back(it->second);
+        out_cot.push_back(as_dtype_of(it->second, node.output_meta[k].dtype));
       } else {
         const TensorMeta& m = node.output_meta[k];
         out_cot.push_back(backend::zeros(m.shape, m.dtype, m.layout, m.device));
@@ -211,7 +220,7 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   result.reserve(inputs.size());
   for (const Tensor& in : inputs) {
     auto it = cot.find(in.id());
-    result.push_back(it != cot.end() ? it->second
+    result.push_back(it != cot.end() ? as_dtype_of(it->second, in.dtype())
                                      : backend::zeros(in.shape(), in.dtype(), in.layout(), in.device()));
   }
   return result;

@@ -1,5 +1,7 @@
 #include "engine/backend.h"
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "engine/cpu/cpu_backend.h"
 
@@ -55,3 +57,63 @@ Tensor full_like(const Tensor& x, double value) {
 
 }  // namespace backend
 }  // namespace llr
+
+namespace llr::emulate_bf16 {
+namespace {
+const std::string& skip_list() {
+  static const std::string list = [] {
+    const char* v = std::getenv("LLR_EMULATE_BF16_SKIP");
+    return "," + std::string(v ? v : "") + ",";
+  }();
+  return list;
+}
+// Round to nearest, ties to even, as __float2bfloat16 does.
+float to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+// Activations and convolution-weight gradients are 4-D; the classifier and the losses compute in f32 there too.
+void maybe(const char* function, Tensor& t) {
+  if (!t.defined() || t.dtype() != DType::f32 || t.device() != Device::cpu || t.rank() != 4 || t.numel() < 1024)
+    return;
+  if (skip_list().find("," + std::string(function) + ",") != std::string::npos) return;
+  round_in_place(t);
+}
+bool& flag() {
+  static bool on = [] {
+    const char* v = std::getenv("LLR_EMULATE_BF16");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
+}
+}  // namespace
+
+bool active() { return flag(); }
+void set_active(bool on) { flag() = on; }
+void round_in_place(Tensor& t) {
+  LLR_CHECK(t.dtype() == DType::f32 && t.device() == Device::cpu, "bf16 emulation: ", t.describe());
+  float* p = static_cast<float*>(t.raw_data());
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = to_bf16(p[i]);
+}
+void round_outputs(const char* f, Tensor& t) { maybe(f, t); }
+void round_outputs(const char* f, TensorPair& t) { maybe(f, t.first), maybe(f, t.second); }
+void round_outputs(const char* f, BatchStatsTangentGrads& t) { maybe(f, t.x), maybe(f, t.xdot); }
+// With need_stats (mean's cotangent defined) the CUDA backend writes dx in f32 (backend_functions.def).
+void round_outputs(const char* f, BnNormalizeGrads& t) {
+  if (!t.mean.defined()) maybe(f, t.x);
+}
+Tensor cotangent_as_used(const Tensor& t) {
+  if (!active() || t.dtype() != DType::f32 || t.device() != Device::cpu || t.rank() != 4 || t.numel() < 1024)
+    return t;
+  Tensor c = t.to(DType::f64).to(DType::f32);
+  round_in_place(c);
+  return c;
+}
+void round_outputs(const char* f, BnTangentGrads& t) { maybe(f, t.x), maybe(f, t.xdot); }
+}  // namespace llr::emulate_bf16

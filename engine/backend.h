@@ -3,6 +3,7 @@
 // together must share one device.
 #pragma once
 
+#include <type_traits>
 #include <utility>
 
 #include "engine/dispatch.h"
@@ -70,6 +71,47 @@ namespace backend_check {
 #undef LLR_KERNEL
 }  // namespace backend_check
 
+// bf16 storage emulated on the CPU, a diagnostic of where bf16 loses precision (LLR_EMULATE_BF16=1, f32 data): every
+// data-sized output of a backend function (1,024 elements or more: activations, their gradients, weight gradients;
+// not per-channel or per-example values) is rounded to the nearest bf16, as the CUDA backend stores its bf16
+// outputs, with f32 arithmetic inside each function as there. LLR_EMULATE_BF16_SKIP=add,bn_act_backward,... leaves
+// those functions' outputs unrounded.
+namespace emulate_bf16 {
+bool active();
+void set_active(bool on);  // overrides LLR_EMULATE_BF16 (tests)
+void round_outputs(const char* function, Tensor& t);
+void round_outputs(const char* function, TensorPair& t);
+void round_outputs(const char* function, BatchStatsTangentGrads& t);
+void round_outputs(const char* function, BnNormalizeGrads& t);
+void round_outputs(const char* function, BnTangentGrads& t);
+void round_in_place(Tensor& t);  // every element of an f32 CPU tensor to its nearest bf16
+// A cotangent as a vjp takes it: the autograd sums cotangents unrounded and converts the sum to the tensor's dtype
+// once, which is the rounding emulated here (4-D f32 CPU tensors; a copy, the sum may be shared).
+Tensor cotangent_as_used(const Tensor& t);
+// Emulation off while it lives (the autograd's sums of cotangents, which are in the wider dtype there).
+class Suspend {
+ public:
+  Suspend() : was_(active()) { set_active(false); }
+  ~Suspend() { set_active(was_); }
+  Suspend(const Suspend&) = delete;
+  Suspend& operator=(const Suspend&) = delete;
+
+ private:
+  bool was_;
+};
+
+template <class R, class F>
+R call(const char* function, Device device, F&& f) {
+  if constexpr (std::is_void_v<R>) {
+    f();
+  } else {
+    R out = f();
+    if (device == Device::cpu && active()) round_outputs(function, out);
+    return out;
+  }
+}
+}  // namespace emulate_bf16
+
 // Call sites write backend::add(a, b): the picking tensor's device chooses the implementation, after the checks.
 namespace backend {
 
@@ -81,13 +123,22 @@ Tensor full_like(const Tensor& x, double value);
     ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::backend_check::name args;                                    \
-    return ::llr::backend_for(dev.device()).name args;                  \
+    return ::llr::emulate_bf16::call<ret>(#name, dev.device(),          \
+                                          [&]() -> ret { return ::llr::backend_for(dev.device()).name args; }); \
   }
 #include "engine/backend_functions.def"
 #undef LLR_KERNEL
 
 inline Tensor activation_derivative_mul(Act act, int order, const Tensor& a, const Tensor& t) {
   return activation_derivative_mul(act, order, a, t, Tensor());
+}
+
+// a + b in the wider of their floating dtypes (f64 > f32 > bf16), converting the other first.
+inline Tensor add_widening(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return add(a, b);
+  auto rank = [](DType t) { return t == DType::f64 ? 2 : t == DType::f32 ? 1 : 0; };
+  DType w = rank(a.dtype()) >= rank(b.dtype()) ? a.dtype() : b.dtype();
+  return add(a.dtype() == w ? a : convert(a, w), b.dtype() == w ? b : convert(b, w));
 }
 
 }  // namespace backend

@@ -126,18 +126,19 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
 }
 
 // One pass over x and gy: the direct part of dx and, when asked for, the per-channel sums of g' and g' (x - mean)
-// that the statistics' and parameters' cotangents need (g' = phi'(a) gy, a recomputed).
-template <class T>
-BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                      const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
-                                      bool need_params, View v) {
+// that the statistics' and parameters' cotangents need (g' = phi'(a) gy, a recomputed). The direct part is written
+// in D: the statistics dtype when need_stats (see backend_functions.def), x's dtype otherwise.
+template <class T, class D>
+BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                    const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
+                                    bool need_params, View v) {
   using S = acc_t<T>;
   int64_t C = v.channels;
   const T *px = ptr<T>(x), *pg = ptr<T>(gy);
   const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale), *pb = ptr<S>(shift);
   BnNormalizeGrads out;
-  out.x = new_like(x);
-  T* dx = ptr<T>(out.x);
+  out.x = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
+  D* dx = ptr<D>(out.x);
   S e = static_cast<S>(eps);
   auto direct = [=] __device__(int64_t i, int64_t c) {
     S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
@@ -174,6 +175,15 @@ BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const
     }
   });
   return out;
+}
+
+template <class T>
+BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                      const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
+                                      bool need_params, View v) {
+  if (need_stats)
+    return bn_act_backward_as<T, acc_t<T>>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, v);
+  return bn_act_backward_as<T, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, v);
 }
 
 template <class T>
