@@ -133,13 +133,6 @@ inline Tensor activation_derivative_mul(Act act, int order, const Tensor& a, con
   return activation_derivative_mul(act, order, a, t, Tensor());
 }
 
-// a + b in the wider of their floating dtypes (f64 > f32 > bf16), converting the other first.
-inline Tensor add_widening(const Tensor& a, const Tensor& b) {
-  if (a.dtype() == b.dtype()) return add(a, b);
-  auto rank = [](DType t) { return t == DType::f64 ? 2 : t == DType::f32 ? 1 : 0; };
-  DType w = rank(a.dtype()) >= rank(b.dtype()) ? a.dtype() : b.dtype();
-  return add(a.dtype() == w ? a : convert(a, w), b.dtype() == w ? b : convert(b, w));
-}
 
 }  // namespace backend
 }  // namespace llr

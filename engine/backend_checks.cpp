@@ -133,6 +133,12 @@ void convert(const Tensor& x, DType dtype) {
 }
 
 void add(const Tensor& a, const Tensor& b) { binary("add", a, b); }
+void add_widening(const Tensor& a, const Tensor& b) {
+  floating("add_widening", a);
+  floating("add_widening", b);
+  same_shape("add_widening", a, b);
+  LLR_CHECK(a.layout() == b.layout(), "add_widening: layout mismatch, ", a.describe(), " vs ", b.describe());
+}
 void sub(const Tensor& a, const Tensor& b) { binary("sub", a, b); }
 void mul(const Tensor& a, const Tensor& b) { binary("mul", a, b); }
 void div(const Tensor& a, const Tensor& b) { binary("div", a, b); }

@@ -217,6 +217,26 @@ Tensor CudaBackend::convert(const Tensor& x, DType dtype) {
 }
 
 Tensor CudaBackend::add(const Tensor& a, const Tensor& b) { return binary("add", a, b, Binary::add); }
+
+namespace {
+template <class A, class B>
+Tensor add_into_f32(const Tensor& a, const Tensor& b) {
+  Tensor out = Tensor::empty(a.shape(), DType::f32, a.layout(), Device::cuda);
+  const A* pa = ptr<A>(a);
+  const B* pb = ptr<B>(b);
+  float* o = ptr<float>(out);
+  for_each(a.numel(), [=] __device__(int64_t i) { o[i] = float(ld(pa, i)) + float(ld(pb, i)); });
+  return out;
+}
+}  // namespace
+
+Tensor CudaBackend::add_widening(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return add(a, b);
+  if (a.dtype() == DType::bf16 && b.dtype() == DType::f32) return add_into_f32<bf16, float>(a, b);
+  if (a.dtype() == DType::f32 && b.dtype() == DType::bf16) return add_into_f32<float, bf16>(a, b);
+  DType w = a.dtype() == DType::f64 || b.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  return add(a.dtype() == w ? a : convert(a, w), b.dtype() == w ? b : convert(b, w));
+}
 Tensor CudaBackend::sub(const Tensor& a, const Tensor& b) { return binary("sub", a, b, Binary::sub); }
 Tensor CudaBackend::mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b, Binary::mul); }
 Tensor CudaBackend::div(const Tensor& a, const Tensor& b) { return binary("div", a, b, Binary::div); }

@@ -24,6 +24,19 @@ TEST_CASE("a tensor used twice accumulates its gradient") {
   for (int64_t i = 0; i < x.numel(); ++i) CHECK(g.at(i) == doctest::Approx(2 * x.at(i) + 3).epsilon(1e-14));
 }
 
+// The autograd sums cotangents whose parts differ in dtype (on the GPU: a batch norm's f32 dx and bf16 parts) in
+// the wider dtype, before any rounding.
+TEST_CASE("add_widening sums in the wider dtype") {
+  Generator gen(4);
+  Tensor a = gen.normal({2, 3, 4, 5}, 0, 1, DType::f32, Layout::nhwc);
+  Tensor b = gen.normal({2, 3, 4, 5}, 0, 1e-9, DType::f64, Layout::nhwc);
+  for (const Tensor& s : {backend::add_widening(a, b), backend::add_widening(b, a)}) {
+    REQUIRE(s.dtype() == DType::f64);
+    for (int64_t i = 0; i < s.numel(); ++i) CHECK(s.at(i) == a.at(i) + b.at(i));
+  }
+  CHECK(backend::add_widening(a, a).dtype() == DType::f32);
+}
+
 TEST_CASE("an input-only gradient computes no filter gradient but a full one does") {
   TapeReset reset;
   Generator gen(6);

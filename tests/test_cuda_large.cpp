@@ -289,6 +289,97 @@ TEST_CASE("elementwise and batch-norm and loss kernels on over a million element
 // runs alike and leaves the spread small: on the H100 (2026-11-27) block 1's weight gradients were 0.15-0.22 from
 // f32 at 5-7x the spread, which tests/test_bf16_emulation.cpp then reproduced on the CPU and traced to the batch
 // norm's vjp rounding its dx before the statistics' share cancelled part of it (fixed: that dx is f32 now).
+//
+// Softplus, not ReLU: a ReLU whose input changes sign under rounding flips its derivative from 0 to 1, so its error
+// would count sign flips rather than measure precision.
+// ---------------------------------------------------------------------------------------------------------------
+
+constexpr double kBf16UnitRoundoff = 1.0 / 256.0;
+double bf16_bound(int chain_layers) { return 3.0 * std::sqrt(double(chain_layers)) * kBf16UnitRoundoff; }
+
+// Names of model.parameters(), in order, and whether each is a convolution or linear weight.
+std::vector<std::pair<std::string, bool>> parameter_names(nets::Model& model) {
+  std::vector<std::pair<std::string, bool>> names;
+  for (const nets::NamedTensor& e : model.registry().entries())
+    if (e.kind != nets::TensorKind::buffer) names.push_back({e.name, e.kind == nets::TensorKind::weight});
+  return names;
+}
+
+struct PassResult {
+  Tensor logits;
+  Tensor input_grad;
+  std::vector<Tensor> param_grads;
+};
+
+// Logits, and the gradients of sum_i CE_i with respect to the input and every parameter, batch norm in train mode.
+PassResult forward_backward(nets::Model& model, const Tensor& x, const Tensor& y, DType compute) {
+  nets::ForwardContext ctx;
+  ctx.compute = compute;
+  Tensor X = x.detach().requires_grad_();
+  Tensor logits = model.forward(X, ctx);
+  Tensor S = sum(cross_entropy(logits, y));
+  std::vector<Tensor> wrt = model.parameters();
+  wrt.insert(wrt.begin(), X);
+  std::vector<Tensor> g = grad({S}, {backend::full_like(S, 1.0)}, wrt);
+  Tape::current().clear();
+  return {logits.detach(), g[0], std::vector<Tensor>(g.begin() + 1, g.end())};
+}
+
+// The input, each value times (1 + 2^-8 xi) with xi uniform in [-1, 1], kept in [0, 1], on the GPU: one more
+// bf16 rounding of it (see the bound above).
+Tensor jittered(const Tensor& x_host, uint64_t seed) {
+  Generator gen(seed);
+  Tensor xi = gen.uniform(x_host.shape(), -1, 1, DType::f64, x_host.layout());
+  Tensor j = Tensor::empty(x_host.shape(), DType::f32, x_host.layout());
+  for (int64_t i = 0; i < j.numel(); ++i)
+    j.set(i, std::clamp(x_host.at(i) * (1.0 + xi.at(i) / 256.0), 0.0, 1.0));
+  return j.to(Device::cuda);
+}
+
+// Checks each convolution/linear weight's gradient against `bound` or, where `twin` (the same bf16 computation on
+// a jittered input) is given, against twice the two bf16 runs' spread on that tensor if that is larger; and all
+// parameter gradients together against `bound`. Prints the three worst tensors.
+bool check_param_grads(const char* what, nets::Model& model, const std::vector<Tensor>& got,
+                       const std::vector<Tensor>& ref, double bound, const std::vector<Tensor>* twin = nullptr) {
+  auto names = parameter_names(model);
+  REQUIRE(names.size() == got.size());
+  if (twin) REQUIRE(twin->size() == got.size());
+  std::vector<std::pair<double, std::string>> errors;
+  bool ok = true;
+  int by_spread = 0;
+  double worst_ratio = 0;
+  std::string worst_ratio_name;
+  for (size_t k = 0; k < got.size(); ++k) {
+    double e = relative_l2({got[k]}, {ref[k]});
+    errors.push_back({e, names[k].first});
+    if (!names[k].second) continue;
+    double spread = twin ? relative_l2({(*twin)[k]}, {got[k]}) : 0.0;
+    double b = std::max(bound, 2.0 * spread);
+    if (twin && spread > 0 && e / spread > worst_ratio) {
+      worst_ratio = e / spread;
+      worst_ratio_name = names[k].first;
+    }
+    if (e > bound && e <= b) ++by_spread;
+    if (!(e <= b)) {
+      ok = false;
+      std::printf("  mismatch: %s gradient of %s: relative L2 %.4g > %.4g (a-priori %.4g, bf16 spread %.4g)\n", what,
+                  names[k].first.c_str(), e, b, bound, spread);
+    }
+  }
+  if (twin)
+    std::printf("  %s: %d weight gradients above the a-priori bound and within twice the bf16 spread; largest "
+                "error/spread %.3g (%s)\n",
+                what, by_spread, worst_ratio, worst_ratio_name.c_str());
+  std::sort(errors.rbegin(), errors.rend());
+  for (size_t k = 0; k < std::min<size_t>(3, errors.size()); ++k)
+    std::printf("  %s: worst parameter gradients: %s %.4g\n", what, errors[k].second.c_str(), errors[k].first);
+  double all = relative_l2(got, ref);
+  std::printf("  %s: all parameter gradients together: relative L2 %.4g (bound %.4g)\n", what, all, bound);
+  ok &= all <= bound;
+  INFO(std::string(what), ": parameter gradients, bf16 vs f32 (see the lines printed above)");
+  CHECK(ok);
+  return ok;
+}
 
 bool check_rel_l2(const char* what, const Tensor& got, const Tensor& ref, double bound) {
   double e = relative_l2({got}, {ref});

@@ -40,6 +40,22 @@ TEST_CASE("every op on the GPU matches the CPU: forward and vjp and jvp in f32 a
   CHECK(failures == 0);
 }
 
+// The autograd's sum of a bf16 and an f32 cotangent: f32, exact to f32 rounding of the sum of the stored values.
+TEST_CASE("add_widening of bf16 and f32 on the GPU is their f32 sum") {
+  if (!gpu_ready("CUDA add_widening")) return;
+  Generator gen(7);
+  Tensor a = gen.normal({3, 17, 19, 40}, 0, 1, DType::f64, Layout::nhwc);
+  Tensor b = gen.normal({3, 17, 19, 40}, 0, 1e-3, DType::f64, Layout::nhwc);
+  Tensor ref = backend::add(rounded(a, DType::bf16), rounded(b, DType::f32));
+  Mode m{"f32", DType::f32, false, 1e-6};
+  Tensor ab = backend::add_widening(upload(a, DType::bf16), upload(b, DType::f32));
+  Tensor ba = backend::add_widening(upload(b, DType::f32), upload(a, DType::bf16));
+  CHECK(ab.dtype() == DType::f32);
+  CHECK(ba.dtype() == DType::f32);
+  CHECK(check_close("add_widening", "bf16 + f32", m, ab, ref));
+  CHECK(check_close("add_widening", "f32 + bf16", m, ba, ref));
+}
+
 TEST_CASE("a larger convolution (cuDNN algorithm search) matches the CPU in f32") {
   if (!gpu_ready("CUDA large convolution")) return;
   cuda::context().set_tf32(false);

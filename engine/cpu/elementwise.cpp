@@ -65,6 +65,11 @@ static Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
 Tensor CpuBackend::add(const Tensor& a, const Tensor& b) {
   return binary("add", a, b, [](auto x, auto y) { return x + y; });
 }
+Tensor CpuBackend::add_widening(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return add(a, b);
+  DType w = a.dtype() == DType::f64 || b.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  return add(a.dtype() == w ? a : convert(a, w), b.dtype() == w ? b : convert(b, w));
+}
 Tensor CpuBackend::sub(const Tensor& a, const Tensor& b) {
   return binary("sub", a, b, [](auto x, auto y) { return x - y; });
 }
