@@ -73,6 +73,32 @@ TEST_CASE("an experiment trains every method to every budget and reports a faili
   fs::remove_all(dir);
 }
 
+TEST_CASE("an experiment with a deadline starts only the runs that fit and leaves the rest for a rerun") {
+  fs::path dir = fs::temp_directory_path() / ("llr_experiment_deadline_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  nlohmann::json file = {
+      {"train",
+       {{"data", "synthetic"}, {"synthetic_train", 64}, {"synthetic_val", 16}, {"model", "wrn-10-1"}, {"batch", 16},
+        {"device", "cpu"}, {"log_every", 2}}},
+      {"methods", {{{"label", "natural"}, {"method", "natural"}}}},
+      {"budgets", {0.3, 100}},
+      {"seeds", {0}},
+      {"eval", {{"split", "val"}, {"n", 16}, {"batch", 16}, {"attacks", "pgd-ce:2x0"}, {"gamma_steps", 1}}}};
+  std::ofstream(dir / "exp.json") << file.dump(2);
+  ExperimentOptions o;
+  o.file = (dir / "exp.json").string();
+  o.out = (dir / "out").string();
+  // 0.3 s plus the 60 s assumed before any run is measured fits in 70 s; 100 s of training does not.
+  o.deadline = 70;
+  CHECK(run_experiment(o) == 0);
+  std::vector<nlohmann::json> lines = result_lines(dir / "out" / "results.jsonl");
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0]["budget"].get<double>() == 0.3);
+  CHECK_FALSE(lines[0].contains("error"));
+  fs::remove_all(dir);
+}
+
 TEST_CASE("an experiment file with an unknown or invalid setting is refused before any run starts") {
   fs::path dir = fs::temp_directory_path() / ("llr_experiment_check_" + std::to_string(::getpid()));
   fs::remove_all(dir);

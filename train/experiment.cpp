@@ -1,6 +1,7 @@
 #include "train/experiment.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -71,6 +72,9 @@ std::vector<Run> plan(const json& file, const std::string& path) {
       }
     }
   }
+  // Smallest budget first, every method at it, then the next: an experiment cut short (a deadline, a kill) already
+  // compares all methods at the budgets it finished.
+  std::stable_sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.budget < b.budget; });
   return runs;
 }
 
@@ -201,9 +205,20 @@ int run_experiment(const ExperimentOptions& options) {
   std::printf("llrtrain experiment: %zu runs (%zu methods x %zu budgets x %zu seeds), %zu already done, in %s\n",
               runs.size(), file["methods"].size(), file["budgets"].size(), file["seeds"].size(), done.size(),
               out.c_str());
-  int failures = 0;
+  int failures = 0, postponed = 0;
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  double overhead = 60;  // the longest a run spent outside training so far (data, evaluation, writing)
+  bool measured = false;
   for (const Run& r : runs) {
     if (done.count(r.key())) continue;
+    if (options.deadline > 0 && seconds_since(start) + r.budget + overhead > options.deadline) {
+      ++postponed;
+      continue;
+    }
+    const auto run_start = std::chrono::steady_clock::now();
     std::printf("\n== %s: %g s of training, seed %llu ==\n", r.key().c_str(), r.budget,
                 static_cast<unsigned long long>(r.seed));
     std::fflush(stdout);
@@ -235,7 +250,12 @@ int run_experiment(const ExperimentOptions& options) {
       std::fprintf(stderr, "llrtrain experiment: run %s failed: %s\n", r.key().c_str(), e.what());
     }
     append_line(results_path, line);
-    if (!line.contains("error")) done[r.key()] = line;
+    if (!line.contains("error")) {
+      done[r.key()] = line;
+      double outside = seconds_since(run_start) - line["train_s"].get<double>();
+      overhead = measured ? std::max(overhead, outside) : outside;
+      measured = true;
+    }
   }
   std::vector<json> results;
   for (const Run& r : runs)
@@ -247,6 +267,9 @@ int run_experiment(const ExperimentOptions& options) {
                 j["clean_accuracy"].get<double>(), j["robust_accuracy"].get<double>());
   if (!results.empty()) write_frontier((fs::path(out) / "frontier.svg").string(), results);
   std::printf("wrote %s and %s/frontier.svg; %d run(s) failed\n", results_path.c_str(), out.c_str(), failures);
+  if (postponed > 0)
+    std::printf("%d run(s) left for a rerun: they would not have ended within the deadline of %g s\n", postponed,
+                options.deadline);
   return failures;
 }
 

@@ -20,6 +20,10 @@ struct ExperimentOptions {
   std::string file;
   std::string out;  // default: the file's name without extension, beside it
   bool check = false;  // validate the file and print its runs, train nothing
+  // Seconds from the start within which every run must end (0: none): a run is started only if its budget plus the
+  // longest time a run of this invocation spent outside training (data, evaluation; 60 s before the first) fits in
+  // what is left; the rest wait for a rerun, which skips the runs already done.
+  double deadline = 0;
 };
 
 // Returns the number of runs that failed (0: all succeeded or were already done).

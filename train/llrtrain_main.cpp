@@ -166,6 +166,10 @@ int main(int argc, char** argv) {
   ex->add_option("file", xo.file, "experiment file (JSON; tools/experiments/ has examples)")->required();
   ex->add_flag("--check", xo.check, "check every setting of the file and list its runs; train nothing");
   ex->add_option("--out", xo.out, "folder of the runs, results.jsonl and frontier.svg (default: beside the file)");
+  ex->add_option("--deadline", xo.deadline,
+                 "seconds within which to end: start a run only if its budget and the evaluation fit in what is left "
+                 "(a rerun does the rest)")
+      ->check(CLI::PositiveNumber);
 
   try {
     app.parse(argc, argv);
