@@ -6,6 +6,7 @@
 
 #include "engine/autograd.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/cpu_common.h"
 
 namespace llr {
 
@@ -41,48 +42,53 @@ int64_t chunk_examples(const ConvDims& d, size_t elem) {
   return std::max<int64_t>(1, std::min<int64_t>(d.n, budget / std::max<int64_t>(per_example, 1)));
 }
 
-// col[(i, p, q), (r, s, c)] = x[n0 + i, p*stride - pad + r, q*stride - pad + s, c] (0 outside).
+// col[(i, p, q), (r, s, c)] = x[n0 + i, p*stride - pad + r, q*stride - pad + s, c] (0 outside); rows in parallel.
 template <class T>
 void im2col(const T* x, const ConvDims& d, const Conv2dGeometry& g, int64_t n0, int64_t nb, T* col) {
-  for (int64_t i = 0; i < nb; ++i)
-    for (int64_t p = 0; p < d.p; ++p)
-      for (int64_t q = 0; q < d.q; ++q) {
-        T* row = col + ((i * d.p + p) * d.q + q) * d.rsc();
-        for (int64_t r = 0; r < d.r; ++r) {
-          int64_t hh = p * g.stride - g.padding + r;
-          for (int64_t s = 0; s < d.s; ++s) {
-            int64_t ww = q * g.stride - g.padding + s;
-            T* dst = row + (r * d.s + s) * d.c;
-            if (hh < 0 || hh >= d.h || ww < 0 || ww >= d.w) {
-              std::fill(dst, dst + d.c, T(0));
-            } else {
-              const T* src = x + (((n0 + i) * d.h + hh) * d.w + ww) * d.c;
-              std::copy(src, src + d.c, dst);
-            }
-          }
+  const int64_t rows = nb * d.pq();
+#pragma omp parallel for if (rows * d.rsc() >= cpu::kParallelMin)
+  for (int64_t row_index = 0; row_index < rows; ++row_index) {
+    const int64_t i = row_index / d.pq(), p = row_index / d.q % d.p, q = row_index % d.q;
+    T* row = col + row_index * d.rsc();
+    for (int64_t r = 0; r < d.r; ++r) {
+      int64_t hh = p * g.stride - g.padding + r;
+      for (int64_t s = 0; s < d.s; ++s) {
+        int64_t ww = q * g.stride - g.padding + s;
+        T* dst = row + (r * d.s + s) * d.c;
+        if (hh < 0 || hh >= d.h || ww < 0 || ww >= d.w) {
+          std::fill(dst, dst + d.c, T(0));
+        } else {
+          const T* src = x + (((n0 + i) * d.h + hh) * d.w + ww) * d.c;
+          std::copy(src, src + d.c, dst);
         }
       }
+    }
+  }
 }
 
-// The adjoint of im2col: dx[n0 + i, ...] += scattered col rows.
+// The adjoint of im2col, gathered: dx[n0 + i, h, w, c] = the sum of the col entries that im2col copied from there.
+// Each element of dx is written once (no zeroing first, no write conflicts), image rows in parallel.
 template <class T>
-void col2im_add(const T* col, const ConvDims& d, const Conv2dGeometry& g, int64_t n0, int64_t nb, T* dx) {
-  for (int64_t i = 0; i < nb; ++i)
-    for (int64_t p = 0; p < d.p; ++p)
-      for (int64_t q = 0; q < d.q; ++q) {
-        const T* row = col + ((i * d.p + p) * d.q + q) * d.rsc();
-        for (int64_t r = 0; r < d.r; ++r) {
-          int64_t hh = p * g.stride - g.padding + r;
-          if (hh < 0 || hh >= d.h) continue;
-          for (int64_t s = 0; s < d.s; ++s) {
-            int64_t ww = q * g.stride - g.padding + s;
-            if (ww < 0 || ww >= d.w) continue;
-            const T* src = row + (r * d.s + s) * d.c;
-            T* dst = dx + (((n0 + i) * d.h + hh) * d.w + ww) * d.c;
-            for (int64_t c = 0; c < d.c; ++c) dst[c] += src[c];
-          }
+void col2im(const T* col, const ConvDims& d, const Conv2dGeometry& g, int64_t n0, int64_t nb, T* dx) {
+  const int64_t rows = nb * d.h;
+#pragma omp parallel for if (rows * d.w * d.c * d.r * d.s >= cpu::kParallelMin)
+  for (int64_t row_index = 0; row_index < rows; ++row_index) {
+    const int64_t i = row_index / d.h, h = row_index % d.h;
+    for (int64_t w = 0; w < d.w; ++w) {
+      T* dst = dx + (((n0 + i) * d.h + h) * d.w + w) * d.c;
+      std::fill(dst, dst + d.c, T(0));
+      for (int64_t r = 0; r < d.r; ++r) {
+        const int64_t ph = h + g.padding - r;
+        if (ph < 0 || ph % g.stride != 0 || ph / g.stride >= d.p) continue;
+        for (int64_t s = 0; s < d.s; ++s) {
+          const int64_t qw = w + g.padding - s;
+          if (qw < 0 || qw % g.stride != 0 || qw / g.stride >= d.q) continue;
+          const T* src = col + ((i * d.p + ph / g.stride) * d.q + qw / g.stride) * d.rsc() + (r * d.s + s) * d.c;
+          for (int64_t c = 0; c < d.c; ++c) dst[c] += src[c];
         }
       }
+    }
+  }
 }
 
 }  // namespace
@@ -117,7 +123,7 @@ Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const
   ++op_counters().conv2d_backward_data;
   return dispatch_floating(gy.dtype(), "conv2d_backward_data", [&](auto tag) {
     using T = decltype(tag);
-    Tensor dx = Tensor::zeros(x_shape, gy.dtype(), Layout::nhwc);
+    Tensor dx = Tensor::empty(x_shape, gy.dtype(), Layout::nhwc);
     ConstMapMat<T> wm(w.data<T>(), d.k, d.rsc());
     if (is_pointwise(d, g)) {
       ConstMapMat<T> gm(gy.data<T>(), d.n * d.pq(), d.k);
@@ -131,7 +137,7 @@ Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const
       ConstMapMat<T> gm(gy.data<T>() + n0 * d.pq() * d.k, nb * d.pq(), d.k);
       MapMat<T> cm(col.data(), nb * d.pq(), d.rsc());
       cm.noalias() = gm * wm;
-      col2im_add(col.data(), d, g, n0, nb, dx.data<T>());
+      col2im(col.data(), d, g, n0, nb, dx.data<T>());
     }
     return dx;
   });
