@@ -10,6 +10,9 @@ namespace llr {
 
 namespace {
 thread_local bool grad_mode_enabled = true;
+// What detail::take_addend() offers the vjp being called by grad(), and which of it the vjp took.
+thread_local std::vector<Tensor>* offered_addends = nullptr;
+thread_local std::vector<char>* taken_addends = nullptr;
 thread_local bool tangents_suppressed = false;
 
 [[noreturn]] void throw_freed(const std::string& node_name, bool tape_cleared) {
@@ -83,6 +86,13 @@ OpCounters& op_counters() {
 }
 
 namespace detail {
+
+Tensor take_addend(size_t i) {
+  if (!offered_addends || i >= offered_addends->size() || emulate_bf16::active()) return Tensor();
+  if ((*taken_addends)[i] || !(*offered_addends)[i].defined()) return Tensor();
+  (*taken_addends)[i] = 1;
+  return (*offered_addends)[i];
+}
 
 void finish_op(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor>& outputs, VjpFn vjp,
                JvpFn jvp) {
@@ -199,7 +209,30 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
       any_need = any_need || needs[i];
     }
     if (any_need) {
-      std::vector<Tensor> in_cot = node.vjp(out_cot, needs);
+      // Each needed input's accumulated cotangent, offered once (an input listed twice gets it at its first place).
+      std::vector<Tensor> addends(node.inputs.size());
+      std::vector<char> taken(node.inputs.size(), 0);
+      for (size_t i = 0; i < node.inputs.size(); ++i) {
+        if (!needs[i]) continue;
+        bool first = true;
+        for (size_t j = 0; j < i; ++j) first = first && !(needs[j] && node.inputs[j].id() == node.inputs[i].id());
+        auto it = cot.find(node.inputs[i].id());
+        if (first && it != cot.end()) addends[i] = it->second;
+      }
+      std::vector<Tensor> in_cot;
+      {
+        std::vector<Tensor>* outer_offered = offered_addends;
+        std::vector<char>* outer_taken = taken_addends;
+        offered_addends = &addends;
+        taken_addends = &taken;
+        try {
+          in_cot = node.vjp(out_cot, needs);
+        } catch (...) {
+          offered_addends = outer_offered, taken_addends = outer_taken;
+          throw;
+        }
+        offered_addends = outer_offered, taken_addends = outer_taken;
+      }
       ++op_counters().vjp_calls;
       LLR_CHECK(in_cot.size() == node.inputs.size(), node.name, ": vjp returned ", in_cot.size(),
                 " cotangents for ", node.inputs.size(), " inputs");
@@ -208,7 +241,10 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
         LLR_CHECK(in_cot[i].defined(), node.name, ": vjp gave no cotangent for needed input ", i);
         LLR_CHECK(in_cot[i].shape() == node.inputs[i].shape(), node.name, ": vjp cotangent ", in_cot[i].describe(),
                   " does not match input ", node.inputs[i].describe());
-        accumulate(cot, node.inputs[i].id(), in_cot[i]);
+        if (taken[i])
+          cot[node.inputs[i].id()] = in_cot[i];  // it holds the accumulated cotangent already
+        else
+          accumulate(cot, node.inputs[i].id(), in_cot[i]);
       }
     }
     for (uint64_t id : node.output_ids)

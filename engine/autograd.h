@@ -132,6 +132,12 @@ namespace detail {
 // input requires grad, and attaches output tangents when an input carries one (and tangents are not suppressed).
 void finish_op(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor>& outputs, VjpFn vjp,
                JvpFn jvp);
+
+// Inside a vjp called by grad(): the cotangent accumulated so far for input `i` (undefined if there is none, or if
+// it was taken already). A vjp that takes it must add it into its cotangent for input i, which then replaces the
+// accumulated one instead of being summed with it afterwards: a pass fewer (the batch norm's vjps do this).
+// Under bf16 emulation none is offered, so the emulated sums stay those of separate additions.
+Tensor take_addend(size_t i);
 }  // namespace detail
 
 // Counters of backend work, so tests can assert what a backward did or did not compute.

@@ -229,9 +229,19 @@ void matmul_tn(const Tensor& a, const Tensor& b) {
 
 void batch_stats(const Tensor& x) { batch_norm_args("batch_stats", x, {}); }
 
-void batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
+// An addend is undefined, or a floating tensor of x's shape and layout.
+void addend_arg(const char* op, const Tensor& x, const Tensor& addend) {
+  if (!addend.defined()) return;
+  floating(op, addend);
+  same_shape(op, x, addend);
+  LLR_CHECK(addend.layout() == x.layout(), op, ": addend layout ", addend.describe(), " vs ", x.describe());
+}
+
+void batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var,
+                          const Tensor& addend) {
   batch_norm_args("batch_stats_backward", x, {&mean, &g_mean, &g_var});
   LLR_CHECK(mean.defined() && g_mean.defined() && g_var.defined(), "batch_stats_backward: undefined argument");
+  addend_arg("batch_stats_backward", x, addend);
 }
 
 void batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
@@ -259,7 +269,8 @@ void bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, cons
 }
 
 void bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
-                     const Tensor& gy, double eps, Act, bool, bool) {
+                     const Tensor& gy, double eps, Act, bool, bool, const Tensor& addend) {
+  addend_arg("batch_norm_backward", x, addend);
   LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined(),
             "batch_norm_backward: undefined statistics or parameters");
   batch_norm_args("batch_norm_backward", x, {&mean, &var, &scale, &shift});

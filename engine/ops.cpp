@@ -81,7 +81,7 @@ BatchStats batch_stats(const Tensor& x) {
   detail::finish_op(
       "batch_stats", {x}, outs,
       [x, mean_out](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        return {backend::batch_stats_backward(x, mean_out, g[0], g[1])};
+        return {backend::batch_stats_backward(x, mean_out, g[0], g[1], detail::take_addend(0))};
       },
       [x, mean_out](const Tensors& t) -> Tensors {
         if (!t[0].defined()) return {Tensor(), Tensor()};
@@ -111,7 +111,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& mean, const Tensor& var, const 
       "batch_norm", {x, mean, var, scale, shift}, backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity),
       [x, mean, var, scale, shift, eps](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
         auto r = backend::bn_act_backward(x, mean, var, scale, shift, g[0], eps, Act::identity, needs[1] || needs[2],
-                                          needs[3] || needs[4]);
+                                          needs[3] || needs[4], needs[0] ? detail::take_addend(0) : Tensor());
         return {r.x, r.mean, r.var, r.scale, r.shift};
       },
       [x, mean, var, scale, eps](const Tensors& t) -> Tensors {
@@ -147,7 +147,7 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, co
       "batch_norm_act", {x, mean, var, scale, shift}, backend::bn_act_forward(x, mean, var, scale, shift, eps, act),
       [x, mean, var, scale, shift, eps, act](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
         auto r = backend::bn_act_backward(x, mean, var, scale, shift, g[0], eps, act, needs[1] || needs[2],
-                                          needs[3] || needs[4]);
+                                          needs[3] || needs[4], needs[0] ? detail::take_addend(0) : Tensor());
         return {r.x, r.mean, r.var, r.scale, r.shift};
       },
       [x, mean, var, scale, shift, eps, act](const Tensors& t) -> Tensors {
@@ -172,13 +172,13 @@ Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor&
         Tensor t = backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, Act::identity);
         Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);     // cotangent of t
         Tensor ga = backend::activation_derivative_mul(act, 2, a, t, g[0]);  // cotangent of a
-        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true);
+        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true, Tensor());
         auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps);
         Tensors out = {backend::add_widening(ra.x, rt.x), backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
                        backend::add(ra.scale, rt.scale), ra.shift, rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
         if (affine) {
           // t is affine in (scale_dot, shift_dot) like a batch norm with them as its scale and shift.
-          auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true);
+          auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true, Tensor());
           out[0] = backend::add_widening(out[0], rs.x);
           out[1] = backend::add(out[1], rs.mean);
           out[2] = backend::add(out[2], rs.var);

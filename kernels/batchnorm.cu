@@ -42,20 +42,37 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   return {mean, var};
 }
 
-template <class T>
-Tensor batch_stats_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv, View v) {
+// dx (in D) plus the addend (in A; null: none) in one pass; see backend_functions.def.
+template <class T, class D, class A>
+Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv,
+                               const Tensor& addend, View v) {
   using S = acc_t<T>;
-  Tensor dx = new_like(x);
+  Tensor dx = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
   const T* px = ptr<T>(x);
   const S *pm = ptr<S>(mean), *pgm = ptr<S>(gm), *pgv = ptr<S>(gv);
-  T* o = ptr<T>(dx);
+  const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
+  D* o = ptr<D>(dx);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
   for_each(x.numel(), [=] __device__(int64_t i) {
     int64_t c = channel_of(i, C);
-    st(o, i, inv * (pgm[c] + S(2) * (ld(px, i) - pm[c]) * pgv[c]));
+    S d = inv * (pgm[c] + S(2) * (ld(px, i) - pm[c]) * pgv[c]);
+    if (pa) d += ld(pa, i);
+    st(o, i, d);
   });
   return dx;
+}
+
+template <class T>
+Tensor batch_stats_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv,
+                                 const Tensor& addend, View v) {
+  using S = acc_t<T>;
+  if (addend.defined() && addend.dtype() != x.dtype()) {
+    LLR_CHECK(addend.dtype() == dtype_of_storage<S>(), "batch_stats_backward: addend ", addend.describe(),
+              " is neither ", dtype_name(x.dtype()), " nor ", dtype_name(dtype_of_storage<S>()));
+    return batch_stats_backward_as<T, S, S>(x, mean, gm, gv, addend, v);
+  }
+  return batch_stats_backward_as<T, T, T>(x, mean, gm, gv, addend, v);
 }
 
 template <class T>
@@ -128,10 +145,10 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
 // One pass over x and gy: the direct part of dx and, when asked for, the per-channel sums of g' and g' (x - mean)
 // that the statistics' and parameters' cotangents need (g' = phi'(a) gy, a recomputed). The direct part is written
 // in D: the statistics dtype when need_stats (see backend_functions.def), x's dtype otherwise.
-template <class T, class D>
+template <class T, class D, class A>
 BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                     const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
-                                    bool need_params, View v) {
+                                    bool need_params, const Tensor& addend, View v) {
   using S = acc_t<T>;
   int64_t C = v.channels;
   const T *px = ptr<T>(x), *pg = ptr<T>(gy);
@@ -139,11 +156,14 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   BnNormalizeGrads out;
   out.x = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
   D* dx = ptr<D>(out.x);
+  const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
   S e = static_cast<S>(eps);
   auto direct = [=] __device__(int64_t i, int64_t c) {
     S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
     S gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * ld(pg, i);
-    st(dx, i, ps[c] * r * gp);
+    S d = ps[c] * r * gp;
+    if (pa) d += ld(pa, i);
+    st(dx, i, d);
     return gp;
   };
   if (!need_stats && !need_params) {
@@ -177,13 +197,21 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   return out;
 }
 
+// dx in the statistics dtype when need_stats or when the addend is in it, else in x's dtype.
 template <class T>
 BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                       const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
-                                      bool need_params, View v) {
+                                      bool need_params, const Tensor& addend, View v) {
+  using S = acc_t<T>;
+  const bool wide_addend = addend.defined() && addend.dtype() != x.dtype();
+  if (wide_addend)
+    LLR_CHECK(addend.dtype() == dtype_of_storage<S>(), "batch_norm_backward: addend ", addend.describe(),
+              " is neither ", dtype_name(x.dtype()), " nor ", dtype_name(dtype_of_storage<S>()));
+  if (wide_addend)
+    return bn_act_backward_as<T, S, S>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);
   if (need_stats)
-    return bn_act_backward_as<T, acc_t<T>>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, v);
-  return bn_act_backward_as<T, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, v);
+    return bn_act_backward_as<T, S, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);
+  return bn_act_backward_as<T, T, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);
 }
 
 template <class T>
@@ -293,9 +321,10 @@ std::pair<Tensor, Tensor> CudaBackend::batch_stats(const Tensor& x) {
 }
 
 Tensor CudaBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean,
-                                         const Tensor& g_var) {
+                                         const Tensor& g_var, const Tensor& addend) {
   View v = bn_view(x);
-  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_backward", batch_stats_backward_impl, x, mean, g_mean, g_var, v);
+  return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_backward", batch_stats_backward_impl, x, mean, g_mean, g_var,
+                           addend, v);
 }
 
 std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
@@ -319,10 +348,10 @@ Tensor CudaBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Te
 
 BnNormalizeGrads CudaBackend::bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
                                               const Tensor& scale, const Tensor& shift, const Tensor& gy, double eps,
-                                              Act act, bool need_stats, bool need_params) {
+                                              Act act, bool need_stats, bool need_params, const Tensor& addend) {
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_backward", bn_act_backward_impl, x, mean, var, scale, shift, gy, eps,
-                           act, need_stats, need_params, v);
+                           act, need_stats, need_params, addend, v);
 }
 
 Tensor CudaBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,

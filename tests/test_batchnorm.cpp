@@ -98,20 +98,31 @@ TEST_CASE("the fused batch norm + activation kernels equal the unfused ones and 
                   backend::activation_derivative_mul(act, 1, a, t), 1e-15, 1e-13)
               .max_violation <= 1);
     // Backward: the fused pass against phi'(a) gy through the plain normalisation's backward.
-    BnNormalizeGrads full = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, true, true);
+    BnNormalizeGrads full = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, true, true, Tensor());
     BnNormalizeGrads plain = backend::bn_act_backward(x, mean, var, scale, shift,
                                                       backend::activation_derivative_mul(act, 1, a, gy), eps,
-                                                      Act::identity, true, true);
+                                                      Act::identity, true, true, Tensor());
     for (auto [got, want] : {std::pair{full.x, plain.x}, std::pair{full.mean, plain.mean},
                              std::pair{full.var, plain.var}, std::pair{full.scale, plain.scale},
                              std::pair{full.shift, plain.shift}})
       CHECK(compare(got, want, 1e-14, 1e-12).max_violation <= 1);
     uint64_t before = op_counters().bn_channel_reductions;
-    BnNormalizeGrads input_only = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, false, false);
+    BnNormalizeGrads input_only =
+        backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, false, false, Tensor());
     CHECK(op_counters().bn_channel_reductions == before);
     CHECK_FALSE(input_only.mean.defined());
     CHECK_FALSE(input_only.scale.defined());
     CHECK(input_only.x.to_vector() == full.x.to_vector());
+    // An addend is summed into dx in the same pass (the autograd's accumulated cotangent of x), and only into dx.
+    Tensor addend = gen.normal(x.shape(), 0, 1, DType::f64, Layout::nhwc);
+    BnNormalizeGrads with = backend::bn_act_backward(x, mean, var, scale, shift, gy, eps, act, true, true, addend);
+    CHECK(compare(with.x, backend::add(full.x, addend), 1e-15, 1e-15).max_violation <= 1);
+    CHECK(with.mean.to_vector() == full.mean.to_vector());
+    CHECK(with.scale.to_vector() == full.scale.to_vector());
+    Tensor stats_dx = backend::batch_stats_backward(x, mean, full.mean, full.var, Tensor());
+    CHECK(compare(backend::batch_stats_backward(x, mean, full.mean, full.var, addend), backend::add(stats_dx, addend),
+                  1e-15, 1e-15)
+              .max_violation <= 1);
   }
 
   // Through autograd: an input gradient with evaluation-mode statistics (an attack step) reduces nothing.

@@ -40,9 +40,10 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
   });
 }
 
-Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var) {
+Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var,
+                                        const Tensor& addend) {
   auto v = cpu::channel_view(x);
-  return dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
+  Tensor dx = dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *gm = g_mean.data<T>(), *gv = g_var.data<T>();
     Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.layout());
@@ -55,6 +56,7 @@ Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, con
       }
     return dx;
   });
+  return addend.defined() ? add_widening(dx, addend) : dx;
 }
 
 std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
@@ -126,9 +128,9 @@ Tensor CpuBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Ten
 
 BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
                                              const Tensor& scale, const Tensor& shift, const Tensor& gy, double eps,
-                                             Act act, bool need_stats, bool need_params) {
+                                             Act act, bool need_stats, bool need_params, const Tensor& addend) {
   auto v = cpu::channel_view(x);
-  return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+  BnNormalizeGrads grads = dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
             *pb = shift.data<T>(), *g = gy.data<T>();
@@ -168,6 +170,8 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
     }
     return out;
   });
+  if (addend.defined()) grads.x = add_widening(grads.x, addend);
+  return grads;
 }
 
 Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
