@@ -13,6 +13,23 @@ thread_local bool grad_mode_enabled = true;
 // What detail::take_addend() offers the vjp being called by grad(), and which of it the vjp took.
 thread_local std::vector<Tensor>* offered_addends = nullptr;
 thread_local std::vector<char>* taken_addends = nullptr;
+
+// Offers `addends` to the vjps called while it lives (and restores what an enclosing grad() offered).
+class OfferAddends {
+ public:
+  OfferAddends(std::vector<Tensor>& addends, std::vector<char>& taken)
+      : outer_offered_(offered_addends), outer_taken_(taken_addends) {
+    offered_addends = &addends;
+    taken_addends = &taken;
+  }
+  ~OfferAddends() { offered_addends = outer_offered_, taken_addends = outer_taken_; }
+  OfferAddends(const OfferAddends&) = delete;
+  OfferAddends& operator=(const OfferAddends&) = delete;
+
+ private:
+  std::vector<Tensor>* outer_offered_;
+  std::vector<char>* outer_taken_;
+};
 thread_local bool tangents_suppressed = false;
 
 [[noreturn]] void throw_freed(const std::string& node_name, bool tape_cleared) {
@@ -221,17 +238,8 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
       }
       std::vector<Tensor> in_cot;
       {
-        std::vector<Tensor>* outer_offered = offered_addends;
-        std::vector<char>* outer_taken = taken_addends;
-        offered_addends = &addends;
-        taken_addends = &taken;
-        try {
-          in_cot = node.vjp(out_cot, needs);
-        } catch (...) {
-          offered_addends = outer_offered, taken_addends = outer_taken;
-          throw;
-        }
-        offered_addends = outer_offered, taken_addends = outer_taken;
+        OfferAddends offer(addends, taken);
+        in_cot = node.vjp(out_cot, needs);
       }
       ++op_counters().vjp_calls;
       LLR_CHECK(in_cot.size() == node.inputs.size(), node.name, ": vjp returned ", in_cot.size(),

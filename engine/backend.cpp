@@ -78,11 +78,13 @@ float to_bf16(float v) {
   std::memcpy(&r, &u, 4);
   return r;
 }
-// Activations and convolution-weight gradients are 4-D; the classifier and the losses compute in f32 there too.
+// What the CUDA backend would hold in bf16: activation-sized tensors and convolution-weight gradients, all 4-D (the
+// classifier and the losses compute in f32 there too).
+bool stored_in_bf16(const Tensor& t) {
+  return t.defined() && t.dtype() == DType::f32 && t.device() == Device::cpu && t.rank() == 4 && t.numel() >= 1024;
+}
 void maybe(const char* function, Tensor& t) {
-  if (!t.defined() || t.dtype() != DType::f32 || t.device() != Device::cpu || t.rank() != 4 || t.numel() < 1024)
-    return;
-  if (skip_list().find("," + std::string(function) + ",") != std::string::npos) return;
+  if (!stored_in_bf16(t) || skip_list().find("," + std::string(function) + ",") != std::string::npos) return;
   round_in_place(t);
 }
 bool& flag() {
@@ -108,12 +110,11 @@ void round_outputs(const char* f, BatchStatsTangentGrads& t) { maybe(f, t.x), ma
 void round_outputs(const char* f, BnNormalizeGrads& t) {
   if (!t.mean.defined()) maybe(f, t.x);
 }
+void round_outputs(const char* f, BnTangentGrads& t) { maybe(f, t.x), maybe(f, t.xdot); }
 Tensor cotangent_as_used(const Tensor& t) {
-  if (!active() || t.dtype() != DType::f32 || t.device() != Device::cpu || t.rank() != 4 || t.numel() < 1024)
-    return t;
-  Tensor c = t.to(DType::f64).to(DType::f32);
+  if (!active() || !stored_in_bf16(t)) return t;
+  Tensor c = t.clone();
   round_in_place(c);
   return c;
 }
-void round_outputs(const char* f, BnTangentGrads& t) { maybe(f, t.x), maybe(f, t.xdot); }
 }  // namespace llr::emulate_bf16

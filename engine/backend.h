@@ -133,6 +133,5 @@ inline Tensor activation_derivative_mul(Act act, int order, const Tensor& a, con
   return activation_derivative_mul(act, order, a, t, Tensor());
 }
 
-
 }  // namespace backend
 }  // namespace llr

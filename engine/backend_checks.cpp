@@ -229,12 +229,13 @@ void matmul_tn(const Tensor& a, const Tensor& b) {
 
 void batch_stats(const Tensor& x) { batch_norm_args("batch_stats", x, {}); }
 
-// An addend is undefined, or a floating tensor of x's shape and layout.
+// An addend is undefined, or of x's shape and layout and in x's dtype or its statistics dtype (f32 for bf16 data).
 void addend_arg(const char* op, const Tensor& x, const Tensor& addend) {
   if (!addend.defined()) return;
-  floating(op, addend);
   same_shape(op, x, addend);
   LLR_CHECK(addend.layout() == x.layout(), op, ": addend layout ", addend.describe(), " vs ", x.describe());
+  LLR_CHECK(addend.dtype() == x.dtype() || addend.dtype() == stat_dtype(x.dtype()), op, ": addend ",
+            addend.describe(), " is neither ", dtype_name(x.dtype()), " nor ", dtype_name(stat_dtype(x.dtype())));
 }
 
 void batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var,

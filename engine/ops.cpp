@@ -172,14 +172,14 @@ Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor&
         Tensor t = backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, Act::identity);
         Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);     // cotangent of t
         Tensor ga = backend::activation_derivative_mul(act, 2, a, t, g[0]);  // cotangent of a
-        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true, Tensor());
         auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps);
-        Tensors out = {backend::add_widening(ra.x, rt.x), backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
+        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true, rt.x);
+        Tensors out = {ra.x, backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
                        backend::add(ra.scale, rt.scale), ra.shift, rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
         if (affine) {
           // t is affine in (scale_dot, shift_dot) like a batch norm with them as its scale and shift.
-          auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true, Tensor());
-          out[0] = backend::add_widening(out[0], rs.x);
+          auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true, out[0]);
+          out[0] = rs.x;
           out[1] = backend::add(out[1], rs.mean);
           out[2] = backend::add(out[2], rs.var);
           out[8] = rs.scale;

@@ -63,15 +63,12 @@ Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor
   return dx;
 }
 
+// dx in x's dtype, or in the statistics dtype when the addend is in it (the dispatch checked it is one of the two).
 template <class T>
 Tensor batch_stats_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv,
                                  const Tensor& addend, View v) {
   using S = acc_t<T>;
-  if (addend.defined() && addend.dtype() != x.dtype()) {
-    LLR_CHECK(addend.dtype() == dtype_of_storage<S>(), "batch_stats_backward: addend ", addend.describe(),
-              " is neither ", dtype_name(x.dtype()), " nor ", dtype_name(dtype_of_storage<S>()));
-    return batch_stats_backward_as<T, S, S>(x, mean, gm, gv, addend, v);
-  }
+  if (addend.defined() && addend.dtype() != x.dtype()) return batch_stats_backward_as<T, S, S>(x, mean, gm, gv, addend, v);
   return batch_stats_backward_as<T, T, T>(x, mean, gm, gv, addend, v);
 }
 
@@ -203,11 +200,7 @@ BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const
                                       const Tensor& shift, const Tensor& gy, double eps, Act act, bool need_stats,
                                       bool need_params, const Tensor& addend, View v) {
   using S = acc_t<T>;
-  const bool wide_addend = addend.defined() && addend.dtype() != x.dtype();
-  if (wide_addend)
-    LLR_CHECK(addend.dtype() == dtype_of_storage<S>(), "batch_norm_backward: addend ", addend.describe(),
-              " is neither ", dtype_name(x.dtype()), " nor ", dtype_name(dtype_of_storage<S>()));
-  if (wide_addend)
+  if (addend.defined() && addend.dtype() != x.dtype())
     return bn_act_backward_as<T, S, S>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);
   if (need_stats)
     return bn_act_backward_as<T, S, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);

@@ -95,6 +95,17 @@ std::vector<OpCase> build() {
                        BatchStats s = batch_stats(in[0]);
                        return batch_norm_act(in[0], s.mean, s.var, in[1], in[2], 1e-5, act);
                      }});
+  // x feeds both a batch norm and a skip connection: the skip's cotangent reaches x first, so the batch norm's vjp
+  // and then the statistics' vjp each add the cotangent accumulated so far into their own (detail::take_addend).
+  cases.push_back({"batch_norm_act softplus plus a skip (vjp addends)",
+                   [](Generator& g) {
+                     return Tensors{normal(g, {2, 3, 3, 4}, Layout::nhwc), positive(g, {4}), normal(g, {4}, Layout::plain, 0.3)};
+                   },
+                   {true, true, true},
+                   [](const Tensors& in) {
+                     BatchStats s = batch_stats(in[0]);
+                     return add(in[0], batch_norm_act(in[0], s.mean, s.var, in[1], in[2], 1e-5, Act::softplus));
+                   }});
   cases.push_back(activation_case(Act::relu, "relu"));
   cases.push_back(activation_case(Act::softplus, "softplus"));
   cases.push_back(activation_case(Act::abs, "abs"));

@@ -50,7 +50,7 @@ double rel_l2_all(const std::vector<Tensor>& a, const std::vector<Tensor>& b, si
 }
 
 Tensor rounded_copy(const Tensor& t) {
-  Tensor c = t.to(DType::f64).to(DType::f32);
+  Tensor c = t.clone();
   emulate_bf16::round_in_place(c);
   return c;
 }

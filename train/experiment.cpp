@@ -189,10 +189,15 @@ int run_experiment(const ExperimentOptions& options) {
   if (out.empty()) out = (fs::path(options.file).parent_path() / fs::path(options.file).stem()).string();
   std::vector<Run> runs = plan(file, options.file);
   // Every run's configuration before the first starts: a typo costs nothing.
-  for (const Run& r : runs) eval_config(file, train_config(file, r, out, options.file), options.file);
+  std::vector<TrainConfig> configs;
+  for (const Run& r : runs) {
+    configs.push_back(train_config(file, r, out, options.file));
+    eval_config(file, configs.back(), options.file);
+  }
   if (options.check) {
-    for (const Run& r : runs) {
-      TrainConfig c = train_config(file, r, out, options.file);
+    for (size_t k = 0; k < runs.size(); ++k) {
+      const Run& r = runs[k];
+      const TrainConfig& c = configs[k];
       std::printf("%-24s method %-10s %g s of training, seed %llu -> %s\n", r.key().c_str(), c.method.c_str(), r.budget,
                   static_cast<unsigned long long>(r.seed), c.out.c_str());
     }

@@ -43,20 +43,20 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
 Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, const Tensor& g_mean, const Tensor& g_var,
                                         const Tensor& addend) {
   auto v = cpu::channel_view(x);
-  Tensor dx = dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
+  return dispatch_floating(x.dtype(), "batch_stats_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *gm = g_mean.data<T>(), *gv = g_var.data<T>();
+    const T* pa = addend.defined() ? addend.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
     Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = dx.data<T>();
     T inv_m = T(1) / T(v.rows);
     for (int64_t r = 0; r < v.rows; ++r)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = r * v.channels + c;
-        o[i] = inv_m * (gm[c] + T(2) * (px[i] - pm[c]) * gv[c]);
+        o[i] = inv_m * (gm[c] + T(2) * (px[i] - pm[c]) * gv[c]) + (pa ? pa[i] : T(0));
       }
     return dx;
   });
-  return addend.defined() ? add_widening(dx, addend) : dx;
 }
 
 std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot) {
@@ -130,7 +130,7 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
                                              const Tensor& scale, const Tensor& shift, const Tensor& gy, double eps,
                                              Act act, bool need_stats, bool need_params, const Tensor& addend) {
   auto v = cpu::channel_view(x);
-  BnNormalizeGrads grads = dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+  return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
             *pb = shift.data<T>(), *g = gy.data<T>();
@@ -140,6 +140,7 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
     BnNormalizeGrads out;
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* dx = out.x.data<T>();
+    const T* pa = addend.defined() ? addend.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
     std::vector<T> r(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     for (int64_t row = 0; row < v.rows; ++row)
@@ -147,7 +148,7 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
         int64_t i = row * v.channels + c;
         T a = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
         T gp = math::activation_derivative<T>(act, 1, a) * g[i];
-        dx[i] = pg[c] * r[c] * gp;
+        dx[i] = pg[c] * r[c] * gp + (pa ? pa[i] : T(0));
         if (reduce) {
           sum_g[c] += gp;
           sum_gxc[c] += double(gp) * (double(px[i]) - pm[c]);
@@ -170,8 +171,6 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
     }
     return out;
   });
-  if (addend.defined()) grads.x = add_widening(grads.x, addend);
-  return grads;
 }
 
 Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
