@@ -21,4 +21,10 @@ inline ChannelView channel_view(const Tensor& x) {
   return {c == 0 ? 0 : x.numel() / c, c};
 }
 
+// How the CPU convolutions are computed: `automatic` picks per layer (engine/cpu/conv.cpp); tests and benchmarks
+// force one to compare them.
+enum class ConvAlgorithm { automatic, im2col, direct };
+void set_conv_algorithm(ConvAlgorithm algorithm);
+ConvAlgorithm conv_algorithm();
+
 }  // namespace llr::cpu
