@@ -8,6 +8,9 @@
 #include <sstream>
 
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 namespace llr {
 
@@ -53,6 +56,20 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+// A CPU step frees and reallocates the same activation-sized blocks over and over. glibc's defaults hand blocks of a
+// few MB back to the kernel (mmap, or trimming the heap's top) and fault them in again, zeroed, on the next step: a
+// quarter of a million page faults per WRN-10-1 PGD-10 step, 5-10% of its time. Keep freed memory below 32 MB a block
+// in the process (the largest mmap threshold glibc takes) and never trim the heap.
+namespace {
+bool keep_host_heap() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+  return true;
+}
+}  // namespace
+
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (device == Device::cuda) {
     LLR_CHECK(device_allocator_ != nullptr,
@@ -60,6 +77,8 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     data_ = device_allocator_->allocate(bytes);
     return;
   }
+  static const bool heap_tuned = keep_host_heap();
+  (void)heap_tuned;
   size_t rounded = (bytes + 63) / 64 * 64;
   data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");

@@ -1,6 +1,10 @@
 // CPU backend: batch-norm statistics, normalisation, their tangents and all their vjps. Statistics are over every
-// axis but the last (N, H, W for NHWC); reductions accumulate in double.
+// axis but the last (N, H, W for NHWC); reductions accumulate in double, in blocks of rows summed on all cores and
+// then added in block order, so a result does not depend on the number of threads. The activation is made a
+// compile-time constant of each loop (with_act), so the loops vectorise.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -19,6 +23,37 @@ Tensor channel_tensor(const std::vector<double>& v, DType dtype) {
   return t;
 }
 
+template <class F>
+void with_act(Act act, F&& f) {
+  switch (act) {
+    case Act::relu: return f(std::integral_constant<Act, Act::relu>{});
+    case Act::softplus: return f(std::integral_constant<Act, Act::softplus>{});
+    case Act::abs: return f(std::integral_constant<Act, Act::abs>{});
+    case Act::identity: return f(std::integral_constant<Act, Act::identity>{});
+  }
+}
+
+constexpr int64_t kReduceBlockRows = 512;
+
+// Per-channel sums over the rows: body(row_begin, row_end, sums) adds its rows' terms into sums[k][c] (K arrays of C
+// doubles, zeroed). Blocks of kReduceBlockRows rows run in parallel; their sums are added in block order.
+template <int K, class Body>
+std::vector<std::vector<double>> channel_sums(const cpu::ChannelView& v, Body&& body) {
+  const int64_t blocks = std::max<int64_t>(1, (v.rows + kReduceBlockRows - 1) / kReduceBlockRows);
+  std::vector<double> partial(static_cast<size_t>(blocks * K * v.channels), 0.0);
+#pragma omp parallel for schedule(static) if (v.rows * v.channels > cpu::kParallelMin)
+  for (int64_t b = 0; b < blocks; ++b) {
+    double* sums[K];
+    for (int k = 0; k < K; ++k) sums[k] = partial.data() + (b * K + k) * v.channels;
+    body(b * kReduceBlockRows, std::min(v.rows, (b + 1) * kReduceBlockRows), sums);
+  }
+  std::vector<std::vector<double>> out(K, std::vector<double>(v.channels, 0.0));
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int k = 0; k < K; ++k)
+      for (int64_t c = 0; c < v.channels; ++c) out[k][c] += partial[(b * K + k) * v.channels + c];
+  return out;
+}
+
 }  // namespace
 
 std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
@@ -26,15 +61,18 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats(const Tensor& x) {
   return dispatch_floating(x.dtype(), "batch_stats", [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();
-    std::vector<double> mean(v.channels, 0.0), var(v.channels, 0.0);
-    for (int64_t r = 0; r < v.rows; ++r)
-      for (int64_t c = 0; c < v.channels; ++c) mean[c] += px[r * v.channels + c];
+    std::vector<double> mean = channel_sums<1>(v, [&](int64_t r0, int64_t r1, double** sums) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < v.channels; ++c) sums[0][c] += px[r * v.channels + c];
+    })[0];
     for (auto& m : mean) m /= double(v.rows);
-    for (int64_t r = 0; r < v.rows; ++r)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        double d = px[r * v.channels + c] - mean[c];
-        var[c] += d * d;
-      }
+    std::vector<double> var = channel_sums<1>(v, [&](int64_t r0, int64_t r1, double** sums) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          double d = px[r * v.channels + c] - mean[c];
+          sums[0][c] += d * d;
+        }
+    })[0];
     for (auto& s : var) s /= double(v.rows);
     return std::make_pair(channel_tensor<T>(mean, x.dtype()), channel_tensor<T>(var, x.dtype()));
   });
@@ -50,6 +88,7 @@ Tensor CpuBackend::batch_stats_backward(const Tensor& x, const Tensor& mean, con
     Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = dx.data<T>();
     T inv_m = T(1) / T(v.rows);
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
     for (int64_t r = 0; r < v.rows; ++r)
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = r * v.channels + c;
@@ -64,13 +103,15 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const
   return dispatch_floating(x.dtype(), "batch_stats_tangent", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
-    std::vector<double> mdot(v.channels, 0.0), vdot(v.channels, 0.0);
-    for (int64_t r = 0; r < v.rows; ++r)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = r * v.channels + c;
-        mdot[c] += pd[i];
-        vdot[c] += (double(px[i]) - pm[c]) * pd[i];
-      }
+    auto sums = channel_sums<2>(v, [&](int64_t r0, int64_t r1, double** acc) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = r * v.channels + c;
+          acc[0][c] += pd[i];
+          acc[1][c] += (double(px[i]) - pm[c]) * pd[i];
+        }
+    });
+    std::vector<double>&mdot = sums[0], &vdot = sums[1];
     for (int64_t c = 0; c < v.channels; ++c) {
       mdot[c] /= double(v.rows);
       vdot[c] *= 2.0 / double(v.rows);
@@ -90,15 +131,16 @@ BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x,
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
     out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
-    std::vector<double> dm(v.channels, 0.0);
     T inv_m = T(1) / T(v.rows);
-    for (int64_t r = 0; r < v.rows; ++r)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = r * v.channels + c;
-        dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c]));
-        dx[i] = inv_m * T(2) * gb[c] * pd[i];
-        dm[c] += pd[i];
-      }
+    std::vector<double> dm = channel_sums<1>(v, [&](int64_t r0, int64_t r1, double** acc) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = r * v.channels + c;
+          dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c]));
+          dx[i] = inv_m * T(2) * gb[c] * pd[i];
+          acc[0][c] += pd[i];
+        }
+    })[0];
     for (int64_t c = 0; c < v.channels; ++c) dm[c] *= -2.0 * double(gb[c]) / double(v.rows);
     out.mean = channel_tensor<T>(dm, x.dtype());
     return out;
@@ -116,12 +158,15 @@ Tensor CpuBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Ten
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = y.data<T>();
+    const T* pr = r.data();
+    with_act(act, [&](auto act_c) {
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
-    for (int64_t row = 0; row < v.rows; ++row)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = row * v.channels + c;
-        o[i] = math::activation_derivative<T>(act, 0, math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]));
-      }
+      for (int64_t row = 0; row < v.rows; ++row)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = row * v.channels + c;
+          o[i] = math::activation_derivative<T>(act_c(), 0, math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]));
+        }
+    });
     return y;
   });
 }
@@ -143,17 +188,32 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
     const T* pa = addend.defined() ? addend.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
     std::vector<T> r(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
-    for (int64_t row = 0; row < v.rows; ++row)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = row * v.channels + c;
-        T a = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
-        T gp = math::activation_derivative<T>(act, 1, a) * g[i];
-        dx[i] = pg[c] * r[c] * gp + (pa ? pa[i] : T(0));
-        if (reduce) {
-          sum_g[c] += gp;
-          sum_gxc[c] += double(gp) * (double(px[i]) - pm[c]);
-        }
+    const T* pr = r.data();
+    with_act(act, [&](auto act_c) {
+      // dx[i] = scale r phi'(a) gy (+ the addend); with the reduction, also sum phi'(a) gy and phi'(a) gy (x - mean).
+      auto rows = [&](int64_t r0, int64_t r1, double** acc) {
+        for (int64_t row = r0; row < r1; ++row)
+          for (int64_t c = 0; c < v.channels; ++c) {
+            int64_t i = row * v.channels + c;
+            T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
+            T gp = math::activation_derivative<T>(act_c(), 1, a) * g[i];
+            dx[i] = pg[c] * pr[c] * gp + (pa ? pa[i] : T(0));
+            if (acc) {
+              acc[0][c] += gp;
+              acc[1][c] += double(gp) * (double(px[i]) - pm[c]);
+            }
+          }
+      };
+      if (reduce) {
+        auto sums = channel_sums<2>(v, rows);
+        sum_g = std::move(sums[0]);
+        sum_gxc = std::move(sums[1]);
+      } else {
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
+        for (int64_t b = 0; b < (v.rows + kReduceBlockRows - 1) / kReduceBlockRows; ++b)
+          rows(b * kReduceBlockRows, std::min(v.rows, (b + 1) * kReduceBlockRows), nullptr);
       }
+    });
     std::vector<double> dm(v.channels), dv(v.channels), dg(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
       double rc = r[c];
@@ -189,15 +249,25 @@ Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Ten
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = y.data<T>();
+    // The optional per-channel tangents, zero where absent, so the loop has no branches.
+    std::vector<T> md(v.channels, T(0)), vd(v.channels, T(0)), sd(v.channels, T(0)), bd(v.channels, T(0));
+    for (int64_t c = 0; c < v.channels; ++c) {
+      if (pmd) md[c] = pmd[c];
+      if (pvd) vd[c] = pvd[c];
+      if (psd) sd[c] = psd[c];
+      if (pbd) bd[c] = pbd[c];
+    }
+    const T *pr = r.data(), *qm = md.data(), *qv = vd.data(), *qs = sd.data(), *qb = bd.data();
+    with_act(act, [&](auto act_c) {
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
-    for (int64_t row = 0; row < v.rows; ++row)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = row * v.channels + c;
-        T a = math::bn_normalize<T>(px[i], pm[c], r[c], pg[c], pb[c]);
-        T t = math::bn_affine_tangent<T>(px[i], pm[c], r[c], pg[c], pd[i], pmd ? pmd[c] : T(0), pvd ? pvd[c] : T(0),
-                                         psd ? psd[c] : T(0), pbd ? pbd[c] : T(0));
-        o[i] = math::activation_derivative<T>(act, 1, a) * t;
-      }
+      for (int64_t row = 0; row < v.rows; ++row)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = row * v.channels + c;
+          T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
+          T t = math::bn_affine_tangent<T>(px[i], pm[c], pr[c], pg[c], pd[i], qm[c], qv[c], qs[c], qb[c]);
+          o[i] = math::activation_derivative<T>(act_c(), 1, a) * t;
+        }
+    });
     return y;
   });
 }
@@ -246,18 +316,26 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
     out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
-    std::vector<double> sum_g(v.channels, 0.0), sum_gxc(v.channels, 0.0), sum_gdd(v.channels, 0.0);
-    for (int64_t row = 0; row < v.rows; ++row)
-      for (int64_t c = 0; c < v.channels; ++c) {
-        int64_t i = row * v.channels + c;
-        double s = ps[c], rc = r[c], vd = pvd ? pvd[c] : 0.0, md = pmd ? pmd[c] : 0.0;
-        double xc = double(px[i]) - pm[c];
-        dd[i] = static_cast<T>(s * rc * g[i]);
-        dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * vd * g[i]);
-        sum_g[c] += g[i];
-        sum_gxc[c] += g[i] * xc;
-        sum_gdd[c] += g[i] * (double(pd[i]) - md);
-      }
+    std::vector<double> vdc(v.channels, 0.0), mdc(v.channels, 0.0);
+    for (int64_t c = 0; c < v.channels; ++c) {
+      if (pvd) vdc[c] = pvd[c];
+      if (pmd) mdc[c] = pmd[c];
+    }
+    const double *pr = r.data(), *qv = vdc.data(), *qm = mdc.data();
+    auto sums = channel_sums<3>(v, [&](int64_t r0, int64_t r1, double** acc) {
+      for (int64_t row = r0; row < r1; ++row)
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = row * v.channels + c;
+          double s = ps[c], rc = pr[c];
+          double xc = double(px[i]) - pm[c];
+          dd[i] = static_cast<T>(s * rc * g[i]);
+          dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * qv[c] * g[i]);
+          acc[0][c] += g[i];
+          acc[1][c] += g[i] * xc;
+          acc[2][c] += g[i] * (double(pd[i]) - qm[c]);
+        }
+    });
+    std::vector<double>&sum_g = sums[0], &sum_gxc = sums[1], &sum_gdd = sums[2];
     std::vector<double> dm(v.channels), dv(v.channels), ds(v.channels), dmd(v.channels), dvd(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
       double s = ps[c], rc = r[c], r3 = rc * rc * rc, vd = pvd ? pvd[c] : 0.0;

@@ -125,6 +125,38 @@ cpu::DirectConvShape direct_backward_data_shape(const ConvDims& d, const Conv2dG
   return {d.n, d.p, d.q, d.k, d.c, d.r, d.s, d.h, d.w, 1, d.r - 1 - g.padding, d.s - 1 - g.padding};
 }
 
+// The backward-data of a strided convolution, one phase of dx at a time: the pixels (stride*u + a, stride*v + b)
+// receive only the taps r = r0 + stride*j with r0 = (a + pad) mod stride (likewise s), from gy rows u + off - j, so
+// each phase is a stride-1 correlation of gy with those taps flipped: computed directly, then scattered into place.
+template <class T>
+void direct_backward_data_strided(const T* gy, const T* w, const ConvDims& d, const Conv2dGeometry& g, T* dx) {
+  const int64_t st = g.stride;
+  std::vector<T> phase;
+  for (int64_t a = 0; a < st && a < d.h; ++a)
+    for (int64_t b = 0; b < st && b < d.w; ++b) {
+      const int64_t r0 = (a + g.padding) % st, s0 = (b + g.padding) % st;
+      const int64_t jr = r0 < d.r ? (d.r - r0 + st - 1) / st : 0, js = s0 < d.s ? (d.s - s0 + st - 1) / st : 0;
+      const int64_t u = (d.h - a + st - 1) / st, v = (d.w - b + st - 1) / st;
+      phase.assign(static_cast<size_t>(d.n * u * v * d.c), T(0));
+      if (jr > 0 && js > 0) {
+        const int64_t off_r = (a + g.padding - r0) / st, off_s = (b + g.padding - s0) / st;
+        cpu::DirectConvShape ds{d.n, d.p, d.q, d.k, d.c, jr, js, u, v, 1, jr - 1 - off_r, js - 1 - off_s};
+        auto packed = cpu::pack_direct_weights<T>(ds, [&](int64_t c, int64_t r, int64_t s, int64_t k) {
+          return w[((k * d.r + r0 + st * (jr - 1 - r)) * d.s + s0 + st * (js - 1 - s)) * d.c + c];
+        });
+        cpu::direct_conv(gy, ds, packed, phase.data());
+      }
+#pragma omp parallel for if (d.n * u * v * d.c >= cpu::kParallelMin)
+      for (int64_t row = 0; row < d.n * u; ++row) {
+        const int64_t i = row / u, uu = row % u;
+        for (int64_t vv = 0; vv < v; ++vv) {
+          const T* src = phase.data() + (row * v + vv) * d.c;
+          std::copy(src, src + d.c, dx + ((i * d.h + st * uu + a) * d.w + st * vv + b) * d.c);
+        }
+      }
+    }
+}
+
 }  // namespace
 
 namespace cpu {
@@ -184,6 +216,10 @@ Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const
         return wp[((k * d.r + (d.r - 1 - r)) * d.s + (d.s - 1 - s)) * d.c + c];
       });
       cpu::direct_conv(gy.data<T>(), ds, packed, dx.data<T>());
+      return dx;
+    }
+    if (g.stride > 1 && direct_pays(d)) {
+      direct_backward_data_strided(gy.data<T>(), w.data<T>(), d, g, dx.data<T>());
       return dx;
     }
     int64_t chunk = chunk_examples(d, sizeof(T));

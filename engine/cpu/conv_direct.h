@@ -153,11 +153,14 @@ void filter_tile_n(int tb, const T* x, int64_t x_row_step, int64_t pixel_step, c
   }
 }
 
-// x zero-padded so every tap of every output pixel reads inside it (x itself when no tap leaves it).
+// x zero-padded so every tap of every output pixel reads inside it (x itself when no tap leaves it). A negative pad
+// crops instead: the kernel's first tap then reads row (column) -pad of x.
 template <class T>
 const T* padded_input(const T* x, const DirectConvShape& d, int64_t hp, int64_t wp, std::vector<T>& scratch) {
   if (hp == d.h && wp == d.w && d.pad_top == 0 && d.pad_left == 0) return x;
   scratch.resize(static_cast<size_t>(d.n * hp * wp * d.c));
+  const int64_t dst_col = std::max<int64_t>(0, d.pad_left), src_col = std::max<int64_t>(0, -d.pad_left);
+  const int64_t cols = std::max<int64_t>(0, std::min(d.w - src_col, wp - dst_col));
 #pragma omp parallel for if (d.n * hp * wp * d.c >= kParallelMin)
   for (int64_t row = 0; row < d.n * hp; ++row) {
     const int64_t i = row / hp, hh = row % hp - d.pad_top;
@@ -166,10 +169,10 @@ const T* padded_input(const T* x, const DirectConvShape& d, int64_t hp, int64_t 
       std::fill(dst, dst + wp * d.c, T(0));
       continue;
     }
-    const int64_t cols = std::max<int64_t>(0, std::min(d.w, wp - d.pad_left));
-    std::fill(dst, dst + d.pad_left * d.c, T(0));
-    std::copy(x + (i * d.h + hh) * d.w * d.c, x + ((i * d.h + hh) * d.w + cols) * d.c, dst + d.pad_left * d.c);
-    std::fill(dst + (d.pad_left + cols) * d.c, dst + wp * d.c, T(0));
+    const T* src = x + ((i * d.h + hh) * d.w + src_col) * d.c;
+    std::fill(dst, dst + dst_col * d.c, T(0));
+    std::copy(src, src + cols * d.c, dst + dst_col * d.c);
+    std::fill(dst + (dst_col + cols) * d.c, dst + wp * d.c, T(0));
   }
   return scratch.data();
 }
