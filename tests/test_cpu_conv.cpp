@@ -48,6 +48,9 @@ TEST_CASE("CPU convolutions: im2col and direct algorithms equal the f64 definiti
       {2, 10, 4, 9, 3, 1, 0},  {1, 8, 16, 32, 1, 2, 0}, {3, 5, 19, 7, 3, 2, 2},  {4, 13, 2, 40, 3, 1, 1},
       {1, 1, 3, 5, 3, 1, 1},   {2, 11, 24, 24, 3, 2, 1}};
   Backend& be = backend_for(Device::cpu);
+#ifdef _OPENMP
+  const int threads_before = omp_get_max_threads();
+#endif
   int case_index = 0;
   for (const ConvCase& cc : cases) {
     Generator gen = seeded(100 + case_index++);
@@ -90,10 +93,10 @@ TEST_CASE("CPU convolutions: im2col and direct algorithms equal the f64 definiti
         CHECK_MESSAGE(fdx.max_violation <= 1, "backward-data ", fdx.worst);
         CHECK_MESSAGE(fdw.max_violation <= 1, "backward-filter ", fdw.worst);
       }
-#ifdef _OPENMP
-    omp_set_num_threads(1);
-#endif
   }
+#ifdef _OPENMP
+  omp_set_num_threads(threads_before);
+#endif
 }
 
 // f32 takes the same kernels with 8-lane vectors (f64: 4 lanes), so its tails and packing are checked too.
