@@ -21,17 +21,18 @@
 
 namespace llr::cpu {
 
+// The widest vector registers the build targets: 32 bytes with AVX (the default x86-64-v3 build), else 16 (SSE2,
+// NEON). A vector type wider than the target's registers is lowered element by element, 20x slower.
+#if defined(__AVX__)
+constexpr int kSimdBytes = 32;
+#else
+constexpr int kSimdBytes = 16;
+#endif
+
 template <class T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int width = 8;
-};
-template <>
-struct Simd<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int width = 4;
+struct Simd {
+  typedef T type __attribute__((vector_size(kSimdBytes)));
+  static constexpr int width = kSimdBytes / static_cast<int>(sizeof(T));
 };
 
 struct DirectConvShape {
