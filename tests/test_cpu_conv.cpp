@@ -132,5 +132,25 @@ TEST_CASE("CPU convolutions in f32: the direct algorithm agrees with im2col") {
   }
 }
 
+#ifdef _OPENMP
+// Training is reproducible at any thread count: the direct backward-filter groups its sum the same way for 1 or 3
+// threads (f32, where a different grouping would show in the last bits).
+TEST_CASE("CPU convolutions: the direct backward-filter does not depend on the thread count") {
+  Backend& be = backend_for(Device::cpu);
+  Generator gen = seeded(11);
+  Conv2dGeometry g{1, 1};
+  Tensor x = gen.uniform({13, 16, 16, 16}, -1, 1, DType::f32, Layout::nhwc);
+  Tensor gy = gen.uniform({13, 16, 16, 32}, -1, 1, DType::f32, Layout::nhwc);
+  AlgorithmScope scope(cpu::ConvAlgorithm::direct);
+  const int threads_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  Tensor one = be.conv2d_backward_filter(x, gy, {32, 3, 3, 16}, g);
+  omp_set_num_threads(3);
+  Tensor three = be.conv2d_backward_filter(x, gy, {32, 3, 3, 16}, g);
+  omp_set_num_threads(threads_before);
+  CHECK(compare(three, one, 0, 0).max_violation == 0);
+}
+#endif
+
 }  // namespace
 }  // namespace llr::test

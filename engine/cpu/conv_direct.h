@@ -13,9 +13,6 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "engine/cpu/cpu_common.h"
 
@@ -183,9 +180,11 @@ inline int64_t padded_cols(const DirectConvShape& d) { return (d.q - 1) * d.stri
 
 }  // namespace direct_detail
 
-// dw (K, R, S, C) = sum over n, p, q of gy[n, p, q, k] * xpad[n, p*stride + r, q*stride + s, c]. Examples are split
-// among the threads, each summing into its own packed partial; the partials are added in a fixed order, so the result
-// does not depend on timing.
+// dw (K, R, S, C) = sum over n, p, q of gy[n, p, q, k] * xpad[n, p*stride + r, q*stride + s, c]. The examples are
+// split into up to kFilterParts parts, summed on all cores, each into its own packed partial; the partials are added
+// in part order, so the result depends neither on timing nor on the number of threads.
+constexpr int64_t kFilterParts = 8;
+
 template <class T>
 void direct_conv_filter(const T* x, const T* gy, const DirectConvShape& d, T* dw) {
   constexpr int64_t kb = 2 * Simd<T>::width;
@@ -195,13 +194,8 @@ void direct_conv_filter(const T* x, const T* gy, const DirectConvShape& d, T* dw
   const T* xp = direct_detail::padded_input(x, d, hp, wp, scratch);
   const int64_t blocks = (d.k + kb - 1) / kb, taps_per_row = d.s * d.c;
   const int64_t packed_size = blocks * d.r * taps_per_row * kb;
-  const bool parallel = d.n > 1 && d.n * d.p * d.q * d.k * d.r * taps_per_row >= kParallelMin;
-  int parts = 1;
-#ifdef _OPENMP
-  if (parallel) parts = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), d.n));
-#else
-  (void)parallel;
-#endif
+  const int parts = static_cast<int>(std::min<int64_t>(kFilterParts, d.n));
+  const bool parallel = parts > 1 && d.n * d.p * d.q * d.k * d.r * taps_per_row >= kParallelMin;
   std::vector<T> partial(static_cast<size_t>(parts * packed_size), T(0));
   // gy with its channels padded to whole vectors, when K is not a multiple of 2V.
   const int64_t kp = blocks * kb;
@@ -211,7 +205,7 @@ void direct_conv_filter(const T* x, const T* gy, const DirectConvShape& d, T* dw
     for (int64_t e = 0; e < d.n * d.p * d.q; ++e) std::copy(gy + e * d.k, gy + (e + 1) * d.k, &gy_padded[e * kp]);
     gy = gy_padded.data();
   }
-#pragma omp parallel for schedule(static) num_threads(parts) if (parts > 1)
+#pragma omp parallel for schedule(dynamic) if (parallel)
   for (int part = 0; part < parts; ++part) {
     T* acc = partial.data() + part * packed_size;
     for (int64_t i = d.n * part / parts; i < d.n * (part + 1) / parts; ++i)
