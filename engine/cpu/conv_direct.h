@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "engine/cpu/cpu_common.h"
@@ -154,15 +155,15 @@ void filter_tile_n(int tb, const T* x, int64_t x_row_step, int64_t pixel_step, c
 // x zero-padded so every tap of every output pixel reads inside it (x itself when no tap leaves it). A negative pad
 // crops instead: the kernel's first tap then reads row (column) -pad of x.
 template <class T>
-const T* padded_input(const T* x, const DirectConvShape& d, int64_t hp, int64_t wp, std::vector<T>& scratch) {
+const T* padded_input(const T* x, const DirectConvShape& d, int64_t hp, int64_t wp, std::unique_ptr<T[]>& scratch) {
   if (hp == d.h && wp == d.w && d.pad_top == 0 && d.pad_left == 0) return x;
-  scratch.resize(static_cast<size_t>(d.n * hp * wp * d.c));
+  scratch.reset(new T[static_cast<size_t>(d.n * hp * wp * d.c)]);  // uninitialised: every element is written below
   const int64_t dst_col = std::max<int64_t>(0, d.pad_left), src_col = std::max<int64_t>(0, -d.pad_left);
   const int64_t cols = std::max<int64_t>(0, std::min(d.w - src_col, wp - dst_col));
 #pragma omp parallel for if (d.n * hp * wp * d.c >= kParallelMin)
   for (int64_t row = 0; row < d.n * hp; ++row) {
     const int64_t i = row / hp, hh = row % hp - d.pad_top;
-    T* dst = scratch.data() + row * wp * d.c;
+    T* dst = scratch.get() + row * wp * d.c;
     if (hh < 0 || hh >= d.h) {
       std::fill(dst, dst + wp * d.c, T(0));
       continue;
@@ -172,7 +173,7 @@ const T* padded_input(const T* x, const DirectConvShape& d, int64_t hp, int64_t 
     std::copy(src, src + cols * d.c, dst + dst_col * d.c);
     std::fill(dst + (dst_col + cols) * d.c, dst + wp * d.c, T(0));
   }
-  return scratch.data();
+  return scratch.get();
 }
 
 inline int64_t padded_rows(const DirectConvShape& d) { return (d.p - 1) * d.stride + d.r; }
@@ -190,7 +191,7 @@ void direct_conv_filter(const T* x, const T* gy, const DirectConvShape& d, T* dw
   constexpr int64_t kb = 2 * Simd<T>::width;
   constexpr int kTaps = 6;
   const int64_t hp = direct_detail::padded_rows(d), wp = direct_detail::padded_cols(d);
-  std::vector<T> scratch;
+  std::unique_ptr<T[]> scratch;
   const T* xp = direct_detail::padded_input(x, d, hp, wp, scratch);
   const int64_t blocks = (d.k + kb - 1) / kb, taps_per_row = d.s * d.c;
   const int64_t packed_size = blocks * d.r * taps_per_row * kb;
@@ -234,7 +235,7 @@ template <class T>
 void direct_conv(const T* x, const DirectConvShape& d, const std::vector<T>& packed, T* y) {
   constexpr int64_t kb = 2 * Simd<T>::width;
   const int64_t hp = direct_detail::padded_rows(d), wp = direct_detail::padded_cols(d);
-  std::vector<T> scratch;
+  std::unique_ptr<T[]> scratch;
   const T* xp = direct_detail::padded_input(x, d, hp, wp, scratch);
   const int64_t blocks = (d.k + kb - 1) / kb, taps_per_row = d.s * d.c;
   const int64_t tasks = d.n * d.p * blocks;
