@@ -1,7 +1,8 @@
 // The CPU backend's two convolution algorithms (im2col + GEMM, and the direct kernel of engine/cpu/conv_direct.h)
 // against a plain f64 loop over the definition, for the forward, backward-data and backward-filter, over shapes that
 // reach every path of the direct kernel: channel counts that are not whole SIMD vectors, pixel tiles with a
-// remainder, strides 1 and 2, paddings 0 to 2, 1x1 to 5x5 kernels, one example and several split among threads.
+// remainder, strides 1 and 2, paddings 0 to 3 (3 > kernel - 1: the backward-data crops gy), 1x1 to 5x5 kernels,
+// one example and several split among threads.
 #include <functional>
 #include <string>
 #ifdef _OPENMP
@@ -46,7 +47,7 @@ TEST_CASE("CPU convolutions: im2col and direct algorithms equal the f64 definiti
   const ConvCase cases[] = {
       {2, 8, 3, 16, 3, 1, 1},  {1, 7, 5, 17, 3, 1, 1},  {3, 9, 16, 16, 3, 2, 1}, {2, 6, 8, 33, 5, 1, 2},
       {2, 10, 4, 9, 3, 1, 0},  {1, 8, 16, 32, 1, 2, 0}, {3, 5, 19, 7, 3, 2, 2},  {4, 13, 2, 40, 3, 1, 1},
-      {1, 1, 3, 5, 3, 1, 1},   {2, 11, 24, 24, 3, 2, 1}};
+      {1, 1, 3, 5, 3, 1, 1},   {2, 11, 24, 24, 3, 2, 1}, {2, 7, 3, 6, 3, 1, 3}};
   Backend& be = backend_for(Device::cpu);
 #ifdef _OPENMP
   const int threads_before = omp_get_max_threads();

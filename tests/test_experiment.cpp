@@ -18,6 +18,23 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A fresh temporary folder for one test case.
+fs::path fresh_dir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("llr_experiment_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// `file` written as dir/NAME, and options that run it into dir/out.
+ExperimentOptions write_experiment(const fs::path& dir, const nlohmann::json& file, const std::string& name = "exp.json") {
+  std::ofstream(dir / name) << file.dump(2);
+  ExperimentOptions o;
+  o.file = (dir / name).string();
+  o.out = (dir / "out").string();
+  return o;
+}
+
 std::vector<nlohmann::json> result_lines(const fs::path& p) {
   std::vector<nlohmann::json> out;
   std::ifstream in(p);
@@ -27,9 +44,7 @@ std::vector<nlohmann::json> result_lines(const fs::path& p) {
 
 TEST_CASE("an experiment trains every method to every budget and reports a failing run and skips finished ones on a rerun" *
           doctest::test_suite("slow")) {
-  fs::path dir = fs::temp_directory_path() / ("llr_experiment_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  fs::path dir = fresh_dir("run");
   nlohmann::json file = {
       {"train",
        {{"data", "synthetic"}, {"synthetic_train", 128}, {"synthetic_val", 32}, {"model", "wrn-10-1"}, {"batch", 32},
@@ -41,10 +56,7 @@ TEST_CASE("an experiment trains every method to every budget and reports a faili
       {"budgets", {0.5, 1.0}},
       {"seeds", {0}},
       {"eval", {{"split", "val"}, {"n", 16}, {"batch", 16}, {"attacks", "pgd-ce:2x1"}, {"gamma_steps", 2}}}};
-  std::ofstream(dir / "exp.json") << file.dump(2);
-  ExperimentOptions o;
-  o.file = (dir / "exp.json").string();
-  o.out = (dir / "out").string();
+  ExperimentOptions o = write_experiment(dir, file);
   CHECK(run_experiment(o) == 2);  // the method without data, at both budgets
 
   std::vector<nlohmann::json> lines = result_lines(dir / "out" / "results.jsonl");
@@ -74,9 +86,7 @@ TEST_CASE("an experiment trains every method to every budget and reports a faili
 }
 
 TEST_CASE("an experiment with a deadline starts only the runs that fit and leaves the rest for a rerun") {
-  fs::path dir = fs::temp_directory_path() / ("llr_experiment_deadline_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  fs::path dir = fresh_dir("deadline");
   nlohmann::json file = {
       {"train",
        {{"data", "synthetic"}, {"synthetic_train", 64}, {"synthetic_val", 16}, {"model", "wrn-10-1"}, {"batch", 16},
@@ -85,10 +95,7 @@ TEST_CASE("an experiment with a deadline starts only the runs that fit and leave
       {"budgets", {0.3, 100}},
       {"seeds", {0}},
       {"eval", {{"split", "val"}, {"n", 16}, {"batch", 16}, {"attacks", "pgd-ce:2x0"}, {"gamma_steps", 1}}}};
-  std::ofstream(dir / "exp.json") << file.dump(2);
-  ExperimentOptions o;
-  o.file = (dir / "exp.json").string();
-  o.out = (dir / "out").string();
+  ExperimentOptions o = write_experiment(dir, file);
   // 0.3 s plus the 60 s assumed before any run is measured fits in 70 s; 100 s of training does not.
   o.deadline = 70;
   CHECK(run_experiment(o) == 0);
@@ -100,17 +107,11 @@ TEST_CASE("an experiment with a deadline starts only the runs that fit and leave
 }
 
 TEST_CASE("an experiment file with an unknown or invalid setting is refused before any run starts") {
-  fs::path dir = fs::temp_directory_path() / ("llr_experiment_check_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  fs::path dir = fresh_dir("check");
   auto refused = [&](const nlohmann::json& train, const nlohmann::json& method, const nlohmann::json& eval) {
     nlohmann::json file = {{"train", train}, {"methods", {method}}, {"budgets", {1}}, {"seeds", {0}}, {"eval", eval}};
-    std::ofstream(dir / "exp.json") << file.dump();
-    ExperimentOptions o;
-    o.file = (dir / "exp.json").string();
-    o.out = (dir / "out").string();
     try {
-      run_experiment(o);
+      run_experiment(write_experiment(dir, file));
     } catch (const std::exception& e) {
       CHECK_FALSE(fs::exists(dir / "out"));  // nothing was trained or written
       return std::string(e.what());
@@ -130,10 +131,7 @@ TEST_CASE("an experiment file with an unknown or invalid setting is refused befo
   // --check lists the runs of a valid file and trains nothing.
   nlohmann::json ok = {{"train", train}, {"methods", {natural}}, {"budgets", {1, 2}}, {"seeds", {0}},
                        {"eval", {{"n", 8}}}};
-  std::ofstream(dir / "ok.json") << ok.dump();
-  ExperimentOptions o;
-  o.file = (dir / "ok.json").string();
-  o.out = (dir / "out").string();
+  ExperimentOptions o = write_experiment(dir, ok, "ok.json");
   o.check = true;
   CHECK(run_experiment(o) == 0);
   CHECK_FALSE(fs::exists(dir / "out"));

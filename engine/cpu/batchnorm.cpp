@@ -23,6 +23,12 @@ Tensor channel_tensor(const std::vector<double>& v, DType dtype) {
   return t;
 }
 
+// An optional per-channel tensor's values (p may be null: zeros), so the loops reading it need no branch.
+template <class U, class T>
+std::vector<U> or_zeros(const T* p, int64_t channels) {
+  return p ? std::vector<U>(p, p + channels) : std::vector<U>(static_cast<size_t>(channels), U(0));
+}
+
 template <class F>
 void with_act(Act act, F&& f) {
   switch (act) {
@@ -249,14 +255,8 @@ Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Ten
     for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
     Tensor y = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* o = y.data<T>();
-    // The optional per-channel tangents, zero where absent, so the loop has no branches.
-    std::vector<T> md(v.channels, T(0)), vd(v.channels, T(0)), sd(v.channels, T(0)), bd(v.channels, T(0));
-    for (int64_t c = 0; c < v.channels; ++c) {
-      if (pmd) md[c] = pmd[c];
-      if (pvd) vd[c] = pvd[c];
-      if (psd) sd[c] = psd[c];
-      if (pbd) bd[c] = pbd[c];
-    }
+    std::vector<T> md = or_zeros<T>(pmd, v.channels), vd = or_zeros<T>(pvd, v.channels),
+                   sd = or_zeros<T>(psd, v.channels), bd = or_zeros<T>(pbd, v.channels);
     const T *pr = r.data(), *qm = md.data(), *qv = vd.data(), *qs = sd.data(), *qb = bd.data();
     with_act(act, [&](auto act_c) {
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
@@ -316,11 +316,7 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
     out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
-    std::vector<double> vdc(v.channels, 0.0), mdc(v.channels, 0.0);
-    for (int64_t c = 0; c < v.channels; ++c) {
-      if (pvd) vdc[c] = pvd[c];
-      if (pmd) mdc[c] = pmd[c];
-    }
+    std::vector<double> vdc = or_zeros<double>(pvd, v.channels), mdc = or_zeros<double>(pmd, v.channels);
     const double *pr = r.data(), *qv = vdc.data(), *qm = mdc.data();
     auto sums = channel_sums<3>(v, [&](int64_t r0, int64_t r1, double** acc) {
       for (int64_t row = r0; row < r1; ++row)

@@ -4,6 +4,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -115,42 +116,42 @@ cpu::DirectConvShape direct_forward_shape(const ConvDims& d, const Conv2dGeometr
   return {d.n, d.h, d.w, d.c, d.k, d.r, d.s, d.p, d.q, g.stride, g.padding, g.padding};
 }
 
-// The backward-data of a stride-1 convolution as a direct convolution of gy: the same correlation with the kernel
-// flipped in space and its channel axes swapped, padded by R-1-pad (needs pad < R).
-bool direct_backward_data_fits(const ConvDims& d, const Conv2dGeometry& g) {
-  return g.stride == 1 && g.padding < d.r && g.padding < d.s;
-}
-
-cpu::DirectConvShape direct_backward_data_shape(const ConvDims& d, const Conv2dGeometry& g) {
-  return {d.n, d.p, d.q, d.k, d.c, d.r, d.s, d.h, d.w, 1, d.r - 1 - g.padding, d.s - 1 - g.padding};
-}
-
-// The backward-data of a strided convolution, one phase of dx at a time: the pixels (stride*u + a, stride*v + b)
+// The backward-data as direct convolutions of gy, one phase of dx at a time: the pixels (stride*u + a, stride*v + b)
 // receive only the taps r = r0 + stride*j with r0 = (a + pad) mod stride (likewise s), from gy rows u + off - j, so
-// each phase is a stride-1 correlation of gy with those taps flipped: computed directly, then scattered into place.
+// each phase is a stride-1 correlation of gy with those taps flipped in space and the kernel's channel axes swapped
+// (padded by jr-1-off: a negative pad crops). With stride 1 the one phase is the whole of dx, written in place;
+// otherwise each phase is computed into a buffer and scattered.
 template <class T>
-void direct_backward_data_strided(const T* gy, const T* w, const ConvDims& d, const Conv2dGeometry& g, T* dx) {
+void direct_backward_data(const T* gy, const T* w, const ConvDims& d, const Conv2dGeometry& g, T* dx) {
   const int64_t st = g.stride;
-  std::vector<T> phase;
+  std::unique_ptr<T[]> phase;
   for (int64_t a = 0; a < st && a < d.h; ++a)
     for (int64_t b = 0; b < st && b < d.w; ++b) {
       const int64_t r0 = (a + g.padding) % st, s0 = (b + g.padding) % st;
       const int64_t jr = r0 < d.r ? (d.r - r0 + st - 1) / st : 0, js = s0 < d.s ? (d.s - s0 + st - 1) / st : 0;
       const int64_t u = (d.h - a + st - 1) / st, v = (d.w - b + st - 1) / st;
-      phase.assign(static_cast<size_t>(d.n * u * v * d.c), T(0));
+      const int64_t phase_size = d.n * u * v * d.c;
+      T* out = dx;
+      if (st > 1) {
+        phase.reset(new T[static_cast<size_t>(phase_size)]);  // written whole below
+        out = phase.get();
+      }
       if (jr > 0 && js > 0) {
         const int64_t off_r = (a + g.padding - r0) / st, off_s = (b + g.padding - s0) / st;
         cpu::DirectConvShape ds{d.n, d.p, d.q, d.k, d.c, jr, js, u, v, 1, jr - 1 - off_r, js - 1 - off_s};
         auto packed = cpu::pack_direct_weights<T>(ds, [&](int64_t c, int64_t r, int64_t s, int64_t k) {
           return w[((k * d.r + r0 + st * (jr - 1 - r)) * d.s + s0 + st * (js - 1 - s)) * d.c + c];
         });
-        cpu::direct_conv(gy, ds, packed, phase.data());
+        cpu::direct_conv(gy, ds, packed, out);
+      } else {
+        std::fill(out, out + phase_size, T(0));  // no tap reaches these pixels
       }
-#pragma omp parallel for if (d.n * u * v * d.c >= cpu::kParallelMin)
+      if (st == 1) continue;
+#pragma omp parallel for if (phase_size >= cpu::kParallelMin)
       for (int64_t row = 0; row < d.n * u; ++row) {
         const int64_t i = row / u, uu = row % u;
         for (int64_t vv = 0; vv < v; ++vv) {
-          const T* src = phase.data() + (row * v + vv) * d.c;
+          const T* src = out + (row * v + vv) * d.c;
           std::copy(src, src + d.c, dx + ((i * d.h + st * uu + a) * d.w + st * vv + b) * d.c);
         }
       }
@@ -161,7 +162,6 @@ void direct_backward_data_strided(const T* gy, const T* w, const ConvDims& d, co
 
 namespace cpu {
 void set_conv_algorithm(ConvAlgorithm algorithm) { g_conv_algorithm = algorithm; }
-ConvAlgorithm conv_algorithm() { return g_conv_algorithm.load(); }
 }  // namespace cpu
 
 Tensor CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
@@ -208,18 +208,8 @@ Tensor CpuBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const
       MapMat<T>(dx.data<T>(), d.n * d.pq(), d.c).noalias() = gm * wm;
       return dx;
     }
-    if (direct_backward_data_fits(d, g) && direct_pays(d)) {
-      cpu::DirectConvShape ds = direct_backward_data_shape(d, g);
-      const T* wp = w.data<T>();
-      // Output channel c, tap (r', s'), input channel k of the flipped kernel = w[k, R-1-r', S-1-s', c].
-      auto packed = cpu::pack_direct_weights<T>(ds, [&](int64_t c, int64_t r, int64_t s, int64_t k) {
-        return wp[((k * d.r + (d.r - 1 - r)) * d.s + (d.s - 1 - s)) * d.c + c];
-      });
-      cpu::direct_conv(gy.data<T>(), ds, packed, dx.data<T>());
-      return dx;
-    }
-    if (g.stride > 1 && direct_pays(d)) {
-      direct_backward_data_strided(gy.data<T>(), w.data<T>(), d, g, dx.data<T>());
+    if (direct_pays(d)) {
+      direct_backward_data(gy.data<T>(), w.data<T>(), d, g, dx.data<T>());
       return dx;
     }
     int64_t chunk = chunk_examples(d, sizeof(T));

@@ -1,12 +1,11 @@
-// CPU backend: direct convolution of NHWC tensors, for the narrow layers where im2col + GEMM is bound by the im2col
-// buffer's memory traffic (the GEMM's inner dimension R*S*C and its output width K are small: CIFAR nets' 16 to 64
-// channels). No im2col: each task computes a tile of QB output pixels by 2 SIMD vectors of output channels in
+// CPU backend: direct convolution of NHWC tensors, for the layers where im2col + GEMM is bound by the im2col buffer's
+// memory traffic (CIFAR nets' 16 to 320 channels; engine/cpu/conv.cpp picks). No im2col: each task computes a tile of QB output pixels by 2 SIMD vectors of output channels in
 // registers, reading the zero-padded input rows in place and the weights packed as [K block][R][S][C][2 vectors].
 //
 // y[n, p, q, k] = sum over r, s, c of xpad[n, p*stride + r, q*stride + s, c] * wt(k, r, s, c),
-// where xpad is x with `pad_top`/`pad_left` zero rows/columns before it (and zeros after, as far as a tap reaches)
-// and wt is read through an accessor, so the backward-data of a stride-1 convolution (the same correlation with the
-// spatially flipped, transposed kernel on the output gradient) uses the same kernel.
+// where xpad is x with `pad_top`/`pad_left` zero rows/columns before it (and zeros after, as far as a tap reaches; a
+// negative pad crops) and wt is read through an accessor, so the backward-data (per output phase, the same
+// correlation of the output gradient with the spatially flipped, transposed kernel) uses the same kernel.
 #pragma once
 
 #include <algorithm>

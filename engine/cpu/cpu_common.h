@@ -25,6 +25,5 @@ inline ChannelView channel_view(const Tensor& x) {
 // force one to compare them.
 enum class ConvAlgorithm { automatic, im2col, direct };
 void set_conv_algorithm(ConvAlgorithm algorithm);
-ConvAlgorithm conv_algorithm();
 
 }  // namespace llr::cpu
