@@ -8,6 +8,15 @@ namespace llr::cuda {
 
 namespace {
 
+// Kernel names (see for_each_pack in cuda_common.cuh).
+struct batch_stats_backward_k {};
+struct batch_stats_tangent_backward_k {};
+struct bn_act_forward_k {};
+struct bn_act_backward_input_k {};
+struct bn_act_tangent_k {};
+struct bn_tangent_k {};
+struct bn_tangent_backward_k {};
+
 struct View {
   int64_t rows, channels;
 };
@@ -54,11 +63,19 @@ Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor
   D* o = ptr<D>(dx);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<batch_stats_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> xs = load_pack(px, i, n);
+    Pack<A> as;
+    if (pa) as = load_pack(pa, i, n);
+    Pack<D> out;
     int64_t c = channel_of(i, C);
-    S d = inv * (pgm[c] + S(2) * (ld(px, i) - pm[c]) * pgv[c]);
-    if (pa) d += ld(pa, i);
-    st(o, i, d);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S d = inv * (pgm[c] + S(2) * (xs[k] - pm[c]) * pgv[c]);
+      out[k] = pa ? d + as[k] : d;
+      c = next_channel(c, C);
+    }
+    store_pack(o, i, out, n);
   });
   return dx;
 }
@@ -110,11 +127,18 @@ BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const 
   S* dm = ptr<S>(out.mean);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<batch_stats_tangent_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
     int64_t c = channel_of(i, C);
-    S d = ld(pd, i);
-    st(dd, i, inv * (pa[c] + S(2) * pb[c] * (ld(px, i) - pm[c])));
-    st(dx, i, inv * S(2) * pb[c] * d);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S d = ds[k];
+      ds[k] = inv * (pa[c] + S(2) * pb[c] * (xs[k] - pm[c]));
+      xs[k] = inv * S(2) * pb[c] * d;
+      c = next_channel(c, C);
+    }
+    store_pack(dd, i, ds, n);
+    store_pack(dx, i, xs, n);
   });
   channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) { o[0] = ld(pd, r * C + c); }, dm);
   for_each(C, [=] __device__(int64_t c) { dm[c] *= S(-2) * pb[c] * inv; });
@@ -131,10 +155,16 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   T* o = ptr<T>(y);
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<bn_act_forward_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> v = load_pack(px, i, n);
     int64_t c = channel_of(i, C);
-    S a = math::bn_normalize<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]);
-    st(o, i, math::activation_derivative<S>(act, 0, a));
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S a = math::bn_normalize<S>(v[k], pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]);
+      v[k] = math::activation_derivative<S>(act, 0, a);
+      c = next_channel(c, C);
+    }
+    store_pack(o, i, v, n);
   });
   return y;
 }
@@ -155,16 +185,27 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   D* dx = ptr<D>(out.x);
   const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
   S e = static_cast<S>(eps);
-  auto direct = [=] __device__(int64_t i, int64_t c) {
-    S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
-    S gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * ld(pg, i);
-    S d = ps[c] * r * gp;
-    if (pa) d += ld(pa, i);
-    st(dx, i, d);
-    return gp;
+  // g' = phi'(a) gy and the direct part of dx (without the addend) for x = xi, gy = gi in channel c.
+  auto direct_part = [=] __device__(S xi, S gi, int64_t c, S* gp) {
+    S r = math::bn_inv_std<S>(pv[c], e);
+    *gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * gi;
+    return ps[c] * r * *gp;
   };
-  if (!need_stats && !need_params) {
-    for_each(x.numel(), [=] __device__(int64_t i) { direct(i, channel_of(i, C)); });
+  if (!need_stats && !need_params) {  // every attack and search step: element-wise only
+    for_each_pack<bn_act_backward_input_k>(x.numel(), [=] __device__(int64_t i, int n) {
+      Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
+      Pack<A> as;
+      if (pa) as = load_pack(pa, i, n);
+      Pack<D> out;
+      int64_t c = channel_of(i, C);
+#pragma unroll
+      for (int k = 0; k < kPack; ++k) {
+        S gp, d = direct_part(xs[k], gs[k], c, &gp);
+        out[k] = pa ? d + as[k] : d;
+        c = next_channel(c, C);
+      }
+      store_pack(dx, i, out, n);
+    });
     return out;
   }
   ++op_counters().bn_channel_reductions;
@@ -172,7 +213,8 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   S* sp = ptr<S>(sums);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
     int64_t i = r * C + c;
-    S gp = direct(i, c);
+    S gp, d = direct_part(ld(px, i), ld(pg, i), c, &gp);
+    st(dx, i, pa ? d + ld(pa, i) : d);
     o[0] = gp;
     o[1] = gp * (ld(px, i) - pm[c]);
   }, sp);
@@ -220,13 +262,19 @@ Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   T* o = ptr<T>(y);
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<bn_act_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
     int64_t c = channel_of(i, C);
-    S r = math::bn_inv_std<S>(pv[c], e), xi = ld(px, i);
-    S a = math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c]);
-    S t = math::bn_affine_tangent<S>(xi, pm[c], r, ps[c], ld(pd, i), pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0),
-                                     psd ? psd[c] : S(0), pbd ? pbd[c] : S(0));
-    st(o, i, math::activation_derivative<S>(act, 1, a) * t);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S r = math::bn_inv_std<S>(pv[c], e), xi = xs[k];
+      S a = math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c]);
+      S t = math::bn_affine_tangent<S>(xi, pm[c], r, ps[c], ds[k], pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0),
+                                       psd ? psd[c] : S(0), pbd ? pbd[c] : S(0));
+      xs[k] = math::activation_derivative<S>(act, 1, a) * t;
+      c = next_channel(c, C);
+    }
+    store_pack(o, i, xs, n);
   });
   return y;
 }
@@ -242,10 +290,16 @@ Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, c
   T* o = ptr<T>(t);
   int64_t C = v.channels;
   S e = static_cast<S>(eps);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<bn_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
     int64_t c = channel_of(i, C);
-    st(o, i, math::bn_tangent<S>(ld(px, i), pm[c], math::bn_inv_std<S>(pv[c], e), ps[c], ld(pd, i),
-                                 pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0)));
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      xs[k] = math::bn_tangent<S>(xs[k], pm[c], math::bn_inv_std<S>(pv[c], e), ps[c], ds[k], pmd ? pmd[c] : S(0),
+                                  pvd ? pvd[c] : S(0));
+      c = next_channel(c, C);
+    }
+    store_pack(o, i, xs, n);
   });
   return t;
 }
@@ -275,11 +329,18 @@ BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, con
   for (Tensor* t : {&out.mean, &out.var, &out.scale, &out.mean_dot, &out.var_dot}) *t = new_stat(C, x);
   T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
   S e = static_cast<S>(eps);
-  for_each(x.numel(), [=] __device__(int64_t i) {
+  for_each_pack<bn_tangent_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> gs = load_pack(pg, i, n), a, b;
     int64_t c = channel_of(i, C);
-    S r = math::bn_inv_std<S>(pv[c], e), g = ld(pg, i), vd = pvd ? pvd[c] : S(0);
-    st(dd, i, ps[c] * r * g);
-    st(dx, i, S(-0.5) * ps[c] * r * r * r * vd * g);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S r = math::bn_inv_std<S>(pv[c], e), g = gs[k], vd = pvd ? pvd[c] : S(0);
+      a[k] = ps[c] * r * g;
+      b[k] = S(-0.5) * ps[c] * r * r * r * vd * g;
+      c = next_channel(c, C);
+    }
+    store_pack(dd, i, a, n);
+    store_pack(dx, i, b, n);
   });
   S *dm = ptr<S>(out.mean), *dv = ptr<S>(out.var), *dsc = ptr<S>(out.scale), *dmd = ptr<S>(out.mean_dot),
     *dvd = ptr<S>(out.var_dot);

@@ -116,6 +116,93 @@ void for_each(int64_t n, F f) {
   LLR_CUDA_LAUNCH_CHECK();
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Element-wise kernels in packs: each thread takes kPack consecutive elements, loaded and stored with 16-byte
+// transactions (one for 8 bf16, two for 8 f32, four for 8 f64) where the pointer is 16-byte aligned (every block of
+// the caching allocator is), element by element for the last, partial pack or an unaligned pointer. A bf16 kernel
+// that moves one 2-byte element per thread and instruction reaches about a third of HBM bandwidth.
+//
+//   for_each_pack<KernelName>(n, [=] __device__(int64_t i, int count) {
+//     Pack<T> x = load_pack(px, i, count);              // elements i .. i+kPack-1; those from count on are 0
+//     Pack<T> y;
+//     for (int k = 0; k < kPack; ++k) y[k] = f(x[k]);   // acc_t<T> values
+//     store_pack(po, i, y, count);                      // writes the first count of them
+//   });
+//
+// KernelName is an empty struct that names the kernel in profilers (ncu: for_each_pack_kernel<KernelName, ...>).
+// Values past count are computed on zeros and never stored: per-channel reads stay in range (the channel cursor
+// wraps), so a formula only has to be finite-or-not on them, never in bounds.
+// ---------------------------------------------------------------------------------------------------------------
+constexpr int kPack = 8;
+
+template <class T>
+struct Pack {
+  acc_t<T> v[kPack];
+  __device__ __forceinline__ acc_t<T>& operator[](int k) { return v[k]; }
+  __device__ __forceinline__ const acc_t<T>& operator[](int k) const { return v[k]; }
+};
+
+// kPack stored elements as one aligned object: the compiler moves it with 16-byte vector instructions.
+template <class T>
+struct alignas(16) PackRaw {
+  static_assert(sizeof(T) * kPack % 16 == 0, "a pack of T is not a whole number of 16-byte words");
+  T e[kPack];
+};
+
+template <class T>
+__device__ __forceinline__ bool aligned16(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & uintptr_t(15)) == 0;
+}
+
+template <class T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p, int64_t i, int count) {
+  Pack<T> out;
+  if (count == kPack && aligned16(p)) {
+    PackRaw<T> raw = *reinterpret_cast<const PackRaw<T>*>(p + i);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) out[k] = ld(raw.e, k);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) out[k] = k < count ? ld(p, i + k) : acc_t<T>(0);
+  }
+  return out;
+}
+
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T>& v, int count) {
+  if (count == kPack && aligned16(p)) {
+    PackRaw<T> raw;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) st(raw.e, k, v[k]);
+    *reinterpret_cast<PackRaw<T>*>(p + i) = raw;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPack; ++k)
+      if (k < count) st(p, i + k, v[k]);
+  }
+}
+
+// The channel of the element after one in channel c (a tensor with C channels on its last axis).
+__device__ __forceinline__ int64_t next_channel(int64_t c, int64_t C) { return c + 1 == C ? 0 : c + 1; }
+
+template <class Name, class F>
+__global__ void for_each_pack_kernel(int64_t n, F f) {
+  int64_t packs = (n + kPack - 1) / kPack;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < packs;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i = q * kPack;
+    f(i, static_cast<int>(n - i < kPack ? n - i : kPack));
+  }
+}
+
+// f(i, count) for i = 0, kPack, 2 kPack, ... below n, count = min(kPack, n - i), on the context stream.
+template <class Name, class F>
+void for_each_pack(int64_t n, F f) {
+  if (n <= 0) return;
+  for_each_pack_kernel<Name><<<grid_for((n + kPack - 1) / kPack, 256), 256, 0, context().stream()>>>(n, f);
+  LLR_CUDA_LAUNCH_CHECK();
+}
+
 // out[v * C + c] = sum over rows r of f(r, c, vals)[v], for NV values per element. out is zeroed here.
 template <int NV, class S, class F>
 __global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, S* out) {

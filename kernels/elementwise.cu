@@ -7,11 +7,30 @@ namespace llr::cuda {
 
 namespace {
 
+// Kernel names (see for_each_pack in cuda_common.cuh).
+struct fill_k {};
+struct convert_k {};
+struct add_k {};
+struct sub_k {};
+struct mul_k {};
+struct div_k {};
+struct add_widening_k {};
+struct scale_k {};
+struct scale_per_example_k {};
+struct bias_add_k {};
+struct activation_k {};
+struct activation_derivative_mul_k {};
+
 template <class T>
 void fill_impl(Tensor& t, double value) {
   T* p = ptr<T>(t);
   acc_t<T> v = static_cast<acc_t<T>>(value);
-  for_each(t.numel(), [=] __device__(int64_t i) { st(p, i, v); });
+  for_each_pack<fill_k>(t.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> o;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) o[k] = v;
+    store_pack(p, i, o, n);
+  });
 }
 
 template <class I>
@@ -33,9 +52,12 @@ template <class Src, class Dst>
 void convert_pair(const Tensor& x, Tensor& out) {
   const Src* s = ptr<Src>(x);
   Dst* d = ptr<Dst>(out);
-  for_each(x.numel(), [=] __device__(int64_t i) {
-    double v = static_cast<double>(ld(s, i));
-    st(d, i, static_cast<acc_t<Dst>>(v));
+  for_each_pack<convert_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<Src> a = load_pack(s, i, n);
+    Pack<Dst> o;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) o[k] = static_cast<acc_t<Dst>>(static_cast<double>(a[k]));
+    store_pack(d, i, o, n);
   });
 }
 
@@ -51,16 +73,31 @@ void convert_from(const Tensor& x, Tensor& out) {
 
 enum class Binary { add, sub, mul, div };
 
+// out = f(a, b) element by element; a and b in A and B, out in O (T, T, T but for add_widening).
+template <class Name, class O, class A, class B, class F>
+void binary_packs(const Tensor& a, const Tensor& b, Tensor& out, F f) {
+  const A* pa = ptr<A>(a);
+  const B* pb = ptr<B>(b);
+  O* o = ptr<O>(out);
+  for_each_pack<Name>(a.numel(), [=] __device__(int64_t i, int n) {
+    Pack<A> x = load_pack(pa, i, n);
+    Pack<B> y = load_pack(pb, i, n);
+    Pack<O> z;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) z[k] = f(x[k], y[k]);
+    store_pack(o, i, z, n);
+  });
+}
+
 template <class T>
 Tensor binary_impl(const Tensor& a, const Tensor& b, Binary op) {
+  using S = acc_t<T>;
   Tensor out = new_like(a);
-  const T *pa = ptr<T>(a), *pb = ptr<T>(b);
-  T* o = ptr<T>(out);
   switch (op) {
-    case Binary::add: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) + ld(pb, i)); }); break;
-    case Binary::sub: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) - ld(pb, i)); }); break;
-    case Binary::mul: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) * ld(pb, i)); }); break;
-    case Binary::div: for_each(a.numel(), [=] __device__(int64_t i) { st(o, i, ld(pa, i) / ld(pb, i)); }); break;
+    case Binary::add: binary_packs<add_k, T, T, T>(a, b, out, [] __device__(S x, S y) { return x + y; }); break;
+    case Binary::sub: binary_packs<sub_k, T, T, T>(a, b, out, [] __device__(S x, S y) { return x - y; }); break;
+    case Binary::mul: binary_packs<mul_k, T, T, T>(a, b, out, [] __device__(S x, S y) { return x * y; }); break;
+    case Binary::div: binary_packs<div_k, T, T, T>(a, b, out, [] __device__(S x, S y) { return x / y; }); break;
   }
   return out;
 }
@@ -75,7 +112,12 @@ Tensor scale_impl(const Tensor& x, double s) {
   const T* px = ptr<T>(x);
   T* o = ptr<T>(out);
   acc_t<T> f = static_cast<acc_t<T>>(s);
-  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, f * ld(px, i)); });
+  for_each_pack<scale_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> a = load_pack(px, i, n);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) a[k] = f * a[k];
+    store_pack(o, i, a, n);
+  });
   return out;
 }
 
@@ -86,7 +128,15 @@ Tensor scale_per_example_impl(const Tensor& x, const Tensor& c) {
   const T* px = ptr<T>(x);
   const acc_t<T>* pc = ptr<acc_t<T>>(c);
   T* o = ptr<T>(out);
-  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) * pc[i / inner]); });
+  for_each_pack<scale_per_example_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> a = load_pack(px, i, n);
+#pragma unroll
+    for (int64_t k = 0, r = i / inner, j = i - r * inner; k < kPack; ++k) {  // example r, offset j in it
+      if (k < n) a[k] = a[k] * pc[r];
+      if (++j == inner) j = 0, ++r;
+    }
+    store_pack(o, i, a, n);
+  });
   return out;
 }
 
@@ -124,7 +174,16 @@ Tensor bias_add_impl(const Tensor& x, const Tensor& b, int64_t channels) {
   const T* px = ptr<T>(x);
   const acc_t<T>* pb = ptr<acc_t<T>>(b);
   T* o = ptr<T>(out);
-  for_each(x.numel(), [=] __device__(int64_t i) { st(o, i, ld(px, i) + pb[channel_of(i, channels)]); });
+  for_each_pack<bias_add_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> a = load_pack(px, i, n);
+    int64_t c = channel_of(i, channels);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      a[k] = a[k] + pb[c];
+      c = next_channel(c, channels);
+    }
+    store_pack(o, i, a, n);
+  });
   return out;
 }
 
@@ -143,8 +202,11 @@ Tensor activation_forward_impl(Act act, const Tensor& a) {
   Tensor out = new_like(a);
   const T* pa = ptr<T>(a);
   T* o = ptr<T>(out);
-  for_each(a.numel(), [=] __device__(int64_t i) {
-    st(o, i, math::activation_derivative<acc_t<T>>(act, 0, ld(pa, i)));
+  for_each_pack<activation_k>(a.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> v = load_pack(pa, i, n);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) v[k] = math::activation_derivative<acc_t<T>>(act, 0, v[k]);
+    store_pack(o, i, v, n);
   });
   return out;
 }
@@ -154,9 +216,15 @@ Tensor activation_derivative_mul_impl(Act act, int order, const Tensor& a, const
   Tensor out = Tensor::empty(a.shape(), a.dtype(), t.layout(), Device::cuda);
   const T *pa = ptr<T>(a), *pt = ptr<T>(t), *pt2 = ptr_or_null<T>(t2);
   T* o = ptr<T>(out);
-  for_each(a.numel(), [=] __device__(int64_t i) {
-    acc_t<T> v = math::activation_derivative<acc_t<T>>(act, order, ld(pa, i)) * ld(pt, i);
-    st(o, i, pt2 ? v * ld(pt2, i) : v);
+  for_each_pack<activation_derivative_mul_k>(a.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> va = load_pack(pa, i, n), vt = load_pack(pt, i, n), v2;
+    if (pt2) v2 = load_pack(pt2, i, n);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      acc_t<T> v = math::activation_derivative<acc_t<T>>(act, order, va[k]) * vt[k];
+      va[k] = pt2 ? v * v2[k] : v;
+    }
+    store_pack(o, i, va, n);
   });
   return out;
 }
@@ -222,10 +290,7 @@ namespace {
 template <class A, class B>
 Tensor add_into_f32(const Tensor& a, const Tensor& b) {
   Tensor out = Tensor::empty(a.shape(), DType::f32, a.layout(), Device::cuda);
-  const A* pa = ptr<A>(a);
-  const B* pb = ptr<B>(b);
-  float* o = ptr<float>(out);
-  for_each(a.numel(), [=] __device__(int64_t i) { o[i] = float(ld(pa, i)) + float(ld(pb, i)); });
+  binary_packs<add_widening_k, float, A, B>(a, b, out, [] __device__(float x, float y) { return x + y; });
   return out;
 }
 }  // namespace

@@ -216,21 +216,26 @@ OpCase loss_case(const std::string& op, const Shape& s, bool tangent_input) {
           tangent_input};
 }
 
-std::vector<OpCase> large_cases() {
+// The element-wise, batch-norm and loss cases: per-channel sums over `stem` (few channels, long sums), wide activations
+// `group1` and `group3`, loss rows `many_rows` and `wide_rows`.
+std::vector<OpCase> elementwise_cases(const Shape& stem, const Shape& group1, const Shape& group3,
+                                      const Shape& many_rows, const Shape& wide_rows) {
   std::vector<OpCase> c;
-  for (bool var : {false, true}) c.push_back(bn_stats_case(kStem, var));
-  for (const Shape& s : {kStem, kGroup3}) {
+  for (bool var : {false, true}) c.push_back(bn_stats_case(stem, var));
+  for (const Shape& s : {stem, group3}) {
     c.push_back(bn_training_case(s));
     c.push_back(bn_act_case(s, Act::softplus));
     c.push_back(bn_tangent_case(s));
   }
-  c.push_back(bn_act_case(kGroup1, Act::relu));
-  c.push_back(bn_stats_tangent_case(kStem, true));
-  c.push_back(bn_stats_tangent_case(kGroup1, false));
-  c.push_back(bn_act_tangent_case(kStem));
-  const Shape& s = kGroup1;
+  c.push_back(bn_act_case(group1, Act::relu));
+  c.push_back(bn_stats_tangent_case(stem, true));
+  c.push_back(bn_stats_tangent_case(group1, false));
+  c.push_back(bn_act_tangent_case(stem));
+  const Shape& s = group1;
   c.push_back(binary_case("add", s, [](const Tensor& a, const Tensor& b) { return add(a, b); }));
+  c.push_back(binary_case("sub", s, [](const Tensor& a, const Tensor& b) { return sub(a, b); }));
   c.push_back(binary_case("mul", s, [](const Tensor& a, const Tensor& b) { return mul(a, b); }));
+  c.push_back(unary_case("scale", s, [](const Tensor& a) { return scale(a, -1.7); }));
   c.push_back(binary_case("per_example_dot", s,
                           [](const Tensor& a, const Tensor& b) { return per_example_dot(a, b); }));
   c.push_back(unary_case("softplus", s, [](const Tensor& a) { return softplus(a); }, 2.0));
@@ -247,23 +252,44 @@ std::vector<OpCase> large_cases() {
                [=](Generator& g) { return Tensors{normal(g, s, Layout::nhwc), normal(g, {s[0]})}; },
                {true, true},
                [](const Tensors& in) { return scale_per_example(in[0], in[1]); }});
-  c.push_back(loss_case("cross_entropy", kManyRows, false));
-  c.push_back(loss_case("margin_loss", kManyRows, false));
-  c.push_back(loss_case("cross_entropy_tangent", kManyRows, true));
-  c.push_back(loss_case("cross_entropy", kWideRows, false));
+  c.push_back(loss_case("cross_entropy", many_rows, false));
+  c.push_back(loss_case("margin_loss", many_rows, false));
+  c.push_back(loss_case("cross_entropy_tangent", many_rows, true));
+  c.push_back(loss_case("cross_entropy", wide_rows, false));
   return c;
 }
 
 TEST_CASE("elementwise and batch-norm and loss kernels on over a million elements match the CPU in f32 and bf16") {
   if (!gpu_ready("CUDA large elementwise, batch-norm and loss kernels")) return;
   int failures = 0, runs = 0;
-  for (const OpCase& c : large_cases())
+  for (const OpCase& c : elementwise_cases(kStem, kGroup1, kGroup3, kManyRows, kWideRows))
     for (const Mode& m : {kF32, kBf16}) {
       run_case(c, m, failures);
       ++runs;
     }
   cuda::context().set_tf32(true);
   std::printf("cuda vs cpu large kernels: %d of %d op/mode runs matched\n", runs - failures, runs);
+  CHECK(failures == 0);
+}
+
+// The same kernels on shapes whose element counts are not multiples of the 8-element packs of the element-wise
+// kernels (for_each_pack in kernels/cuda_common.cuh) and whose channel counts (1, 3, 6, 13) are not either, so a pack
+// spans channels and images and the last pack is partial; tensors of 3 and 6 elements have only a partial pack. In
+// the small suite, so that compute-sanitizer's memcheck sees the partial packs too.
+TEST_CASE("element-wise and batch-norm kernels on odd sizes (partial packs) match the CPU in f32 and bf16" *
+          doctest::test_suite("cuda")) {
+  if (!gpu_ready("CUDA element-wise kernels on odd sizes")) return;
+  int failures = 0, runs = 0;
+  const Shape tiny1{1, 1, 3, 1}, tiny3{1, 1, 2, 3}, odd{3, 5, 7, 13}, odd6{2, 3, 3, 6};
+  std::vector<OpCase> cases = elementwise_cases(odd, odd6, tiny1, {7, 3}, {5, 11});
+  for (const OpCase& c : elementwise_cases(tiny3, odd, odd6, {1, 10}, {3, 5}))
+    if (c.name.rfind("batch_norm", 0) == 0 || c.name.rfind("bn_", 0) == 0) cases.push_back(c);
+  for (const OpCase& c : cases)
+    for (const Mode& m : {kF32, kBf16}) {
+      run_case(c, m, failures);
+      ++runs;
+    }
+  std::printf("cuda vs cpu odd-size kernels: %d of %d op/mode runs matched\n", runs - failures, runs);
   CHECK(failures == 0);
 }
 

@@ -44,53 +44,66 @@ TEST_CASE("every op on the GPU matches the CPU: forward and vjp and jvp in f32 a
 TEST_CASE("add_widening of bf16 and f32 on the GPU is their f32 sum") {
   if (!gpu_ready("CUDA add_widening")) return;
   Generator gen(7);
-  Tensor a = gen.normal({3, 17, 19, 40}, 0, 1, DType::f64, Layout::nhwc);
-  Tensor b = gen.normal({3, 17, 19, 40}, 0, 1e-3, DType::f64, Layout::nhwc);
-  Tensor ref = backend::add(rounded(a, DType::bf16), rounded(b, DType::f32));
-  Mode m{"f32", DType::f32, false, 1e-6};
-  Tensor ab = backend::add_widening(upload(a, DType::bf16), upload(b, DType::f32));
-  Tensor ba = backend::add_widening(upload(b, DType::f32), upload(a, DType::bf16));
-  CHECK(ab.dtype() == DType::f32);
-  CHECK(ba.dtype() == DType::f32);
-  CHECK(check_close("add_widening", "bf16 + f32", m, ab, ref));
-  CHECK(check_close("add_widening", "f32 + bf16", m, ba, ref));
+  for (const Shape& shape : {Shape{3, 17, 19, 40}, Shape{3, 17, 19, 5}}) {  // 38,760 and 4,845 elements (a tail)
+    Tensor a = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
+    Tensor b = gen.normal(shape, 0, 1e-3, DType::f64, Layout::nhwc);
+    Tensor ref = backend::add(rounded(a, DType::bf16), rounded(b, DType::f32));
+    Mode m{"f32", DType::f32, false, 1e-6};
+    Tensor ab = backend::add_widening(upload(a, DType::bf16), upload(b, DType::f32));
+    Tensor ba = backend::add_widening(upload(b, DType::f32), upload(a, DType::bf16));
+    CHECK(ab.dtype() == DType::f32);
+    CHECK(ba.dtype() == DType::f32);
+    CHECK(check_close("add_widening", "bf16 + f32", m, ab, ref));
+    CHECK(check_close("add_widening", "f32 + bf16", m, ba, ref));
+  }
 }
 
 // The batch norm's vjps with an addend (the autograd's accumulated cotangent of x) on the GPU against the CPU in
-// f64 on the same rounded values: bf16 data with a bf16 and with an f32 addend, and f32 data.
+// f64 on the same rounded values: bf16 data with a bf16 and with an f32 addend, and f32 data; with the statistics'
+// and parameters' cotangents (the reduction kernel) and without them (an attack step's input gradient: the packed
+// element-wise kernel), on a shape whose element count and channel count are not multiples of the 8-element pack.
 TEST_CASE("batch-norm vjps with an addend on the GPU match the CPU") {
   if (!gpu_ready("CUDA batch-norm vjps with an addend")) return;
-  Generator gen(8);
-  const Shape shape{6, 9, 7, 24};
-  Tensor x = gen.normal(shape, 0.2, 1.3, DType::f64, Layout::nhwc);
-  Tensor gy = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
-  Tensor addend = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
-  Tensor scale = gen.uniform({24}, 0.5, 1.5, DType::f64), shift = gen.normal({24}, 0, 1, DType::f64);
-  struct Case {
-    const char* name;
-    DType data, addend;
-    double tol;
-  };
-  for (const Case& c : {Case{"bf16 data, bf16 addend", DType::bf16, DType::bf16, 1e-2},
-                        Case{"bf16 data, f32 addend", DType::bf16, DType::f32, 1e-2},
-                        Case{"f32 data, f32 addend", DType::f32, DType::f32, 1e-5}}) {
-    Tensor xr = rounded(x, c.data), gyr = rounded(gy, c.data), ar = rounded(addend, c.addend);
-    DType sd = stat_dtype(c.data);
-    Tensor sr = rounded(scale, sd), hr = rounded(shift, sd);
-    auto [mean, var] = backend::batch_stats(xr);
-    Tensor meanr = rounded(mean, sd), varr = rounded(var, sd);
-    BnNormalizeGrads ref =
-        backend::bn_act_backward(xr, meanr, varr, sr, hr, gyr, 1e-5, Act::softplus, true, true, ar);
-    Tensor ref_stats = backend::batch_stats_backward(xr, meanr, ref.mean, ref.var, ar);
-    Tensor xg = upload(x, c.data), gyg = upload(gy, c.data), ag = upload(addend, c.addend);
-    Tensor mg = upload(meanr, sd), vg = upload(varr, sd), sg = upload(scale, sd), hg = upload(shift, sd);
-    BnNormalizeGrads got = backend::bn_act_backward(xg, mg, vg, sg, hg, gyg, 1e-5, Act::softplus, true, true, ag);
-    Tensor got_stats = backend::batch_stats_backward(xg, mg, upload(ref.mean, sd), upload(ref.var, sd), ag);
-    CHECK(got.x.dtype() == sd);  // with need_stats, dx is in the statistics dtype
-    Mode m{c.name, c.data, false, c.tol};
-    CHECK(check_close("bn_act_backward with addend", c.name, m, got.x, ref.x));
-    CHECK(check_close("bn_act_backward with addend, mean", c.name, m, got.mean, ref.mean));
-    CHECK(check_close("batch_stats_backward with addend", c.name, m, got_stats, ref_stats));
+  for (const Shape& shape : {Shape{6, 9, 7, 24}, Shape{3, 5, 7, 13}}) {
+    Generator gen(8);
+    const int64_t C = shape.back();
+    Tensor x = gen.normal(shape, 0.2, 1.3, DType::f64, Layout::nhwc);
+    Tensor gy = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
+    Tensor addend = gen.normal(shape, 0, 1, DType::f64, Layout::nhwc);
+    Tensor scale = gen.uniform({C}, 0.5, 1.5, DType::f64), shift = gen.normal({C}, 0, 1, DType::f64);
+    struct Case {
+      const char* name;
+      DType data, addend;
+      double tol;
+    };
+    for (const Case& c : {Case{"bf16 data, bf16 addend", DType::bf16, DType::bf16, 1e-2},
+                          Case{"bf16 data, f32 addend", DType::bf16, DType::f32, 1e-2},
+                          Case{"f32 data, f32 addend", DType::f32, DType::f32, 1e-5}}) {
+      INFO("shape ", shape_str(shape), ", ", c.name);
+      Tensor xr = rounded(x, c.data), gyr = rounded(gy, c.data), ar = rounded(addend, c.addend);
+      DType sd = stat_dtype(c.data);
+      Tensor sr = rounded(scale, sd), hr = rounded(shift, sd);
+      auto [mean, var] = backend::batch_stats(xr);
+      Tensor meanr = rounded(mean, sd), varr = rounded(var, sd);
+      BnNormalizeGrads ref =
+          backend::bn_act_backward(xr, meanr, varr, sr, hr, gyr, 1e-5, Act::softplus, true, true, ar);
+      Tensor ref_stats = backend::batch_stats_backward(xr, meanr, ref.mean, ref.var, ar);
+      BnNormalizeGrads ref_input =
+          backend::bn_act_backward(xr, meanr, varr, sr, hr, gyr, 1e-5, Act::softplus, false, false, ar);
+      Tensor xg = upload(x, c.data), gyg = upload(gy, c.data), ag = upload(addend, c.addend);
+      Tensor mg = upload(meanr, sd), vg = upload(varr, sd), sg = upload(scale, sd), hg = upload(shift, sd);
+      BnNormalizeGrads got = backend::bn_act_backward(xg, mg, vg, sg, hg, gyg, 1e-5, Act::softplus, true, true, ag);
+      Tensor got_stats = backend::batch_stats_backward(xg, mg, upload(ref.mean, sd), upload(ref.var, sd), ag);
+      BnNormalizeGrads got_input =
+          backend::bn_act_backward(xg, mg, vg, sg, hg, gyg, 1e-5, Act::softplus, false, false, ag);
+      CHECK(got.x.dtype() == sd);  // with need_stats, dx is in the statistics dtype
+      CHECK(got_input.x.dtype() == (c.addend == c.data ? c.data : sd));
+      Mode m{c.name, c.data, false, c.tol};
+      CHECK(check_close("bn_act_backward with addend", c.name, m, got.x, ref.x));
+      CHECK(check_close("bn_act_backward with addend, mean", c.name, m, got.mean, ref.mean));
+      CHECK(check_close("batch_stats_backward with addend", c.name, m, got_stats, ref_stats));
+      CHECK(check_close("bn_act_backward input only with addend", c.name, m, got_input.x, ref_input.x));
+    }
   }
 }
 
