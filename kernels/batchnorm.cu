@@ -40,12 +40,20 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   S* pv = ptr<S>(var);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) { o[0] = ld(px, r * C + c); }, pm);
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t, int n, PackSums<1, S>& o) {
+    Pack<T> xs = load_pack(px, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) o.v[0][j] = xs[j];
+  }, pm);
   for_each(C, [=] __device__(int64_t c) { pm[c] *= inv; });
   // Second pass over centred values: no cancellation between E[x^2] and E[x]^2.
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
-    S d = ld(px, r * C + c) - pm[c];
-    o[0] = d * d;
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<1, S>& o) {
+    Pack<T> xs = load_pack(px, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) {
+      S d = xs[j] - pm[pack_channel(c, j, n)];
+      o.v[0][j] = d * d;
+    }
   }, pv);
   for_each(C, [=] __device__(int64_t c) { pv[c] *= inv; });
   return {mean, var};
@@ -97,11 +105,13 @@ std::pair<Tensor, Tensor> batch_stats_tangent_impl(const Tensor& x, const Tensor
   const S* pm = ptr<S>(mean);
   int64_t C = v.channels;
   S* ps = ptr<S>(sums);
-  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
-    int64_t i = r * C + c;
-    S d = ld(pd, i);
-    o[0] = d;
-    o[1] = (ld(px, i) - pm[c]) * d;
+  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
+    Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) {
+      o.v[0][j] = ds[j];
+      o.v[1][j] = (xs[j] - pm[pack_channel(c, j, n)]) * ds[j];
+    }
   }, ps);
   Tensor md = new_stat(C, x), vd = new_stat(C, x);
   S *pmd = ptr<S>(md), *pvd = ptr<S>(vd);
@@ -140,7 +150,11 @@ BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const 
     store_pack(dd, i, ds, n);
     store_pack(dx, i, xs, n);
   });
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) { o[0] = ld(pd, r * C + c); }, dm);
+  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t, int n, PackSums<1, S>& o) {
+    Pack<T> ds = load_pack(pd, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) o.v[0][j] = ds[j];
+  }, dm);
   for_each(C, [=] __device__(int64_t c) { dm[c] *= S(-2) * pb[c] * inv; });
   return out;
 }
@@ -211,12 +225,20 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   ++op_counters().bn_channel_reductions;
   Tensor sums = scratch(2 * C, x);
   S* sp = ptr<S>(sums);
-  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
-    int64_t i = r * C + c;
-    S gp, d = direct_part(ld(px, i), ld(pg, i), c, &gp);
-    st(dx, i, pa ? d + ld(pa, i) : d);
-    o[0] = gp;
-    o[1] = gp * (ld(px, i) - pm[c]);
+  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
+    Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
+    Pack<A> as;
+    if (pa) as = load_pack(pa, i, n);
+    Pack<D> out;
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) {
+      int64_t cj = pack_channel(c, j, n);
+      S gp, d = direct_part(xs[j], gs[j], cj, &gp);
+      out[j] = pa ? d + as[j] : d;
+      o.v[0][j] = gp;
+      o.v[1][j] = gp * (xs[j] - pm[cj]);
+    }
+    store_pack(dx, i, out, n);
   }, sp);
   if (need_stats) out.mean = new_stat(C, x), out.var = new_stat(C, x);
   if (need_params) out.scale = new_stat(C, x), out.shift = new_stat(C, x);
@@ -316,12 +338,15 @@ BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, con
   const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale);
   const S *pmd = ptr_or_null<S>(mean_dot), *pvd = ptr_or_null<S>(var_dot);
   S* sp = ptr<S>(sums);
-  channel_sum<3, S>(v.rows, C, [=] __device__(int64_t r, int64_t c, S* o) {
-    int64_t i = r * C + c;
-    S g = ld(pg, i);
-    o[0] = g;
-    o[1] = g * (ld(px, i) - pm[c]);
-    o[2] = g * (ld(pd, i) - (pmd ? pmd[c] : S(0)));
+  channel_sum<3, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<3, S>& o) {
+    Pack<T> gs = load_pack(pg, i, n), xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) {
+      int64_t cj = pack_channel(c, j, n);
+      o.v[0][j] = gs[j];
+      o.v[1][j] = gs[j] * (xs[j] - pm[cj]);
+      o.v[2][j] = gs[j] * (ds[j] - (pmd ? pmd[cj] : S(0)));
+    }
   }, sp);
   BnTangentGrads out;
   out.x = new_like(x);

@@ -118,8 +118,9 @@ void for_each(int64_t n, F f) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element-wise kernels in packs: each thread takes kPack consecutive elements, loaded and stored with 16-byte
-// transactions (one for 8 bf16, two for 8 f32, four for 8 f64) where the pointer is 16-byte aligned (every block of
-// the caching allocator is), element by element for the last, partial pack or an unaligned pointer. A bf16 kernel
+// transactions (one for 8 bf16, two for 8 f32, four for 8 f64) where the address is 16-byte aligned (every block of
+// the caching allocator is, so every pack of for_each_pack is), element by element for a partial pack or an
+// unaligned address. A bf16 kernel
 // that moves one 2-byte element per thread and instruction reaches about a third of HBM bandwidth.
 //
 //   for_each_pack<KernelName>(n, [=] __device__(int64_t i, int count) {
@@ -157,7 +158,7 @@ __device__ __forceinline__ bool aligned16(const T* p) {
 template <class T>
 __device__ __forceinline__ Pack<T> load_pack(const T* p, int64_t i, int count) {
   Pack<T> out;
-  if (count == kPack && aligned16(p)) {
+  if (count == kPack && aligned16(p + i)) {
     PackRaw<T> raw = *reinterpret_cast<const PackRaw<T>*>(p + i);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) out[k] = ld(raw.e, k);
@@ -170,7 +171,7 @@ __device__ __forceinline__ Pack<T> load_pack(const T* p, int64_t i, int count) {
 
 template <class T>
 __device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T>& v, int count) {
-  if (count == kPack && aligned16(p)) {
+  if (count == kPack && aligned16(p + i)) {
     PackRaw<T> raw;
 #pragma unroll
     for (int k = 0; k < kPack; ++k) st(raw.e, k, v[k]);
@@ -203,28 +204,88 @@ void for_each_pack(int64_t n, F f) {
   LLR_CUDA_LAUNCH_CHECK();
 }
 
-// out[v * C + c] = sum over rows r of f(r, c, vals)[v], for NV values per element. out is zeroed here.
+// ---------------------------------------------------------------------------------------------------------------
+// Per-channel sums over the rows of a channel-last tensor, in packs of kPack channels of one row.
+//
+//   channel_sum<NV, S>(rows, C, [=] __device__(int64_t i, int64_t c, int count, PackSums<NV, S>& v) {
+//     Pack<T> x = load_pack(px, i, count);   // row i / C, channels c .. c+count-1 (count = kPack but at the end)
+//     for (int j = 0; j < kPack; ++j) v.v[0][j] = x[j];
+//   }, out);                            // out[k * C + c + j] = sum over rows of v.v[k][j] (out is zeroed first)
+//
+// Entries j >= count of a pack are never added; a formula that reads per-channel values there must read channel
+// pack_channel(c, j, count) (in range) rather than c + j.
+//
+// A block of 256 threads covers gpb = min(ceil(C / kPack), 256) packs of a row (consecutive 16-byte loads) and
+// slots = 256 / gpb rows at a time, striding over rows; blockIdx.y takes further channel tiles when C > 2048. The
+// block adds its threads' sums in shared memory (two stages when there are many slots) and then adds one value per
+// channel and sum to out with an atomic: about 4 blocks per SM in all, so each channel sees a few hundred atomics.
+// ---------------------------------------------------------------------------------------------------------------
+template <int NV, class S>
+struct PackSums {
+  S v[NV][kPack];
+};
+
+__device__ __forceinline__ int64_t pack_channel(int64_t c, int j, int count) { return j < count ? c + j : c; }
+
+constexpr int kSumThreads = 256;
+
 template <int NV, class S, class F>
-__global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, S* out) {
-  __shared__ S partial[NV][8][33];
-  int64_t c = blockIdx.x * 32 + threadIdx.x;
-  S acc[NV];
-  for (int k = 0; k < NV; ++k) acc[k] = S(0);
-  if (c < channels) {
-    for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += static_cast<int64_t>(gridDim.y) * 8) {
-      S v[NV];
-      f(r, c, v);
-      for (int k = 0; k < NV; ++k) acc[k] += v[k];
+__global__ void __launch_bounds__(kSumThreads) channel_sum_kernel(int64_t rows, int64_t C, int gpb, F f, S* out) {
+  __shared__ S part[kPack][kSumThreads];
+  __shared__ S helper[kSumThreads];
+  const int t = threadIdx.x, slots = kSumThreads / gpb, gl = t % gpb, slot = t / gpb;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * gpb + gl) * kPack;
+  const bool active = slot < slots && c < C;
+  const int count = active ? static_cast<int>(C - c < kPack ? C - c : kPack) : 0;
+  S acc[NV][kPack];
+#pragma unroll
+  for (int k = 0; k < NV; ++k)
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) acc[k][j] = S(0);
+  if (active) {
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * slots + slot; r < rows;
+         r += static_cast<int64_t>(gridDim.x) * slots) {
+      PackSums<NV, S> v;
+      f(r * C + c, c, count, v);
+#pragma unroll
+      for (int k = 0; k < NV; ++k)
+#pragma unroll
+        for (int j = 0; j < kPack; ++j) acc[k][j] += v.v[k][j];
     }
   }
-  for (int k = 0; k < NV; ++k) partial[k][threadIdx.y][threadIdx.x] = acc[k];
-  __syncthreads();
-  if (threadIdx.y == 0 && c < channels) {
-    for (int k = 0; k < NV; ++k) {
-      S s = S(0);
-      for (int j = 0; j < 8; ++j) s += partial[k][j][threadIdx.x];
-      atomicAdd(out + k * channels + c, s);
+  // Pair p = (pack gl, entry j) of the block: p = gl * kPack + j; its slots' values are part[j][q * gpb + gl].
+  const int pairs = gpb * kPack;
+  const int helpers = pairs <= kSumThreads ? kSumThreads / pairs : 1;  // threads per pair in the first stage
+#pragma unroll
+  for (int k = 0; k < NV; ++k) {
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) part[j][t] = acc[k][j];
+    __syncthreads();
+    if (helpers > 1) {
+      // Stage 1: helper h of pair p adds slots h, h + helpers, ...; stage 2: thread p adds its helpers' sums.
+      if (t < helpers * pairs) {
+        int p = t % pairs, h = t / pairs, g = p / kPack, j = p % kPack;
+        S s = S(0);
+        for (int q = h; q < slots; q += helpers) s += part[j][q * gpb + g];
+        helper[t] = s;
+      }
+      __syncthreads();
+      if (t < pairs) {
+        int64_t ch = (static_cast<int64_t>(blockIdx.y) * gpb + t / kPack) * kPack + t % kPack;
+        S s = S(0);
+        for (int h = 0; h < helpers; ++h) s += helper[h * pairs + t];
+        if (ch < C) atomicAdd(out + k * C + ch, s);
+      }
+    } else {
+      for (int p = t; p < pairs; p += kSumThreads) {
+        int g = p / kPack, j = p % kPack;
+        int64_t ch = (static_cast<int64_t>(blockIdx.y) * gpb + g) * kPack + j;
+        S s = S(0);
+        for (int q = 0; q < slots; ++q) s += part[j][q * gpb + g];
+        if (ch < C) atomicAdd(out + k * C + ch, s);
+      }
     }
+    __syncthreads();
   }
 }
 
@@ -233,11 +294,14 @@ void channel_sum(int64_t rows, int64_t channels, F f, S* out) {
   cudaStream_t s = context().stream();
   LLR_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(S) * NV * channels, s));
   if (rows <= 0 || channels <= 0) return;
-  int64_t cblocks = (channels + 31) / 32;
-  int64_t want = std::max<int64_t>(1, static_cast<int64_t>(context().sm_count()) * 8 / cblocks);
-  int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, want));
-  dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(std::min<int64_t>(rblocks, 65535)));
-  channel_sum_kernel<NV, S><<<grid, dim3(32, 8), 0, s>>>(rows, channels, f, out);
+  int64_t packs = (channels + kPack - 1) / kPack;
+  int gpb = static_cast<int>(std::min<int64_t>(packs, kSumThreads));
+  int64_t tiles = (packs + gpb - 1) / gpb;
+  int64_t slots = kSumThreads / gpb;
+  int64_t want = std::max<int64_t>(1, static_cast<int64_t>(context().sm_count()) * 4 / tiles);
+  int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>((rows + slots - 1) / slots, want));
+  dim3 grid(static_cast<unsigned>(std::min<int64_t>(rblocks, 65535)), static_cast<unsigned>(tiles));
+  channel_sum_kernel<NV, S><<<grid, kSumThreads, 0, s>>>(rows, channels, gpb, f, out);
   LLR_CUDA_LAUNCH_CHECK();
 }
 

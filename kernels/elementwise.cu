@@ -191,8 +191,10 @@ template <class T>
 Tensor sum_to_last_axis_impl(const Tensor& g, int64_t rows, int64_t channels) {
   Tensor out = new_stat(channels, g);
   const T* pg = ptr<T>(g);
-  channel_sum<1, acc_t<T>>(rows, channels, [=] __device__(int64_t r, int64_t c, acc_t<T>* v) {
-    v[0] = ld(pg, r * channels + c);
+  channel_sum<1, acc_t<T>>(rows, channels, [=] __device__(int64_t i, int64_t, int n, PackSums<1, acc_t<T>>& v) {
+    Pack<T> gs = load_pack(pg, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) v.v[0][j] = gs[j];
   }, ptr<acc_t<T>>(out));
   return out;
 }
