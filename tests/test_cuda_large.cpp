@@ -274,8 +274,8 @@ TEST_CASE("elementwise and batch-norm and loss kernels on over a million element
 
 // The same kernels on shapes whose element counts are not multiples of the 8-element packs of the element-wise
 // kernels (for_each_pack in kernels/cuda_common.cuh) and whose channel counts (1, 3, 6, 13) are not either, so a pack
-// spans channels and images and the last pack is partial; tensors of 3 and 6 elements have only a partial pack. In
-// the small suite, so that compute-sanitizer's memcheck sees the partial packs too.
+// spans channels and images and the last pack is partial; tensors of 3 and 6 elements have only a partial pack; 2,100
+// channels need two tiles of the per-channel sums. In the small suite, so that compute-sanitizer's memcheck sees them.
 TEST_CASE("element-wise and batch-norm kernels on odd sizes (partial packs) match the CPU in f32 and bf16" *
           doctest::test_suite("cuda")) {
   if (!gpu_ready("CUDA element-wise kernels on odd sizes")) return;
@@ -284,6 +284,11 @@ TEST_CASE("element-wise and batch-norm kernels on odd sizes (partial packs) matc
   std::vector<OpCase> cases = elementwise_cases(odd, odd6, tiny1, {7, 3}, {5, 11});
   for (const OpCase& c : elementwise_cases(tiny3, odd, odd6, {1, 10}, {3, 5}))
     if (c.name.rfind("batch_norm", 0) == 0 || c.name.rfind("bn_", 0) == 0) cases.push_back(c);
+  // More than 256 packs of channels: the per-channel sums take a second tile of channels (blockIdx.y = 1).
+  const Shape wide{5, 1, 1, 2100};
+  cases.push_back(bn_stats_case(wide, true));
+  cases.push_back(bn_act_case(wide, Act::softplus));
+  cases.push_back(bn_tangent_case(wide));
   for (const OpCase& c : cases)
     for (const Mode& m : {kF32, kBf16}) {
       run_case(c, m, failures);
