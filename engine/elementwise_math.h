@@ -52,6 +52,9 @@ LLR_HD T activation_derivative(Act act, int order, T a) {
   return T(0);
 }
 
+// Whether the activation's second derivative is ever nonzero (softplus); ReLU, abs and identity are piecewise linear.
+LLR_HD bool has_second_derivative(Act act) { return act == Act::softplus; }
+
 // Batch-norm normalisation y = scale (x - mean) r + shift with r = 1/sqrt(var + eps).
 template <class T>
 LLR_HD T bn_inv_std(T var, T eps) {

@@ -167,15 +167,27 @@ Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor&
   return record1(
       "batch_norm_act_tangent", {x, mean, var, scale, shift, x_dot, mean_dot, var_dot, scale_dot, shift_dot},
       backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, act),
-      [=](const Tensors& g, const std::vector<bool>&) -> Tensors {
+      [=](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
         Tensor a = backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity);
-        Tensor t = backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, Act::identity);
-        Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);     // cotangent of t
-        Tensor ga = backend::activation_derivative_mul(act, 2, a, t, g[0]);  // cotangent of a
+        Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);  // cotangent of t
         auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps);
-        auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true, rt.x);
-        Tensors out = {ra.x, backend::add(ra.mean, rt.mean), backend::add(ra.var, rt.var),
-                       backend::add(ra.scale, rt.scale), ra.shift, rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
+        Tensors out = {rt.x, rt.mean, rt.var, rt.scale, Tensor(), rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
+        if (math::has_second_derivative(act)) {
+          // phi'(a) depends on a: the cotangent of a is phi''(a) t g, which reaches x, the statistics and the
+          // parameters through the normalisation. ReLU, abs and identity have phi'' = 0: nothing, and three passes
+          // over the tensor (t, that cotangent, and its reduction) are skipped.
+          Tensor t =
+              backend::bn_act_tangent(x, mean, var, scale, shift, xd, mean_dot, var_dot, sd, hd, eps, Act::identity);
+          Tensor ga = backend::activation_derivative_mul(act, 2, a, t, g[0]);
+          auto ra = backend::bn_act_backward(x, mean, var, scale, shift, ga, eps, Act::identity, true, true, rt.x);
+          out[0] = ra.x;
+          out[1] = backend::add(ra.mean, rt.mean);
+          out[2] = backend::add(ra.var, rt.var);
+          out[3] = backend::add(ra.scale, rt.scale);
+          out[4] = ra.shift;
+        } else if (needs[4]) {
+          out[4] = zeros_like(shift);
+        }
         if (affine) {
           // t is affine in (scale_dot, shift_dot) like a batch norm with them as its scale and shift.
           auto rs = backend::bn_act_backward(x, mean, var, sd, hd, gt, eps, Act::identity, true, true, out[0]);
