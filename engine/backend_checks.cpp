@@ -249,16 +249,22 @@ void batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& xdot
   batch_norm_args("batch_stats_tangent", x, {&mean});
   floating("batch_stats_tangent", {&x, &xdot});
   same_shape("batch_stats_tangent", x, xdot);
+  LLR_CHECK(xdot.dtype() == x.dtype(), "batch_stats_tangent: xdot ", xdot.describe(), " vs x ", x.describe());
   LLR_CHECK(mean.defined(), "batch_stats_tangent: undefined mean");
 }
 
-void batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot, const Tensor& g_mean_dot,
-                                  const Tensor& g_var_dot) {
-  batch_norm_args("batch_stats_tangent_backward", x, {&mean, &g_mean_dot, &g_var_dot});
+void batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot, const Tensor& mean_dot,
+                                  const Tensor& g_mean_dot, const Tensor& g_var_dot, const Tensor& addend_x,
+                                  const Tensor& addend_xdot) {
+  batch_norm_args("batch_stats_tangent_backward", x, {&mean, &mean_dot, &g_mean_dot, &g_var_dot});
   floating("batch_stats_tangent_backward", {&x, &xdot});
   same_shape("batch_stats_tangent_backward", x, xdot);
-  LLR_CHECK(mean.defined() && g_mean_dot.defined() && g_var_dot.defined(),
+  LLR_CHECK(mean.defined() && mean_dot.defined() && g_mean_dot.defined() && g_var_dot.defined(),
             "batch_stats_tangent_backward: undefined argument");
+  LLR_CHECK(xdot.dtype() == x.dtype(), "batch_stats_tangent_backward: xdot ", xdot.describe(), " vs x ",
+            x.describe());
+  addend_arg("batch_stats_tangent_backward", x, addend_x);
+  addend_arg("batch_stats_tangent_backward", x, addend_xdot);
 }
 
 void bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,

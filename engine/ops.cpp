@@ -94,10 +94,12 @@ BatchStats batch_stats(const Tensor& x) {
 BatchStats batch_stats_tangent(const Tensor& x, const Tensor& mean, const Tensor& x_dot) {
   auto [md, vd] = backend::batch_stats_tangent(x, mean, x_dot);
   Tensors outs{md, vd};
+  Tensor mean_dot = md;
   detail::finish_op(
       "batch_stats_tangent", {x, mean, x_dot}, outs,
-      [x, mean, x_dot](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        auto r = backend::batch_stats_tangent_backward(x, mean, x_dot, g[0], g[1]);
+      [x, mean, x_dot, mean_dot](const Tensors& g, const std::vector<bool>&) -> Tensors {
+        auto r = backend::batch_stats_tangent_backward(x, mean, x_dot, mean_dot, g[0], g[1], detail::take_addend(0),
+                                                       detail::take_addend(2));
         return {r.x, r.mean, r.xdot};
       },
       [](const Tensors&) -> Tensors { no_second_order("batch_stats_tangent"); });

@@ -31,6 +31,10 @@ Tensor scratch(int64_t n, const Tensor& data) {
   return Tensor::empty({n}, stat_dtype(data.dtype()), Layout::plain, Device::cuda);
 }
 
+// One pass over x about a per-channel shift K: with d = x - K, mean = K + E[d] and var = E[d^2] - E[d]^2. K is the
+// mean of 16 rows spread over the tensor (over its images), so |E[d]| is a fraction of the standard deviation and the
+// subtraction costs at most a bit or two (unshifted, E[x^2] - E[x]^2 would lose everything when |mean| >> std). A
+// two-pass mean-then-centred-squares reads x twice.
 template <class T>
 std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   using S = acc_t<T>;
@@ -38,24 +42,33 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   const T* px = ptr<T>(x);
   S* pm = ptr<S>(mean);
   S* pv = ptr<S>(var);
-  int64_t C = v.channels;
-  S inv = S(1) / S(v.rows);
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t, int n, PackSums<1, S>& o) {
-    Pack<T> xs = load_pack(px, i, n);
-#pragma unroll
-    for (int j = 0; j < kPack; ++j) o.v[0][j] = xs[j];
-  }, pm);
-  for_each(C, [=] __device__(int64_t c) { pm[c] *= inv; });
-  // Second pass over centred values: no cancellation between E[x^2] and E[x]^2.
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<1, S>& o) {
+  int64_t C = v.channels, rows = v.rows;
+  S inv = S(1) / S(rows);
+  if (rows <= 0) return {mean, var};
+  Tensor shift = scratch(C, x), sums = scratch(2 * C, x);
+  S* pk = ptr<S>(shift);
+  S* ps = ptr<S>(sums);
+  constexpr int64_t kSamples = 16;
+  int64_t samples = std::min(kSamples, rows);
+  for_each(C, [=] __device__(int64_t c) {
+    S k = S(0);
+    for (int64_t s = 0; s < samples; ++s) k += ld(px, (s * rows / samples) * C + c);
+    pk[c] = k / S(samples);
+  });
+  channel_sum<2, S>(rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
-      S d = xs[j] - pm[pack_channel(c, j, n)];
-      o.v[0][j] = d * d;
+      S d = xs[j] - pk[pack_channel(c, j, n)];
+      o.v[0][j] = d;
+      o.v[1][j] = d * d;
     }
-  }, pv);
-  for_each(C, [=] __device__(int64_t c) { pv[c] *= inv; });
+  }, ps);
+  for_each(C, [=] __device__(int64_t c) {
+    S m = ps[c] * inv, q = ps[C + c] * inv - m * m;
+    pm[c] = pk[c] + m;
+    pv[c] = q > S(0) ? q : S(0);
+  });
   return {mean, var};
 }
 
@@ -123,40 +136,62 @@ std::pair<Tensor, Tensor> batch_stats_tangent_impl(const Tensor& x, const Tensor
   return {md, vd};
 }
 
-template <class T>
-BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& xdot,
-                                                         const Tensor& ga, const Tensor& gb, View v) {
+// dx (in DX, plus the addend in AX) and dxdot (in DD, plus the addend in AD) in one pass; the cotangent of the mean
+// from the forward's mean_dot. An addend is null when not given.
+template <class T, class DX, class AX, class DD, class AD>
+BatchStatsTangentGrads batch_stats_tangent_backward_as(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                       const Tensor& mean_dot, const Tensor& ga, const Tensor& gb,
+                                                       const Tensor& addend_x, const Tensor& addend_xdot, View v) {
   using S = acc_t<T>;
   BatchStatsTangentGrads out;
-  out.x = new_like(x);
-  out.xdot = new_like(x);
+  out.x = Tensor::empty(x.shape(), dtype_of_storage<DX>(), x.layout(), Device::cuda);
+  out.xdot = Tensor::empty(x.shape(), dtype_of_storage<DD>(), x.layout(), Device::cuda);
   out.mean = new_stat(v.channels, x);
   const T *px = ptr<T>(x), *pd = ptr<T>(xdot);
-  const S *pm = ptr<S>(mean), *pa = ptr<S>(ga), *pb = ptr<S>(gb);
-  T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
+  const S *pm = ptr<S>(mean), *pmd = ptr<S>(mean_dot), *pa = ptr<S>(ga), *pb = ptr<S>(gb);
+  const AX* pax = addend_x.defined() ? ptr<AX>(addend_x) : nullptr;
+  const AD* pad = addend_xdot.defined() ? ptr<AD>(addend_xdot) : nullptr;
+  DX* dx = ptr<DX>(out.x);
+  DD* dd = ptr<DD>(out.xdot);
   S* dm = ptr<S>(out.mean);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
   for_each_pack<batch_stats_tangent_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
+    Pack<AX> axs;
+    Pack<AD> ads;
+    if (pax) axs = load_pack(pax, i, n);
+    if (pad) ads = load_pack(pad, i, n);
+    Pack<DX> ox;
+    Pack<DD> od;
     int64_t c = channel_of(i, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      S d = ds[k];
-      ds[k] = inv * (pa[c] + S(2) * pb[c] * (xs[k] - pm[c]));
-      xs[k] = inv * S(2) * pb[c] * d;
+      S d = inv * (pa[c] + S(2) * pb[c] * (xs[k] - pm[c]));
+      S e = inv * S(2) * pb[c] * ds[k];
+      od[k] = pad ? d + ads[k] : d;
+      ox[k] = pax ? e + axs[k] : e;
       c = next_channel(c, C);
     }
-    store_pack(dd, i, ds, n);
-    store_pack(dx, i, xs, n);
+    store_pack(dd, i, od, n);
+    store_pack(dx, i, ox, n);
   });
-  channel_sum<1, S>(v.rows, C, [=] __device__(int64_t i, int64_t, int n, PackSums<1, S>& o) {
-    Pack<T> ds = load_pack(pd, i, n);
-#pragma unroll
-    for (int j = 0; j < kPack; ++j) o.v[0][j] = ds[j];
-  }, dm);
-  for_each(C, [=] __device__(int64_t c) { dm[c] *= S(-2) * pb[c] * inv; });
+  for_each(C, [=] __device__(int64_t c) { dm[c] = S(-2) * pb[c] * pmd[c]; });
   return out;
+}
+
+template <class T>
+BatchStatsTangentGrads batch_stats_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& xdot,
+                                                         const Tensor& mean_dot, const Tensor& ga, const Tensor& gb,
+                                                         const Tensor& addend_x, const Tensor& addend_xdot, View v) {
+  using S = acc_t<T>;
+  bool wide_x = addend_x.defined() && addend_x.dtype() != x.dtype();
+  bool wide_d = addend_xdot.defined() && addend_xdot.dtype() != x.dtype();
+  auto run = [&](auto fn) { return fn(x, mean, xdot, mean_dot, ga, gb, addend_x, addend_xdot, v); };
+  if (wide_x && wide_d) return run(batch_stats_tangent_backward_as<T, S, S, S, S>);
+  if (wide_x) return run(batch_stats_tangent_backward_as<T, S, S, T, T>);
+  if (wide_d) return run(batch_stats_tangent_backward_as<T, T, T, S, S>);
+  return run(batch_stats_tangent_backward_as<T, T, T, T, T>);
 }
 
 template <class T>
@@ -412,11 +447,12 @@ std::pair<Tensor, Tensor> CudaBackend::batch_stats_tangent(const Tensor& x, cons
 }
 
 BatchStatsTangentGrads CudaBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean,
-                                                                 const Tensor& xdot, const Tensor& g_mean_dot,
-                                                                 const Tensor& g_var_dot) {
+                                                                 const Tensor& xdot, const Tensor& mean_dot,
+                                                                 const Tensor& g_mean_dot, const Tensor& g_var_dot,
+                                                                 const Tensor& addend_x, const Tensor& addend_xdot) {
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "batch_stats_tangent_backward", batch_stats_tangent_backward_impl, x, mean,
-                           xdot, g_mean_dot, g_var_dot, v);
+                           xdot, mean_dot, g_mean_dot, g_var_dot, addend_x, addend_xdot, v);
 }
 
 Tensor CudaBackend::bn_act_forward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,

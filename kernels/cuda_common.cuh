@@ -215,10 +215,12 @@ void for_each_pack(int64_t n, F f) {
 // Entries j >= count of a pack are never added; a formula that reads per-channel values there must read channel
 // pack_channel(c, j, count) (in range) rather than c + j.
 //
-// A block of 256 threads covers gpb = min(ceil(C / kPack), 256) packs of a row (consecutive 16-byte loads) and
-// slots = 256 / gpb rows at a time, striding over rows; blockIdx.y takes further channel tiles when C > 2048. The
-// block adds its threads' sums in shared memory (two stages when there are many slots) and then adds one value per
-// channel and sum to out with an atomic: about 4 blocks per SM in all, so each channel sees a few hundred atomics.
+// A block of 256 threads covers gpb packs of a row (consecutive 16-byte loads; all ceil(C / kPack) packs up to 256,
+// else an even share of them per tile, blockIdx.y picking the tile) and slots = 256 / gpb rows at a time, striding
+// over rows. The block adds its threads' sums in shared memory (two stages when there are many slots) and then adds
+// one value per channel and sum to out with an atomic. The grid is one wave of as many blocks as fit on the GPU, up
+// to 4 per SM (the heavier lambdas need over 128 registers a thread: one block per SM), so each channel sees a few
+// hundred atomics at most.
 // ---------------------------------------------------------------------------------------------------------------
 template <int NV, class S>
 struct PackSums {
@@ -253,7 +255,8 @@ __global__ void __launch_bounds__(kSumThreads) channel_sum_kernel(int64_t rows, 
         for (int j = 0; j < kPack; ++j) acc[k][j] += v.v[k][j];
     }
   }
-  // Pair p = (pack gl, entry j) of the block: p = gl * kPack + j; its slots' values are part[j][q * gpb + gl].
+  // Pair p = (entry j, pack g) of the block: p = j * gpb + g, so that consecutive threads read consecutive words of
+  // part[j] (no bank conflicts); its slots' values are part[j][q * gpb + g].
   const int pairs = gpb * kPack;
   const int helpers = pairs <= kSumThreads ? kSumThreads / pairs : 1;  // threads per pair in the first stage
 #pragma unroll
@@ -264,21 +267,21 @@ __global__ void __launch_bounds__(kSumThreads) channel_sum_kernel(int64_t rows, 
     if (helpers > 1) {
       // Stage 1: helper h of pair p adds slots h, h + helpers, ...; stage 2: thread p adds its helpers' sums.
       if (t < helpers * pairs) {
-        int p = t % pairs, h = t / pairs, g = p / kPack, j = p % kPack;
+        int p = t % pairs, h = t / pairs, g = p % gpb, j = p / gpb;
         S s = S(0);
         for (int q = h; q < slots; q += helpers) s += part[j][q * gpb + g];
         helper[t] = s;
       }
       __syncthreads();
       if (t < pairs) {
-        int64_t ch = (static_cast<int64_t>(blockIdx.y) * gpb + t / kPack) * kPack + t % kPack;
+        int64_t ch = (static_cast<int64_t>(blockIdx.y) * gpb + t % gpb) * kPack + t / gpb;
         S s = S(0);
         for (int h = 0; h < helpers; ++h) s += helper[h * pairs + t];
         if (ch < C) atomicAdd(out + k * C + ch, s);
       }
     } else {
       for (int p = t; p < pairs; p += kSumThreads) {
-        int g = p / kPack, j = p % kPack;
+        int g = p % gpb, j = p / gpb;
         int64_t ch = (static_cast<int64_t>(blockIdx.y) * gpb + g) * kPack + j;
         S s = S(0);
         for (int q = 0; q < slots; ++q) s += part[j][q * gpb + g];
@@ -295,13 +298,24 @@ void channel_sum(int64_t rows, int64_t channels, F f, S* out) {
   LLR_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(S) * NV * channels, s));
   if (rows <= 0 || channels <= 0) return;
   int64_t packs = (channels + kPack - 1) / kPack;
-  int gpb = static_cast<int>(std::min<int64_t>(packs, kSumThreads));
-  int64_t tiles = (packs + gpb - 1) / gpb;
+  int64_t tiles = (packs + kSumThreads - 1) / kSumThreads;
+  int gpb = static_cast<int>((packs + tiles - 1) / tiles);
   int64_t slots = kSumThreads / gpb;
-  int64_t want = std::max<int64_t>(1, static_cast<int64_t>(context().sm_count()) * 4 / tiles);
+  auto kernel = channel_sum_kernel<NV, S, F>;
+  // Blocks of this instantiation resident per SM (from its register use), at most 4: half the SM's threads, each
+  // with a 16-byte load per value in flight, and the block's final sums amortised over several rows per thread.
+  static const int per_sm = [&] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kSumThreads, 0) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: clear it so the launch check below does not report it
+      n = 1;
+    }
+    return std::min(4, std::max(1, n));
+  }();
+  int64_t want = std::max<int64_t>(1, int64_t(context().sm_count()) * per_sm / tiles);
   int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>((rows + slots - 1) / slots, want));
   dim3 grid(static_cast<unsigned>(std::min<int64_t>(rblocks, 65535)), static_cast<unsigned>(tiles));
-  channel_sum_kernel<NV, S><<<grid, kSumThreads, 0, s>>>(rows, channels, gpb, f, out);
+  kernel<<<grid, kSumThreads, 0, s>>>(rows, channels, gpb, f, out);
   LLR_CUDA_LAUNCH_CHECK();
 }
 

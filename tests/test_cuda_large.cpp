@@ -118,6 +118,15 @@ OpCase bn_stats_case(const Shape& s, bool var) {
           }};
 }
 
+// Data 300 standard deviations from zero: a variance computed as E[x^2] - E[x]^2 without a shift would keep none of
+// f32's bits (the one-pass statistics shift by a sample mean of each channel).
+OpCase bn_stats_offset_case(const Shape& s) {
+  return {named("batch_stats var (mean 300, sd 1)", s),
+          [=](Generator& g) { return Tensors{g.normal(s, 300.0, 1.0, f64, Layout::nhwc)}; },
+          {true},
+          [=](const Tensors& in) { return batch_stats(in[0]).var; }};
+}
+
 OpCase bn_training_case(const Shape& s) {
   int64_t c = s.back();
   return {named("batch_norm training mode", s),
@@ -222,6 +231,7 @@ std::vector<OpCase> elementwise_cases(const Shape& stem, const Shape& group1, co
                                       const Shape& many_rows, const Shape& wide_rows) {
   std::vector<OpCase> c;
   for (bool var : {false, true}) c.push_back(bn_stats_case(stem, var));
+  c.push_back(bn_stats_offset_case(stem));
   for (const Shape& s : {stem, group3}) {
     c.push_back(bn_training_case(s));
     c.push_back(bn_act_case(s, Act::softplus));

@@ -61,7 +61,8 @@ TEST_CASE("add_widening of bf16 and f32 on the GPU is their f32 sum") {
 // The batch norm's vjps with an addend (the autograd's accumulated cotangent of x) on the GPU against the CPU in
 // f64 on the same rounded values: bf16 data with a bf16 and with an f32 addend, and f32 data; with the statistics'
 // and parameters' cotangents (the reduction kernel) and without them (an attack step's input gradient: the packed
-// element-wise kernel), on a shape whose element count and channel count are not multiples of the 8-element pack.
+// element-wise kernel), on a shape whose element count and channel count are not multiples of the 8-element pack;
+// and batch_stats_tangent's vjp with addends of both its outputs.
 TEST_CASE("batch-norm vjps with an addend on the GPU match the CPU") {
   if (!gpu_ready("CUDA batch-norm vjps with an addend")) return;
   for (const Shape& shape : {Shape{6, 9, 7, 24}, Shape{3, 5, 7, 13}}) {
@@ -103,6 +104,26 @@ TEST_CASE("batch-norm vjps with an addend on the GPU match the CPU") {
       CHECK(check_close("bn_act_backward with addend, mean", c.name, m, got.mean, ref.mean));
       CHECK(check_close("batch_stats_backward with addend", c.name, m, got_stats, ref_stats));
       CHECK(check_close("bn_act_backward input only with addend", c.name, m, got_input.x, ref_input.x));
+      // batch_stats_tangent's vjp with addends of dx and dxdot, each in its own dtype (the data's or the addend's).
+      Tensor gmd = gen.normal({C}, 0, 1, DType::f64), gvd = gen.normal({C}, 0, 1, DType::f64);
+      Tensor gmdr = rounded(gmd, sd), gvdr = rounded(gvd, sd);
+      auto [mean_dot, var_dot] = backend::batch_stats_tangent(xr, meanr, gyr);
+      Tensor mdr = rounded(mean_dot, sd);
+      Tensor data_addend = rounded(addend, c.data);
+      for (bool wide_on_x : {true, false}) {
+        const Tensor& ax = wide_on_x ? ar : data_addend;
+        const Tensor& ad = wide_on_x ? data_addend : ar;
+        BatchStatsTangentGrads want = backend::batch_stats_tangent_backward(xr, meanr, gyr, mdr, gmdr, gvdr, ax, ad);
+        BatchStatsTangentGrads have = backend::batch_stats_tangent_backward(
+            xg, mg, gyg, upload(mdr, sd), upload(gmdr, sd), upload(gvdr, sd),
+            upload(ax, wide_on_x ? c.addend : c.data), upload(ad, wide_on_x ? c.data : c.addend));
+        CHECK(have.x.dtype() == (wide_on_x ? c.addend : c.data));
+        CHECK(have.xdot.dtype() == (wide_on_x ? c.data : c.addend));
+        const char* which = wide_on_x ? "the addend's dtype on dx" : "the addend's dtype on dxdot";
+        CHECK(check_close("batch_stats_tangent_backward with addends, dx", which, m, have.x, want.x));
+        CHECK(check_close("batch_stats_tangent_backward with addends, dxdot", which, m, have.xdot, want.xdot));
+        CHECK(check_close("batch_stats_tangent_backward with addends, mean", which, m, have.mean, want.mean));
+      }
     }
   }
 }

@@ -127,28 +127,32 @@ std::pair<Tensor, Tensor> CpuBackend::batch_stats_tangent(const Tensor& x, const
 }
 
 BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& xdot,
-                                                    const Tensor& g_mean_dot, const Tensor& g_var_dot) {
+                                                    const Tensor& mean_dot, const Tensor& g_mean_dot,
+                                                    const Tensor& g_var_dot, const Tensor& addend_x,
+                                                    const Tensor& addend_xdot) {
   auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "batch_stats_tangent_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pm = mean.data<T>(), *pd = xdot.data<T>();
     const T *ga = g_mean_dot.data<T>(), *gb = g_var_dot.data<T>();
+    const T* pax = addend_x.defined() ? addend_x.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
+    const T* pad = addend_xdot.defined() ? addend_xdot.data<T>() : nullptr;
     BatchStatsTangentGrads out;
     out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
     out.xdot = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
     T inv_m = T(1) / T(v.rows);
-    std::vector<double> dm = channel_sums<1>(v, [&](int64_t r0, int64_t r1, double** acc) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < v.channels; ++c) {
-          int64_t i = r * v.channels + c;
-          dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c]));
-          dx[i] = inv_m * T(2) * gb[c] * pd[i];
-          acc[0][c] += pd[i];
-        }
-    })[0];
-    for (int64_t c = 0; c < v.channels; ++c) dm[c] *= -2.0 * double(gb[c]) / double(v.rows);
-    out.mean = channel_tensor<T>(dm, x.dtype());
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
+    for (int64_t r = 0; r < v.rows; ++r)
+      for (int64_t c = 0; c < v.channels; ++c) {
+        int64_t i = r * v.channels + c;
+        dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c])) + (pad ? pad[i] : T(0));
+        dx[i] = inv_m * T(2) * gb[c] * pd[i] + (pax ? pax[i] : T(0));
+      }
+    out.mean = Tensor::empty({v.channels}, x.dtype());
+    const T* pmd = mean_dot.data<T>();
+    T* dm = out.mean.data<T>();
+    for (int64_t c = 0; c < v.channels; ++c) dm[c] = T(-2) * gb[c] * pmd[c];
     return out;
   });
 }
