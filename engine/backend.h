@@ -32,6 +32,15 @@ struct BnNormalizeGrads {
 struct BnTangentGrads {
   Tensor x, mean, var, scale, xdot, mean_dot, var_dot;
 };
+// The bytes of their tensors, for the profile (engine/dispatch.h).
+inline double bytes_of(const BatchStatsTangentGrads& g) { return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.xdot); }
+inline double bytes_of(const BnNormalizeGrads& g) {
+  return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.var) + bytes_of(g.scale) + bytes_of(g.shift);
+}
+inline double bytes_of(const BnTangentGrads& g) {
+  return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.var) + bytes_of(g.scale) + bytes_of(g.xdot) +
+         bytes_of(g.mean_dot) + bytes_of(g.var_dot);
+}
 
 // The engine's compute interface, one implementation per device: engine/cpu/ (Eigen) for Device::cpu, kernels/
 // (cuDNN, cuBLAS, our kernels) for Device::cuda, which registers itself at start-up. Its functions are listed once,
@@ -123,8 +132,13 @@ Tensor full_like(const Tensor& x, double value);
     ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::backend_check::name args;                                    \
-    return ::llr::emulate_bf16::call<ret>(#name, dev.device(),          \
-                                          [&]() -> ret { return ::llr::backend_for(dev.device()).name args; }); \
+    return ::llr::dispatch::measured<ret>(                              \
+        llr_op_scope_,                                                  \
+        [&]() -> ret {                                                  \
+          return ::llr::emulate_bf16::call<ret>(#name, dev.device(),    \
+                                                [&]() -> ret { return ::llr::backend_for(dev.device()).name args; }); \
+        },                                                              \
+        LLR_UNPACK args);                                               \
   }
 #include "engine/backend_functions.def"
 #undef LLR_KERNEL

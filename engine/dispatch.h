@@ -11,7 +11,9 @@
 #pragma once
 
 #include <type_traits>
+#include <utility>
 
+#include "engine/profile.h"
 #include "engine/tensor.h"
 
 #define LLR_UNPACK(...) __VA_ARGS__
@@ -32,6 +34,40 @@ void check_devices(const char* kernel, Device device, const Args&... args) {
     }
   };
   (one(args), ...);
+}
+
+}  // namespace llr::dispatch
+
+namespace llr {
+
+// The bytes a kernel argument or result occupies, for the profile's traffic column: a defined tensor's elements, the
+// tensors of a pair or of a result struct (overloads beside the struct, found by argument-dependent lookup); nothing
+// for the rest (scalars, shapes, options).
+inline double bytes_of(const Tensor& t) {
+  return t.defined() ? double(t.numel()) * double(dtype_size(t.dtype())) : 0.0;
+}
+template <class A, class B>
+double bytes_of(const std::pair<A, B>& p) {
+  return bytes_of(p.first) + bytes_of(p.second);
+}
+template <class T>
+double bytes_of(const T&) {
+  return 0.0;
+}
+
+namespace dispatch {
+
+// f() with the bytes of its arguments and result given to the kernel's profile scope (when a profiler listens).
+template <class R, class F, class... Args>
+R measured(profile::Scope& scope, F&& f, const Args&... args) {
+  if constexpr (std::is_void_v<R>) {
+    f();
+    if (scope.active()) scope.set_bytes((0.0 + ... + bytes_of(args)));
+  } else {
+    R out = f();
+    if (scope.active()) scope.set_bytes((bytes_of(out) + ... + bytes_of(args)));
+    return out;
+  }
 }
 
 // The implementation of interface K registered for a device other than the CPU (whose implementation each
@@ -55,4 +91,5 @@ void register_for_device(Device device, K* kernels) {
   Registered<K>::cuda = kernels;
 }
 
-}  // namespace llr::dispatch
+}  // namespace dispatch
+}  // namespace llr

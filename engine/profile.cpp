@@ -42,8 +42,8 @@ void notify_begin(const char* name, Kind kind, Device device) {
   for (Observer* o : observers()) o->begin(name, kind, device);
 }
 
-void notify_end(const char* name, Kind kind, Device device) {
-  for (auto it = observers().rbegin(); it != observers().rend(); ++it) (*it)->end(name, kind, device);
+void notify_end(const char* name, Kind kind, Device device, double bytes) {
+  for (auto it = observers().rbegin(); it != observers().rend(); ++it) (*it)->end(name, kind, device, bytes);
 }
 
 }  // namespace detail
@@ -80,13 +80,13 @@ void Profiler::begin(const char* name, Kind kind, Device device) {
   open_.push_back({name, kind, clock_->stamp()});
 }
 
-void Profiler::end(const char* name, Kind kind, Device device) {
+void Profiler::end(const char* name, Kind kind, Device device, double bytes) {
   if (device != device_ || step_from_ < 0) return;
   if (kind == Kind::op && --op_depth_ > 0) return;
   // Scopes close in reverse order of opening; find this one's opening (ops and phases interleave).
   for (auto it = open_.rbegin(); it != open_.rend(); ++it)
     if (it->kind == kind && it->name == name) {
-      pending_.push_back({name, kind, it->stamp, clock_->stamp()});
+      pending_.push_back({name, kind, it->stamp, clock_->stamp(), bytes});
       open_.erase(std::next(it).base());
       return;
     }
@@ -99,7 +99,7 @@ void Profiler::step_begin() {
 }
 
 void Profiler::step_end() {
-  pending_.push_back({"", Kind::phase, step_from_, clock_->stamp()});
+  pending_.push_back({"", Kind::phase, step_from_, clock_->stamp(), 0.0});
   step_from_ = -1;
 }
 
@@ -112,6 +112,7 @@ void Profiler::collect() {
     }
     Total& t = (i.kind == Kind::op ? ops_ : phases_)[i.name];
     t.ms += ms;
+    t.bytes += i.bytes;
     ++t.calls;
   }
   pending_.clear();
@@ -120,21 +121,27 @@ void Profiler::collect() {
 
 void Profiler::print(int steps) const {
   double step = step_ms_ / steps;
-  auto table = [&](const char* title, const std::map<std::string, Total>& rows) {
+  auto table = [&](const char* title, const std::map<std::string, Total>& rows, bool traffic) {
     std::vector<std::pair<std::string, Total>> sorted(rows.begin(), rows.end());
     std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
     double sum = 0;
-    std::printf("\n%-34s %10s %8s %10s\n", title, "ms/step", "share", "calls/step");
+    std::printf("\n%-34s %10s %8s %10s", title, "ms/step", "share", "calls/step");
+    if (traffic) std::printf(" %10s %8s", "GB/step", "GB/s");
+    std::printf("\n");
     for (const auto& [name, t] : sorted) {
       sum += t.ms;
-      std::printf("%-34s %10.3f %7.1f%% %10.1f\n", name.c_str(), t.ms / steps, 100.0 * t.ms / step_ms_,
+      std::printf("%-34s %10.3f %7.1f%% %10.1f", name.c_str(), t.ms / steps, 100.0 * t.ms / step_ms_,
                   double(t.calls) / steps);
+      if (traffic) std::printf(" %10.3f %8.0f", t.bytes * 1e-9 / steps, t.ms > 0 ? t.bytes * 1e-6 / t.ms : 0.0);
+      std::printf("\n");
     }
     std::printf("%-34s %10.3f %7.1f%%\n", "(outside these)", step - sum / steps, 100.0 * (1.0 - sum / step_ms_));
   };
   std::printf("\nprofile over %d steps: %.3f ms per step\n", steps, step);
-  table("phase", phases_);
-  table("op (outermost kernel call)", ops_);
+  table("phase", phases_, false);
+  table("op (outermost kernel call)", ops_, true);
+  std::printf("(GB: the op's argument and result tensors, each counted once: the traffic it cannot avoid; GB/s near "
+              "the memory bandwidth means a memory-bound op is done)\n");
 }
 
 }  // namespace llr::profile

@@ -2,7 +2,9 @@
 // (nominal forward, search step, tangent pass, ...) is reported to the installed observers: the CUDA backend installs
 // one that opens an NVTX range for each (for Nsight), and `llrtrain bench --profile` installs a Profiler that times
 // them with the device's clock (CUDA events on the GPU) and prints a table of ms and share of the step per op and per
-// phase. With no observer installed a scope costs one branch.
+// phase, and for each op the bytes its tensors occupy (every argument and result once: the memory traffic it cannot
+// avoid) over its time, so an element-wise kernel's distance from the memory bandwidth can be read off. With no
+// observer installed a scope costs one branch.
 #pragma once
 
 #include <chrono>
@@ -21,7 +23,8 @@ class Observer {
  public:
   virtual ~Observer() = default;
   virtual void begin(const char* name, Kind kind, Device device) = 0;
-  virtual void end(const char* name, Kind kind, Device device) = 0;
+  // bytes: what set_bytes() gave the scope (0 for phases and for kernels that report none).
+  virtual void end(const char* name, Kind kind, Device device, double bytes) = 0;
 };
 
 void add_observer(Observer* o);
@@ -30,7 +33,7 @@ void remove_observer(Observer* o);
 namespace detail {
 extern bool any_observer;
 void notify_begin(const char* name, Kind kind, Device device);
-void notify_end(const char* name, Kind kind, Device device);
+void notify_end(const char* name, Kind kind, Device device, double bytes);
 }  // namespace detail
 
 // Reports a kernel call or a phase for its lifetime.
@@ -43,8 +46,10 @@ class Scope {
     }
   }
   ~Scope() {
-    if (active_) detail::notify_end(name_, kind_, device_);
+    if (active_) detail::notify_end(name_, kind_, device_, bytes_);
   }
+  bool active() const { return active_; }
+  void set_bytes(double bytes) { bytes_ = bytes; }
   Scope(const Scope&) = delete;
   Scope& operator=(const Scope&) = delete;
 
@@ -53,6 +58,7 @@ class Scope {
   Kind kind_;
   Device device_;
   bool active_ = false;
+  double bytes_ = 0;
 };
 
 // A point on a device's timeline and the time between two of them: host time on the CPU, CUDA events on the GPU
@@ -73,13 +79,25 @@ class Profiler final : public Observer {
   explicit Profiler(Device device);
   ~Profiler() override;
   void begin(const char* name, Kind kind, Device device) override;
-  void end(const char* name, Kind kind, Device device) override;
+  void end(const char* name, Kind kind, Device device, double bytes) override;
   // A whole step between two stamps: call step_begin() and step_end() around it; collect() after the device finished.
   void step_begin();
   void step_end();
   void collect();
-  // Prints the per-phase and per-op tables (ms per step, share of the step, calls per step).
+  // Prints the per-phase and per-op tables (ms per step, share of the step, calls per step; for ops also GB per step
+  // and GB/s).
   void print(int steps) const;
+
+  struct Total {
+    double ms = 0;
+    int64_t calls = 0;
+    double bytes = 0;
+  };
+  // What collect() has gathered for one op (nullptr if it never ran).
+  const Total* op(const std::string& name) const {
+    auto it = ops_.find(name);
+    return it == ops_.end() ? nullptr : &it->second;
+  }
 
  private:
   struct Open {
@@ -91,10 +109,7 @@ class Profiler final : public Observer {
     std::string name;
     Kind kind;
     int from, to;
-  };
-  struct Total {
-    double ms = 0;
-    int64_t calls = 0;
+    double bytes;
   };
   Device device_;
   std::unique_ptr<Clock> clock_;

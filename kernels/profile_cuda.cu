@@ -51,7 +51,7 @@ class NvtxObserver final : public profile::Observer {
   void begin(const char* name, profile::Kind, Device device) override {
     if (device == Device::cuda) nvtxRangePushA(name);
   }
-  void end(const char*, profile::Kind, Device device) override {
+  void end(const char*, profile::Kind, Device device, double) override {
     if (device == Device::cuda) nvtxRangePop();
   }
 };

@@ -210,6 +210,33 @@ TEST_CASE("eager tangents equal replayed tangents and tangent computations are r
   CHECK(se.tangent().item() == doctest::Approx(replayed.item()).epsilon(1e-13));
 }
 
+// llrtrain bench --profile's per-op table: calls and bytes (each argument and result tensor once) of the outermost
+// kernel calls inside a step, nothing outside one.
+TEST_CASE("the profiler counts each op's calls and the bytes of its tensors within a step") {
+  TapeReset reset;
+  Generator gen(3);
+  Tensor a = gen.normal({1000}, 0, 1, DType::f32), b = gen.normal({1000}, 0, 1, DType::f32);
+  Tensor x = gen.normal({2, 3, 3, 4}, 0, 1, DType::f64, Layout::nhwc);
+  profile::Profiler p(Device::cpu);
+  backend::add(a, b);  // before the step: not counted
+  p.step_begin();
+  backend::add(a, b);
+  backend::add(a, b);
+  BatchStats s = batch_stats(x);
+  backend::bn_act_forward(x, s.mean, s.var, s.var, s.mean, 1e-5, Act::relu);
+  p.step_end();
+  p.collect();
+  const profile::Profiler::Total* add = p.op("add");
+  REQUIRE(add != nullptr);
+  CHECK(add->calls == 2);
+  CHECK(add->bytes == 2 * 3 * 1000 * 4.0);  // a, b and the sum, f32
+  REQUIRE(p.op("batch_stats") != nullptr);
+  CHECK(p.op("batch_stats")->bytes == (72 + 4 + 4) * 8.0);  // x, mean and var, f64
+  REQUIRE(p.op("bn_act_forward") != nullptr);
+  CHECK(p.op("bn_act_forward")->bytes == (72 + 4 * 4 + 72) * 8.0);  // x, four per-channel tensors, y
+  CHECK(p.op("mul") == nullptr);
+}
+
 }  // namespace
 }  // namespace llr::test
 

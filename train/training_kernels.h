@@ -31,7 +31,8 @@ namespace training {
     ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::training_check::name args;                                     \
-    return ::llr::training_kernels_for(dev.device()).name args;           \
+    return ::llr::dispatch::measured<ret>(                                \
+        llr_op_scope_, [&]() -> ret { return ::llr::training_kernels_for(dev.device()).name args; }, LLR_UNPACK args); \
   }
 #include "train/training_kernels.def"
 #undef LLR_KERNEL

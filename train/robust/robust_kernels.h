@@ -39,6 +39,17 @@ struct ElleCoefficients {
   Tensor loss_weight;  // [3N]: the cotangent of the triplet batch's losses
 };
 
+// The bytes of their tensors, for the profile (engine/dispatch.h).
+inline double bytes_of(const LlrCoefficients& c) {
+  return bytes_of(c.nominal_weight) + bytes_of(c.perturbed_weight) + bytes_of(c.tangent_weight) + bytes_of(c.abs_g) +
+         bytes_of(c.sign_g);
+}
+inline double bytes_of(const GradientAlignment& a) {
+  return bytes_of(a.cos) + bytes_of(a.d_cos_d_g1) + bytes_of(a.d_cos_d_g2);
+}
+inline double bytes_of(const ElleTriplets& t) { return bytes_of(t.points) + bytes_of(t.labels) + bytes_of(t.alpha); }
+inline double bytes_of(const ElleCoefficients& c) { return bytes_of(c.residual) + bytes_of(c.loss_weight); }
+
 class RobustKernels {
  public:
   virtual ~RobustKernels() = default;
@@ -61,7 +72,8 @@ namespace robust {
     ::llr::profile::Scope llr_op_scope_(#name, ::llr::profile::Kind::op, dev.device()); \
     ::llr::dispatch::check_devices(#name, dev.device(), LLR_UNPACK args); \
     ::llr::robust_check::name args;                                       \
-    return ::llr::robust_kernels_for(dev.device()).name args;             \
+    return ::llr::dispatch::measured<ret>(                                \
+        llr_op_scope_, [&]() -> ret { return ::llr::robust_kernels_for(dev.device()).name args; }, LLR_UNPACK args); \
   }
 #include "train/robust/robust_kernels.def"
 #undef LLR_KERNEL
