@@ -286,6 +286,20 @@ void bn_act_backward(const Tensor& x, const Tensor& mean, const Tensor& var, con
   LLR_CHECK(eps > 0, "batch_norm_backward: eps must be positive, got ", eps);
 }
 
+void bn_act_train_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                           const Tensor& shift, const Tensor& gy, const Tensor& g_mean, const Tensor& g_var, double eps,
+                           Act, bool, const Tensor& addend) {
+  addend_arg("batch_norm_backward", x, addend);
+  LLR_CHECK(mean.defined() && var.defined() && scale.defined() && shift.defined() && g_mean.defined() &&
+                g_var.defined(),
+            "batch_norm_backward: undefined statistics, parameters or statistics' cotangents");
+  batch_norm_args("batch_norm_backward", x, {&mean, &var, &scale, &shift, &g_mean, &g_var});
+  floating("batch_norm_backward", {&x, &gy});
+  same_shape("batch_norm_backward", x, gy);
+  LLR_CHECK(gy.dtype() == x.dtype(), "batch_norm_backward: gy ", gy.describe(), " vs x ", x.describe());
+  LLR_CHECK(eps > 0, "batch_norm_backward: eps must be positive, got ", eps);
+}
+
 void bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
                     const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, const Tensor& scale_dot,
                     const Tensor& shift_dot, double eps, Act) {

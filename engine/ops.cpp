@@ -157,6 +157,28 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, co
       });
 }
 
+BatchNormActTrain batch_norm_act_train(const Tensor& x, const Tensor& scale, const Tensor& shift, double eps, Act act) {
+  LLR_CHECK(eps > 0, "batch_norm_act: eps must be positive, got ", eps);
+  auto [m, v] = backend::batch_stats(x);
+  Tensors outs{backend::bn_act_forward(x, m, v, scale, shift, eps, act), m, v};
+  Tensor mean = m, var = v;
+  detail::finish_op(
+      "batch_norm_act_train", {x, scale, shift}, outs,
+      [x, mean, var, scale, shift, eps, act](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
+        auto r = backend::bn_act_train_backward(x, mean, var, scale, shift, g[0], g[1], g[2], eps, act,
+                                                needs[1] || needs[2], needs[0] ? detail::take_addend(0) : Tensor());
+        return {r.x, r.scale, r.shift};
+      },
+      [x, mean, var, scale, shift, eps, act](const Tensors& t) -> Tensors {
+        // The composition's tangents: batch_stats' along x_dot, then batch_norm_act's along all of them.
+        BatchStats d;
+        if (t[0].defined()) d = batch_stats_tangent(x, mean, t[0]);
+        Tensor y_dot = batch_norm_act_tangent(x, mean, var, scale, shift, t[0], d.mean, d.var, t[1], t[2], eps, act);
+        return {y_dot, d.mean, d.var};
+      });
+  return {outs[0], {outs[1], outs[2]}};
+}
+
 Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                               const Tensor& shift, const Tensor& x_dot, const Tensor& mean_dot, const Tensor& var_dot,
                               const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act) {

@@ -37,6 +37,15 @@ Tensor batch_norm(const Tensor& x, const Tensor& mean, const Tensor& var, const 
 // conv-BN-activation layer keeps two tensors for the reverse pass instead of three. Same values and gradients.
 Tensor batch_norm_act(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale, const Tensor& shift,
                       double eps, Act act);
+// A training-mode batch norm and activation: batch_norm_act(x, batch_stats(x), ...) as one op, whose outputs are y
+// and the statistics (which other ops may use, e.g. a pass that shares them, or the tangent pass). Same values,
+// gradients and tangents as the two ops; its vjp is one per-channel reduction and one element-wise pass
+// (backend::bn_act_train_backward) instead of two element-wise passes with a wider dx between them.
+struct BatchNormActTrain {
+  Tensor y;
+  BatchStats stats;
+};
+BatchNormActTrain batch_norm_act_train(const Tensor& x, const Tensor& scale, const Tensor& shift, double eps, Act act);
 // Its tangent: phi'(a) (bn_tangent(x_dot, mean_dot, var_dot) + batch_norm with (scale_dot, shift_dot)), a the
 // normalised value; every tangent argument may be undefined (zero).
 Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,

@@ -13,6 +13,7 @@ struct batch_stats_backward_k {};
 struct batch_stats_tangent_backward_k {};
 struct bn_act_forward_k {};
 struct bn_act_backward_input_k {};
+struct bn_act_train_backward_k {};
 struct bn_act_tangent_k {};
 struct bn_tangent_k {};
 struct bn_tangent_backward_k {};
@@ -306,6 +307,86 @@ BnNormalizeGrads bn_act_backward_impl(const Tensor& x, const Tensor& mean, const
   return bn_act_backward_as<T, T, T>(x, mean, var, scale, shift, gy, eps, act, need_stats, need_params, addend, v);
 }
 
+// See backend_functions.def: one reduction (sum g' and g' (x - mean) per channel), a per-channel step that turns the
+// sums and the statistics' own cotangents into dx = direct g' + stats_b + stats_d (x - mean), and one element-wise
+// pass that recomputes g' and writes dx (in D) plus the addend (in A).
+template <class T, class D, class A>
+BnNormalizeGrads bn_act_train_backward_as(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                          const Tensor& shift, const Tensor& gy, const Tensor& g_mean,
+                                          const Tensor& g_var, double eps, Act act, bool need_params,
+                                          const Tensor& addend, View v) {
+  using S = acc_t<T>;
+  int64_t C = v.channels;
+  const T *px = ptr<T>(x), *pg = ptr<T>(gy);
+  const S *pm = ptr<S>(mean), *pv = ptr<S>(var), *ps = ptr<S>(scale), *pb = ptr<S>(shift), *gm = ptr<S>(g_mean),
+          *gv = ptr<S>(g_var);
+  const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
+  S e = static_cast<S>(eps);
+  auto gprime = [=] __device__(S xi, S gi, int64_t c) {
+    S r = math::bn_inv_std<S>(pv[c], e);
+    return math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * gi;
+  };
+  ++op_counters().bn_channel_reductions;
+  Tensor sums = scratch(2 * C, x), coef = scratch(3 * C, x);
+  S *sp = ptr<S>(sums), *cf = ptr<S>(coef);
+  channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
+    Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) {
+      int64_t cj = pack_channel(c, j, n);
+      S gp = gprime(xs[j], gs[j], cj);
+      o.v[0][j] = gp;
+      o.v[1][j] = gp * (xs[j] - pm[cj]);
+    }
+  }, sp);
+  BnNormalizeGrads out;
+  if (need_params) out.scale = new_stat(C, x), out.shift = new_stat(C, x);
+  S *dg = ptr_or_null_mut<S>(out.scale), *db = ptr_or_null_mut<S>(out.shift);
+  S inv = S(1) / S(v.rows);
+  for_each(C, [=] __device__(int64_t c) {
+    S r = math::bn_inv_std<S>(pv[c], e), s = ps[c];
+    S big_m = gm[c] - s * r * sp[c];
+    S big_v = gv[c] - S(0.5) * s * r * r * r * sp[C + c];
+    cf[c] = s * r;                    // direct
+    cf[C + c] = big_m * inv;          // stats_b
+    cf[2 * C + c] = S(2) * big_v * inv;  // stats_d
+    if (dg) {
+      dg[c] = r * sp[C + c];
+      db[c] = sp[c];
+    }
+  });
+  out.x = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
+  D* dx = ptr<D>(out.x);
+  for_each_pack<bn_act_train_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
+    Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
+    Pack<A> as;
+    if (pa) as = load_pack(pa, i, n);
+    Pack<D> o;
+    int64_t c = channel_of(i, C);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      S d = cf[c] * gprime(xs[k], gs[k], c) + cf[C + c] + cf[2 * C + c] * (xs[k] - pm[c]);
+      o[k] = pa ? d + as[k] : d;
+      c = next_channel(c, C);
+    }
+    store_pack(dx, i, o, n);
+  });
+  return out;
+}
+
+template <class T>
+BnNormalizeGrads bn_act_train_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                            const Tensor& scale, const Tensor& shift, const Tensor& gy,
+                                            const Tensor& g_mean, const Tensor& g_var, double eps, Act act,
+                                            bool need_params, const Tensor& addend, View v) {
+  using S = acc_t<T>;
+  if (addend.defined() && addend.dtype() != x.dtype())
+    return bn_act_train_backward_as<T, S, S>(x, mean, var, scale, shift, gy, g_mean, g_var, eps, act, need_params,
+                                             addend, v);
+  return bn_act_train_backward_as<T, T, T>(x, mean, var, scale, shift, gy, g_mean, g_var, eps, act, need_params,
+                                           addend, v);
+}
+
 template <class T>
 Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                            const Tensor& shift, const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
@@ -467,6 +548,15 @@ BnNormalizeGrads CudaBackend::bn_act_backward(const Tensor& x, const Tensor& mea
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_backward", bn_act_backward_impl, x, mean, var, scale, shift, gy, eps,
                            act, need_stats, need_params, addend, v);
+}
+
+BnNormalizeGrads CudaBackend::bn_act_train_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                    const Tensor& scale, const Tensor& shift, const Tensor& gy,
+                                                    const Tensor& g_mean, const Tensor& g_var, double eps, Act act,
+                                                    bool need_params, const Tensor& addend) {
+  View v = bn_view(x);
+  return LLR_CUDA_DISPATCH(x.dtype(), "bn_act_train_backward", bn_act_train_backward_impl, x, mean, var, scale, shift,
+                           gy, g_mean, g_var, eps, act, need_params, addend, v);
 }
 
 Tensor CudaBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,

@@ -54,7 +54,7 @@ BatchNorm::BatchNorm(Registry& r, const std::string& name, int64_t channels, Ini
   r.counters().push_back({name + ".num_batches_tracked", num_batches_tracked_.get()});
 }
 
-BatchStats BatchNorm::statistics(const Tensor& x, ForwardContext& ctx) {
+BatchStats BatchNorm::given_statistics(ForwardContext& ctx) {
   switch (ctx.bn) {
     case BnMode::eval:
       return {running_mean_, running_var_};
@@ -63,27 +63,34 @@ BatchStats BatchNorm::statistics(const Tensor& x, ForwardContext& ctx) {
                 ctx.next);
       return (*ctx.use)[ctx.next++];
     }
-    case BnMode::train: {
-      BatchStats s = batch_stats(x);
-      if (ctx.record) ctx.record->push_back(s);
-      if (ctx.update_running) {
-        update_running_stats(running_mean_, running_var_, {s.mean.detach(), s.var.detach()}, momentum_,
-                             x.numel() / x.dim(-1));
-        ++*num_batches_tracked_;
-      }
-      return s;
-    }
+    case BnMode::train:
+      break;
   }
-  LLR_FAIL("unknown batch-norm mode");
+  LLR_FAIL("batch norm: no given statistics in this mode");
+}
+
+void BatchNorm::note_batch_statistics(const BatchStats& s, const Tensor& x, ForwardContext& ctx) {
+  if (ctx.record) ctx.record->push_back(s);
+  if (ctx.update_running) {
+    update_running_stats(running_mean_, running_var_, {s.mean.detach(), s.var.detach()}, momentum_,
+                         x.numel() / x.dim(-1));
+    ++*num_batches_tracked_;
+  }
 }
 
 Tensor BatchNorm::forward(const Tensor& x, ForwardContext& ctx) {
-  BatchStats s = statistics(x, ctx);
+  if (ctx.bn == BnMode::train) return forward_act(x, ctx, Act::identity);
+  BatchStats s = given_statistics(ctx);
   return batch_norm(x, s.mean, s.var, weight_, bias_, eps_);
 }
 
 Tensor BatchNorm::forward_act(const Tensor& x, ForwardContext& ctx, Act act) {
-  BatchStats s = statistics(x, ctx);
+  if (ctx.bn == BnMode::train) {  // statistics and normalisation as one op (one reduction in its vjp)
+    BatchNormActTrain out = batch_norm_act_train(x, weight_, bias_, eps_, act);
+    note_batch_statistics(out.stats, x, ctx);
+    return out.y;
+  }
+  BatchStats s = given_statistics(ctx);
   return batch_norm_act(x, s.mean, s.var, weight_, bias_, eps_, act);
 }
 

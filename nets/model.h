@@ -94,7 +94,9 @@ class BatchNorm {
   Tensor forward_act(const Tensor& x, ForwardContext& ctx, Act act);
 
  private:
-  BatchStats statistics(const Tensor& x, ForwardContext& ctx);  // per the pass's mode
+  BatchStats given_statistics(ForwardContext& ctx);  // eval: the running averages; shared: the next recorded ones
+  // A training pass's batch statistics: recorded for passes that share them, folded into the running averages.
+  void note_batch_statistics(const BatchStats& s, const Tensor& x, ForwardContext& ctx);
   Tensor weight_, bias_, running_mean_, running_var_;
   std::unique_ptr<int64_t> num_batches_tracked_ = std::make_unique<int64_t>(0);
   double eps_ = 1e-5, momentum_ = 0.1;

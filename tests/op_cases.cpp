@@ -95,6 +95,19 @@ std::vector<OpCase> build() {
                        BatchStats s = batch_stats(in[0]);
                        return batch_norm_act(in[0], s.mean, s.var, in[1], in[2], 1e-5, act);
                      }});
+  // The training-mode op (statistics and normalisation in one node), with its statistics also used downstream so that
+  // its vjp receives cotangents for all three outputs.
+  for (Act act : {Act::softplus, Act::relu})
+    cases.push_back({act == Act::relu ? "batch_norm_act_train relu (statistics used downstream)"
+                                      : "batch_norm_act_train softplus (statistics used downstream)",
+                     [](Generator& g) {
+                       return Tensors{normal(g, {2, 3, 3, 4}, Layout::nhwc), positive(g, {4}), normal(g, {4}, Layout::plain, 0.3)};
+                     },
+                     {true, true, true},
+                     [act](const Tensors& in) {
+                       BatchNormActTrain o = batch_norm_act_train(in[0], in[1], in[2], 1e-5, act);
+                       return bias_add(bias_add(o.y, o.stats.mean), o.stats.var);
+                     }});
   // x feeds both a batch norm and a skip connection: the skip's cotangent reaches x first, so the batch norm's vjp
   // and then the statistics' vjp each add the cotangent accumulated so far into their own (detail::take_addend).
   cases.push_back({"batch_norm_act softplus plus a skip (vjp addends)",

@@ -123,6 +123,21 @@ TEST_CASE("the fused batch norm + activation kernels equal the unfused ones and 
     CHECK(compare(backend::batch_stats_backward(x, mean, full.mean, full.var, addend), backend::add(stats_dx, addend),
                   1e-15, 1e-15)
               .max_violation <= 1);
+    // The training-mode vjp (one reduction, one pass) against the two-pass composition, with cotangents the
+    // statistics receive from elsewhere and an addend.
+    Tensor gm_in = gen.normal(scale.shape(), 0, 1, DType::f64), gv_in = gen.normal(scale.shape(), 0, 1, DType::f64);
+    BnNormalizeGrads train =
+        backend::bn_act_train_backward(x, mean, var, scale, shift, gy, gm_in, gv_in, eps, act, true, addend);
+    Tensor composed = backend::batch_stats_backward(x, mean, backend::add(full.mean, gm_in),
+                                                    backend::add(full.var, gv_in), backend::add(full.x, addend));
+    CHECK(compare(train.x, composed, 1e-14, 1e-12).max_violation <= 1);
+    CHECK(compare(train.scale, full.scale, 1e-14, 1e-12).max_violation <= 1);
+    CHECK(compare(train.shift, full.shift, 1e-14, 1e-12).max_violation <= 1);
+    CHECK_FALSE(train.mean.defined());
+    BnNormalizeGrads train_input =
+        backend::bn_act_train_backward(x, mean, var, scale, shift, gy, gm_in, gv_in, eps, act, false, Tensor());
+    CHECK_FALSE(train_input.scale.defined());
+    CHECK(compare(backend::add(train_input.x, addend), train.x, 1e-14, 1e-12).max_violation <= 1);
   }
 
   // Through autograd: an input gradient with evaluation-mode statistics (an attack step) reduces nothing.

@@ -62,7 +62,7 @@ TEST_CASE("add_widening of bf16 and f32 on the GPU is their f32 sum") {
 // f64 on the same rounded values: bf16 data with a bf16 and with an f32 addend, and f32 data; with the statistics'
 // and parameters' cotangents (the reduction kernel) and without them (an attack step's input gradient: the packed
 // element-wise kernel), on a shape whose element count and channel count are not multiples of the 8-element pack;
-// and batch_stats_tangent's vjp with addends of both its outputs.
+// batch_stats_tangent's vjp with addends of both its outputs; the training-mode vjp (bn_act_train_backward).
 TEST_CASE("batch-norm vjps with an addend on the GPU match the CPU") {
   if (!gpu_ready("CUDA batch-norm vjps with an addend")) return;
   for (const Shape& shape : {Shape{6, 9, 7, 24}, Shape{3, 5, 7, 13}}) {
@@ -110,6 +110,15 @@ TEST_CASE("batch-norm vjps with an addend on the GPU match the CPU") {
       auto [mean_dot, var_dot] = backend::batch_stats_tangent(xr, meanr, gyr);
       Tensor mdr = rounded(mean_dot, sd);
       Tensor data_addend = rounded(addend, c.data);
+      // The training-mode vjp in one reduction and one pass, with the statistics' own cotangents and the addend.
+      BnNormalizeGrads want_train =
+          backend::bn_act_train_backward(xr, meanr, varr, sr, hr, gyr, gmdr, gvdr, 1e-5, Act::softplus, true, ar);
+      BnNormalizeGrads have_train = backend::bn_act_train_backward(xg, mg, vg, sg, hg, gyg, upload(gmdr, sd),
+                                                                   upload(gvdr, sd), 1e-5, Act::softplus, true, ag);
+      CHECK(have_train.x.dtype() == (c.addend == c.data ? c.data : sd));
+      CHECK(check_close("bn_act_train_backward with addend", c.name, m, have_train.x, want_train.x));
+      CHECK(check_close("bn_act_train_backward, scale", c.name, m, have_train.scale, want_train.scale));
+      CHECK(check_close("bn_act_train_backward, shift", c.name, m, have_train.shift, want_train.shift));
       for (bool wide_on_x : {true, false}) {
         const Tensor& ax = wide_on_x ? ar : data_addend;
         const Tensor& ad = wide_on_x ? data_addend : ar;

@@ -29,15 +29,7 @@ std::vector<U> or_zeros(const T* p, int64_t channels) {
   return p ? std::vector<U>(p, p + channels) : std::vector<U>(static_cast<size_t>(channels), U(0));
 }
 
-template <class F>
-void with_act(Act act, F&& f) {
-  switch (act) {
-    case Act::relu: return f(std::integral_constant<Act, Act::relu>{});
-    case Act::softplus: return f(std::integral_constant<Act, Act::softplus>{});
-    case Act::abs: return f(std::integral_constant<Act, Act::abs>{});
-    case Act::identity: return f(std::integral_constant<Act, Act::identity>{});
-  }
-}
+using cpu::with_act;
 
 constexpr int64_t kReduceBlockRows = 512;
 
@@ -144,6 +136,7 @@ BatchStatsTangentGrads CpuBackend::batch_stats_tangent_backward(const Tensor& x,
     T inv_m = T(1) / T(v.rows);
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
     for (int64_t r = 0; r < v.rows; ++r)
+#pragma omp simd
       for (int64_t c = 0; c < v.channels; ++c) {
         int64_t i = r * v.channels + c;
         dd[i] = inv_m * (ga[c] + T(2) * gb[c] * (px[i] - pm[c])) + (pad ? pad[i] : T(0));
@@ -243,6 +236,69 @@ BnNormalizeGrads CpuBackend::bn_act_backward(const Tensor& x, const Tensor& mean
   });
 }
 
+BnNormalizeGrads CpuBackend::bn_act_train_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                   const Tensor& scale, const Tensor& shift, const Tensor& gy,
+                                                   const Tensor& g_mean, const Tensor& g_var, double eps, Act act,
+                                                   bool need_params, const Tensor& addend) {
+  auto v = cpu::channel_view(x);
+  return dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pm = mean.data<T>(), *pv = var.data<T>(), *pg = scale.data<T>(),
+            *pb = shift.data<T>(), *g = gy.data<T>(), *gm = g_mean.data<T>(), *gv = g_var.data<T>();
+    const T* pa = addend.defined() ? addend.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
+    ++op_counters().bn_channel_reductions;
+    std::vector<T> r(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) r[c] = math::bn_inv_std<T>(pv[c], T(eps));
+    const T* pr = r.data();
+    BnNormalizeGrads out;
+    out.x = Tensor::empty(x.shape(), x.dtype(), x.layout());
+    T* dx = out.x.data<T>();
+    with_act(act, [&](auto act_c) {
+      // Pass 1: sum g' and g' (x - mean) per channel.
+      auto sums = channel_sums<2>(v, [&](int64_t r0, int64_t r1, double** acc) {
+        for (int64_t row = r0; row < r1; ++row)
+#pragma omp simd
+          for (int64_t c = 0; c < v.channels; ++c) {
+            int64_t i = row * v.channels + c;
+            T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
+            T gp = math::activation_derivative<T>(act_c(), 1, a) * g[i];
+            acc[0][c] += gp;
+            acc[1][c] += double(gp) * (double(px[i]) - pm[c]);
+          }
+      });
+      // Per channel: dx = direct g' + stats_b + stats_d (x - mean).
+      std::vector<T> direct(v.channels), stats_b(v.channels), stats_d(v.channels);
+      const double inv = 1.0 / double(v.rows);
+      for (int64_t c = 0; c < v.channels; ++c) {
+        double rc = r[c], s = pg[c];
+        double big_m = double(gm[c]) - s * rc * sums[0][c];
+        double big_v = double(gv[c]) - 0.5 * s * rc * rc * rc * sums[1][c];
+        direct[c] = T(s * rc);
+        stats_b[c] = T(big_m * inv);
+        stats_d[c] = T(2.0 * big_v * inv);
+      }
+      if (need_params) {
+        std::vector<double> dg(v.channels);
+        for (int64_t c = 0; c < v.channels; ++c) dg[c] = double(r[c]) * sums[1][c];
+        out.scale = channel_tensor<T>(dg, x.dtype());
+        out.shift = channel_tensor<T>(sums[0], x.dtype());
+      }
+      // Pass 2: dx, recomputing g'.
+      const T *pdir = direct.data(), *pbm = stats_b.data(), *pdv = stats_d.data();
+#pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
+      for (int64_t row = 0; row < v.rows; ++row)
+#pragma omp simd
+        for (int64_t c = 0; c < v.channels; ++c) {
+          int64_t i = row * v.channels + c;
+          T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
+          T gp = math::activation_derivative<T>(act_c(), 1, a) * g[i];
+          dx[i] = pdir[c] * gp + pbm[c] + pdv[c] * (px[i] - pm[c]) + (pa ? pa[i] : T(0));
+        }
+    });
+    return out;
+  });
+}
+
 Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                   const Tensor& shift, const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
                                   const Tensor& scale_dot, const Tensor& shift_dot, double eps, Act act) {
@@ -262,14 +318,21 @@ Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Ten
     std::vector<T> md = or_zeros<T>(pmd, v.channels), vd = or_zeros<T>(pvd, v.channels),
                    sd = or_zeros<T>(psd, v.channels), bd = or_zeros<T>(pbd, v.channels);
     const T *pr = r.data(), *qm = md.data(), *qv = vd.data(), *qs = sd.data(), *qb = bd.data();
+    const int64_t rows = v.rows, C = v.channels;
     with_act(act, [&](auto act_c) {
+      // Locals, not the captured references: a store through `out` cannot move them, so the loop vectorises.
+      T* __restrict__ out = o;
+      const T *__restrict__ xs = px, *__restrict__ ds = pd, *__restrict__ m = pm, *__restrict__ rs = pr,
+                            *__restrict__ g = pg, *__restrict__ b = pb, *__restrict__ m_dot = qm,
+                            *__restrict__ v_dot = qv, *__restrict__ s_dot = qs, *__restrict__ b_dot = qb;
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
-      for (int64_t row = 0; row < v.rows; ++row)
-        for (int64_t c = 0; c < v.channels; ++c) {
-          int64_t i = row * v.channels + c;
-          T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
-          T t = math::bn_affine_tangent<T>(px[i], pm[c], pr[c], pg[c], pd[i], qm[c], qv[c], qs[c], qb[c]);
-          o[i] = math::activation_derivative<T>(act_c(), 1, a) * t;
+      for (int64_t row = 0; row < rows; ++row)
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          int64_t i = row * C + c;
+          T a = math::bn_normalize<T>(xs[i], m[c], rs[c], g[c], b[c]);
+          T t = math::bn_affine_tangent<T>(xs[i], m[c], rs[c], g[c], ds[i], m_dot[c], v_dot[c], s_dot[c], b_dot[c]);
+          out[i] = math::activation_derivative<T>(act_c(), 1, a) * t;
         }
     });
     return y;
@@ -324,6 +387,7 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
     const double *pr = r.data(), *qv = vdc.data(), *qm = mdc.data();
     auto sums = channel_sums<3>(v, [&](int64_t r0, int64_t r1, double** acc) {
       for (int64_t row = r0; row < r1; ++row)
+#pragma omp simd
         for (int64_t c = 0; c < v.channels; ++c) {
           int64_t i = row * v.channels + c;
           double s = ps[c], rc = pr[c];

@@ -192,11 +192,30 @@ Tensor CpuBackend::activation_derivative_mul(Act act, int order, const Tensor& a
     const T* pt2 = t2.defined() ? t2.data<T>() : nullptr;
     T* o = out.data<T>();
     const int64_t n = a.numel();
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-    for (int64_t i = 0; i < n; ++i) {
-      T v = math::activation_derivative<T>(act, order, pa[i]) * pt[i];
-      o[i] = pt2 ? v * pt2[i] : v;
-    }
+    // The activation and the order (1 to 3) as compile-time constants, and no branch on pt2 inside: the loops
+    // vectorise.
+    // The pointers are copied into the loop's own restrict-qualified locals: read through the lambda's captured
+    // references, each store to o could change them, and the loop would neither vectorise nor lose its branch.
+    auto run = [&](auto act_c, auto order_c) {
+      const T* __restrict__ a_ = pa;
+      const T* __restrict__ t_ = pt;
+      const T* __restrict__ t2_ = pt2;
+      T* __restrict__ o_ = o;
+      if (t2_) {
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+        for (int64_t i = 0; i < n; ++i) o_[i] = math::activation_derivative<T>(act_c(), order_c(), a_[i]) * t_[i] * t2_[i];
+      } else {
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+        for (int64_t i = 0; i < n; ++i) o_[i] = math::activation_derivative<T>(act_c(), order_c(), a_[i]) * t_[i];
+      }
+    };
+    cpu::with_act(act, [&](auto act_c) {
+      switch (order) {
+        case 1: return run(act_c, std::integral_constant<int, 1>{});
+        case 2: return run(act_c, std::integral_constant<int, 2>{});
+        default: return run(act_c, std::integral_constant<int, 3>{});
+      }
+    });
     return out;
   });
 }
