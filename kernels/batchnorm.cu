@@ -73,6 +73,27 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   return {mean, var};
 }
 
+// dx = value(x, gy, c) plus the addend (in A; null: none), written in D, in one packed pass over x and gy (null: not
+// read, value gets 0).
+template <class Name, class T, class D, class A, class F>
+void dx_pass(int64_t n, int64_t C, const T* px, const T* pg, const A* pa, D* dx, F value) {
+  for_each_pack<Name>(n, [=] __device__(int64_t i, int count) {
+    Pack<T> xs = load_pack(px, i, count), gs;
+    if (pg) gs = load_pack(pg, i, count);
+    Pack<A> as;
+    if (pa) as = load_pack(pa, i, count);
+    Pack<D> out;
+    int64_t c = channel_of(i, C);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      acc_t<T> d = value(xs[k], pg ? gs[k] : acc_t<T>(0), c);
+      out[k] = pa ? d + as[k] : d;
+      c = next_channel(c, C);
+    }
+    store_pack(dx, i, out, count);
+  });
+}
+
 // dx (in D) plus the addend (in A; null: none) in one pass; see backend_functions.def.
 template <class T, class D, class A>
 Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor& gm, const Tensor& gv,
@@ -82,23 +103,12 @@ Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor
   const T* px = ptr<T>(x);
   const S *pm = ptr<S>(mean), *pgm = ptr<S>(gm), *pgv = ptr<S>(gv);
   const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
-  D* o = ptr<D>(dx);
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
-  for_each_pack<batch_stats_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
-    Pack<T> xs = load_pack(px, i, n);
-    Pack<A> as;
-    if (pa) as = load_pack(pa, i, n);
-    Pack<D> out;
-    int64_t c = channel_of(i, C);
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      S d = inv * (pgm[c] + S(2) * (xs[k] - pm[c]) * pgv[c]);
-      out[k] = pa ? d + as[k] : d;
-      c = next_channel(c, C);
-    }
-    store_pack(o, i, out, n);
-  });
+  dx_pass<batch_stats_backward_k>(x.numel(), C, px, static_cast<const T*>(nullptr), pa, ptr<D>(dx),
+                                  [=] __device__(S xi, S, int64_t c) {
+                                    return inv * (pgm[c] + S(2) * (xi - pm[c]) * pgv[c]);
+                                  });
   return dx;
 }
 
@@ -242,19 +252,9 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
     return ps[c] * r * *gp;
   };
   if (!need_stats && !need_params) {  // every attack and search step: element-wise only
-    for_each_pack<bn_act_backward_input_k>(x.numel(), [=] __device__(int64_t i, int n) {
-      Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
-      Pack<A> as;
-      if (pa) as = load_pack(pa, i, n);
-      Pack<D> out;
-      int64_t c = channel_of(i, C);
-#pragma unroll
-      for (int k = 0; k < kPack; ++k) {
-        S gp, d = direct_part(xs[k], gs[k], c, &gp);
-        out[k] = pa ? d + as[k] : d;
-        c = next_channel(c, C);
-      }
-      store_pack(dx, i, out, n);
+    dx_pass<bn_act_backward_input_k>(x.numel(), C, px, pg, pa, dx, [=] __device__(S xi, S gi, int64_t c) {
+      S gp;
+      return direct_part(xi, gi, c, &gp);
     });
     return out;
   }
@@ -356,20 +356,8 @@ BnNormalizeGrads bn_act_train_backward_as(const Tensor& x, const Tensor& mean, c
     }
   });
   out.x = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
-  D* dx = ptr<D>(out.x);
-  for_each_pack<bn_act_train_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
-    Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
-    Pack<A> as;
-    if (pa) as = load_pack(pa, i, n);
-    Pack<D> o;
-    int64_t c = channel_of(i, C);
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      S d = cf[c] * gprime(xs[k], gs[k], c) + cf[C + c] + cf[2 * C + c] * (xs[k] - pm[c]);
-      o[k] = pa ? d + as[k] : d;
-      c = next_channel(c, C);
-    }
-    store_pack(dx, i, o, n);
+  dx_pass<bn_act_train_backward_k>(x.numel(), C, px, pg, pa, ptr<D>(out.x), [=] __device__(S xi, S gi, int64_t c) {
+    return cf[c] * gprime(xi, gi, c) + cf[C + c] + cf[2 * C + c] * (xi - pm[c]);
   });
   return out;
 }
