@@ -21,7 +21,8 @@
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
 #   3 step bench   130  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with natural,
 #                       PGD-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py (ours/torch), the per-phase
-#                       and per-op profile; LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA
+#                       and per-op profile, compared op by op with the last committed GPU run's (compare_profiles.py,
+#                       3-profile-compare.log); LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA
 #                       compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
@@ -233,6 +234,12 @@ if want 3; then
   timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${PROFILE[@]}" --profile >"$LOGS/3-profile.log" 2>&1
   timeout -k 5 "$(box 10)" "$BIN/llrtrain" bench "${PROFILE_SMALL[@]}" --profile >>"$LOGS/3-profile.log" 2>&1
   grep -E '^== |^profile over' "$LOGS/3-profile.log"
+  if [ -f "$CARRY/previous-profile.log" ]; then  # the last committed GPU run's profile (prepare_gpu_carry.sh)
+    echo "against $(tail -1 "$CARRY/previous-profile.log" | sed 's/^# from //'):"
+    python3 "$CARRY/tools/compare_profiles.py" "$CARRY/previous-profile.log" "$LOGS/3-profile.log" \
+      >"$LOGS/3-profile-compare.log" 2>&1
+    grep -E '^== ' "$LOGS/3-profile-compare.log"
+  fi
   python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   archive_logs

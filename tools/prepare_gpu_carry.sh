@@ -24,7 +24,15 @@ mkdir -p carry/bin carry/anchors carry/tools/reference carry/cifar10
 cp build-cuda/llrtrain build-cuda/llr_tests build-cuda/llr_conv_bench carry/bin/
 # Symbols are not needed to run, and the CUDA device code lives in a data section that strip keeps.
 strip --strip-unneeded carry/bin/*
-cp tools/compare_bench.py carry/tools/
+cp tools/compare_bench.py tools/compare_profiles.py carry/tools/
+# The newest committed GPU profile (bench/results/<date>-<gpu>/<run>/logs.tar.gz), for gpu_check.sh to compare its
+# own with: what each change since then did, op by op.
+prev=$(ls -1 bench/results/*/*/logs.tar.gz 2>/dev/null | sort | tail -1)
+if [ -n "$prev" ] && tar -xzf "$prev" -O logs/3-profile.log >carry/previous-profile.log 2>/dev/null; then
+  echo "# from $prev" >>carry/previous-profile.log
+else
+  rm -f carry/previous-profile.log
+fi
 cp tools/reference/*.py carry/tools/reference/
 for f in anchors/torch_anchor.py anchors/jax_anchor.py data/cifar10/data_batch_1.bin.xz; do
   [ -f "$SHARED/$f" ] || { echo "prepare_gpu_carry: $SHARED/$f not found (set SHARED=...)" >&2; exit 1; }
