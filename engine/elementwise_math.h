@@ -12,12 +12,14 @@ enum class Act : int { relu = 0, softplus = 1, abs = 2, identity = 3 };
 
 namespace math {
 
-// Both branches' values from one exp(-|a|) (never overflows) and a select: the same values as an if/else on the sign,
-// without control flow, so CPU loops over it vectorise.
+// 1 / (1 + e^-a) for a >= 0, e^a / (1 + e^a) below (never overflows), both from one exp(-|a|) and a select instead of
+// an if/else on the sign. `e` keeps the type exp returns (double on the host for f32, whose C library exp is double;
+// float on the GPU), so each branch rounds exactly as the if/else did: the first in that type, the second after
+// rounding e to T.
 template <class T>
 LLR_HD T sigmoid(T a) {
-  T e = exp(-fabs(a));
-  return a >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  auto e = exp(-fabs(a));
+  return a >= T(0) ? T(T(1) / (T(1) + e)) : T(T(e) / (T(1) + T(e)));
 }
 
 // log(1 + e^a) without overflow.

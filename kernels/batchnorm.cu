@@ -33,9 +33,10 @@ Tensor scratch(int64_t n, const Tensor& data) {
 }
 
 // One pass over x about a per-channel shift K: with d = x - K, mean = K + E[d] and var = E[d^2] - E[d]^2. K is the
-// mean of 16 rows spread over the tensor (over its images), so |E[d]| is a fraction of the standard deviation and the
-// subtraction costs at most a bit or two (unshifted, E[x^2] - E[x]^2 would lose everything when |mean| >> std). A
-// two-pass mean-then-centred-squares reads x twice.
+// mean of 16 rows, one in each sixteenth of the tensor (so over its images) at a scrambled offset within it (so not
+// always an image's corner pixel, which zero padding makes atypical): |E[d]| is then a fraction of the standard
+// deviation and the subtraction costs a bit or two (unshifted, E[x^2] - E[x]^2 would lose everything when
+// |mean| >> std). A two-pass mean-then-centred-squares reads x twice.
 template <class T>
 std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   using S = acc_t<T>;
@@ -51,9 +52,13 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   S* ps = ptr<S>(sums);
   constexpr int64_t kSamples = 16;
   int64_t samples = std::min(kSamples, rows);
+  int64_t segment = rows / samples;  // >= 1; s * rows / samples + segment - 1 < rows for every s < samples
   for_each(C, [=] __device__(int64_t c) {
     S k = S(0);
-    for (int64_t s = 0; s < samples; ++s) k += ld(px, (s * rows / samples) * C + c);
+    for (int64_t s = 0; s < samples; ++s) {
+      int64_t offset = int64_t((uint64_t(s) * 2654435761u) % uint64_t(segment));
+      k += ld(px, (s * rows / samples + offset) * C + c);
+    }
     pk[c] = k / S(samples);
   });
   channel_sum<2, S>(rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
@@ -68,7 +73,7 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   for_each(C, [=] __device__(int64_t c) {
     S m = ps[c] * inv, q = ps[C + c] * inv - m * m;
     pm[c] = pk[c] + m;
-    pv[c] = q > S(0) ? q : S(0);
+    pv[c] = q < S(0) ? S(0) : q;  // rounding can leave a tiny negative; NaN (an inf in x) stays NaN
   });
   return {mean, var};
 }
