@@ -1,8 +1,11 @@
 // The CPU side of the perturbation kernels (robust_kernels.def): plain loops over the per-element math of
-// perturbation_math.h, which the CUDA kernels (kernels/robust.cu) share. Arguments were checked by the dispatch.
+// perturbation_math.h, which the CUDA kernels (kernels/robust.cu) share. Arguments were checked by the dispatch. The
+// per-step kernels of every attack and search run on all cores (examples or elements split among them; each
+// example's sums in one thread, in order, so results do not depend on the thread count).
 #include <cmath>
 #include <cstring>
 
+#include "engine/cpu/cpu_common.h"
 #include "engine/elementwise_math.h"
 #include "train/robust/fab_math.h"
 #include "train/robust/robust_kernels.h"
@@ -71,20 +74,32 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
     T* pv = adam ? v.data<T>() : nullptr;
     T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
     Tensor dots = llr ? Tensor::empty({n}, delta.dtype()) : Tensor();
-    for (int64_t e = 0; e < n; ++e) {
-      double acc = 0;
-      for (int64_t j = 0; j < inner; ++j) {
-        int64_t i = e * inner + j;
-        T dir = llr ? perturbation_math::direction(pg[i], pgx[i], ps[e]) : pg[i];
-        T mm = 0, vv = 0;
-        T* mp = adam ? pm + i : &mm;
-        T* vp = adam ? pv + i : &vv;
-        d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, T(p.step_size), T(p.eps), ball, adam,
-                                          T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2);
-        if (llr) acc += double(d[i]) * double(pgx[i]);
+    T* pdots = llr ? dots.data<T>() : nullptr;
+    const T step_size = T(p.step_size), eps = T(p.eps), beta1 = T(p.beta1), beta2 = T(p.beta2),
+            adam_eps = T(p.adam_eps);
+    // The update rule as a compile-time constant, so the sign step's loop has no branch on it and vectorises.
+    auto run = [&](auto adam_c) {
+      constexpr bool kAdam = decltype(adam_c)::value;
+#pragma omp parallel for schedule(static) if (delta.numel() > cpu::kParallelMin)
+      for (int64_t e = 0; e < n; ++e) {
+        double acc = 0;
+        for (int64_t j = 0; j < inner; ++j) {
+          int64_t i = e * inner + j;
+          T dir = llr ? perturbation_math::direction(pg[i], pgx[i], ps[e]) : pg[i];
+          T mm = 0, vv = 0;
+          T* mp = kAdam ? pm + i : &mm;
+          T* vp = kAdam ? pv + i : &vv;
+          d[i] = perturbation_math::step<T>(d[i], px[i], dir, mp, vp, step_size, eps, ball, kAdam, beta1, beta2,
+                                            adam_eps, bias1, bias2);
+          if (llr) acc += double(d[i]) * double(pgx[i]);
+        }
+        if (llr) pdots[e] = static_cast<T>(acc);
       }
-      if (llr) dots.data<T>()[e] = static_cast<T>(acc);
-    }
+    };
+    if (adam)
+      run(std::true_type{});
+    else
+      run(std::false_type{});
     return dots;
   });
 }
@@ -117,7 +132,9 @@ Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double n
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
     T* pd = d.data<T>();
     const T* px = x.data<T>();
-    for (int64_t i = 0, n_ = x.numel(); i < n_; ++i)
+    const int64_t n_ = x.numel();
+#pragma omp parallel for schedule(static) if (n_ > cpu::kParallelMin)
+    for (int64_t i = 0; i < n_; ++i)
       pd[i] = perturbation_math::project<T>(perturbation_math::initial<T>(seed, counter + i, T(eps), T(normal_scale)),
                                             px[i], T(eps));
     return d;
@@ -133,7 +150,8 @@ GradientAlignment CpuRobustKernels::gradient_alignment(const Tensor& g1, const T
     r.d_cos_d_g1 = Tensor::empty(g1.shape(), g1.dtype(), g1.layout());
     r.d_cos_d_g2 = Tensor::empty(g2.shape(), g2.dtype(), g2.layout());
     const T *a = g1.data<T>(), *b = g2.data<T>();
-    T *da = r.d_cos_d_g1.data<T>(), *db = r.d_cos_d_g2.data<T>();
+    T *da = r.d_cos_d_g1.data<T>(), *db = r.d_cos_d_g2.data<T>(), *pcos = r.cos.data<T>();
+#pragma omp parallel for schedule(static) if (g1.numel() > cpu::kParallelMin)
     for (int64_t e = 0; e < n; ++e) {
       double dot = 0, aa = 0, bb = 0;
       for (int64_t j = e * inner; j < (e + 1) * inner; ++j) {
@@ -144,7 +162,7 @@ GradientAlignment CpuRobustKernels::gradient_alignment(const Tensor& g1, const T
       T na = perturbation_math::guarded_norm(T(aa), T(guard)), nb = perturbation_math::guarded_norm(T(bb), T(guard));
       bool a_above = na > T(guard), b_above = nb > T(guard);
       T cos = T(dot) / (na * nb);
-      r.cos.data<T>()[e] = cos;
+      pcos[e] = cos;
       for (int64_t j = e * inner; j < (e + 1) * inner; ++j) {
         da[j] = perturbation_math::cosine_derivative(a[j], b[j], na, nb, cos, a_above);
         db[j] = perturbation_math::cosine_derivative(b[j], a[j], nb, na, cos, b_above);

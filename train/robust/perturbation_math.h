@@ -34,9 +34,10 @@ LLR_HD T direction(T grad_weighted, T gx, T sign_g) {
   return grad_weighted - sign_g * gx;
 }
 
+// +1, -1 or 0 (also for NaN), from converted comparisons rather than branches: CPU loops over it vectorise.
 template <class T>
 LLR_HD T sign_of(T v) {
-  return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0));
+  return T(v > T(0)) - T(v < T(0));
 }
 
 // Updates delta in place (ascent) and returns it projected: |delta| <= eps (when `ball`) and 0 <= x + delta <= 1.
