@@ -322,12 +322,14 @@ void bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const Te
 
 void bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                          const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot, const Tensor& gt,
-                         double eps) {
+                         double eps, const Tensor& addend_xdot) {
+  addend_arg("bn_tangent_backward", x, addend_xdot);
   LLR_CHECK(mean.defined() && var.defined() && scale.defined(), "bn_tangent_backward: undefined statistics");
   batch_norm_args("bn_tangent_backward", x, {&mean, &var, &scale, &mean_dot, &var_dot});
   floating("bn_tangent_backward", {&x, &xdot, &gt});
   same_shape("bn_tangent_backward", x, xdot);
   same_shape("bn_tangent_backward", x, gt);
+  LLR_CHECK(gt.dtype() == x.dtype(), "bn_tangent_backward: gt ", gt.describe(), " vs x ", x.describe());
   LLR_CHECK(eps > 0, "bn_tangent_backward: eps must be positive, got ", eps);
 }
 

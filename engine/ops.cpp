@@ -136,7 +136,8 @@ Tensor bn_tangent(const Tensor& x, const Tensor& mean, const Tensor& var, const 
       "bn_tangent", {x, mean, var, scale, x_dot, mean_dot, var_dot},
       backend::bn_tangent(x, mean, var, scale, x_dot, mean_dot, var_dot, eps),
       [x, mean, var, scale, x_dot, mean_dot, var_dot, eps](const Tensors& g, const std::vector<bool>&) -> Tensors {
-        auto r = backend::bn_tangent_backward(x, mean, var, scale, x_dot, mean_dot, var_dot, g[0], eps);
+        auto r = backend::bn_tangent_backward(x, mean, var, scale, x_dot, mean_dot, var_dot, g[0], eps,
+                                              detail::take_addend(4));
         return {r.x, r.mean, r.var, r.scale, r.xdot, r.mean_dot, r.var_dot};
       },
       [](const Tensors&) -> Tensors { no_second_order("bn_tangent"); });
@@ -194,7 +195,8 @@ Tensor batch_norm_act_tangent(const Tensor& x, const Tensor& mean, const Tensor&
       [=](const Tensors& g, const std::vector<bool>& needs) -> Tensors {
         Tensor a = backend::bn_act_forward(x, mean, var, scale, shift, eps, Act::identity);
         Tensor gt = backend::activation_derivative_mul(act, 1, a, g[0]);  // cotangent of t
-        auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps);
+        auto rt = backend::bn_tangent_backward(x, mean, var, scale, xd, mean_dot, var_dot, gt, eps,
+                                               detail::take_addend(5));
         Tensors out = {rt.x, rt.mean, rt.var, rt.scale, Tensor(), rt.xdot, rt.mean_dot, rt.var_dot, Tensor(), Tensor()};
         if (math::has_second_derivative(act)) {
           // phi'(a) depends on a: the cotangent of a is phi''(a) t g, which reaches x, the statistics and the

@@ -436,10 +436,11 @@ Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, c
 }
 
 // The same formulas as the CPU backend (engine/cpu/batchnorm.cpp, bn_tangent_backward).
-template <class T>
-BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
-                                        const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
-                                        const Tensor& gt, double eps, View v) {
+// dxdot in DD plus the addend (in AD; null: none).
+template <class T, class DD, class AD>
+BnTangentGrads bn_tangent_backward_as(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                      const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                      const Tensor& gt, double eps, const Tensor& addend_xdot, View v) {
   using S = acc_t<T>;
   int64_t C = v.channels;
   Tensor sums = scratch(3 * C, x);
@@ -459,17 +460,23 @@ BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, con
   }, sp);
   BnTangentGrads out;
   out.x = new_like(x);
-  out.xdot = new_like(x);
+  out.xdot = Tensor::empty(x.shape(), dtype_of_storage<DD>(), x.layout(), Device::cuda);
   for (Tensor* t : {&out.mean, &out.var, &out.scale, &out.mean_dot, &out.var_dot}) *t = new_stat(C, x);
-  T *dx = ptr<T>(out.x), *dd = ptr<T>(out.xdot);
+  T* dx = ptr<T>(out.x);
+  DD* dd = ptr<DD>(out.xdot);
+  const AD* pad = addend_xdot.defined() ? ptr<AD>(addend_xdot) : nullptr;
   S e = static_cast<S>(eps);
   for_each_pack<bn_tangent_backward_k>(x.numel(), [=] __device__(int64_t i, int n) {
-    Pack<T> gs = load_pack(pg, i, n), a, b;
+    Pack<T> gs = load_pack(pg, i, n), b;
+    Pack<AD> as;
+    if (pad) as = load_pack(pad, i, n);
+    Pack<DD> a;
     int64_t c = channel_of(i, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
       S r = math::bn_inv_std<S>(pv[c], e), g = gs[k], vd = pvd ? pvd[c] : S(0);
-      a[k] = ps[c] * r * g;
+      S d = ps[c] * r * g;
+      a[k] = pad ? d + as[k] : d;
       b[k] = S(-0.5) * ps[c] * r * r * r * vd * g;
       c = next_channel(c, C);
     }
@@ -488,6 +495,16 @@ BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, con
     dsc[c] = r * sum_gdd - S(0.5) * r3 * vd * sum_gxc;
   });
   return out;
+}
+
+template <class T>
+BnTangentGrads bn_tangent_backward_impl(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
+                                        const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
+                                        const Tensor& gt, double eps, const Tensor& addend_xdot, View v) {
+  using S = acc_t<T>;
+  if (addend_xdot.defined() && addend_xdot.dtype() != x.dtype())
+    return bn_tangent_backward_as<T, S, S>(x, mean, var, scale, xdot, mean_dot, var_dot, gt, eps, addend_xdot, v);
+  return bn_tangent_backward_as<T, T, T>(x, mean, var, scale, xdot, mean_dot, var_dot, gt, eps, addend_xdot, v);
 }
 
 template <class S>
@@ -570,10 +587,11 @@ Tensor CudaBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor
 
 BnTangentGrads CudaBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var,
                                                 const Tensor& scale, const Tensor& xdot, const Tensor& mean_dot,
-                                                const Tensor& var_dot, const Tensor& gt, double eps) {
+                                                const Tensor& var_dot, const Tensor& gt, double eps,
+                                                const Tensor& addend_xdot) {
   View v = bn_view(x);
   return LLR_CUDA_DISPATCH(x.dtype(), "bn_tangent_backward", bn_tangent_backward_impl, x, mean, var, scale, xdot,
-                           mean_dot, var_dot, gt, eps, v);
+                           mean_dot, var_dot, gt, eps, addend_xdot, v);
 }
 
 void CudaBackend::bn_update_running(Tensor& running_mean, Tensor& running_var, const Tensor& mean, const Tensor& var,

@@ -369,7 +369,7 @@ Tensor CpuBackend::bn_tangent(const Tensor& x, const Tensor& mean, const Tensor&
 //   d s = sum gt [ r (xd - md) - r^3 (x - m) vd / 2 ].
 BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& scale,
                                    const Tensor& xdot, const Tensor& mean_dot, const Tensor& var_dot,
-                                   const Tensor& gt, double eps) {
+                                   const Tensor& gt, double eps, const Tensor& addend_xdot) {
   auto v = cpu::channel_view(x);
   return dispatch_floating(x.dtype(), "bn_tangent_backward", [&](auto tag) {
     using T = decltype(tag);
@@ -377,6 +377,7 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
             *pd = xdot.data<T>(), *g = gt.data<T>();
     const T* pmd = mean_dot.defined() ? mean_dot.data<T>() : nullptr;
     const T* pvd = var_dot.defined() ? var_dot.data<T>() : nullptr;
+    const T* pad = addend_xdot.defined() ? addend_xdot.data<T>() : nullptr;  // x's dtype: the CPU's statistics dtype
     std::vector<double> r(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) r[c] = 1.0 / std::sqrt(double(pv[c]) + eps);
     BnTangentGrads out;
@@ -392,7 +393,7 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
           int64_t i = row * v.channels + c;
           double s = ps[c], rc = pr[c];
           double xc = double(px[i]) - pm[c];
-          dd[i] = static_cast<T>(s * rc * g[i]);
+          dd[i] = static_cast<T>(s * rc * g[i]) + (pad ? pad[i] : T(0));
           dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * qv[c] * g[i]);
           acc[0][c] += g[i];
           acc[1][c] += g[i] * xc;
