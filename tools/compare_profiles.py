@@ -43,11 +43,13 @@ def parse(path):
         if line.startswith("op (outermost kernel call)"):
             in_ops = True
             continue
-        if line.startswith("phase") or not line.strip():
-            in_ops = False if line.startswith("phase") else in_ops
+        if line.startswith("phase"):
+            in_ops = False
             continue
         if in_ops:
             f = line.split()
+            if not f:
+                continue
             if f[0] == "(outside":
                 in_ops = False
                 continue

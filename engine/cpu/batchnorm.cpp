@@ -320,19 +320,14 @@ Tensor CpuBackend::bn_act_tangent(const Tensor& x, const Tensor& mean, const Ten
     const T *pr = r.data(), *qm = md.data(), *qv = vd.data(), *qs = sd.data(), *qb = bd.data();
     const int64_t rows = v.rows, C = v.channels;
     with_act(act, [&](auto act_c) {
-      // Locals, not the captured references: a store through `out` cannot move them, so the loop vectorises.
-      T* __restrict__ out = o;
-      const T *__restrict__ xs = px, *__restrict__ ds = pd, *__restrict__ m = pm, *__restrict__ rs = pr,
-                            *__restrict__ g = pg, *__restrict__ b = pb, *__restrict__ m_dot = qm,
-                            *__restrict__ v_dot = qv, *__restrict__ s_dot = qs, *__restrict__ b_dot = qb;
 #pragma omp parallel for schedule(static) if (x.numel() > cpu::kParallelMin)
       for (int64_t row = 0; row < rows; ++row)
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           int64_t i = row * C + c;
-          T a = math::bn_normalize<T>(xs[i], m[c], rs[c], g[c], b[c]);
-          T t = math::bn_affine_tangent<T>(xs[i], m[c], rs[c], g[c], ds[i], m_dot[c], v_dot[c], s_dot[c], b_dot[c]);
-          out[i] = math::activation_derivative<T>(act_c(), 1, a) * t;
+          T a = math::bn_normalize<T>(px[i], pm[c], pr[c], pg[c], pb[c]);
+          T t = math::bn_affine_tangent<T>(px[i], pm[c], pr[c], pg[c], pd[i], qm[c], qv[c], qs[c], qb[c]);
+          o[i] = math::activation_derivative<T>(act_c(), 1, a) * t;
         }
     });
     return y;
@@ -386,20 +381,25 @@ BnTangentGrads CpuBackend::bn_tangent_backward(const Tensor& x, const Tensor& me
     T *dx = out.x.data<T>(), *dd = out.xdot.data<T>();
     std::vector<double> vdc = or_zeros<double>(pvd, v.channels), mdc = or_zeros<double>(pmd, v.channels);
     const double *pr = r.data(), *qv = vdc.data(), *qm = mdc.data();
-    auto sums = channel_sums<3>(v, [&](int64_t r0, int64_t r1, double** acc) {
-      for (int64_t row = r0; row < r1; ++row)
+    // Whether there is an addend as a compile-time constant: a conditional load in the loop stops it vectorising.
+    auto reduce = [&](auto with_addend) {
+      return channel_sums<3>(v, [&](int64_t r0, int64_t r1, double** acc) {
+        for (int64_t row = r0; row < r1; ++row)
 #pragma omp simd
-        for (int64_t c = 0; c < v.channels; ++c) {
-          int64_t i = row * v.channels + c;
-          double s = ps[c], rc = pr[c];
-          double xc = double(px[i]) - pm[c];
-          dd[i] = static_cast<T>(s * rc * g[i]) + (pad ? pad[i] : T(0));
-          dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * qv[c] * g[i]);
-          acc[0][c] += g[i];
-          acc[1][c] += g[i] * xc;
-          acc[2][c] += g[i] * (double(pd[i]) - qm[c]);
-        }
-    });
+          for (int64_t c = 0; c < v.channels; ++c) {
+            int64_t i = row * v.channels + c;
+            double s = ps[c], rc = pr[c];
+            double xc = double(px[i]) - pm[c];
+            dd[i] = static_cast<T>(s * rc * g[i]);
+            if constexpr (decltype(with_addend)::value) dd[i] += pad[i];
+            dx[i] = static_cast<T>(-0.5 * s * rc * rc * rc * qv[c] * g[i]);
+            acc[0][c] += g[i];
+            acc[1][c] += g[i] * xc;
+            acc[2][c] += g[i] * (double(pd[i]) - qm[c]);
+          }
+      });
+    };
+    auto sums = pad ? reduce(std::true_type{}) : reduce(std::false_type{});
     std::vector<double>&sum_g = sums[0], &sum_gxc = sums[1], &sum_gdd = sums[2];
     std::vector<double> dm(v.channels), dv(v.channels), ds(v.channels), dmd(v.channels), dvd(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
