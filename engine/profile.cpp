@@ -1,6 +1,7 @@
 #include "engine/profile.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 
 #include "engine/error.h"
@@ -70,9 +71,21 @@ std::unique_ptr<Clock> make_clock(Device device) {
   return cuda_clock();
 }
 
-Profiler::Profiler(Device device) : device_(device), clock_(make_clock(device)) { add_observer(this); }
+namespace {
+std::atomic<int> live_profilers{0};
+}  // namespace
 
-Profiler::~Profiler() { remove_observer(this); }
+bool timing() { return live_profilers.load() > 0; }
+
+Profiler::Profiler(Device device) : device_(device), clock_(make_clock(device)) {
+  add_observer(this);
+  ++live_profilers;
+}
+
+Profiler::~Profiler() {
+  --live_profilers;
+  remove_observer(this);
+}
 
 void Profiler::begin(const char* name, Kind kind, Device device) {
   if (device != device_ || step_from_ < 0) return;

@@ -73,6 +73,9 @@ class Clock {
 void register_clock(Device device, std::unique_ptr<Clock> (*make)());
 std::unique_ptr<Clock> make_clock(Device device);
 
+// True while a Profiler exists (recorded device work is not replayed then: the profile times each launch).
+bool timing();
+
 // Times ops (the outermost kernel call only, so nested calls are not counted twice) and phases on one device.
 class Profiler final : public Observer {
  public:

@@ -1,6 +1,7 @@
 #include "engine/tensor.h"
 
 #include "engine/backend.h"
+#include "engine/graph.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -248,11 +249,13 @@ void Tensor::set(int64_t i, double value) {
 }
 
 double Tensor::item() const {
+  graph::check_not_recording("Tensor::item()");
   LLR_CHECK(numel() == 1, "item() on ", describe(), ", which has ", numel(), " elements");
   return at(0);
 }
 
 std::vector<double> Tensor::to_vector() const {
+  graph::check_not_recording("Tensor::to_vector()");
   std::vector<double> v(static_cast<size_t>(numel()));
   for (int64_t i = 0; i < numel(); ++i) v[i] = at(i);
   return v;
@@ -266,6 +269,8 @@ Tensor Tensor::to(DType dtype) const {
 
 Tensor Tensor::to(Device device) const {
   check_defined("to()");
+  if (device == Device::cpu || this->device() == Device::cpu)
+    graph::check_not_recording("a copy between host and device");
   return to_device(*this, device);
 }
 

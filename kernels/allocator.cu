@@ -3,6 +3,7 @@
 #include "kernels/allocator.h"
 #include "kernels/context.h"
 #include "kernels/cuda_check.h"
+#include "engine/graph.h"
 
 namespace llr::cuda {
 
@@ -46,31 +47,43 @@ size_t CachingAllocator::size_class(size_t bytes) {
   return (bytes + large - 1) / large * large;
 }
 
+namespace {
+// cudaMalloc while this thread captures a graph: allowed for the capture's pool (the block outlives every replay),
+// which the capture's default mode would refuse as unsafe.
+cudaError_t device_malloc(void** ptr, size_t bytes) {
+  if (!graph::recording()) return cudaMalloc(ptr, bytes);
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  cudaError_t status = cudaMalloc(ptr, bytes);
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  return status;
+}
+}  // namespace
+
 void* CachingAllocator::allocate(size_t bytes) {
   size_t cls = size_class(bytes);
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_lists_.find(cls);
-    if (it != free_lists_.end() && !it->second.empty()) {
-      ptr = it->second.back();
-      it->second.pop_back();
+    ptr = cache_.take(cls);
+    if (ptr) {
       stats_.bytes_cached -= cls;
       ++stats_.reuses;
     }
   }
   if (!ptr) {
-    cudaError_t status = cudaMalloc(&ptr, cls);
-    if (status == cudaErrorMemoryAllocation) {
+    cudaError_t status = device_malloc(&ptr, cls);
+    if (status == cudaErrorMemoryAllocation && !graph::recording()) {
       cudaGetLastError();  // not sticky: clear it so the next launch check does not report it
       release_cache();
-      status = cudaMalloc(&ptr, cls);
+      status = device_malloc(&ptr, cls);
     }
     if (status != cudaSuccess) {
       cudaGetLastError();  // clears a non-sticky error; a sticky one stays, and the message says so
       LLR_FAIL(malloc_failure_message(status, bytes, stats()));
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    cache_.adopt(ptr);
     ++stats_.cuda_malloc_calls;
   }
   {
@@ -86,9 +99,29 @@ void CachingAllocator::deallocate(void* ptr, size_t bytes) {
   if (!ptr) return;
   size_t cls = size_class(bytes);
   std::lock_guard<std::mutex> lock(mutex_);
-  free_lists_[cls].push_back(ptr);
+  cache_.give_back(ptr, cls);
   stats_.bytes_in_use -= cls;
   stats_.bytes_cached += cls;
+}
+
+int CachingAllocator::open_pool() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cache_.open_pool();
+}
+
+void CachingAllocator::close_pool(int id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cache_.close_pool(id);
+}
+
+void CachingAllocator::release_pool(int id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cache_.release_pool(id);
+}
+
+size_t CachingAllocator::live_pools() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cache_.live_pools();
 }
 
 AllocatorStats CachingAllocator::stats() const {
@@ -110,10 +143,9 @@ size_t CachingAllocator::bytes_available() const {
 void CachingAllocator::release_cache() {
   std::lock_guard<std::mutex> lock(mutex_);
   cudaStreamSynchronize(context_stream_or_null());
-  for (auto& [cls, list] : free_lists_) {
+  for (auto& [cls, list] : cache_.drain()) {
     for (void* p : list) cudaFree(p);
     stats_.bytes_cached -= cls * list.size();
-    list.clear();
   }
 }
 

@@ -1,17 +1,17 @@
 // Caching device allocator over cudaMalloc: requests are rounded up to size classes and freed blocks go to per-class
-// free lists for reuse (all work runs on one stream, so a freed block is safe to hand out again). Counts bytes in use,
-// bytes held (in use + cached) and the peak in use. Out of memory: frees the cache, retries once, then throws with
+// free lists for reuse (all work runs on one stream, so a freed block is safe to hand out again; the lists are
+// engine/block_cache.h, with its pools for CUDA graphs). Counts bytes in use, bytes held (in use + cached) and the
+// peak in use. Out of memory: frees the cache, retries once, then throws with
 // the request and what is held. Any other cudaMalloc failure is thrown as what it is, with its CUDA error name.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
-#include <map>
 #include <mutex>
 #include <string>
-#include <vector>
 
+#include "engine/block_cache.h"
 #include "engine/tensor.h"
 
 namespace llr::cuda {
@@ -35,14 +35,20 @@ class CachingAllocator final : public DeviceAllocator {
   AllocatorStats stats() const;
   void reset_peak() override;
   size_t bytes_available() const override;
-  void release_cache();  // cudaFree every cached block
+  void release_cache();  // cudaFree every cached block (pools keep theirs)
+  // A graph recording's pool (engine/block_cache.h): open it before the capture, close it after, release it once the
+  // graph is destroyed (its last replay was queued before anything allocated afterwards can run).
+  int open_pool();
+  void close_pool(int id);
+  void release_pool(int id);
+  size_t live_pools() const;
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.
   void set_poison(bool on) { poison_ = on; }
 
  private:
   mutable std::mutex mutex_;
-  std::map<size_t, std::vector<void*>> free_lists_;
+  BlockCache cache_;
   AllocatorStats stats_;
   bool poison_ = false;
 };

@@ -8,6 +8,7 @@
 namespace llr::cuda {
 
 void register_profiling();  // profile_cuda.cu
+void register_graphs();     // graph.cu
 
 namespace {
 Context* the_context = nullptr;
@@ -70,6 +71,7 @@ void init() {
   dispatch::register_for_device<TrainingKernels>(Device::cuda, &training);
   register_device_copier(&copier);
   register_profiling();
+  register_graphs();
   done = true;
 }
 

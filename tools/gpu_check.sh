@@ -19,11 +19,12 @@
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
 #   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
-#   3 step bench   130  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with natural,
-#                       PGD-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py (ours/torch), the per-phase
-#                       and per-op profile, compared op by op with the last committed GPU run's (compare_profiles.py,
-#                       3-profile-compare.log); LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA
-#                       compiles each step first)
+#   3 step bench   160  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
+#                       natural, PGD-10, TRADES-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py
+#                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
+#                       run's (compare_profiles.py, 3-profile-compare.log); PGD-10 and TRADES-10 again with
+#                       --cuda-graphs (time, replays, last loss against the eager run); LLR_JAX=1 adds the JAX anchor
+#                       (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
 #                       (PGD-20 from delta = 0, APGD-CE, APGD-T, gamma), and PyTorch's PGD-20 on the same images: the
@@ -99,11 +100,13 @@ fi
 
 # Sizes: the real ones, or tiny CPU ones for a dry run of the script itself.
 if [ "$DRY" = 1 ]; then
-  BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-2,llr-1")
+  BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-3,llr-1")
   BENCH_SMALL=(--model wrn-10-1 --act softplus --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1
     --methods "natural")
   PROFILE=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   PROFILE_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural")
+  GRAPHS=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "pgd-3")
+  GRAPHS_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "trades-3")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
   CONV=(--batch 2 --iters 1)
   TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
@@ -111,7 +114,11 @@ if [ "$DRY" = 1 ]; then
 else
   BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5
     --methods "natural,pgd-10,trades-10,llr-2,llr-10,fgsm-rs,n-fgsm,gradalign,elle")
-  BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10 --methods "natural,pgd-10,llr-2")
+  BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
+    --methods "natural,pgd-10,trades-10,llr-2")
+  # The same attack-step methods with --cuda-graphs (one attack step recorded, the others replayed).
+  GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10")
+  GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10 --methods "pgd-10,trades-10")
   PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
   PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
   ANCHOR=(--models wrn-28-10,preact-rn18 --prec bf16 --methods "natural,pgd-10,trades-10,llr-2-dbp,llr-10-dbp"
@@ -208,13 +215,45 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
-  begin_stage 3 "step benchmark" $((130 + 120 * ${LLR_JAX:-0}))
+  begin_stage 3 "step benchmark" $((160 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
   timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
   [ "$rc_ours" = 0 ] && rc_ours=$?
   grep -vE '^\{' "$log" | tail -16
+  # CUDA graphs: the attack-step methods again with --cuda-graphs, against the eager runs above (time, replays, and
+  # the last step's loss, which should be the eager one unless cuDNN picked a non-deterministic algorithm).
+  glog=$LOGS/3-graphs.log
+  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${GRAPHS[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" >"$glog" 2>&1
+  rc_graphs=$?
+  timeout -k 5 "$(box 12)" "$BIN/llrtrain" bench "${GRAPHS_SMALL[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" \
+    >>"$glog" 2>&1
+  [ "$rc_graphs" = 0 ] && rc_graphs=$?
+  grep -iE 'warning|error' "$glog" | head -5
+  cp "$WORK/graphs.jsonl" "$LOGS/3-graphs.jsonl" 2>/dev/null
+  graphs_line=$(python3 - "$OUT/bench.jsonl" "$WORK/graphs.jsonl" <<'PY' 2>&1
+import json, sys
+def rows(p):
+    try:
+        return {(j["model"], j["method"]): j for j in map(json.loads, open(p)) if j.get("framework") == "llrtrain"}
+    except OSError:
+        return {}
+eager, graphs = rows(sys.argv[1]), rows(sys.argv[2])
+out = []
+for k, g in graphs.items():
+    e = eager.get(k)
+    if not e or e.get("cuda_graphs"):
+        continue
+    out.append("%s %s %.2f->%.2f ms (%.2fx, %.0f replays/step, loss %s)" % (
+        k[0], k[1], e["ms_step_median"], g["ms_step_median"], g["ms_step_median"] / e["ms_step_median"],
+        g.get("graph_replays_per_step", 0),
+        "equal" if g.get("loss_last_step") == e.get("loss_last_step") else
+        "%.6g vs %.6g" % (g.get("loss_last_step", float("nan")), e.get("loss_last_step", float("nan")))))
+print("; ".join(out) if out else "no graph runs to compare")
+PY
+)
+  echo "cuda graphs: $graphs_line"
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
     OUT="$OUT" timeout -k 5 "$(box 60)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
@@ -242,6 +281,7 @@ if want 3; then
   fi
   python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
+  verdict 3 cuda-graphs "$(status_word "$rc_graphs"): $graphs_line"
   archive_logs
 fi
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "engine/graph.h"
 #include "engine/profile.h"
 #include "train/optimizer.h"
 #include "train/step.h"
@@ -27,6 +28,7 @@ BenchMethod parse_bench_method(const std::string& spec) {
 
 void run_bench(BenchConfig cfg) {
   validate(cfg);
+  graph::set_enabled(cfg.cuda_graphs);
   Device device = resolve_device(cfg.device);
   if (cfg.precision == "auto") cfg.precision = device == Device::cuda ? "bf16" : "fp32";
   DType compute = resolve_precision(cfg.precision, device);
@@ -57,11 +59,14 @@ void run_bench(BenchConfig cfg) {
     Tensor y = gen.randint({cfg.batch}, 0, 10).to(device);
     Backend& be = backend_for(device);
     std::vector<double> ms;
+    Tensor last_loss;
     std::unique_ptr<profile::Profiler> profiler;
+    int64_t replays_before = 0;
     if (DeviceAllocator* a = device_allocator(); a && device != Device::cpu) a->reset_peak();
     reset_host_memory_peak();
     for (int64_t i = 0; i < cfg.warmup + cfg.iters; ++i) {
       if (cfg.profile && i == cfg.warmup) profiler = std::make_unique<profile::Profiler>(device);
+      if (i == cfg.warmup) replays_before = graph::stats().replays;
       be.synchronize();
       auto t0 = std::chrono::steady_clock::now();
       if (profiler) profiler->step_begin();
@@ -69,7 +74,8 @@ void run_bench(BenchConfig cfg) {
       ctx.compute = compute;
       ctx.step = static_cast<uint64_t>(i);
       ctx.eps = robust.eps;  // the full radius: no warm-up
-      training_step(*model, opt, method, robust, x, y, ctx, 0.01);
+      StepOutput out = training_step(*model, opt, method, robust, x, y, ctx, 0.01);
+      if (i + 1 == cfg.warmup + cfg.iters) last_loss = out.loss;
       if (profiler) profiler->step_end();
       be.synchronize();
       double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -97,7 +103,10 @@ void run_bench(BenchConfig cfg) {
                         {"ms_step_min", ms.front()},
                         {"ms_step_max", ms.back()},
                         {"img_per_s", double(cfg.batch) / med * 1e3},
-                        {"peak_gib", peak}};
+                        {"peak_gib", peak},
+                        {"loss_last_step", host_value(last_loss)},
+                        {"cuda_graphs", graph::enabled()},
+                        {"graph_replays_per_step", double(graph::stats().replays - replays_before) / double(cfg.iters)}};
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
     if (!cfg.json.empty()) {

@@ -30,6 +30,7 @@ void TrainConfig::visit(SettingVisitor& v) {
   v.seed({"seed", "random seed (initialisation, data order, augmentation)"}, seed);
   v.text({"device", "where to compute"}, device, {"auto", "cuda", "cpu"});
   v.text({"precision", "compute precision (bf16: GPU only)"}, precision, {"fp32", "bf16"});
+  v.flag({"cuda_graphs", "on the GPU, record one attack step as a CUDA graph and replay it for the others (PGD and TRADES training: sign steps)"}, cuda_graphs);
   v.text({"out", "run folder (default runs/MODEL-METHOD-TIME)"}, out, {});
   v.integer({"log_every", "steps between metrics lines"}, log_every, Range::at_least(1));
   v.integer({"eval_batch", "evaluation batch size"}, eval_batch, Range::at_least(1));
@@ -62,7 +63,7 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& s
 
 bool resume_may_change(const std::string& name) {
   return name == "epochs" || name == "steps" || name == "time_budget" || name == "log_every" || name == "eval_batch" ||
-         name == "device";
+         name == "device" || name == "cuda_graphs";
 }
 
 void validate(EvalConfig& c) {
@@ -103,6 +104,7 @@ void BenchConfig::visit(SettingVisitor& v) {
   v.integer({"warmup", "untimed steps first"}, warmup, Range::at_least(0));
   v.integer({"iters", "timed steps"}, iters, Range::at_least(1));
   v.flag({"profile", "also time each phase and op of the timed steps and print where the time goes"}, profile);
+  v.flag({"cuda_graphs", "on the GPU, record one attack step as a CUDA graph and replay it for the others (PGD and TRADES training: sign steps)"}, cuda_graphs);
   v.text({"json", "also append the JSON lines to this file"}, json, {});
 }
 

@@ -46,6 +46,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "auto";
   std::string precision = "fp32";
+  bool cuda_graphs = false;  // replay recorded attack steps (engine/graph.h)
   std::string out;
   int64_t log_every = 20;
   int64_t eval_batch = 500;
@@ -98,6 +99,7 @@ struct BenchConfig {
   std::string device = "auto";
   int64_t warmup = 3, iters = 10;
   bool profile = false;  // time each phase and op of the timed steps (CUDA events on the GPU)
+  bool cuda_graphs = false;
   std::string json;      // append one JSON line per configuration here too
 
   void visit(SettingVisitor& v);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "engine/graph.h"
 #include "train/optimizer.h"
 #include "train/run_folder.h"
 #include "train/safetensors.h"
@@ -188,6 +189,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
   if (resuming) cfg = resumed_config(cfg, opt, progress, &config_changed);
   // Every setting before any work: a bad flag costs nothing.
   validate(cfg);
+  graph::set_enabled(cfg.cuda_graphs);
   LLR_CHECK(opt.stop_after >= 0, "--stop-after must be >= 0, got ", opt.stop_after);
   Device device = resolve_device(cfg.device);
   DType compute = resolve_precision(cfg.precision, device);

@@ -5,6 +5,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/graph.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
 
@@ -110,8 +111,8 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
 
   // The evaluation after the last step matters only to what the search keeps per example.
   const bool evaluate_last = o.track_max || o.early_stop;
-  for (int t = 0; t <= o.steps; ++t) {
-    if (t == o.steps && !evaluate_last) break;
+  // Iteration t: the objective at x + delta (and its bookkeeping), then (t < steps) the step.
+  auto iteration = [&](int t) {
     LLR_PHASE(o.phase, x.device());
     TapeScope scope;
     Tensor dv = delta.detach().requires_grad_();
@@ -140,7 +141,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
       improved = robust::apgd_track(value, best, last, successes, t == 0);
       best_delta = robust::select_rows(best_delta, delta, improved);
     }
-    if (t == o.steps) break;
+    if (t == o.steps) return;
     Tensor g = grad({l}, {weights}, {dv})[0];
     if (apgd) {
       best_grad = robust::select_rows(best_grad, g, improved);
@@ -161,7 +162,17 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
                                               pp);
       if (gap) d = dots;
     }
+  };
+  // Sign steps without a gap, early stopping or APGD's bookkeeping repeat the same kernels on the same tensors (delta
+  // and the running maximum change in place; the step count is Adam's only): with --cuda-graphs they replay one
+  // recorded iteration (engine/graph.h). The others change host state from one iteration to the next.
+  const bool same_each_time = o.rule == StepRule::sign && !gap && !o.early_stop && !apgd;
+  if (same_each_time) {
+    graph::repeat(x.device(), o.steps, [&] { iteration(0); });
+  } else {
+    for (int t = 0; t < o.steps; ++t) iteration(t);
   }
+  if (evaluate_last) iteration(o.steps);
   r.delta = delta;
   r.d = d;
   return r;

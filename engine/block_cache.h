@@ -1,0 +1,103 @@
+// The bookkeeping of a caching allocator, apart from the device (kernels/allocator.cu wraps it around cudaMalloc;
+// the CPU tests drive it with made-up addresses). Blocks of one size class are interchangeable; a freed block waits
+// on its class's free list for the next request.
+//
+// Pools, for recorded device work (engine/graph.h): while a pool is open, every block handed out comes from it and
+// belongs to it, and a block of the pool freed goes back to the pool's own lists, so a recording's temporaries keep
+// their addresses, reserved for its replays, until the pool is released. A block from outside the pool freed while
+// the pool is open is held back too (the recorded kernels may read it) and returns with the pool's blocks on release.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/error.h"
+
+namespace llr {
+
+class BlockCache {
+ public:
+  using FreeLists = std::map<size_t, std::vector<void*>>;
+
+  // A cached block of class `cls` for a new request (from the open pool's lists while one is open), or nullptr: the
+  // caller then gets fresh memory and reports it with adopt().
+  void* take(size_t cls) {
+    FreeLists& lists = open_ >= 0 ? pools_.at(open_).free : free_;
+    auto it = lists.find(cls);
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
+  // Fresh memory now in use: the open pool's, if one is open.
+  void adopt(void* p) {
+    if (open_ >= 0) owner_[p] = open_;
+  }
+  // A block no longer in use.
+  void give_back(void* p, size_t cls) {
+    auto it = owner_.find(p);
+    if (it != owner_.end()) {
+      pools_.at(it->second).free[cls].push_back(p);
+    } else if (open_ >= 0) {
+      pools_.at(open_).held[cls].push_back(p);
+    } else {
+      free_[cls].push_back(p);
+    }
+  }
+
+  // Opens a new pool (one at a time) and returns its id.
+  int open_pool() {
+    LLR_CHECK(open_ < 0, "allocator: a memory pool is already open (recordings do not nest)");
+    open_ = next_id_++;
+    pools_[open_];
+    return open_;
+  }
+  // New requests stop coming from the pool; its blocks stay reserved until release_pool.
+  void close_pool(int id) {
+    LLR_CHECK(open_ == id, "allocator: pool ", id, " is not the open one");
+    open_ = -1;
+  }
+  // The pool's free and held blocks return to the shared lists; its blocks still in use return there when freed.
+  void release_pool(int id) {
+    if (open_ == id) open_ = -1;
+    auto pool = pools_.find(id);
+    if (pool == pools_.end()) return;
+    for (auto* lists : {&pool->second.free, &pool->second.held})
+      for (auto& [cls, blocks] : *lists) free_[cls].insert(free_[cls].end(), blocks.begin(), blocks.end());
+    for (auto it = owner_.begin(); it != owner_.end();) it = it->second == id ? owner_.erase(it) : std::next(it);
+    pools_.erase(pool);
+  }
+
+  // Takes every block of the shared free lists (to return them to the device); pools keep theirs.
+  FreeLists drain() {
+    FreeLists out;
+    out.swap(free_);
+    return out;
+  }
+  // Bytes on the shared free lists and in every pool's lists (cached: not in use by a tensor).
+  size_t cached_bytes() const {
+    size_t n = bytes_of(free_);
+    for (const auto& [id, pool] : pools_) n += bytes_of(pool.free) + bytes_of(pool.held);
+    return n;
+  }
+  bool pool_open() const { return open_ >= 0; }
+  size_t live_pools() const { return pools_.size(); }
+
+ private:
+  struct Pool {
+    FreeLists free, held;
+  };
+  static size_t bytes_of(const FreeLists& lists) {
+    size_t n = 0;
+    for (const auto& [cls, blocks] : lists) n += cls * blocks.size();
+    return n;
+  }
+  FreeLists free_;
+  std::map<int, Pool> pools_;
+  std::unordered_map<void*, int> owner_;
+  int open_ = -1, next_id_ = 0;
+};
+
+}  // namespace llr

@@ -1,0 +1,150 @@
+// Recorded device work (engine/graph.h) on the CPU, where a replay reruns the body under the same rules a CUDA graph
+// imposes: the allocator's pool bookkeeping (engine/block_cache.h, with made-up addresses), the refusal of host reads
+// while recording, and PGD and TRADES training steps, whose attack steps replay one recording, equal to the eager ones
+// bit for bit. The same comparison on a GPU, with real CUDA graphs, is in test_cuda_ops.cpp.
+#include <cstdint>
+
+#include "engine/block_cache.h"
+#include "engine/graph.h"
+#include "nets/model.h"
+#include "tests/method_util.h"
+#include "tests/test_util.h"
+#include "train/methods/method.h"
+
+namespace llr::test {
+namespace {
+
+// Every case here is in the quick subset (ctest -L fast).
+TEST_SUITE_BEGIN("fast");
+
+void* addr(uintptr_t a) { return reinterpret_cast<void*>(a); }
+
+// Graphs on for the scope, restored after.
+struct GraphsOn {
+  bool was = graph::enabled();
+  GraphsOn() { graph::set_enabled(true); }
+  ~GraphsOn() { graph::set_enabled(was); }
+};
+
+TEST_CASE("block cache: an open pool serves and keeps its own blocks and holds back outside blocks freed meanwhile") {
+  BlockCache c;
+  c.give_back(addr(0x1000), 512);  // an ordinary cached block
+  CHECK(c.cached_bytes() == 512);
+
+  int pool = c.open_pool();
+  CHECK(c.pool_open());
+  CHECK_THROWS_WITH_AS(c.open_pool(), doctest::Contains("already open"), Error);
+  // While the pool is open the shared block is not handed out: the request gets fresh memory for the pool.
+  CHECK(c.take(512) == nullptr);
+  c.adopt(addr(0x2000));
+  c.give_back(addr(0x2000), 512);     // a pool block freed during the recording: back to the pool
+  CHECK(c.take(512) == addr(0x2000)); // and reused by the recording
+  c.give_back(addr(0x3000), 1024);    // an outside block freed during the recording: held back
+  c.close_pool(pool);
+
+  // Closed but live: new requests come from the shared lists again; the pool's blocks stay reserved.
+  CHECK(c.take(1024) == nullptr);
+  CHECK(c.take(512) == addr(0x1000));
+  c.give_back(addr(0x2000), 512);  // the pool's block, freed after the recording: still the pool's
+  CHECK(c.take(512) == nullptr);
+  CHECK(c.cached_bytes() == 512 + 1024);
+
+  c.release_pool(pool);
+  CHECK(c.live_pools() == 0);
+  CHECK(c.cached_bytes() == 512 + 1024);
+  CHECK(c.take(1024) == addr(0x3000));
+  CHECK(c.take(512) == addr(0x2000));
+  CHECK(c.take(512) == nullptr);
+}
+
+TEST_CASE("block cache: a pool block still in use when its pool is released returns to the shared lists when freed") {
+  BlockCache c;
+  int pool = c.open_pool();
+  c.adopt(addr(0x4000));
+  c.close_pool(pool);
+  c.release_pool(pool);
+  c.give_back(addr(0x4000), 2048);
+  CHECK(c.take(2048) == addr(0x4000));
+  // drain takes the shared lists only.
+  c.give_back(addr(0x5000), 512);
+  int p2 = c.open_pool();
+  c.adopt(addr(0x6000));
+  c.give_back(addr(0x6000), 512);
+  c.close_pool(p2);
+  BlockCache::FreeLists drained = c.drain();
+  CHECK(drained[512] == std::vector<void*>{addr(0x5000)});
+  CHECK(c.cached_bytes() == 512);  // the pool's block
+  c.release_pool(p2);
+  CHECK(c.take(512) == addr(0x6000));
+}
+
+TEST_CASE("graph::repeat runs the body eagerly first and replays the rest and refuses host reads while recorded") {
+  GraphsOn on;
+  const graph::Stats before = graph::stats();
+  int runs = 0;
+  graph::repeat(Device::cpu, 5, [&] { ++runs; });
+  CHECK(runs == 5);
+  CHECK(graph::stats().recordings == before.recordings + 1);
+  CHECK(graph::stats().replays == before.replays + 4);
+
+  // Fewer than three runs are not worth a recording.
+  graph::repeat(Device::cpu, 2, [&] { ++runs; });
+  CHECK(graph::stats().recordings == before.recordings + 1);
+
+  // A body that reads a value on the host: fine eagerly, refused when replayed.
+  Tensor t = Tensor::full({1}, 3.0, DType::f32, Layout::plain, Device::cpu);
+  int reads = 0;
+  CHECK_THROWS_WITH_AS(graph::repeat(Device::cpu, 3,
+                                     [&] {
+                                       reads += static_cast<int>(t.item());
+                                     }),
+                       doctest::Contains("recorded for replay"), Error);
+  CHECK(reads == 3);  // the eager run read it; the first replay threw
+  CHECK_FALSE(graph::recording());
+  CHECK_THROWS_WITH_AS(graph::repeat(Device::cpu, 3, [&] { (void)t.to(Device::cpu); }),
+                       doctest::Contains("copy between host and device"), Error);
+
+  graph::set_enabled(false);
+  const int64_t rec = graph::stats().recordings;
+  graph::repeat(Device::cpu, 4, [&] { (void)t.item(); });  // graphs off: every run eager, no recording
+  CHECK(graph::stats().recordings == rec);
+}
+
+TEST_CASE("PGD and TRADES training steps with recorded attack steps equal the eager ones bit for bit") {
+  for (const char* name : {"pgd", "trades"}) {
+    INFO(name);
+    auto model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
+    Generator gen(11);
+    Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f32, Layout::nhwc);
+    Tensor y = gen.randint({4}, 0, 10);
+    auto method = method_with(name);
+    RobustSettings robust;
+    method->set_steps(robust, 4);
+    StepContext ctx;
+    ctx.eps = 8.0 / 255;
+    ctx.seed = 3;
+    ctx.step = 2;
+    ctx.update_running = false;
+    auto run = [&](bool graphs) {
+      bool was = graph::enabled();
+      graph::set_enabled(graphs);
+      TapeScope scope;
+      ObjectiveResult r = method->build(*model, x, y, robust, ctx);
+      graph::set_enabled(was);
+      return r;
+    };
+    ObjectiveResult eager = run(false);
+    const graph::Stats before = graph::stats();
+    ObjectiveResult replayed = run(true);
+    CHECK(graph::stats().replays == before.replays + 3);  // 4 steps: one eager, one recording replayed 3 times
+    REQUIRE(eager.delta.defined());
+    CHECK(max_abs(eager.delta) > 0);
+    CHECK(compare(replayed.delta, eager.delta, 0, 0).max_violation == 0);
+    CHECK(replayed.loss.item() == eager.loss.item());
+  }
+}
+
+TEST_SUITE_END();
+
+}  // namespace
+}  // namespace llr::test
