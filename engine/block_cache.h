@@ -2,8 +2,8 @@
 // the CPU tests drive it with made-up addresses). Blocks of one size class are interchangeable; a freed block waits
 // on its class's free list for the next request.
 //
-// Pools, for recorded device work (engine/graph.h): while a pool is open, every block handed out comes from it and
-// belongs to it, and a block of the pool freed goes back to the pool's own lists, so a recording's temporaries keep
+// Pools, for recorded device work (engine/graph.h): while a pool is open, every block handed out belongs to it (a
+// cached shared block joins it), and a block of the pool freed goes back to the pool's own lists, so a recording's temporaries keep
 // their addresses, reserved for its replays, until the pool is released. A block from outside the pool freed while
 // the pool is open is held back too (the recorded kernels may read it) and returns with the pool's blocks on release.
 #pragma once
@@ -21,14 +21,14 @@ class BlockCache {
  public:
   using FreeLists = std::map<size_t, std::vector<void*>>;
 
-  // A cached block of class `cls` for a new request (from the open pool's lists while one is open), or nullptr: the
-  // caller then gets fresh memory and reports it with adopt().
+  // A cached block of class `cls` for a new request, or nullptr: the caller then gets fresh memory and reports it with
+  // adopt(). While a pool is open, its own blocks first, then a shared one, which joins the pool (all work runs on
+  // one stream, so whatever used the block before runs before the recorded work): a recording reuses the memory the
+  // eager steps before it freed instead of asking the device for its whole working set again.
   void* take(size_t cls) {
-    FreeLists& lists = open_ >= 0 ? pools_.at(open_).free : free_;
-    auto it = lists.find(cls);
-    if (it == lists.end() || it->second.empty()) return nullptr;
-    void* p = it->second.back();
-    it->second.pop_back();
+    if (open_ < 0) return pop(free_, cls);
+    void* p = pop(pools_.at(open_).free, cls);
+    if (!p && (p = pop(free_, cls))) owner_[p] = open_;
     return p;
   }
   // Fresh memory now in use: the open pool's, if one is open.
@@ -89,6 +89,13 @@ class BlockCache {
   struct Pool {
     FreeLists free, held;
   };
+  static void* pop(FreeLists& lists, size_t cls) {
+    auto it = lists.find(cls);
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
   static size_t bytes_of(const FreeLists& lists) {
     size_t n = 0;
     for (const auto& [cls, blocks] : lists) n += cls * blocks.size();

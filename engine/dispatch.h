@@ -12,6 +12,7 @@
 
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "engine/profile.h"
 #include "engine/tensor.h"
@@ -49,6 +50,11 @@ inline double bytes_of(const Tensor& t) {
 template <class A, class B>
 double bytes_of(const std::pair<A, B>& p) {
   return bytes_of(p.first) + bytes_of(p.second);
+}
+inline double bytes_of(const std::vector<Tensor>& ts) {
+  double n = 0;
+  for (const Tensor& t : ts) n += bytes_of(t);
+  return n;
 }
 template <class T>
 double bytes_of(const T&) {

@@ -38,6 +38,8 @@ std::unique_ptr<Clock> (*cuda_clock)() = nullptr;
 namespace detail {
 
 bool any_observer = false;
+thread_local const char* current_op = nullptr;
+thread_local const char* current_phase = nullptr;
 
 void notify_begin(const char* name, Kind kind, Device device) {
   for (Observer* o : observers()) o->begin(name, kind, device);

@@ -32,6 +32,10 @@ void remove_observer(Observer* o);
 
 namespace detail {
 extern bool any_observer;
+// The innermost kernel call and phase now running on this thread (nullptr outside any): what the memory ledger
+// (engine/tensor.h, memory::) files each new tensor under.
+extern thread_local const char* current_op;
+extern thread_local const char* current_phase;
 void notify_begin(const char* name, Kind kind, Device device);
 void notify_end(const char* name, Kind kind, Device device, double bytes);
 }  // namespace detail
@@ -40,6 +44,9 @@ void notify_end(const char* name, Kind kind, Device device, double bytes);
 class Scope {
  public:
   Scope(const char* name, Kind kind, Device device) : name_(name), kind_(kind), device_(device) {
+    const char*& where = kind == Kind::op ? detail::current_op : detail::current_phase;
+    outer_ = where;
+    where = name;
     if (detail::any_observer) {
       active_ = true;
       detail::notify_begin(name_, kind_, device_);
@@ -47,6 +54,7 @@ class Scope {
   }
   ~Scope() {
     if (active_) detail::notify_end(name_, kind_, device_, bytes_);
+    (kind_ == Kind::op ? detail::current_op : detail::current_phase) = outer_;
   }
   bool active() const { return active_; }
   void set_bytes(double bytes) { bytes_ = bytes; }
@@ -55,6 +63,7 @@ class Scope {
 
  private:
   const char* name_;
+  const char* outer_;
   Kind kind_;
   Device device_;
   bool active_ = false;

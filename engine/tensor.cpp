@@ -2,10 +2,14 @@
 
 #include "engine/backend.h"
 #include "engine/graph.h"
+#include "engine/profile.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include <unistd.h>
@@ -38,6 +42,64 @@ size_t host_memory_available() {
 }
 
 void register_device_allocator(DeviceAllocator* allocator) { device_allocator_ = allocator; }
+
+namespace memory {
+namespace {
+using Key = std::pair<const char*, const char*>;  // phase, op (static strings: compared by address)
+struct Ledger {
+  std::map<Key, size_t> live, at_peak;
+  size_t total = 0, peak = 0;
+};
+std::atomic<bool> ledger_enabled{false};
+std::mutex ledger_mutex;
+Ledger ledgers[2];  // cpu, cuda
+Ledger& ledger_of(Device d) { return ledgers[d == Device::cpu ? 0 : 1]; }
+
+void ledger_add(Device d, Key k, size_t bytes) {
+  std::lock_guard<std::mutex> lock(ledger_mutex);
+  Ledger& l = ledger_of(d);
+  l.live[k] += bytes;
+  l.total += bytes;
+  if (l.total > l.peak) {
+    l.peak = l.total;
+    l.at_peak = l.live;
+  }
+}
+
+void ledger_remove(Device d, Key k, size_t bytes) {
+  std::lock_guard<std::mutex> lock(ledger_mutex);
+  Ledger& l = ledger_of(d);
+  auto it = l.live.find(k);
+  if (it == l.live.end()) return;
+  it->second -= std::min(it->second, bytes);
+  l.total -= std::min(l.total, bytes);
+}
+}  // namespace
+
+void set_ledger(bool on) { ledger_enabled = on; }
+bool ledger_on() { return ledger_enabled.load(); }
+
+void reset_ledger_peak() {
+  std::lock_guard<std::mutex> lock(ledger_mutex);
+  for (Ledger& l : ledgers) {
+    l.peak = l.total;
+    l.at_peak = l.live;
+  }
+}
+
+LedgerPeak ledger_peak(Device device) {
+  std::lock_guard<std::mutex> lock(ledger_mutex);
+  const Ledger& l = ledger_of(device);
+  LedgerPeak out;
+  out.total = l.peak;
+  for (const auto& [k, bytes] : l.at_peak)
+    if (bytes > 0) out.entries.push_back({k.first ? k.first : "-", k.second ? k.second : "-", bytes});
+  std::sort(out.entries.begin(), out.entries.end(),
+            [](const LedgerEntry& a, const LedgerEntry& b) { return a.bytes > b.bytes; });
+  return out;
+}
+}  // namespace memory
+
 DeviceAllocator* device_allocator() { return device_allocator_; }
 
 std::string shape_str(const Shape& s) {
@@ -76,17 +138,24 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     LLR_CHECK(device_allocator_ != nullptr,
               "no CUDA allocator: this build has no CUDA support, or llr::cuda::init() was not called");
     data_ = device_allocator_->allocate(bytes);
-    return;
+  } else {
+    static const bool heap_tuned = keep_host_heap();
+    (void)heap_tuned;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
+    host_allocated(bytes_);
   }
-  static const bool heap_tuned = keep_host_heap();
-  (void)heap_tuned;
-  size_t rounded = (bytes + 63) / 64 * 64;
-  data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-  LLR_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
-  host_allocated(bytes_);
+  if (memory::ledger_on()) {
+    op_ = profile::detail::current_op;
+    phase_ = profile::detail::current_phase;
+    in_ledger_ = true;
+    memory::ledger_add(device, {phase_, op_}, bytes);
+  }
 }
 
 Storage::~Storage() {
+  if (in_ledger_) memory::ledger_remove(device_, {phase_, op_}, bytes_);
   if (device_ == Device::cuda)
     device_allocator_->deallocate(data_, bytes_);
   else {

@@ -41,6 +41,24 @@ void reset_host_memory_peak();
 // Physical host memory not in use by anything (the operating system's free pages).
 size_t host_memory_available();
 
+// Where tensor memory goes (`llrtrain bench --memory`): while the ledger is on, every storage is counted under the
+// phase and the kernel call that allocated it (profile::Scope's innermost names), per device, and the counts at the
+// largest total since the last reset are kept. Device workspaces (cuDNN's) are storages too.
+namespace memory {
+struct LedgerEntry {
+  std::string phase, op;  // "-" outside any
+  size_t bytes = 0;
+};
+struct LedgerPeak {
+  size_t total = 0;                  // bytes of live storages at the peak
+  std::vector<LedgerEntry> entries;  // what they were, largest first
+};
+void set_ledger(bool on);
+bool ledger_on();
+void reset_ledger_peak();  // the peak becomes what is live now
+LedgerPeak ledger_peak(Device device);
+}  // namespace memory
+
 // Contiguous bytes on one device. CPU storage is 64-byte aligned host memory.
 class Storage {
  public:
@@ -56,6 +74,9 @@ class Storage {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_;
+  const char* op_ = nullptr;  // the memory ledger's labels, when it was on at allocation
+  const char* phase_ = nullptr;
+  bool in_ledger_ = false;
 };
 
 struct Node;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/autograd.h"
+#include "engine/graph.h"
 #include "kernels/allocator.h"
 #include "kernels/conv_plans.h"
 #include "kernels/cuda_backend.h"
@@ -106,20 +107,15 @@ class ConvDesc {
 // Device scratch memory from the caching allocator, returned on scope exit.
 class Workspace {
  public:
-  explicit Workspace(size_t bytes) : bytes_(bytes) {
-    if (bytes_) ptr_ = allocator().allocate(bytes_);
+  // A storage, so the memory ledger counts it under the convolution that asked for it.
+  explicit Workspace(size_t bytes) {
+    if (bytes) storage_ = std::make_unique<Storage>(bytes, Device::cuda);
   }
-  ~Workspace() {
-    if (ptr_) allocator().deallocate(ptr_, bytes_);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
+  void* get() const { return storage_ ? storage_->data() : nullptr; }
+  size_t bytes() const { return storage_ ? storage_->bytes() : 0; }
 
  private:
-  size_t bytes_;
-  void* ptr_ = nullptr;
+  std::unique_ptr<Storage> storage_;
 };
 
 enum class Direction { forward, backward_data, backward_filter };
@@ -225,6 +221,9 @@ const ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, con
                          Search search) {
   auto it = plan_cache().find(key);
   if (it != plan_cache().end()) return it->second;
+  // cuDNN's search runs and times kernels, which a graph capture cannot: the step run eagerly before a recording
+  // plans every convolution the recording meets.
+  graph::check_not_recording(("planning the convolution " + key.describe()).c_str());
   ++plan_stats().searches;
   ConvPlan plan;
   plan.x = std::make_shared<TensorDesc>(x, key.dtype);
@@ -325,6 +324,7 @@ Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Con
     try {
       return run_in(DType::bf16);
     } catch (const ConvUnsupported& e) {
+      if (graph::recording()) throw;  // a failed capture decides nothing for the eager steps
       ConvPlan fallback;
       fallback.f32_fallback = true;
       plan_cache()[key] = fallback;

@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "engine/backend.h"
+#include "engine/graph.h"
 
 namespace llr::nets {
 
@@ -26,6 +27,8 @@ Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (master.dtype() == compute) return master;
   if (copy_.defined() && copy_.dtype() == compute && epoch_ == value_write_epoch()) return cast_reusing(master, copy_);
   Tensor c = cast(master, compute);
+  // A cast recorded for replay has not run yet (and may never, if the recording fails): it is not kept.
+  if (graph::recording()) return c;
   copy_ = c.detach();
   epoch_ = value_write_epoch();
   return c;

@@ -1,4 +1,6 @@
 // Tensor basics: shapes, dtypes, layouts, storage sharing, conversions, and the seeded generator.
+#include "engine/backend.h"
+#include "engine/profile.h"
 #include "tests/test_util.h"
 
 // Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
@@ -81,6 +83,42 @@ TEST_CASE("bf16 tensors exist but CPU ops refuse them with a clear message") {
   Tensor t = Tensor::empty({4}, DType::bf16);
   CHECK(t.dtype() == DType::bf16);
   CHECK_THROWS_WITH_AS(backend::scale(t, 2.0), doctest::Contains("bf16 is not supported on the CPU"), Error);
+}
+
+TEST_CASE("the memory ledger files each storage under the phase and kernel call that made it and keeps the peak") {
+  memory::set_ledger(true);
+  memory::reset_ledger_peak();
+  const size_t base = memory::ledger_peak(Device::cpu).total;
+  auto bytes_of = [](const memory::LedgerPeak& p, const std::string& phase, const std::string& op) {
+    size_t n = 0;
+    for (const memory::LedgerEntry& e : p.entries)
+      if (e.phase == phase && e.op == op) n += e.bytes;
+    return n;
+  };
+  {
+    // Outside any phase; Tensor::full makes the storage before its fill kernel runs.
+    Tensor a = Tensor::full({1000}, 1.0, DType::f32, Layout::plain, Device::cpu);
+    LLR_PHASE("test phase", Device::cpu);
+    Tensor b = backend::add(a, a);                                                   // 4,000 bytes under add
+    {
+      Tensor c = backend::mul(b, b);  // freed before the peak below
+    }
+    Tensor d = Tensor::empty({3000}, DType::f64, Layout::plain, Device::cpu);        // 24,000 bytes, no kernel
+    memory::LedgerPeak p = memory::ledger_peak(Device::cpu);
+    CHECK(p.total == base + 4000 + 4000 + 24000);
+    CHECK(bytes_of(p, "-", "-") == 4000);
+    CHECK(bytes_of(p, "test phase", "add") == 4000);
+    CHECK(bytes_of(p, "test phase", "-") == 24000);
+    CHECK(bytes_of(p, "test phase", "mul") == 0);
+    CHECK(p.entries.front().bytes == 24000);  // largest first
+  }
+  // Freed: the peak stays until reset.
+  CHECK(memory::ledger_peak(Device::cpu).total == base + 32000);
+  memory::reset_ledger_peak();
+  CHECK(memory::ledger_peak(Device::cpu).total == base);
+  memory::set_ledger(false);
+  Tensor e = Tensor::empty({5000}, DType::f64, Layout::plain, Device::cpu);  // the ledger is off: not counted
+  CHECK(memory::ledger_peak(Device::cpu).total == base);
 }
 
 }  // namespace

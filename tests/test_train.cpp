@@ -11,6 +11,8 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "nets/model.h"
+#include "train/optimizer.h"
 #include "tests/cifar_fixture.h"
 #include "tests/test_util.h"
 
@@ -21,6 +23,49 @@ namespace llr::test {
 namespace {
 
 namespace fs = std::filesystem;
+
+// PyTorch's SGD rule, written out in f64 per value: two steps (the first sets the momentum to the gradient), weight
+// decay on convolution and linear weights only, with and without Nesterov; and the count of non-finite updates.
+TEST_CASE("SGD updates every parameter by PyTorch's rule and counts non-finite results") {
+  for (bool nesterov : {false, true}) {
+    INFO("nesterov ", nesterov);
+    auto model = nets::make_model("wrn-10-1", Act::relu, 10, 3, Device::cpu, DType::f64);
+    const double lr = 0.05, mo = 0.9, wd = 5e-4;
+    Sgd sgd(*model, {mo, nesterov, wd});
+    std::vector<Tensor> params = model->parameters();
+    std::vector<bool> decays;
+    for (const nets::NamedTensor& e : model->registry().entries())
+      if (e.kind != nets::TensorKind::buffer) decays.push_back(e.kind == nets::TensorKind::weight);
+    REQUIRE(decays.size() == params.size());
+    std::vector<std::vector<double>> p, m(params.size());
+    for (const Tensor& t : params) p.push_back(t.to_vector());
+    Generator gen(4);
+    for (int step = 0; step < 2; ++step) {
+      std::vector<Tensor> grads;
+      for (const Tensor& t : params) grads.push_back(gen.normal(t.shape(), 0, 1, DType::f64, t.layout()));
+      sgd.step(grads, lr);
+      double worst = 0;
+      for (size_t k = 0; k < params.size(); ++k) {
+        std::vector<double> g = grads[k].to_vector(), got = params[k].to_vector();
+        m[k].resize(g.size());
+        for (size_t i = 0; i < g.size(); ++i) {
+          double gi = g[i] + (decays[k] ? wd : 0.0) * p[k][i];
+          m[k][i] = step == 0 ? gi : mo * m[k][i] + gi;
+          p[k][i] -= lr * (nesterov ? gi + mo * m[k][i] : m[k][i]);
+          worst = std::max(worst, std::fabs(got[i] - p[k][i]) / (1e-300 + std::fabs(p[k][i]) + 1e-12));
+        }
+      }
+      CHECK(worst < 1e-14);
+    }
+    CHECK(sgd.nonfinite_updates().item() == 0);
+    std::vector<Tensor> grads;
+    for (const Tensor& t : params) grads.push_back(Tensor::zeros(t.shape(), DType::f64, t.layout(), Device::cpu));
+    grads[1].set(0, NAN);
+    grads.back().set(0, INFINITY);
+    sgd.step(grads, lr);
+    CHECK(sgd.nonfinite_updates().item() == 2);
+  }
+}
 
 fs::path temp_dir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("llr_test_" + name + "_" + std::to_string(::getpid()));

@@ -22,7 +22,8 @@
 #   3 step bench   160  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
 #                       natural, PGD-10, TRADES-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py
 #                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
-#                       run's (compare_profiles.py, 3-profile-compare.log); PGD-10 and TRADES-10 again with
+#                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
+#                       phase and kernel call (--memory); PGD-10 and TRADES-10 again with
 #                       --cuda-graphs (time, replays, last loss against the eager run); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
@@ -270,9 +271,11 @@ PY
     tail -4 "$LOGS/3-jax-anchor.log"
   fi
   # Where the time goes (per phase and per op, CUDA events): a separate run, so the events do not touch the timings.
-  timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${PROFILE[@]}" --profile >"$LOGS/3-profile.log" 2>&1
-  timeout -k 5 "$(box 10)" "$BIN/llrtrain" bench "${PROFILE_SMALL[@]}" --profile >>"$LOGS/3-profile.log" 2>&1
+  # --memory: what the tensors live at each method's peak are, by phase and kernel call (3-profile.log).
+  timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${PROFILE[@]}" --profile --memory >"$LOGS/3-profile.log" 2>&1
+  timeout -k 5 "$(box 10)" "$BIN/llrtrain" bench "${PROFILE_SMALL[@]}" --profile --memory >>"$LOGS/3-profile.log" 2>&1
   grep -E '^== |^profile over' "$LOGS/3-profile.log"
+  grep -A4 'tensors live at the peak' "$LOGS/3-profile.log" | grep -vE '^phase|^--' | head -24
   if [ -f "$CARRY/previous-profile.log" ]; then  # the last committed GPU run's profile (prepare_gpu_carry.sh)
     echo "against $(tail -1 "$CARRY/previous-profile.log" | sed 's/^# from //'):"
     python3 "$CARRY/tools/compare_profiles.py" "$CARRY/previous-profile.log" "$LOGS/3-profile.log" \

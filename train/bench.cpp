@@ -52,6 +52,7 @@ void run_bench(BenchConfig cfg) {
     RobustSettings robust;
     Method& method = set.get(bm.name);
     if (bm.steps > 0) method.set_steps(robust, bm.steps);
+    memory::set_ledger(cfg.memory);  // before the model: its weights and the optimiser's buffers count too
     auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), 10, 0, device);
     Sgd opt(*model, {0.9, false, 5e-4});
     Generator gen(1);
@@ -64,6 +65,7 @@ void run_bench(BenchConfig cfg) {
     int64_t replays_before = 0;
     if (DeviceAllocator* a = device_allocator(); a && device != Device::cpu) a->reset_peak();
     reset_host_memory_peak();
+    memory::reset_ledger_peak();
     for (int64_t i = 0; i < cfg.warmup + cfg.iters; ++i) {
       if (cfg.profile && i == cfg.warmup) profiler = std::make_unique<profile::Profiler>(device);
       if (i == cfg.warmup) replays_before = graph::stats().replays;
@@ -107,6 +109,22 @@ void run_bench(BenchConfig cfg) {
                         {"loss_last_step", host_value(last_loss)},
                         {"cuda_graphs", graph::enabled()},
                         {"graph_replays_per_step", double(graph::stats().replays - replays_before) / double(cfg.iters)}};
+    if (cfg.memory) {
+      memory::LedgerPeak lp = memory::ledger_peak(device);
+      memory::set_ledger(false);
+      nlohmann::json by = nlohmann::json::array();
+      std::printf("\n== %s: tensors live at the peak, %.3f GiB (largest first) ==\n%-28s %-34s %9s %6s\n", spec.c_str(),
+                  double(lp.total) / double(1ull << 30), "phase", "made by", "GiB", "share");
+      size_t shown = 0;
+      for (const memory::LedgerEntry& e : lp.entries) {
+        by.push_back({{"phase", e.phase}, {"op", e.op}, {"gib", double(e.bytes) / double(1ull << 30)}});
+        if (shown++ < 16)
+          std::printf("%-28s %-34s %9.3f %5.1f%%\n", e.phase.c_str(), e.op.c_str(), double(e.bytes) / double(1ull << 30),
+                      100.0 * double(e.bytes) / double(std::max<size_t>(lp.total, 1)));
+      }
+      j["peak_tensors_gib"] = double(lp.total) / double(1ull << 30);
+      j["peak_by"] = by;
+    }
     std::printf("%s\n", j.dump().c_str());
     std::fflush(stdout);
     if (!cfg.json.empty()) {

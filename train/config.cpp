@@ -105,6 +105,8 @@ void BenchConfig::visit(SettingVisitor& v) {
   v.integer({"iters", "timed steps"}, iters, Range::at_least(1));
   v.flag({"profile", "also time each phase and op of the timed steps and print where the time goes"}, profile);
   v.flag({"cuda_graphs", "on the GPU, record one attack step as a CUDA graph and replay it for the others (PGD and TRADES training: sign steps)"}, cuda_graphs);
+  v.flag({"memory", "also print what the tensors live at the peak are, by the phase and kernel call that made them"},
+         memory);
   v.text({"json", "also append the JSON lines to this file"}, json, {});
 }
 

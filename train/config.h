@@ -100,6 +100,7 @@ struct BenchConfig {
   int64_t warmup = 3, iters = 10;
   bool profile = false;  // time each phase and op of the timed steps (CUDA events on the GPU)
   bool cuda_graphs = false;
+  bool memory = false;   // where the peak memory goes, by phase and kernel call
   std::string json;      // append one JSON line per configuration here too
 
   void visit(SettingVisitor& v);

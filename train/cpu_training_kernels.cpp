@@ -5,6 +5,7 @@
 
 #include "engine/elementwise_math.h"
 #include "train/augment_math.h"
+#include "train/sgd_math.h"
 #include "train/training_kernels.h"
 
 namespace llr {
@@ -90,22 +91,23 @@ Tensor CpuTrainingKernels::gather_labels(const Tensor& labels, const Tensor& ord
   return out;
 }
 
-void CpuTrainingKernels::sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr,
-                                    double momentum, double weight_decay, bool nesterov, bool first_step,
-                                    Tensor& nonfinite) {
+void CpuTrainingKernels::sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                                    std::vector<Tensor>& buffers, const std::vector<double>& weight_decay, double lr,
+                                    double momentum, bool nesterov, bool first_step, Tensor& nonfinite) {
   int64_t bad = 0;
-  dispatch_floating(param.dtype(), "sgd_update", [&](auto tag) {
-    using T = decltype(tag);
-    T *p = param.data<T>(), *m = momentum_buffer.data<T>();
-    const T* g = grad.data<T>();
-    for (int64_t i = 0, n_ = param.numel(); i < n_; ++i) {
-      T gi = g[i] + T(weight_decay) * p[i];
-      m[i] = first_step ? gi : T(momentum) * m[i] + gi;
-      p[i] -= T(lr) * (nesterov ? gi + T(momentum) * m[i] : m[i]);
-      bad += !std::isfinite(p[i]);
-    }
-    return 0;
-  });
+  for (size_t k = 0; k < params.size(); ++k) {
+    dispatch_floating(params[k].dtype(), "sgd_update", [&](auto tag) {
+      using T = decltype(tag);
+      T *p = params[k].data<T>(), *m = buffers[k].data<T>();
+      const T* g = grads[k].data<T>();
+      const T lr_ = T(lr), mo = T(momentum), wd = T(weight_decay[k]);
+      for (int64_t i = 0, n_ = params[k].numel(); i < n_; ++i) {
+        p[i] = sgd_math::update(p[i], g[i], m[i], lr_, mo, wd, nesterov, first_step);
+        bad += !std::isfinite(p[i]);
+      }
+      return 0;
+    });
+  }
   nonfinite.data<double>()[0] += double(bad);
 }
 

@@ -18,11 +18,15 @@ Sgd::Sgd(nets::Model& model, SgdOptions options) : options_(options) {
 void Sgd::step(const std::vector<Tensor>& grads, double lr) {
   LLR_CHECK(grads.size() == params_.size(), "Sgd::step: ", grads.size(), " gradients for ", params_.size(),
             " parameters");
+  if (params_.empty()) return;
+  std::vector<Tensor> params;  // updated in place, outside the tape
+  std::vector<double> decay;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor p = params_[i].detach();  // updated in place, outside the tape
-    training::sgd_update(p, grads[i], buffers_[i], lr, options_.momentum, decay_[i] ? options_.weight_decay : 0.0,
-                        options_.nesterov, steps_ == 0, nonfinite_);
+    params.push_back(params_[i].detach());
+    decay.push_back(decay_[i] ? options_.weight_decay : 0.0);
   }
+  training::sgd_update(params, grads, buffers_, decay, lr, options_.momentum, options_.nesterov, steps_ == 0,
+                       nonfinite_);
   ++steps_;
   note_value_write();
 }

@@ -1,5 +1,5 @@
 // SGD with momentum (optionally Nesterov) and weight decay on convolution and linear weights only, with PyTorch's
-// update rule; each parameter's update is one fused backend call (one kernel on the GPU).
+// update rule; one fused call updates every parameter (a few kernels on the GPU, not one per parameter).
 #pragma once
 
 #include <vector>

@@ -55,20 +55,28 @@ void gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int
   order_range("gather_labels", order, begin, count);
 }
 
-void sgd_update(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, double lr, double momentum,
-                double weight_decay, bool, bool, Tensor& nonfinite) {
+void sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
+                const std::vector<double>& weight_decay, double lr, double momentum, bool, bool, Tensor& nonfinite) {
   LLR_CHECK(nonfinite.defined() && nonfinite.dtype() == DType::f64 && nonfinite.numel() == 1,
             "sgd_update: the non-finite counter must be one f64 element, got ",
             nonfinite.defined() ? nonfinite.describe() : "undefined");
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&param, &grad, &momentum_buffer}) {
-    LLR_CHECK(t->defined() && is_floating(t->dtype()) && t->dtype() == param.dtype(),
-              "sgd_update: parameter, gradient and momentum must be floating of one dtype, got ",
-              t->defined() ? t->describe() : "undefined", " for ", param.describe());
-    LLR_CHECK(t->shape() == param.shape(), "sgd_update: shape mismatch, ", param.describe(), " vs ", t->describe());
+  LLR_CHECK(grads.size() == params.size() && buffers.size() == params.size() && weight_decay.size() == params.size(),
+            "sgd_update: ", params.size(), " parameters with ", grads.size(), " gradients, ", buffers.size(),
+            " momentum buffers and ", weight_decay.size(), " weight decays");
+  for (size_t k = 0; k < params.size(); ++k) {
+    const Tensor& param = params[k];
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&param, &grads[k], &buffers[k]}) {
+      LLR_CHECK(t->defined() && is_floating(t->dtype()) && t->dtype() == params[0].dtype(),
+                "sgd_update: parameters, gradients and momentum must be floating of one dtype, got ",
+                t->defined() ? t->describe() : "undefined", " for ", param.describe());
+      LLR_CHECK(t->shape() == param.shape(), "sgd_update: shape mismatch, ", param.describe(), " vs ", t->describe());
+      LLR_CHECK(t->device() == nonfinite.device(), "sgd_update: ", t->describe(), " is not on the ",
+                device_name(nonfinite.device()), " like the non-finite counter");
+    }
+    LLR_CHECK(std::isfinite(weight_decay[k]), "sgd_update: non-finite weight decay ", weight_decay[k]);
   }
-  LLR_CHECK(std::isfinite(lr) && std::isfinite(momentum) && std::isfinite(weight_decay),
-            "sgd_update: non-finite hyperparameters (lr ", lr, ", momentum ", momentum, ", weight decay ",
-            weight_decay, ")");
+  LLR_CHECK(std::isfinite(lr) && std::isfinite(momentum), "sgd_update: non-finite hyperparameters (lr ", lr,
+            ", momentum ", momentum, ")");
 }
 
 }  // namespace llr::training_check
