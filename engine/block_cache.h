@@ -3,9 +3,10 @@
 // on its class's free list for the next request.
 //
 // Pools, for recorded device work (engine/graph.h): while a pool is open, every block handed out belongs to it (a
-// cached shared block joins it), and a block of the pool freed goes back to the pool's own lists, so a recording's temporaries keep
-// their addresses, reserved for its replays, until the pool is released. A block from outside the pool freed while
-// the pool is open is held back too (the recorded kernels may read it) and returns with the pool's blocks on release.
+// cached shared block joins it), and a block of the pool freed goes back to the pool's own lists, so a recording's
+// temporaries keep their addresses, reserved for its replays, until the pool is released. A block from outside the
+// pool freed while the pool is open is held back too (the recorded kernels may read it) and returns with the pool's
+// blocks on release.
 #pragma once
 
 #include <cstddef>

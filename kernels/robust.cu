@@ -15,12 +15,18 @@ namespace llr::cuda {
 
 namespace {
 
-// One block per example.
+// One block per example. Adam's bias corrections come from p.t (bias1, bias2) or, with `steps` given, from the
+// device counter of steps taken, read here and counted on by the launch after.
 template <class T>
 __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T* grad, const T* gx,
                                     const T* sign_g, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1,
-                                    T beta2, T adam_eps, T bias1, T bias2, T* dots) {
+                                    T beta2, T adam_eps, T bias1, T bias2, const double* steps, T* dots) {
   int64_t e = blockIdx.x;
+  if (steps) {
+    const T t = T(*steps + 1);
+    bias1 = T(1) - pow(beta1, t);
+    bias2 = T(1) - pow(beta2, t);
+  }
   T acc = 0;
   for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
     int64_t i = e * inner + j;
@@ -40,19 +46,19 @@ __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T
 }
 
 template <class T>
-Tensor perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, const Tensor& gx, const Tensor& sign_g,
-                         Tensor& m, Tensor& v, const PerturbationParams& p) {
+void perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, const Tensor& gx, const Tensor& sign_g,
+                       Tensor& m, Tensor& v, Tensor& dots, Tensor& adam_steps, const PerturbationParams& p) {
   int64_t n = delta.dim(0), inner = delta.numel() / n;
   bool llr = gx.defined(), adam = p.update == PerturbationUpdate::adam;
-  Tensor dots = llr ? Tensor::empty({n}, delta.dtype(), Layout::plain, Device::cuda) : Tensor();
   T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
+  double* steps = adam_steps.defined() ? ptr<double>(adam_steps) : nullptr;
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
       inner, ptr<T>(delta), ptr<T>(x), ptr<T>(grad), llr ? ptr<T>(gx) : nullptr, llr ? ptr<T>(sign_g) : nullptr,
       adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps),
-      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2,
+      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2, steps,
       llr ? ptr<T>(dots) : nullptr);
   LLR_CUDA_LAUNCH_CHECK();
-  return dots;
+  if (steps) for_each(1, [=] __device__(int64_t) { *steps += 1; });
 }
 
 template <class S>
@@ -408,10 +414,13 @@ void update_max_impl(Tensor& acc, const Tensor& v) {
 
 }  // namespace
 
-Tensor CudaRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
-                                      const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
-  if (delta.dtype() == DType::f64) return perturbation_impl<double>(delta, x, grad_weighted, gx, sign_g, m, v, p);
-  return perturbation_impl<float>(delta, x, grad_weighted, gx, sign_g, m, v, p);
+void CudaRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted,
+                                          const Tensor& gx, const Tensor& sign_g, Tensor& m, Tensor& v, Tensor& dots,
+                                          Tensor& adam_steps, const PerturbationParams& p) {
+  if (delta.dtype() == DType::f64)
+    perturbation_impl<double>(delta, x, grad_weighted, gx, sign_g, m, v, dots, adam_steps, p);
+  else
+    perturbation_impl<float>(delta, x, grad_weighted, gx, sign_g, m, v, dots, adam_steps, p);
 }
 
 LlrCoefficients CudaRobustKernels::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,

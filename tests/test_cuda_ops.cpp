@@ -276,13 +276,13 @@ TEST_CASE("objective gradients on the GPU match the CPU (fixed perturbation)") {
   cuda::context().set_tf32(true);
 }
 
-// CUDA graphs (--cuda-graphs): PGD's and TRADES's attack steps recorded once and replayed give the perturbation the
-// eager steps give, in f32 and bf16. cuDNN may pick a non-deterministic algorithm (atomics), so the replayed result is
+// CUDA graphs (--cuda-graphs): PGD's and TRADES's attack steps and LLR's Adam search steps recorded once and replayed
+// give the perturbation the eager steps give, in f32 and bf16. cuDNN may pick a non-deterministic algorithm (atomics), so the replayed result is
 // held to the difference between two eager runs: bit for bit when those agree. The recording's pool is released.
 TEST_CASE("recorded attack steps replayed as CUDA graphs equal eager ones") {
   if (!gpu_ready("CUDA graphs")) return;
   for (DType compute : {DType::f32, DType::bf16})
-    for (const char* name : {"pgd", "trades"}) {
+    for (const char* name : {"pgd", "trades", "llr"}) {
       INFO(name, " ", dtype_name(compute));
       auto model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cuda);
       Generator gen(11);
@@ -459,9 +459,9 @@ TEST_CASE("the fast methods' perturbation kernels on the GPU match the CPU") {
     p.eps = 8.0 / 255.0;
     p.projection = Projection::box;
     Tensor start = robust::perturbation_init(x.to(d), 2 * p.eps, 0.0, 5, 0);
-    Tensor delta_cpu = start.clone(), delta_gpu = start.to(Device::cuda), none, mm, vv;
-    robust::perturbation_step(delta_cpu, x.to(d), g1.to(d), none, none, mm, vv, p);
-    robust::perturbation_step(delta_gpu, upload(x, d), upload(g1, d), none, none, mm, vv, p);
+    Tensor delta_cpu = start.clone(), delta_gpu = start.to(Device::cuda), none, mm, vv, dots, steps;
+    robust::perturbation_step(delta_cpu, x.to(d), g1.to(d), none, none, mm, vv, dots, steps, p);
+    robust::perturbation_step(delta_gpu, upload(x, d), upload(g1, d), none, none, mm, vv, dots, steps, p);
     check_close("delta", "perturbation_step (box only)", m, delta_gpu, host_f64(delta_cpu));
   }
 }

@@ -1,8 +1,10 @@
 // Recorded device work (engine/graph.h) on the CPU, where a replay reruns the body under the same rules a CUDA graph
 // imposes: the allocator's pool bookkeeping (engine/block_cache.h, with made-up addresses), the refusal of host reads
-// while recording, and PGD and TRADES training steps, whose attack steps replay one recording, equal to the eager ones
-// bit for bit. The same comparison on a GPU, with real CUDA graphs, is in test_cuda_ops.cpp.
+// while recording, and PGD, TRADES and LLR training steps, whose attack or search steps (sign or Adam) replay one
+// recording, equal to the eager ones bit for bit. The same comparison on a GPU, with real CUDA graphs, is in
+// test_cuda_ops.cpp.
 #include <cstdint>
+#include <string>
 
 #include "engine/block_cache.h"
 #include "engine/graph.h"
@@ -121,8 +123,8 @@ TEST_CASE("graph::repeat runs the body eagerly first and replays the rest and re
   CHECK(graph::stats().recordings == rec);
 }
 
-TEST_CASE("PGD and TRADES training steps with recorded attack steps equal the eager ones bit for bit") {
-  for (const char* name : {"pgd", "trades"}) {
+TEST_CASE("PGD and TRADES and LLR steps with recorded attack or search steps equal the eager ones bit for bit") {
+  for (const char* name : {"pgd", "trades", "llr"}) {
     INFO(name);
     auto model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
     Generator gen(11);
@@ -148,6 +150,7 @@ TEST_CASE("PGD and TRADES training steps with recorded attack steps equal the ea
     const graph::Stats before = graph::stats();
     ObjectiveResult replayed = run(true);
     CHECK(graph::stats().replays == before.replays + 3);  // 4 steps: one eager, one recording replayed 3 times
+    if (std::string(name) == "llr") CHECK(eager.metrics.count("llr_gamma") == 1);
     REQUIRE(eager.delta.defined());
     CHECK(max_abs(eager.delta) > 0);
     CHECK(compare(replayed.delta, eager.delta, 0, 0).max_violation == 0);

@@ -19,11 +19,11 @@
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
 #   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
-#   3 step bench   160  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
-#                       natural, PGD-10, TRADES-10, LLR-2), the PyTorch anchor on both nets, compare_bench.py
+#   3 step bench   170  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
+#                       natural, PGD-10, TRADES-10, LLR-2, LLR-10), the PyTorch anchor on both nets, compare_bench.py
 #                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
 #                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
-#                       phase and kernel call (--memory); PGD-10 and TRADES-10 again with
+#                       phase and kernel call (--memory); PGD-10, TRADES-10 and LLR-10 again with
 #                       --cuda-graphs (time, replays, last loss against the eager run); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
@@ -116,10 +116,11 @@ else
   BENCH=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5
     --methods "natural,pgd-10,trades-10,llr-2,llr-10,fgsm-rs,n-fgsm,gradalign,elle")
   BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
-    --methods "natural,pgd-10,trades-10,llr-2")
-  # The same attack-step methods with --cuda-graphs (one attack step recorded, the others replayed).
-  GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10")
-  GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10 --methods "pgd-10,trades-10")
+    --methods "natural,pgd-10,trades-10,llr-2,llr-10")
+  # The same attack- and search-step methods with --cuda-graphs (one step recorded, the others replayed).
+  GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10,llr-10")
+  GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
+    --methods "pgd-10,trades-10,llr-10")
   PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
   PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
   ANCHOR=(--models wrn-28-10,preact-rn18 --prec bf16 --methods "natural,pgd-10,trades-10,llr-2-dbp,llr-10-dbp"
@@ -216,7 +217,7 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
-  begin_stage 3 "step benchmark" $((160 + 120 * ${LLR_JAX:-0}))
+  begin_stage 3 "step benchmark" $((170 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
   timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
@@ -226,9 +227,9 @@ if want 3; then
   # CUDA graphs: the attack-step methods again with --cuda-graphs, against the eager runs above (time, replays, and
   # the last step's loss, which should be the eager one unless cuDNN picked a non-deterministic algorithm).
   glog=$LOGS/3-graphs.log
-  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${GRAPHS[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" >"$glog" 2>&1
+  timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${GRAPHS[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" >"$glog" 2>&1
   rc_graphs=$?
-  timeout -k 5 "$(box 12)" "$BIN/llrtrain" bench "${GRAPHS_SMALL[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" \
+  timeout -k 5 "$(box 15)" "$BIN/llrtrain" bench "${GRAPHS_SMALL[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" \
     >>"$glog" 2>&1
   [ "$rc_graphs" = 0 ] && rc_graphs=$?
   grep -iE 'warning|error' "$glog" | head -5

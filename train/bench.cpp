@@ -108,7 +108,8 @@ void run_bench(BenchConfig cfg) {
                         {"peak_gib", peak},
                         {"loss_last_step", host_value(last_loss)},
                         {"cuda_graphs", graph::enabled()},
-                        {"graph_replays_per_step", double(graph::stats().replays - replays_before) / double(cfg.iters)}};
+                        {"graph_replays_per_step",
+                         double(graph::stats().replays - replays_before) / double(cfg.iters)}};
     if (cfg.memory) {
       memory::LedgerPeak lp = memory::ledger_peak(device);
       memory::set_ledger(false);
@@ -117,9 +118,10 @@ void run_bench(BenchConfig cfg) {
                   double(lp.total) / double(1ull << 30), "phase", "made by", "GiB", "share");
       size_t shown = 0;
       for (const memory::LedgerEntry& e : lp.entries) {
-        by.push_back({{"phase", e.phase}, {"op", e.op}, {"gib", double(e.bytes) / double(1ull << 30)}});
+        const double gib = double(e.bytes) / double(1ull << 30);
+        by.push_back({{"phase", e.phase}, {"op", e.op}, {"gib", gib}});
         if (shown++ < 16)
-          std::printf("%-28s %-34s %9.3f %5.1f%%\n", e.phase.c_str(), e.op.c_str(), double(e.bytes) / double(1ull << 30),
+          std::printf("%-28s %-34s %9.3f %5.1f%%\n", e.phase.c_str(), e.op.c_str(), gib,
                       100.0 * double(e.bytes) / double(std::max<size_t>(lp.total, 1)));
       }
       j["peak_tensors_gib"] = double(lp.total) / double(1ull << 30);

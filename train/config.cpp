@@ -7,6 +7,11 @@
 
 namespace llr {
 
+namespace {
+const char* const kCudaGraphsHelp =
+    "on the GPU, record one attack or search step as a CUDA graph and replay it for the others (PGD, TRADES, LLR)";
+}  // namespace
+
 void TrainConfig::visit(SettingVisitor& v) {
   data.visit(v);
   v.text({"model", "wrn-D-K (e.g. wrn-28-10), preact-rn18, resnet-50, resnet-101 or resnet-152"}, model, {});
@@ -30,7 +35,7 @@ void TrainConfig::visit(SettingVisitor& v) {
   v.seed({"seed", "random seed (initialisation, data order, augmentation)"}, seed);
   v.text({"device", "where to compute"}, device, {"auto", "cuda", "cpu"});
   v.text({"precision", "compute precision (bf16: GPU only)"}, precision, {"fp32", "bf16"});
-  v.flag({"cuda_graphs", "on the GPU, record one attack step as a CUDA graph and replay it for the others (PGD and TRADES training: sign steps)"}, cuda_graphs);
+  v.flag({"cuda_graphs", kCudaGraphsHelp}, cuda_graphs);
   v.text({"out", "run folder (default runs/MODEL-METHOD-TIME)"}, out, {});
   v.integer({"log_every", "steps between metrics lines"}, log_every, Range::at_least(1));
   v.integer({"eval_batch", "evaluation batch size"}, eval_batch, Range::at_least(1));
@@ -104,7 +109,7 @@ void BenchConfig::visit(SettingVisitor& v) {
   v.integer({"warmup", "untimed steps first"}, warmup, Range::at_least(0));
   v.integer({"iters", "timed steps"}, iters, Range::at_least(1));
   v.flag({"profile", "also time each phase and op of the timed steps and print where the time goes"}, profile);
-  v.flag({"cuda_graphs", "on the GPU, record one attack step as a CUDA graph and replay it for the others (PGD and TRADES training: sign steps)"}, cuda_graphs);
+  v.flag({"cuda_graphs", kCudaGraphsHelp}, cuda_graphs);
   v.flag({"memory", "also print what the tensors live at the peak are, by the phase and kernel call that made them"},
          memory);
   v.text({"json", "also append the JSON lines to this file"}, json, {});

@@ -62,8 +62,8 @@ class GradAlign final : public Method {
       p.update = PerturbationUpdate::sign;
       p.step_size = ctx.eps;
       p.eps = ctx.eps;
-      Tensor none, m, v;
-      robust::perturbation_step(delta, x, g1, none, none, m, v, p);
+      Tensor none, m, v, dots, steps;
+      robust::perturbation_step(delta, x, g1, none, none, m, v, dots, steps, p);
     }
 
     // 3. The training loss at x + delta, reverse-differentiated at once: it shares nothing with the other passes, and

@@ -58,12 +58,15 @@ RobustKernels& robust_kernels_for(Device device) {
   return dispatch::for_device<RobustKernels>(device, cpu, "perturbation kernels");
 }
 
-Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
-                                     const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
+void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
+                                         const Tensor& sign_g, Tensor& m, Tensor& v, Tensor& dots,
+                                         Tensor& adam_steps, const PerturbationParams& p) {
   bool llr = gx.defined();
   bool adam = p.update == PerturbationUpdate::adam;
   bool ball = p.projection == Projection::ball_and_box;
-  return dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
+  // Adam's step count: p.t, or the device counter's steps taken + 1 (counted on below).
+  const double t = adam_steps.defined() ? adam_steps.data<double>()[0] + 1 : double(p.t);
+  dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
     T* d = delta.data<T>();
@@ -72,8 +75,7 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
     const T* ps = llr ? sign_g.data<T>() : nullptr;
     T* pm = adam ? m.data<T>() : nullptr;
     T* pv = adam ? v.data<T>() : nullptr;
-    T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
-    Tensor dots = llr ? Tensor::empty({n}, delta.dtype()) : Tensor();
+    T bias1 = T(1) - std::pow(T(p.beta1), T(t)), bias2 = T(1) - std::pow(T(p.beta2), T(t));
     T* pdots = llr ? dots.data<T>() : nullptr;
     const T step_size = T(p.step_size), eps = T(p.eps), beta1 = T(p.beta1), beta2 = T(p.beta2),
             adam_eps = T(p.adam_eps);
@@ -100,8 +102,9 @@ Tensor CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const
       run(std::true_type{});
     else
       run(std::false_type{});
-    return dots;
+    return 0;
   });
+  if (adam_steps.defined()) adam_steps.data<double>()[0] = t;
 }
 
 LlrCoefficients CpuRobustKernels::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,

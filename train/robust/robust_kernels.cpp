@@ -54,15 +54,17 @@ void perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_
 }
 
 void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
-                       const Tensor& sign_g, Tensor& m, Tensor& v, const PerturbationParams& p) {
+                       const Tensor& sign_g, Tensor& m, Tensor& v, Tensor& dots, Tensor& adam_steps,
+                       const PerturbationParams& p) {
   perturbation_dtype("perturbation_step", {&delta, &x, &grad_weighted});
   batch("perturbation_step", delta);
   same_shape("perturbation_step", delta, x);
   same_shape("perturbation_step", delta, grad_weighted);
   if (gx.defined()) {
-    perturbation_dtype("perturbation_step", {&delta, &gx, &sign_g});
+    perturbation_dtype("perturbation_step", {&delta, &gx, &sign_g, &dots});
     same_shape("perturbation_step", delta, gx);
     per_example("perturbation_step", "sign_g", sign_g, delta.dim(0));
+    per_example("perturbation_step", "dots", dots, delta.dim(0));
   }
   if (p.update == PerturbationUpdate::adam) {
     perturbation_dtype("perturbation_step", {&delta, &m, &v});
@@ -70,6 +72,8 @@ void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weight
     same_shape("perturbation_step", delta, v);
     LLR_CHECK(p.t >= 1, "perturbation_step: Adam step count must start at 1");
   }
+  LLR_CHECK(!adam_steps.defined() || (adam_steps.dtype() == DType::f64 && adam_steps.numel() == 1),
+            "perturbation_step: the Adam step counter must be one f64 element, got ", adam_steps.describe());
   LLR_CHECK(p.eps >= 0 && p.step_size >= 0, "perturbation_step: eps ", p.eps, " and step size ", p.step_size,
             " must be non-negative");
 }

@@ -89,8 +89,12 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
   pp.step_size = o.step_size;
   pp.eps = o.eps;
   pp.projection = o.projection;
-  Tensor m, v;
-  if (o.rule == StepRule::adam) m = backend::full_like(x, 0.0), v = backend::full_like(x, 0.0);
+  // Adam's moments and its step count, kept on the device so every step runs the same kernels.
+  Tensor m, v, adam_steps;
+  if (o.rule == StepRule::adam) {
+    m = backend::full_like(x, 0.0), v = backend::full_like(x, 0.0);
+    adam_steps = Tensor::zeros({}, DType::f64, Layout::plain, x.device());
+  }
   // APGD: per-example step sizes, best loss and point (and its gradient, to restart from), success counters.
   Tensor delta_prev, eta, best, last, successes, eta_at_cp, best_at_cp, best_delta, best_grad;
   std::vector<int> checkpoints;
@@ -156,17 +160,15 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, u
       }
       robust::apgd_step(delta, delta_prev, x, g, eta, t == 0 ? 1.0 : 0.75, o.eps);
     } else {
-      pp.t = t + 1;
       Tensor none;
-      Tensor dots = robust::perturbation_step(delta, x, g, gap ? rows.gap_gradient : none, gap ? weights : none, m, v,
-                                              pp);
-      if (gap) d = dots;
+      robust::perturbation_step(delta, x, g, gap ? rows.gap_gradient : none, gap ? weights : none, m, v, d,
+                                adam_steps, pp);
     }
   };
-  // Sign steps without a gap, early stopping or APGD's bookkeeping repeat the same kernels on the same tensors (delta
-  // and the running maximum change in place; the step count is Adam's only): with --cuda-graphs they replay one
-  // recorded iteration (engine/graph.h). The others change host state from one iteration to the next.
-  const bool same_each_time = o.rule == StepRule::sign && !gap && !o.early_stop && !apgd;
+  // Sign and Adam steps without early stopping or APGD's bookkeeping repeat the same kernels on the same tensors
+  // (delta, Adam's moments and step count, d and the running maximum change in place): with --cuda-graphs they
+  // replay one recorded iteration (engine/graph.h). The others change host state from one iteration to the next.
+  const bool same_each_time = !o.early_stop && !apgd;
   if (same_each_time) {
     graph::repeat(x.device(), o.steps, [&] { iteration(0); });
   } else {
