@@ -297,11 +297,7 @@ TEST_CASE("recorded attack steps replayed as CUDA graphs equal eager ones") {
       ctx.seed = 3;
       ctx.update_running = false;
       auto run = [&](bool graphs) {
-        bool was = graph::enabled();
-        graph::set_enabled(graphs);
-        TapeScope scope;
-        ObjectiveResult r = method->build(*model, x, y, robust, ctx);
-        graph::set_enabled(was);
+        ObjectiveResult r = build_with_graphs(*method, *model, x, y, robust, ctx, graphs);
         return std::make_pair(r.delta.to(Device::cpu), host_value(r.loss));
       };
       auto differing = [](const Tensor& a, const Tensor& b) {

@@ -138,17 +138,9 @@ TEST_CASE("PGD and TRADES and LLR steps with recorded attack or search steps equ
     ctx.seed = 3;
     ctx.step = 2;
     ctx.update_running = false;
-    auto run = [&](bool graphs) {
-      bool was = graph::enabled();
-      graph::set_enabled(graphs);
-      TapeScope scope;
-      ObjectiveResult r = method->build(*model, x, y, robust, ctx);
-      graph::set_enabled(was);
-      return r;
-    };
-    ObjectiveResult eager = run(false);
+    ObjectiveResult eager = build_with_graphs(*method, *model, x, y, robust, ctx, false);
     const graph::Stats before = graph::stats();
-    ObjectiveResult replayed = run(true);
+    ObjectiveResult replayed = build_with_graphs(*method, *model, x, y, robust, ctx, true);
     CHECK(graph::stats().replays == before.replays + 3);  // 4 steps: one eager, one recording replayed 3 times
     if (std::string(name) == "llr") CHECK(eager.metrics.count("llr_gamma") == 1);
     REQUIRE(eager.delta.defined());

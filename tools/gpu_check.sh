@@ -19,7 +19,7 @@
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
 #   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
-#   3 step bench   170  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
+#   3 step bench   190  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
 #                       natural, PGD-10, TRADES-10, LLR-2, LLR-10), the PyTorch anchor on both nets, compare_bench.py
 #                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
 #                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
@@ -217,7 +217,7 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
-  begin_stage 3 "step benchmark" $((170 + 120 * ${LLR_JAX:-0}))
+  begin_stage 3 "step benchmark" $((190 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
   timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
