@@ -86,6 +86,7 @@ void Tape::truncate(size_t size) {
 
 std::shared_ptr<Node> Tape::push(std::shared_ptr<Node> node) {
   node->position = nodes_.size();
+  node->order = {2 * node->position, node->position};
   nodes_.push_back(node);
   return node;
 }
@@ -155,8 +156,12 @@ void finish_op(const char* name, const std::vector<Tensor>& inputs, std::vector<
 
 }  // namespace detail
 
-std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& cotangents,
-                         const std::vector<Tensor>& inputs, Retain retain) {
+namespace {
+
+// grad() over the nodes recorded at `first` and after only: tensors recorded before count as leaves (a segment's
+// recomputation inside a vjp, whose inputs were recorded by the pass being reversed).
+std::vector<Tensor> grad_from(size_t first, const std::vector<Tensor>& outputs, const std::vector<Tensor>& cotangents,
+                              const std::vector<Tensor>& inputs, Retain retain) {
   LLR_CHECK(outputs.size() == cotangents.size(), "grad(): ", outputs.size(), " outputs but ", cotangents.size(),
             " cotangents");
   NoGradGuard no_grad;
@@ -183,7 +188,7 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   // Nodes downstream of the requested inputs; everything else is skipped.
   std::unordered_set<uint64_t> reach = requested;
   std::vector<char> relevant(end, 0);
-  for (size_t p = 0; p < end; ++p) {
+  for (size_t p = first; p < end; ++p) {
     const Node& node = *nodes[p];
     bool hit = false;
     for (const Tensor& in : node.inputs)
@@ -200,8 +205,13 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   std::unordered_map<uint64_t, Tensor> cot;
   for (size_t k = 0; k < outputs.size(); ++k) accumulate(cot, outputs[k].id(), cotangents[k]);
 
-  for (size_t p = end; p-- > 0;) {
-    if (!relevant[p]) continue;
+  // The relevant nodes, last first by their order (a topological order; see Node::order).
+  std::vector<size_t> sequence;
+  for (size_t p = first; p < end; ++p)
+    if (relevant[p]) sequence.push_back(p);
+  std::sort(sequence.begin(), sequence.end(),
+            [&nodes](size_t a, size_t b) { return nodes[a]->order > nodes[b]->order; });
+  for (size_t p : sequence) {
     Node& node = *nodes[p];
     bool any = false;
     for (uint64_t id : node.output_ids) any = any || cot.count(id);
@@ -270,6 +280,13 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   return result;
 }
 
+}  // namespace
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& cotangents,
+                         const std::vector<Tensor>& inputs, Retain retain) {
+  return grad_from(0, outputs, cotangents, inputs, retain);
+}
+
 void backward(const Tensor& loss, Retain retain) {
   LLR_CHECK(loss.defined() && loss.requires_grad(), "backward(): the loss does not require grad");
   std::vector<Tensor> leaves;
@@ -299,10 +316,124 @@ void backward(const Tensor& loss, Retain retain) {
   }
 }
 
+namespace {
+
+// The tangents of the nodes at `positions` (in tape order) from those in `tan` (by primal id), each node's jvp
+// recorded; adds the new ones to `tan`.
+void propagate(const std::vector<size_t>& positions, std::unordered_map<uint64_t, Tensor>& tan) {
+  const auto& nodes = Tape::current().nodes();
+  for (size_t p : positions) {
+    const Node& node = *nodes[p];
+    if (node.released) throw_freed(node.name, false);
+    std::vector<Tensor> tin;
+    bool any = false;
+    for (const Tensor& in : node.inputs) {
+      auto it = in.defined() ? tan.find(in.id()) : tan.end();
+      tin.push_back(it != tan.end() ? it->second : Tensor());
+      any = any || it != tan.end();
+    }
+    if (!any) continue;
+    std::vector<Tensor> tout;
+    const size_t before = nodes.size();
+    {
+      TangentSuppressGuard guard;
+      tout = node.jvp(tin);
+      ++op_counters().jvp_calls;
+    }
+    for (size_t q = before; q < nodes.size(); ++q) nodes[q]->order = {2 * p + 1, q};
+    for (size_t k = 0; k < node.output_ids.size(); ++k)
+      if (k < tout.size() && tout[k].defined()) tan[node.output_ids[k]] = tout[k];
+  }
+}
+
+// One segment of a checkpointed tangent pass (see tangent_forward): the nominal nodes it replays, the tangents it
+// receives (by primal id, with the tensors that carry them) and those it hands on.
+struct Segment {
+  std::vector<size_t> positions;
+  std::vector<uint64_t> in_ids, out_ids;
+};
+
+// Replays a segment's jvps once with recording, to learn what its computation reads from outside (the tensors a
+// checkpoint node must list as inputs to return their cotangents), keeps the tangents it hands on and frees the
+// rest; then records the segment as one node whose vjp replays it again and reverses that replay.
+void run_segment(const Segment& seg, std::unordered_map<uint64_t, Tensor>& tan) {
+  std::unordered_map<uint64_t, Tensor> local;
+  std::vector<Tensor> tangents_in;
+  for (uint64_t id : seg.in_ids) local[id] = tan.at(id), tangents_in.push_back(tan.at(id));
+  std::vector<Tensor> inputs;  // everything the recorded replay reads from outside and that requires grad
+  std::vector<Tensor> outs;
+  std::vector<uint64_t> out_ids;
+  {
+    TapeScope scope;
+    const size_t first = Tape::current().size();
+    propagate(seg.positions, local);
+    std::unordered_set<uint64_t> made, listed;
+    // The tangents it receives first: a segment may hand one on unchanged (a jvp that returns its input tangent
+    // records nothing), and the reverse pass must still reach the segment that made it.
+    for (const Tensor& t : tangents_in)
+      if (t.requires_grad() && is_floating(t.dtype()) && listed.insert(t.id()).second) inputs.push_back(t);
+    const auto& nodes = Tape::current().nodes();
+    for (size_t p = first; p < nodes.size(); ++p) {
+      for (const Tensor& in : nodes[p]->inputs)
+        if (in.defined() && !made.count(in.id()) && in.requires_grad() && is_floating(in.dtype()) &&
+            listed.insert(in.id()).second)
+          inputs.push_back(in);
+      for (uint64_t id : nodes[p]->output_ids) made.insert(id);
+    }
+    // The candidates that received a tangent (which primal tensors do is known only now).
+    for (uint64_t id : seg.out_ids) {
+      auto it = local.find(id);
+      if (it != local.end()) out_ids.push_back(id), outs.push_back(it->second.detach());
+    }
+  }
+  std::vector<size_t> positions = seg.positions;
+  std::vector<uint64_t> in_ids = seg.in_ids;
+  VjpFn vjp = [positions, in_ids, out_ids, tangents_in, inputs](const std::vector<Tensor>& out_cot,
+                                                                const std::vector<bool>& needs) {
+    GradModeGuard record(true);
+    TapeScope scope;
+    const size_t first = Tape::current().size();
+    std::unordered_map<uint64_t, Tensor> again;
+    for (size_t k = 0; k < in_ids.size(); ++k) again[in_ids[k]] = tangents_in[k];
+    propagate(positions, again);
+    std::vector<Tensor> replayed, cot;
+    for (size_t k = 0; k < out_ids.size(); ++k) {
+      const Tensor& t = again.at(out_ids[k]);
+      if (t.requires_grad()) replayed.push_back(t), cot.push_back(out_cot[k]);
+    }
+    std::vector<Tensor> wanted;
+    std::vector<size_t> where;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (needs[i]) wanted.push_back(inputs[i]), where.push_back(i);
+    std::vector<Tensor> result(inputs.size());
+    if (wanted.empty()) return result;
+    std::vector<Tensor> g = replayed.empty()
+                                ? std::vector<Tensor>()
+                                : grad_from(first, replayed, cot, wanted, Retain::no);
+    for (size_t k = 0; k < wanted.size(); ++k)
+      result[where[k]] = g.empty() ? backend::zeros(wanted[k].shape(), wanted[k].dtype(), wanted[k].layout(),
+                                                    wanted[k].device())
+                                   : g[k];
+    return result;
+  };
+  JvpFn jvp = [](const std::vector<Tensor>&) -> std::vector<Tensor> {
+    LLR_FAIL("a checkpointed tangent segment has no tangent of its own (second-order tangents are not computed)");
+  };
+  std::vector<Tensor> recorded = outs;
+  const size_t before = Tape::current().size();
+  detail::finish_op("tangent_segment", inputs, recorded, std::move(vjp), std::move(jvp));
+  // Reversed right after the segment's last node, as its own tangents would be.
+  if (Tape::current().size() > before) Tape::current().nodes().back()->order = {2 * positions.back() + 1, before};
+  for (size_t k = 0; k < out_ids.size(); ++k) tan[out_ids[k]] = recorded[k];
+}
+
+}  // namespace
+
 std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, const std::vector<Tensor>& seeds_tangent,
-                                    const std::vector<Tensor>& outputs) {
+                                    const std::vector<Tensor>& outputs, int segments) {
   LLR_CHECK(seeds_primal.size() == seeds_tangent.size(), "tangent_forward(): ", seeds_primal.size(),
             " seeds but ", seeds_tangent.size(), " tangents");
+  LLR_CHECK(segments >= 1, "tangent_forward(): segments must be at least 1, got ", segments);
   const auto& nodes = Tape::current().nodes();
   std::unordered_map<uint64_t, Tensor> tan;
   for (size_t k = 0; k < seeds_primal.size(); ++k) {
@@ -320,36 +451,57 @@ std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, con
     ancestors.insert(out.id());
     if (auto n = producer(out)) end = std::max(end, n->position + 1);
   }
-  std::vector<char> needed(end, 0);
+  std::vector<size_t> needed;
   for (size_t p = end; p-- > 0;) {
     const Node& node = *nodes[p];
     bool hit = false;
     for (uint64_t id : node.output_ids) hit = hit || ancestors.count(id);
     if (!hit) continue;
     if (node.released) throw_freed(node.name, false);
-    needed[p] = 1;
+    needed.push_back(p);
     for (const Tensor& in : node.inputs)
       if (in.defined()) ancestors.insert(in.id());
   }
-  for (size_t p = 0; p < end; ++p) {
-    if (!needed[p]) continue;
-    const Node& node = *nodes[p];
-    std::vector<Tensor> tin;
-    bool any = false;
-    for (const Tensor& in : node.inputs) {
-      auto it = in.defined() ? tan.find(in.id()) : tan.end();
-      tin.push_back(it != tan.end() ? it->second : Tensor());
-      any = any || it != tan.end();
+  std::reverse(needed.begin(), needed.end());
+
+  if (segments == 1 || !GradMode::enabled()) {
+    propagate(needed, tan);
+  } else {
+    // Checkpointed: the needed nodes in `segments` runs of about equal length. Each run's tangents are computed,
+    // those a later run or the caller reads are kept, and the rest are freed; the run is recorded as one node that
+    // computes them again in the reverse pass (one more tangent pass in all, and only one run's tangents alive).
+    const size_t n = needed.size(), k = std::min<size_t>(static_cast<size_t>(segments), std::max<size_t>(n, 1));
+    std::vector<Segment> segs(k);
+    std::unordered_map<uint64_t, size_t> made_in;  // primal id -> the segment whose node produced it
+    for (size_t i = 0; i < n; ++i) {
+      size_t s = i * k / n;
+      segs[s].positions.push_back(needed[i]);
+      for (uint64_t id : nodes[needed[i]]->output_ids) made_in[id] = s;
     }
-    if (!any) continue;
-    std::vector<Tensor> tout;
-    {
-      TangentSuppressGuard guard;
-      tout = node.jvp(tin);
-      ++op_counters().jvp_calls;
+    // Each segment receives the tangents of primal inputs made earlier (or the seeds) and hands on those a later
+    // segment or the caller reads. Which primal tensors carry a tangent is known only as the pass runs, so the
+    // lists name every candidate; run_segment keeps those that have one.
+    std::vector<std::unordered_set<uint64_t>> wants(k);
+    for (size_t s = 0; s < k; ++s)
+      for (size_t p : segs[s].positions)
+        for (const Tensor& in : nodes[p]->inputs) {
+          if (!in.defined()) continue;
+          auto it = made_in.find(in.id());
+          if (it == made_in.end() || it->second < s) wants[s].insert(in.id());
+          if (it != made_in.end() && it->second < s) segs[it->second].out_ids.push_back(in.id());
+        }
+    for (const Tensor& out : outputs) {
+      auto it = made_in.find(out.id());
+      if (it != made_in.end()) segs[it->second].out_ids.push_back(out.id());
     }
-    for (size_t k = 0; k < node.output_ids.size(); ++k)
-      if (k < tout.size() && tout[k].defined()) tan[node.output_ids[k]] = tout[k];
+    for (size_t s = 0; s < k; ++s) {
+      Segment& seg = segs[s];
+      for (uint64_t id : wants[s])
+        if (tan.count(id)) seg.in_ids.push_back(id);
+      std::sort(seg.out_ids.begin(), seg.out_ids.end());
+      seg.out_ids.erase(std::unique(seg.out_ids.begin(), seg.out_ids.end()), seg.out_ids.end());
+      run_segment(seg, tan);
+    }
   }
   std::vector<Tensor> result;
   for (const Tensor& out : outputs) {

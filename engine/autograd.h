@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -37,6 +38,10 @@ struct TensorMeta {
 struct Node {
   std::string name;
   size_t position = 0;            // index on the tape
+  // Where the reverse pass takes it (largest first): by default (2 position, position); a tangent replayed through
+  // the node at position p gets (2 p + 1, position), so the reverse pass reverses each layer's tangent computation
+  // right before the layer itself, and the cotangents it hands the layer are used and freed at once.
+  std::pair<size_t, size_t> order{0, 0};
   std::vector<Tensor> inputs;     // strong references; the rules capture what they need
   std::vector<uint64_t> output_ids;
   std::vector<TensorMeta> output_meta;
@@ -124,8 +129,12 @@ void backward(const Tensor& loss, Retain retain = Retain::no);
 
 // Forward mode by replay: tangents of `outputs` when each seeds_primal[k] moves along seeds_tangent[k], propagated
 // through the recorded nodes between them with the ops' jvp rules. The jvp computations are recorded.
+// segments > 1 (with gradient recording on) trades time for memory: the replayed nodes are cut into that many runs
+// of about equal length, and each run is recorded as one node that keeps only the tangents later runs or the caller
+// read; its vjp computes the run's tangents again and reverses them. The reverse pass then holds one run's tangents
+// at a time instead of all of them, for one more tangent pass in all; the gradient is the same.
 std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, const std::vector<Tensor>& seeds_tangent,
-                                    const std::vector<Tensor>& outputs);
+                                    const std::vector<Tensor>& outputs, int segments = 1);
 
 namespace detail {
 // Called by every differentiable op after computing its outputs: records the node when gradient mode is on and an

@@ -43,7 +43,9 @@ void run_bench(BenchConfig cfg) {
   // Every method resolved before any timing: a typo fails at once.
   MethodSet methods;
   for (const std::string& spec : specs) methods.get(parse_bench_method(spec).name);
-  nlohmann::json llr_grad = {{"llr_grad", cfg.llr_grad}};
+  nlohmann::json llr_grad = {{"llr_grad", cfg.llr_grad},
+                             {"llr_tangent_segments", cfg.llr_tangent_segments},
+                             {"llr_recompute_nominal", cfg.llr_recompute_nominal}};
   std::vector<nlohmann::json> rows;
   for (const std::string& spec : specs) {
     BenchMethod bm = parse_bench_method(spec);
@@ -105,7 +107,11 @@ void run_bench(BenchConfig cfg) {
     nlohmann::json j = {{"framework", "llrtrain"},
                         {"model", cfg.model},
                         {"act", cfg.act},
-                        {"method", spec + (bm.name == "llr" ? "-" + cfg.llr_grad : "")},
+                        {"method", spec + (bm.name == "llr" ? "-" + cfg.llr_grad : "") +
+                                       (bm.name == "llr" && cfg.llr_tangent_segments > 1
+                                            ? "-seg" + std::to_string(cfg.llr_tangent_segments)
+                                            : "") +
+                                       (bm.name == "llr" && cfg.llr_recompute_nominal ? "-renom" : "")},
                         {"prec", cfg.precision},
                         {"batch", cfg.batch},
                         {"device", device_name(device)},

@@ -94,6 +94,8 @@ struct BenchConfig {
   std::string act = "relu";
   std::string methods = "natural";  // natural, pgd-K, trades-K, llr-K (K attack or search steps)
   std::string llr_grad = "exact";
+  int64_t llr_tangent_segments = 1;
+  bool llr_recompute_nominal = false;
   int64_t batch = 128;
   std::string precision = "auto";  // bf16 on the GPU, fp32 on the CPU
   std::string device = "auto";

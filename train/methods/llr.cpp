@@ -36,6 +36,15 @@ class Llr final : public Method {
     v.real({"nominal_weight", "LLR weight of the clean loss"}, nominal_weight_, Range::at_least(0));
     v.text({"llr_grad", "LLR gradient: one tangent pass (exact) or finite differences (fd)"}, grad_, {"exact", "fd"});
     v.real({"fd_step", "LLR finite-difference step h (relative to v)"}, fd_step_, Range::positive());
+    v.flag({"llr_recompute_nominal",
+            "exact gradient: free the nominal pass during the search and the perturbed pass and record it again "
+            "before the tangent pass (less memory, one more forward pass)"},
+           recompute_nominal_);
+    v.integer({"llr_tangent_segments",
+               "exact gradient: 1 keeps the whole tangent pass for the reverse pass; N > 1 keeps only the tangents "
+               "crossing N segments and computes each segment again in the reverse pass (less memory, one more "
+               "tangent pass)"},
+              tangent_segments_, Range::at_least(1));
   }
 
   ObjectiveResult build(nets::Model& model, const Tensor& x_in, const Tensor& y, const RobustSettings&,
@@ -44,21 +53,32 @@ class Llr final : public Method {
     Tensor x = x_in.detach();
     Tensor X = x_in.detach().requires_grad_();
 
-    // 1. Nominal pass (recorded, kept), its statistics, and the input gradient of S = sum_i l_i.
+    // 1. Nominal pass (recorded, kept), its statistics, and the input gradient of S = sum_i l_i. With
+    //    --llr-recompute-nominal the pass is freed after the input gradient (the search and the perturbed pass then
+    //    hold only their own activations) and recorded again, with the same statistics, before the tangent pass.
     std::vector<BatchStats> stats;
     Tensor logits, l, S, gx;
-    {
+    auto nominal_pass = [&](bool update_running) {
       LLR_PHASE("nominal forward", x.device());
-      auto nominal = methods::forward_context(nets::BnMode::train, ctx.compute, &stats, nullptr, ctx.update_running);
+      stats.clear();
+      auto nominal = methods::forward_context(nets::BnMode::train, ctx.compute, &stats, nullptr, update_running);
       logits = model.forward(X, nominal);
       l = cross_entropy(logits, y);
       S = sum(l);
-    }
+    };
+    std::optional<TapeScope> first_pass;
+    if (recompute_nominal_) first_pass.emplace();
+    nominal_pass(ctx.update_running);
     {
       LLR_PHASE("input gradient", x.device());
-      gx = grad({S}, {backend::full_like(S, 1.0)}, {X}, Retain::yes)[0];
+      gx = grad({S}, {backend::full_like(S, 1.0)}, {X}, recompute_nominal_ ? Retain::no : Retain::yes)[0];
     }
     Tensor l_const = l.detach();
+    if (recompute_nominal_) {
+      for (BatchStats& st : stats) st = {st.mean.detach(), st.var.detach()};
+      logits = l = S = Tensor();
+      first_pass.reset();
+    }
 
     // 2. The gamma search: maximise |g_i| over the eps-ball (fused update, projection and d_i per step).
     Tensor delta, d;
@@ -92,6 +112,7 @@ class Llr final : public Method {
     ObjectiveResult r;
     std::optional<profile::Scope> perturbed_phase(std::in_place, "perturbed pass", profile::Kind::phase, x.device());
     std::vector<BatchStats> stat_leaves;
+    std::vector<Tensor> stat_cotangents;
     for (const BatchStats& st : stats)
       stat_leaves.push_back({st.mean.detach().requires_grad_(), st.var.detach().requires_grad_()});
     Tensor lp;
@@ -106,20 +127,22 @@ class Llr final : public Method {
       for (const BatchStats& st : stat_leaves) wrt.push_back(st.mean), wrt.push_back(st.var);
       std::vector<Tensor> g = grad({lp}, {backend::scale(c.perturbed_weight, 1.0 / double(n))}, wrt);
       r.partial_grads.assign(g.begin(), g.begin() + static_cast<long>(params.size()));
-      for (size_t k = 0; k < stats.size(); ++k) {
-        r.outputs.push_back(stats[k].mean), r.cotangents.push_back(g[params.size() + 2 * k]);
-        r.outputs.push_back(stats[k].var), r.cotangents.push_back(g[params.size() + 2 * k + 1]);
-      }
+      stat_cotangents.assign(g.begin() + static_cast<long>(params.size()), g.end());
     }
 
     perturbed_phase.reset();
+    if (recompute_nominal_) nominal_pass(false);  // the running averages were updated by the first pass
+    for (size_t k = 0; k < stats.size(); ++k) {
+      r.outputs.push_back(stats[k].mean), r.cotangents.push_back(stat_cotangents[2 * k]);
+      r.outputs.push_back(stats[k].var), r.cotangents.push_back(stat_cotangents[2 * k + 1]);
+    }
 
     // 4. D_v S: one tangent pass over the nominal computation, or central differences with the batch's own
     //    statistics.
     LLR_PHASE(grad_ == "exact" ? "tangent pass" : "finite-difference passes", x.device());
     Tensor dvs;
     if (grad_ == "exact") {
-      dvs = tangent_forward({X}, {v}, {S})[0];
+      dvs = tangent_forward({X}, {v}, {S}, static_cast<int>(tangent_segments_))[0];
     } else {
       // (S(x + hv) - S(x - hv)) / 2h with each pass's own statistics; both passes depend only on the parameters, so
       // each is reverse-differentiated (and freed) at once.
@@ -185,6 +208,8 @@ class Llr final : public Method {
   double lambda_ = 4.0, mu_ = 1.2, nominal_weight_ = 2.0;
   std::string grad_ = "exact";
   double fd_step_ = 1e-2;
+  int64_t tangent_segments_ = 1;
+  bool recompute_nominal_ = false;
 };
 
 }  // namespace
