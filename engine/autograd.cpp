@@ -471,18 +471,59 @@ std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, con
     // those a later run or the caller reads are kept, and the rest are freed; the run is recorded as one node that
     // computes them again in the reverse pass (one more tangent pass in all, and only one run's tangents alive).
     const size_t n = needed.size(), k = std::min<size_t>(static_cast<size_t>(segments), std::max<size_t>(n, 1));
-    std::vector<Segment> segs(k);
+    // Where to cut: near every n/k-th node, at the point whose crossing tensors (made before it, read after it)
+    // are fewest in bytes, so cuts fall between residual blocks rather than inside them.
+    std::vector<double> crossing(n + 1, 0.0);  // crossing[c]: bytes that cross a cut before needed index c
+    {
+      std::unordered_map<uint64_t, size_t> made_at;
+      std::unordered_map<uint64_t, double> size_of;
+      for (size_t i = 0; i < n; ++i) {
+        const Node& node = *nodes[needed[i]];
+        for (size_t o = 0; o < node.output_ids.size(); ++o) {
+          made_at[node.output_ids[o]] = i;
+          const TensorMeta& m = node.output_meta[o];
+          size_of[node.output_ids[o]] = double(shape_numel(m.shape)) * double(dtype_size(m.dtype));
+        }
+      }
+      std::unordered_map<uint64_t, size_t> last_read;
+      for (size_t i = 0; i < n; ++i)
+        for (const Tensor& in : nodes[needed[i]]->inputs)
+          if (in.defined() && made_at.count(in.id())) last_read[in.id()] = i;
+      for (const Tensor& out : outputs)
+        if (made_at.count(out.id())) last_read[out.id()] = n;
+      std::vector<double> delta(n + 2, 0.0);
+      for (const auto& [id, last] : last_read) {
+        size_t made = made_at.at(id);
+        if (last <= made) continue;
+        delta[made + 1] += size_of.at(id);  // crosses the cuts before indices made + 1 .. last
+        delta[last + 1] -= size_of.at(id);
+      }
+      double run = 0;
+      for (size_t c = 0; c <= n; ++c) crossing[c] = run += delta[c];
+    }
+    std::vector<size_t> starts{0};
+    for (size_t s = 1; s < k; ++s) {
+      const size_t ideal = s * n / k, half = std::max<size_t>(n / (2 * k), 1);
+      size_t best = std::max(ideal, starts.back() + 1);
+      for (size_t c = std::max(ideal > half ? ideal - half : 0, starts.back() + 1); c <= std::min(ideal + half, n - 1);
+           ++c)
+        if (crossing[c] < crossing[best]) best = c;
+      if (best >= n) break;
+      starts.push_back(best);
+    }
+    std::vector<Segment> segs(starts.size());
+    const size_t count = segs.size();
     std::unordered_map<uint64_t, size_t> made_in;  // primal id -> the segment whose node produced it
-    for (size_t i = 0; i < n; ++i) {
-      size_t s = i * k / n;
+    for (size_t i = 0, s = 0; i < n; ++i) {
+      while (s + 1 < count && i >= starts[s + 1]) ++s;
       segs[s].positions.push_back(needed[i]);
       for (uint64_t id : nodes[needed[i]]->output_ids) made_in[id] = s;
     }
     // Each segment receives the tangents of primal inputs made earlier (or the seeds) and hands on those a later
     // segment or the caller reads. Which primal tensors carry a tangent is known only as the pass runs, so the
     // lists name every candidate; run_segment keeps those that have one.
-    std::vector<std::unordered_set<uint64_t>> wants(k);
-    for (size_t s = 0; s < k; ++s)
+    std::vector<std::unordered_set<uint64_t>> wants(count);
+    for (size_t s = 0; s < count; ++s)
       for (size_t p : segs[s].positions)
         for (const Tensor& in : nodes[p]->inputs) {
           if (!in.defined()) continue;
@@ -494,7 +535,7 @@ std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, con
       auto it = made_in.find(out.id());
       if (it != made_in.end()) segs[it->second].out_ids.push_back(out.id());
     }
-    for (size_t s = 0; s < k; ++s) {
+    for (size_t s = 0; s < count; ++s) {
       Segment& seg = segs[s];
       for (uint64_t id : wants[s])
         if (tan.count(id)) seg.in_ids.push_back(id);

@@ -19,12 +19,14 @@
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block
 #   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
-#   3 step bench   190  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
+#   3 step bench   210  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
 #                       natural, PGD-10, TRADES-10, LLR-2, LLR-10), the PyTorch anchor on both nets, compare_bench.py
 #                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
 #                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
 #                       phase and kernel call (--memory); PGD-10, TRADES-10 and LLR-10 again with
-#                       --cuda-graphs (time, replays, last loss against the eager run); LLR_JAX=1 adds the JAX anchor
+#                       --cuda-graphs (time, replays, last loss against the eager run); LLR-2 and LLR-10 with
+#                       --llr-recompute-nominal --llr-tangent-segments 8 (time and peak memory against the default
+#                       and natural training's); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
@@ -106,6 +108,7 @@ if [ "$DRY" = 1 ]; then
     --methods "natural")
   PROFILE=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   PROFILE_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural")
+  LOWMEM=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   GRAPHS=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "pgd-3")
   GRAPHS_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "trades-3")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
@@ -117,6 +120,8 @@ else
     --methods "natural,pgd-10,trades-10,llr-2,llr-10,fgsm-rs,n-fgsm,gradalign,elle")
   BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
     --methods "natural,pgd-10,trades-10,llr-2,llr-10")
+  # LLR with the nominal pass recorded twice and the tangent pass in 8 recomputed segments: memory against time.
+  LOWMEM=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "llr-2,llr-10")
   # The same attack- and search-step methods with --cuda-graphs (one step recorded, the others replayed).
   GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10,llr-10")
   GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
@@ -217,7 +222,7 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
-  begin_stage 3 "step benchmark" $((190 + 120 * ${LLR_JAX:-0}))
+  begin_stage 3 "step benchmark" $((210 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
   timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
@@ -256,6 +261,25 @@ print("; ".join(out) if out else "no graph runs to compare")
 PY
 )
   echo "cuda graphs: $graphs_line"
+  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LOWMEM[@]}" --llr-recompute-nominal --llr-tangent-segments 8 \
+    --json "$OUT/bench.jsonl" >"$LOGS/3-lowmem.log" 2>&1
+  lowmem_line=$(python3 - "$OUT/bench.jsonl" <<'PY' 2>&1
+import json, sys
+rows = [j for j in map(json.loads, open(sys.argv[1])) if j.get("framework") == "llrtrain"]
+by = {(j["model"], j["method"]): j for j in rows}
+out = []
+for (model, method), j in by.items():
+    if not method.endswith("-seg8-renom"):
+        continue
+    base, nat = by.get((model, method[: -len("-seg8-renom")])), by.get((model, "natural"))
+    if base and nat:
+        out.append("%s %s %.1f -> %.1f ms, peak %.2f -> %.2f GiB (natural %.2f: %.2fx -> %.2fx)" % (
+            model, method[: -len("-seg8-renom")], base["ms_step_median"], j["ms_step_median"], base["peak_gib"],
+            j["peak_gib"], nat["peak_gib"], base["peak_gib"] / nat["peak_gib"], j["peak_gib"] / nat["peak_gib"]))
+print("; ".join(out) if out else "no low-memory runs to compare")
+PY
+)
+  echo "low-memory LLR: $lowmem_line"
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
     OUT="$OUT" timeout -k 5 "$(box 60)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
@@ -286,6 +310,7 @@ PY
   python3 "$CARRY/tools/compare_bench.py" "$OUT/bench.jsonl" "$OUT/torch_anchor.jsonl" | tee "$LOGS/3-compare.log"
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   verdict 3 cuda-graphs "$(status_word "$rc_graphs"): $graphs_line"
+  verdict 3 llr-memory "$lowmem_line"
   archive_logs
 fi
 
