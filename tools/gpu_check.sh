@@ -25,8 +25,8 @@
 #                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
 #                       phase and kernel call (--memory); PGD-10, TRADES-10 and LLR-10 again with
 #                       --cuda-graphs (time, replays, last loss against the eager run); LLR-2 and LLR-10 with
-#                       --llr-recompute-nominal --llr-tangent-segments 8 (time and peak memory against the default
-#                       and natural training's); LLR_JAX=1 adds the JAX anchor
+#                       --llr-recompute-nominal --tangent-segments 8, GradAlign with --tangent-segments 8 (time and
+#                       peak memory against the default and natural training's); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
@@ -120,8 +120,9 @@ else
     --methods "natural,pgd-10,trades-10,llr-2,llr-10,fgsm-rs,n-fgsm,gradalign,elle")
   BENCH_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
     --methods "natural,pgd-10,trades-10,llr-2,llr-10")
-  # LLR with the nominal pass recorded twice and the tangent pass in 8 recomputed segments: memory against time.
-  LOWMEM=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "llr-2,llr-10")
+  # LLR with the nominal pass recorded twice and the tangent pass in 8 recomputed segments (GradAlign: its two
+  # tangent passes): memory against time.
+  LOWMEM=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "llr-2,llr-10,gradalign")
   # The same attack- and search-step methods with --cuda-graphs (one step recorded, the others replayed).
   GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10,llr-10")
   GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
@@ -261,7 +262,7 @@ print("; ".join(out) if out else "no graph runs to compare")
 PY
 )
   echo "cuda graphs: $graphs_line"
-  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LOWMEM[@]}" --llr-recompute-nominal --llr-tangent-segments 8 \
+  timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LOWMEM[@]}" --llr-recompute-nominal --tangent-segments 8 \
     --json "$OUT/bench.jsonl" >"$LOGS/3-lowmem.log" 2>&1
   lowmem_line=$(python3 - "$OUT/bench.jsonl" <<'PY' 2>&1
 import json, sys
@@ -269,12 +270,13 @@ rows = [j for j in map(json.loads, open(sys.argv[1])) if j.get("framework") == "
 by = {(j["model"], j["method"]): j for j in rows}
 out = []
 for (model, method), j in by.items():
-    if not method.endswith("-seg8-renom"):
+    suffix = next((x for x in ("-seg8-renom", "-seg8") if method.endswith(x)), None)
+    if suffix is None:
         continue
-    base, nat = by.get((model, method[: -len("-seg8-renom")])), by.get((model, "natural"))
+    base, nat = by.get((model, method[: -len(suffix)])), by.get((model, "natural"))
     if base and nat:
         out.append("%s %s %.1f -> %.1f ms, peak %.2f -> %.2f GiB (natural %.2f: %.2fx -> %.2fx)" % (
-            model, method[: -len("-seg8-renom")], base["ms_step_median"], j["ms_step_median"], base["peak_gib"],
+            model, method[: -len(suffix)], base["ms_step_median"], j["ms_step_median"], base["peak_gib"],
             j["peak_gib"], nat["peak_gib"], base["peak_gib"] / nat["peak_gib"], j["peak_gib"] / nat["peak_gib"]))
 print("; ".join(out) if out else "no low-memory runs to compare")
 PY

@@ -44,13 +44,14 @@ void run_bench(BenchConfig cfg) {
   MethodSet methods;
   for (const std::string& spec : specs) methods.get(parse_bench_method(spec).name);
   nlohmann::json llr_grad = {{"llr_grad", cfg.llr_grad},
-                             {"llr_tangent_segments", cfg.llr_tangent_segments},
+                             {"llr_tangent_segments", cfg.tangent_segments},
+                             {"gradalign_tangent_segments", cfg.tangent_segments},
                              {"llr_recompute_nominal", cfg.llr_recompute_nominal}};
   std::vector<nlohmann::json> rows;
   for (const std::string& spec : specs) {
     BenchMethod bm = parse_bench_method(spec);
     MethodSet set;
-    read_json(set, llr_grad, "--llr-grad");
+    read_json(set, llr_grad, "--llr-grad, --tangent-segments, --llr-recompute-nominal");
     RobustSettings robust;
     Method& method = set.get(bm.name);
     if (bm.steps > 0) method.set_steps(robust, bm.steps);
@@ -108,8 +109,8 @@ void run_bench(BenchConfig cfg) {
                         {"model", cfg.model},
                         {"act", cfg.act},
                         {"method", spec + (bm.name == "llr" ? "-" + cfg.llr_grad : "") +
-                                       (bm.name == "llr" && cfg.llr_tangent_segments > 1
-                                            ? "-seg" + std::to_string(cfg.llr_tangent_segments)
+                                       ((bm.name == "llr" || bm.name == "gradalign") && cfg.tangent_segments > 1
+                                            ? "-seg" + std::to_string(cfg.tangent_segments)
                                             : "") +
                                        (bm.name == "llr" && cfg.llr_recompute_nominal ? "-renom" : "")},
                         {"prec", cfg.precision},

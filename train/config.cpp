@@ -102,8 +102,8 @@ void BenchConfig::visit(SettingVisitor& v) {
   v.text({"act", "activation"}, act, {"relu", "softplus"});
   v.text({"methods", "comma-separated list such as natural,pgd-10,trades-10,llr-2"}, methods, {});
   v.text({"llr_grad", "the LLR gradient: exact (one tangent pass) or fd (finite differences)"}, llr_grad, {"exact", "fd"});
-  v.integer({"llr_tangent_segments", "the exact LLR gradient's tangent pass recomputed in N segments (1: kept whole)"},
-            llr_tangent_segments, Range::at_least(1));
+  v.integer({"tangent_segments", "LLR's and GradAlign's tangent passes recomputed in N segments (1: kept whole)"},
+            tangent_segments, Range::at_least(1));
   v.flag({"llr_recompute_nominal", "the exact LLR gradient records its nominal pass twice instead of keeping it"},
          llr_recompute_nominal);
   v.integer({"batch", "batch size"}, batch, Range::at_least(1));

@@ -94,7 +94,7 @@ struct BenchConfig {
   std::string act = "relu";
   std::string methods = "natural";  // natural, pgd-K, trades-K, llr-K (K attack or search steps)
   std::string llr_grad = "exact";
-  int64_t llr_tangent_segments = 1;
+  int64_t tangent_segments = 1;  // LLR's and GradAlign's tangent passes
   bool llr_recompute_nominal = false;
   int64_t batch = 128;
   std::string precision = "auto";  // bf16 on the GPU, fp32 on the CPU

@@ -38,6 +38,10 @@ class GradAlign final : public Method {
             "GradAlign weight of 1 - cos (0.2 for eps 8/255 in Andriushchenko & Flammarion; they scale it as "
             "0.02 * 10^(eps * 255 / 8))"},
            lambda_, Range::at_least(0));
+    v.integer({"gradalign_tangent_segments",
+               "1 keeps both tangent passes for the reverse pass; N > 1 keeps only the tangents crossing N segments "
+               "and computes each segment again in the reverse pass (less memory, two more tangent passes)"},
+              tangent_segments_, Range::at_least(1));
   }
 
   ObjectiveResult build(nets::Model& model, const Tensor& x_in, const Tensor& y, const RobustSettings&,
@@ -81,8 +85,9 @@ class GradAlign final : public Method {
 
     // 5. -lambda/N sum_i cos_i through <u1, g1> + <u2, g2> = (1/N) (D_u1 S + D_u2 SE), u held.
     GradientAlignment a = robust::gradient_alignment(g1, g2, kNormGuard);
-    Tensor d1 = tangent_forward({X}, {a.d_cos_d_g1}, {S})[0];
-    Tensor d2 = tangent_forward({XE}, {a.d_cos_d_g2}, {SE})[0];
+    const int segments = static_cast<int>(tangent_segments_);
+    Tensor d1 = tangent_forward({X}, {a.d_cos_d_g1}, {S}, segments)[0];
+    Tensor d2 = tangent_forward({XE}, {a.d_cos_d_g2}, {SE}, segments)[0];
     Tensor alignment = scale(add(d1, d2), -lambda_ * inv_n * inv_n);
     r.outputs = {alignment};
     r.cotangents = {backend::full_like(alignment, 1.0)};
@@ -132,6 +137,7 @@ class GradAlign final : public Method {
 
  private:
   double lambda_ = 0.2;
+  int64_t tangent_segments_ = 1;
 };
 
 }  // namespace
