@@ -9,6 +9,7 @@
 #include "train/augment_math.h"
 #include "engine/backend.h"
 #include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/data.h"
 #include "train/trainer.h"
 #include "nets/model.h"
@@ -23,6 +24,15 @@ namespace llr::test {
 namespace {
 
 namespace fs = std::filesystem;
+
+// On --resume, what a run trains stays; how it is computed (the device, graphs, the memory options) may change.
+TEST_CASE("resume may change the length and device and graphs and memory options but not what is trained") {
+  for (const char* name : {"epochs", "steps", "time_budget", "log_every", "device", "cuda_graphs",
+                           "llr_recompute_nominal", "llr_tangent_segments", "gradalign_tangent_segments"})
+    CHECK_MESSAGE(resume_may_change(name), name);
+  for (const char* name : {"model", "method", "batch", "lr", "eps", "llr_steps", "lambda", "seed", "precision"})
+    CHECK_MESSAGE(!resume_may_change(name), name);
+}
 
 // PyTorch's SGD rule, written out in f64 per value: two steps (the first sets the momentum to the gradient), weight
 // decay on convolution and linear weights only, with and without Nesterov; and the count of non-finite updates.

@@ -68,7 +68,9 @@ TrainConfig TrainConfig::from_json(const std::string& text, const std::string& s
 
 bool resume_may_change(const std::string& name) {
   return name == "epochs" || name == "steps" || name == "time_budget" || name == "log_every" || name == "eval_batch" ||
-         name == "device" || name == "cuda_graphs";
+         name == "device" || name == "cuda_graphs" ||
+         // how the same gradient is computed (memory against time), not what is trained
+         name == "llr_tangent_segments" || name == "llr_recompute_nominal" || name == "gradalign_tangent_segments";
 }
 
 void validate(EvalConfig& c) {
