@@ -318,6 +318,18 @@ void backward(const Tensor& loss, Retain retain) {
 
 namespace {
 
+// Orders a node recorded for the tangent of nominal node p right after p (first key 2p + 1), or after the latest
+// node it reads from if that comes later (a seed tangent recorded after p, a tangent of an earlier replay over a
+// pass recorded later): every node's order then exceeds its inputs' producers' and stays at most 2 x its position.
+void order_after(Node& node, size_t p) {
+  size_t key = 2 * p + 1;
+  for (const Tensor& in : node.inputs) {
+    if (!in.defined() || !in.impl()->recorded) continue;
+    if (std::shared_ptr<Node> made = in.impl()->node.lock()) key = std::max(key, made->order.first);
+  }
+  node.order = {key, node.position};
+}
+
 // The tangents of the nodes at `positions` (in tape order) from those in `tan` (by primal id), each node's jvp
 // recorded; adds the new ones to `tan`.
 void propagate(const std::vector<size_t>& positions, std::unordered_map<uint64_t, Tensor>& tan) {
@@ -340,7 +352,7 @@ void propagate(const std::vector<size_t>& positions, std::unordered_map<uint64_t
       tout = node.jvp(tin);
       ++op_counters().jvp_calls;
     }
-    for (size_t q = before; q < nodes.size(); ++q) nodes[q]->order = {2 * p + 1, q};
+    for (size_t q = before; q < nodes.size(); ++q) order_after(*nodes[q], p);
     for (size_t k = 0; k < node.output_ids.size(); ++k)
       if (k < tout.size() && tout[k].defined()) tan[node.output_ids[k]] = tout[k];
   }
@@ -421,9 +433,12 @@ void run_segment(const Segment& seg, std::unordered_map<uint64_t, Tensor>& tan) 
   };
   std::vector<Tensor> recorded = outs;
   const size_t before = Tape::current().size();
-  detail::finish_op("tangent_segment", inputs, recorded, std::move(vjp), std::move(jvp));
+  {
+    TangentSuppressGuard no_tangents;  // inputs carrying eager tangents must not ask the segment for its own
+    detail::finish_op("tangent_segment", inputs, recorded, std::move(vjp), std::move(jvp));
+  }
   // Reversed right after the segment's last node, as its own tangents would be.
-  if (Tape::current().size() > before) Tape::current().nodes().back()->order = {2 * positions.back() + 1, before};
+  if (Tape::current().size() > before) order_after(*Tape::current().nodes().back(), positions.back());
   for (size_t k = 0; k < out_ids.size(); ++k) tan[out_ids[k]] = recorded[k];
 }
 
@@ -522,13 +537,16 @@ std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, con
     // Each segment receives the tangents of primal inputs made earlier (or the seeds) and hands on those a later
     // segment or the caller reads. Which primal tensors carry a tangent is known only as the pass runs, so the
     // lists name every candidate; run_segment keeps those that have one.
+    std::unordered_set<uint64_t> seeds;
+    for (const Tensor& t : seeds_primal) seeds.insert(t.id());
     std::vector<std::unordered_set<uint64_t>> wants(count);
     for (size_t s = 0; s < count; ++s)
       for (size_t p : segs[s].positions)
         for (const Tensor& in : nodes[p]->inputs) {
           if (!in.defined()) continue;
           auto it = made_in.find(in.id());
-          if (it == made_in.end() || it->second < s) wants[s].insert(in.id());
+          // Seeds too, even on a tensor this segment makes: their tangent is given, not computed before.
+          if (it == made_in.end() || it->second < s || seeds.count(in.id())) wants[s].insert(in.id());
           if (it != made_in.end() && it->second < s) segs[it->second].out_ids.push_back(in.id());
         }
     for (const Tensor& out : outputs) {

@@ -39,8 +39,9 @@ struct Node {
   std::string name;
   size_t position = 0;            // index on the tape
   // Where the reverse pass takes it (largest first): by default (2 position, position); a tangent replayed through
-  // the node at position p gets (2 p + 1, position), so the reverse pass reverses each layer's tangent computation
-  // right before the layer itself, and the cotangents it hands the layer are used and freed at once.
+  // the node at position p gets (2 p + 1, position), or the first key of the latest node it reads from if that is
+  // larger, so the reverse pass reverses each layer's tangent computation right before the layer itself, and the
+  // cotangents it hands the layer are used and freed at once.
   std::pair<size_t, size_t> order{0, 0};
   std::vector<Tensor> inputs;     // strong references; the rules capture what they need
   std::vector<uint64_t> output_ids;

@@ -102,7 +102,7 @@ void CpuTrainingKernels::sgd_update(std::vector<Tensor>& params, const std::vect
       const T* g = grads[k].data<T>();
       const T lr_ = T(lr), mo = T(momentum), wd = T(weight_decay[k]);
       const int64_t n_ = params[k].numel();
-#pragma omp parallel for simd reduction(+ : bad) schedule(static) if (n_ > (1 << 16))
+#pragma omp parallel for reduction(+ : bad) schedule(static) if (n_ > (1 << 16))
       for (int64_t i = 0; i < n_; ++i) {
         p[i] = sgd_math::update(p[i], g[i], m[i], lr_, mo, wd, nesterov, first_step);
         bad += !std::isfinite(p[i]);

@@ -37,8 +37,8 @@ class Llr final : public Method {
     v.text({"llr_grad", "LLR gradient: one tangent pass (exact) or finite differences (fd)"}, grad_, {"exact", "fd"});
     v.real({"fd_step", "LLR finite-difference step h (relative to v)"}, fd_step_, Range::positive());
     v.flag({"llr_recompute_nominal",
-            "exact gradient: free the nominal pass during the search and the perturbed pass and record it again "
-            "before the tangent pass (less memory, one more forward pass)"},
+            "free the nominal pass during the search and the perturbed pass (and the finite-difference passes) and "
+            "record it again for the final reverse pass (less memory, one more forward pass)"},
            recompute_nominal_);
     v.integer({"llr_tangent_segments",
                "exact gradient: 1 keeps the whole tangent pass for the reverse pass; N > 1 keeps only the tangents "
@@ -131,11 +131,16 @@ class Llr final : public Method {
     }
 
     perturbed_phase.reset();
-    if (recompute_nominal_) nominal_pass(false);  // the running averages were updated by the first pass
-    for (size_t k = 0; k < stats.size(); ++k) {
-      r.outputs.push_back(stats[k].mean), r.cotangents.push_back(stat_cotangents[2 * k]);
-      r.outputs.push_back(stats[k].var), r.cotangents.push_back(stat_cotangents[2 * k + 1]);
-    }
+    // The nominal pass for the final reverse pass (recorded again here with --llr-recompute-nominal: before the
+    // tangent pass, or after the finite-difference passes, which do not read it), and its statistics' cotangents.
+    auto nominal_for_reverse = [&] {
+      if (recompute_nominal_) nominal_pass(false);  // the running averages were updated by the first pass
+      for (size_t k = 0; k < stats.size(); ++k) {
+        r.outputs.push_back(stats[k].mean), r.cotangents.push_back(stat_cotangents[2 * k]);
+        r.outputs.push_back(stats[k].var), r.cotangents.push_back(stat_cotangents[2 * k + 1]);
+      }
+    };
+    if (grad_ == "exact") nominal_for_reverse();
 
     // 4. D_v S: one tangent pass over the nominal computation, or central differences with the batch's own
     //    statistics.
@@ -157,6 +162,7 @@ class Llr final : public Method {
         value = value.defined() ? backend::add(value, part) : part;
       }
       dvs = value;  // a constant here: its gradient is already in partial_grads
+      nominal_for_reverse();
     }
 
     // 5. The rest of the objective, (1/N) [sum_i (w - lambda s_i) l_i + D_v S], for the final reverse pass.
