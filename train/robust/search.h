@@ -3,8 +3,8 @@
 // the LLR gamma search, the gamma measure and every evaluation attack are this search with a different loss and
 // options. Its bookkeeping stays on the device: within a run nothing is read back; an early-stopping search reads its
 // per-example "still robust" mask once per restart, to drop the examples already broken. Without early stopping or
-// APGD every step runs the same kernels on the same tensors, so with --cuda-graphs the steps after the first two
-// replay one recorded step (engine/graph.h).
+// APGD every step runs the same kernels on the same tensors, so with --cuda-graphs every step after the first
+// replays one recorded step (engine/graph.h).
 #pragma once
 
 #include <functional>
