@@ -72,48 +72,67 @@ double max_rel_diff(const std::vector<Tensor>& a, const std::vector<Tensor>& b) 
   return num / den;
 }
 
+// One f64 problem (model, batch, fixed perturbation) for comparing ways of computing an objective's gradient.
+struct FixedProblem {
+  std::unique_ptr<nets::Model> model;
+  Tensor x, y, delta;
+  StepContext ctx;
+  FixedProblem(const char* model_name, uint64_t seed) {
+    model = nets::make_model(model_name, Act::softplus, 10, seed, Device::cpu, DType::f64);
+    Generator gen(seed + 1);
+    x = gen.uniform({4, 16, 16, 3}, 0, 1, DType::f64, Layout::nhwc);
+    y = gen.randint({4}, 0, 10);
+    delta = robust::perturbation_init(x, 0.1, 0.0, 3, 0);
+    ctx.compute = DType::f64;
+    ctx.update_running = false;
+    ctx.fixed_delta = &delta;
+    ctx.eps = 0.1;  // GradAlign's random point
+  }
+  // The loss, then every parameter's gradient.
+  std::vector<Tensor> gradients(const char* method, const nlohmann::json& settings) {
+    std::unique_ptr<Method> m = method_with(method, settings);
+    TapeScope scope;
+    ObjectiveResult r = m->build(*model, x, y, RobustSettings(), ctx);
+    std::vector<Tensor> g = objective_gradients(r, model->parameters());
+    g.insert(g.begin(), r.loss);
+    return g;
+  }
+};
+
+// max over the tensors of max |got - ref| / max |ref|.
+double worst_difference(const std::vector<Tensor>& got, const std::vector<Tensor>& ref) {
+  double worst = 0;
+  for (size_t k = 0; k < ref.size(); ++k) {
+    const double scale = max_abs(ref[k]);
+    for (int64_t i = 0; i < ref[k].numel(); ++i)
+      worst = std::max(worst, std::fabs(got[k].at(i) - ref[k].at(i)) / (scale > 0 ? scale : 1.0));
+  }
+  return worst;
+}
+
 // The tangent pass recomputed in segments (--llr-tangent-segments) and the nominal pass recorded a second time
 // (--llr-recompute-nominal) change where the memory goes, not the gradient: every parameter's gradient equals the
 // stored passes' to f64 rounding, on a WRN and on PreAct ResNet-18 (whose shortcuts cross segment boundaries), with
 // more segments than layers too.
 TEST_CASE("the exact LLR gradient with its tangent pass or nominal pass recomputed equals the stored passes'") {
   for (const char* model_name : {"wrn-10-1", "preact-rn18"}) {
-    auto model = nets::make_model(model_name, Act::softplus, 10, 17, Device::cpu, DType::f64);
-    Generator gen(18);
-    Tensor x = gen.uniform({4, 16, 16, 3}, 0, 1, DType::f64, Layout::nhwc);
-    Tensor y = gen.randint({4}, 0, 10);
-    Tensor delta = robust::perturbation_init(x, 0.1, 0.0, 3, 0);
-    StepContext ctx;
-    ctx.compute = DType::f64;
-    ctx.update_running = false;
-    ctx.fixed_delta = &delta;
-    auto gradients = [&](int segments, bool recompute = false) {
-      std::unique_ptr<Method> m =
-          method_with("llr", {{"llr_tangent_segments", segments}, {"llr_recompute_nominal", recompute}});
-      TapeScope scope;
-      ObjectiveResult r = m->build(*model, x, y, RobustSettings(), ctx);
-      std::vector<Tensor> g = objective_gradients(r, model->parameters());
-      g.insert(g.begin(), r.loss);
-      return g;
+    FixedProblem p(model_name, 17);
+    auto llr = [&](int segments, bool recompute) {
+      return p.gradients("llr", {{"llr_tangent_segments", segments}, {"llr_recompute_nominal", recompute}});
     };
     const uint64_t jvp_before = op_counters().jvp_calls;
-    std::vector<Tensor> whole = gradients(1);
+    std::vector<Tensor> whole = llr(1, false);
     const uint64_t whole_jvps = op_counters().jvp_calls - jvp_before;
     for (int segments : {2, 5, 1000}) {
       INFO(model_name, ", ", segments, " segments");
       const uint64_t before = op_counters().jvp_calls;
-      std::vector<Tensor> cut = gradients(segments);
+      std::vector<Tensor> cut = llr(segments, false);
       // Each node's tangent is computed in the tangent pass and again when its segment is reversed (unless no
       // cotangent reaches the segment).
       const uint64_t jvps = op_counters().jvp_calls - before;
       CHECK(jvps > whole_jvps + whole_jvps / 2);
       CHECK(jvps <= 2 * whole_jvps);
-      double worst = 0;
-      for (size_t k = 0; k < whole.size(); ++k) {
-        const double scale = max_abs(whole[k]);
-        for (int64_t i = 0; i < whole[k].numel(); ++i)
-          worst = std::max(worst, std::fabs(cut[k].at(i) - whole[k].at(i)) / (scale > 0 ? scale : 1.0));
-      }
+      const double worst = worst_difference(cut, whole);
       std::printf("llr tangent segments %-12s %4d: worst difference from the whole pass %.2e (of each tensor's max)\n",
                   model_name, segments, worst);
       CHECK(worst < 1e-12);
@@ -121,13 +140,7 @@ TEST_CASE("the exact LLR gradient with its tangent pass or nominal pass recomput
     // The nominal pass freed during the search and recorded again (with and without segments): the same gradient.
     for (int segments : {1, 4}) {
       INFO(model_name, ", nominal pass recorded again, ", segments, " segments");
-      std::vector<Tensor> again = gradients(segments, true);
-      double worst = 0;
-      for (size_t k = 0; k < whole.size(); ++k) {
-        const double scale = max_abs(whole[k]);
-        for (int64_t i = 0; i < whole[k].numel(); ++i)
-          worst = std::max(worst, std::fabs(again[k].at(i) - whole[k].at(i)) / (scale > 0 ? scale : 1.0));
-      }
+      const double worst = worst_difference(llr(segments, true), whole);
       std::printf("llr nominal recomputed %-10s %4d segments: worst difference %.2e\n", model_name, segments, worst);
       CHECK(worst < 1e-12);
     }
@@ -136,29 +149,9 @@ TEST_CASE("the exact LLR gradient with its tangent pass or nominal pass recomput
 
 // GradAlign's two tangent passes in segments: the same gradient.
 TEST_CASE("GradAlign's gradient with its tangent passes recomputed in segments equals the stored passes'") {
-  auto model = nets::make_model("wrn-10-1", Act::softplus, 10, 19, Device::cpu, DType::f64);
-  Generator gen(20);
-  Tensor x = gen.uniform({4, 16, 16, 3}, 0, 1, DType::f64, Layout::nhwc);
-  Tensor y = gen.randint({4}, 0, 10);
-  Tensor delta = robust::perturbation_init(x, 0.1, 0.0, 3, 0);
-  StepContext ctx;
-  ctx.compute = DType::f64;
-  ctx.update_running = false;
-  ctx.fixed_delta = &delta;
-  ctx.eps = 0.1;
-  auto gradients = [&](int segments) {
-    std::unique_ptr<Method> m = method_with("gradalign", {{"gradalign_tangent_segments", segments}});
-    TapeScope scope;
-    ObjectiveResult r = m->build(*model, x, y, RobustSettings(), ctx);
-    return objective_gradients(r, model->parameters());
-  };
-  std::vector<Tensor> whole = gradients(1), cut = gradients(4);
-  double worst = 0;
-  for (size_t k = 0; k < whole.size(); ++k) {
-    const double scale = max_abs(whole[k]);
-    for (int64_t i = 0; i < whole[k].numel(); ++i)
-      worst = std::max(worst, std::fabs(cut[k].at(i) - whole[k].at(i)) / (scale > 0 ? scale : 1.0));
-  }
+  FixedProblem p("wrn-10-1", 19);
+  std::vector<Tensor> whole = p.gradients("gradalign", {{"gradalign_tangent_segments", 1}});
+  const double worst = worst_difference(p.gradients("gradalign", {{"gradalign_tangent_segments", 4}}), whole);
   std::printf("gradalign tangent segments 4: worst difference from the stored passes %.2e\n", worst);
   CHECK(worst < 1e-12);
 }
