@@ -362,7 +362,7 @@ void propagate(const std::vector<size_t>& positions, std::unordered_map<uint64_t
 // receives (by primal id, with the tensors that carry them) and those it hands on.
 struct Segment {
   std::vector<size_t> positions;
-  std::vector<uint64_t> in_ids, out_ids;
+  std::vector<uint64_t> wants, in_ids, out_ids;  // candidates to receive; received; handed on
 };
 
 // Replays a segment's jvps once with recording, to learn what its computation reads from outside (the tensors a
@@ -402,6 +402,12 @@ void run_segment(const Segment& seg, std::unordered_map<uint64_t, Tensor>& tan) 
   std::vector<uint64_t> in_ids = seg.in_ids;
   VjpFn vjp = [positions, in_ids, out_ids, tangents_in, inputs](const std::vector<Tensor>& out_cot,
                                                                 const std::vector<bool>& needs) {
+    std::vector<Tensor> wanted;
+    std::vector<size_t> where;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (needs[i]) wanted.push_back(inputs[i]), where.push_back(i);
+    std::vector<Tensor> result(inputs.size());
+    if (wanted.empty()) return result;
     GradModeGuard record(true);
     TapeScope scope;
     const size_t first = Tape::current().size();
@@ -413,12 +419,6 @@ void run_segment(const Segment& seg, std::unordered_map<uint64_t, Tensor>& tan) 
       const Tensor& t = again.at(out_ids[k]);
       if (t.requires_grad()) replayed.push_back(t), cot.push_back(out_cot[k]);
     }
-    std::vector<Tensor> wanted;
-    std::vector<size_t> where;
-    for (size_t i = 0; i < inputs.size(); ++i)
-      if (needs[i]) wanted.push_back(inputs[i]), where.push_back(i);
-    std::vector<Tensor> result(inputs.size());
-    if (wanted.empty()) return result;
     std::vector<Tensor> g = replayed.empty()
                                 ? std::vector<Tensor>()
                                 : grad_from(first, replayed, cot, wanted, Retain::no);
@@ -440,6 +440,87 @@ void run_segment(const Segment& seg, std::unordered_map<uint64_t, Tensor>& tan) 
   // Reversed right after the segment's last node, as its own tangents would be.
   if (Tape::current().size() > before) order_after(*Tape::current().nodes().back(), positions.back());
   for (size_t k = 0; k < out_ids.size(); ++k) tan[out_ids[k]] = recorded[k];
+}
+
+// Cuts the replayed nodes (`needed`, in tape order) into at most k runs (see tangent_forward): near every n/k-th
+// node, at the point whose crossing tensors (made before it, read after it) are fewest in bytes, so cuts fall between
+// residual blocks rather than inside them. Each run lists the primal tensors whose tangents it may receive (made
+// earlier, or seeds) and those it hands on (read by a later run or the caller). Which primal tensors carry a tangent
+// is known only as the pass runs, so the lists name every candidate.
+std::vector<Segment> plan_segments(const std::vector<size_t>& needed, size_t k, const std::vector<Tensor>& seeds_primal,
+                                   const std::vector<Tensor>& outputs) {
+  const auto& nodes = Tape::current().nodes();
+  const size_t n = needed.size();
+  k = std::min(k, std::max<size_t>(n, 1));
+  std::vector<double> crossing(n + 1, 0.0);  // crossing[c]: bytes that cross a cut before needed index c
+  {
+    std::unordered_map<uint64_t, size_t> made_at;
+    std::unordered_map<uint64_t, double> size_of;
+    for (size_t i = 0; i < n; ++i) {
+      const Node& node = *nodes[needed[i]];
+      for (size_t o = 0; o < node.output_ids.size(); ++o) {
+        made_at[node.output_ids[o]] = i;
+        const TensorMeta& m = node.output_meta[o];
+        size_of[node.output_ids[o]] = double(shape_numel(m.shape)) * double(dtype_size(m.dtype));
+      }
+    }
+    std::unordered_map<uint64_t, size_t> last_read;
+    for (size_t i = 0; i < n; ++i)
+      for (const Tensor& in : nodes[needed[i]]->inputs)
+        if (in.defined() && made_at.count(in.id())) last_read[in.id()] = i;
+    for (const Tensor& out : outputs)
+      if (made_at.count(out.id())) last_read[out.id()] = n;
+    std::vector<double> delta(n + 2, 0.0);
+    for (const auto& [id, last] : last_read) {
+      size_t made = made_at.at(id);
+      if (last <= made) continue;
+      delta[made + 1] += size_of.at(id);  // crosses the cuts before indices made + 1 .. last
+      delta[last + 1] -= size_of.at(id);
+    }
+    double run = 0;
+    for (size_t c = 0; c <= n; ++c) crossing[c] = run += delta[c];
+  }
+  std::vector<size_t> starts{0};
+  for (size_t s = 1; s < k; ++s) {
+    const size_t ideal = s * n / k, half = std::max<size_t>(n / (2 * k), 1);
+    size_t best = std::max(ideal, starts.back() + 1);
+    for (size_t c = std::max(ideal > half ? ideal - half : 0, starts.back() + 1); c <= std::min(ideal + half, n - 1);
+         ++c)
+      if (crossing[c] < crossing[best]) best = c;
+    if (best >= n) break;
+    starts.push_back(best);
+  }
+  std::vector<Segment> segs(starts.size());
+  const size_t count = segs.size();
+  std::unordered_map<uint64_t, size_t> made_in;  // primal id -> the segment whose node produced it
+  for (size_t i = 0, s = 0; i < n; ++i) {
+    while (s + 1 < count && i >= starts[s + 1]) ++s;
+    segs[s].positions.push_back(needed[i]);
+    for (uint64_t id : nodes[needed[i]]->output_ids) made_in[id] = s;
+  }
+  std::unordered_set<uint64_t> seeds;
+  for (const Tensor& t : seeds_primal) seeds.insert(t.id());
+  for (size_t s = 0; s < count; ++s) {
+    std::unordered_set<uint64_t> wants;
+    for (size_t p : segs[s].positions)
+      for (const Tensor& in : nodes[p]->inputs) {
+        if (!in.defined()) continue;
+        auto it = made_in.find(in.id());
+        // Seeds too, even on a tensor this segment makes: their tangent is given, not computed before.
+        if (it == made_in.end() || it->second < s || seeds.count(in.id())) wants.insert(in.id());
+        if (it != made_in.end() && it->second < s) segs[it->second].out_ids.push_back(in.id());
+      }
+    segs[s].wants.assign(wants.begin(), wants.end());
+  }
+  for (const Tensor& out : outputs) {
+    auto it = made_in.find(out.id());
+    if (it != made_in.end()) segs[it->second].out_ids.push_back(out.id());
+  }
+  for (Segment& seg : segs) {
+    std::sort(seg.out_ids.begin(), seg.out_ids.end());
+    seg.out_ids.erase(std::unique(seg.out_ids.begin(), seg.out_ids.end()), seg.out_ids.end());
+  }
+  return segs;
 }
 
 }  // namespace
@@ -482,83 +563,10 @@ std::vector<Tensor> tangent_forward(const std::vector<Tensor>& seeds_primal, con
   if (segments == 1 || !GradMode::enabled()) {
     propagate(needed, tan);
   } else {
-    // Checkpointed: the needed nodes in `segments` runs of about equal length. Each run's tangents are computed,
-    // those a later run or the caller reads are kept, and the rest are freed; the run is recorded as one node that
-    // computes them again in the reverse pass (one more tangent pass in all, and only one run's tangents alive).
-    const size_t n = needed.size(), k = std::min<size_t>(static_cast<size_t>(segments), std::max<size_t>(n, 1));
-    // Where to cut: near every n/k-th node, at the point whose crossing tensors (made before it, read after it)
-    // are fewest in bytes, so cuts fall between residual blocks rather than inside them.
-    std::vector<double> crossing(n + 1, 0.0);  // crossing[c]: bytes that cross a cut before needed index c
-    {
-      std::unordered_map<uint64_t, size_t> made_at;
-      std::unordered_map<uint64_t, double> size_of;
-      for (size_t i = 0; i < n; ++i) {
-        const Node& node = *nodes[needed[i]];
-        for (size_t o = 0; o < node.output_ids.size(); ++o) {
-          made_at[node.output_ids[o]] = i;
-          const TensorMeta& m = node.output_meta[o];
-          size_of[node.output_ids[o]] = double(shape_numel(m.shape)) * double(dtype_size(m.dtype));
-        }
-      }
-      std::unordered_map<uint64_t, size_t> last_read;
-      for (size_t i = 0; i < n; ++i)
-        for (const Tensor& in : nodes[needed[i]]->inputs)
-          if (in.defined() && made_at.count(in.id())) last_read[in.id()] = i;
-      for (const Tensor& out : outputs)
-        if (made_at.count(out.id())) last_read[out.id()] = n;
-      std::vector<double> delta(n + 2, 0.0);
-      for (const auto& [id, last] : last_read) {
-        size_t made = made_at.at(id);
-        if (last <= made) continue;
-        delta[made + 1] += size_of.at(id);  // crosses the cuts before indices made + 1 .. last
-        delta[last + 1] -= size_of.at(id);
-      }
-      double run = 0;
-      for (size_t c = 0; c <= n; ++c) crossing[c] = run += delta[c];
-    }
-    std::vector<size_t> starts{0};
-    for (size_t s = 1; s < k; ++s) {
-      const size_t ideal = s * n / k, half = std::max<size_t>(n / (2 * k), 1);
-      size_t best = std::max(ideal, starts.back() + 1);
-      for (size_t c = std::max(ideal > half ? ideal - half : 0, starts.back() + 1); c <= std::min(ideal + half, n - 1);
-           ++c)
-        if (crossing[c] < crossing[best]) best = c;
-      if (best >= n) break;
-      starts.push_back(best);
-    }
-    std::vector<Segment> segs(starts.size());
-    const size_t count = segs.size();
-    std::unordered_map<uint64_t, size_t> made_in;  // primal id -> the segment whose node produced it
-    for (size_t i = 0, s = 0; i < n; ++i) {
-      while (s + 1 < count && i >= starts[s + 1]) ++s;
-      segs[s].positions.push_back(needed[i]);
-      for (uint64_t id : nodes[needed[i]]->output_ids) made_in[id] = s;
-    }
-    // Each segment receives the tangents of primal inputs made earlier (or the seeds) and hands on those a later
-    // segment or the caller reads. Which primal tensors carry a tangent is known only as the pass runs, so the
-    // lists name every candidate; run_segment keeps those that have one.
-    std::unordered_set<uint64_t> seeds;
-    for (const Tensor& t : seeds_primal) seeds.insert(t.id());
-    std::vector<std::unordered_set<uint64_t>> wants(count);
-    for (size_t s = 0; s < count; ++s)
-      for (size_t p : segs[s].positions)
-        for (const Tensor& in : nodes[p]->inputs) {
-          if (!in.defined()) continue;
-          auto it = made_in.find(in.id());
-          // Seeds too, even on a tensor this segment makes: their tangent is given, not computed before.
-          if (it == made_in.end() || it->second < s || seeds.count(in.id())) wants[s].insert(in.id());
-          if (it != made_in.end() && it->second < s) segs[it->second].out_ids.push_back(in.id());
-        }
-    for (const Tensor& out : outputs) {
-      auto it = made_in.find(out.id());
-      if (it != made_in.end()) segs[it->second].out_ids.push_back(out.id());
-    }
-    for (size_t s = 0; s < count; ++s) {
-      Segment& seg = segs[s];
-      for (uint64_t id : wants[s])
+    for (Segment& seg : plan_segments(needed, static_cast<size_t>(segments), seeds_primal, outputs)) {
+      // The tangents it receives: the candidates that have one by now (earlier segments have run).
+      for (uint64_t id : seg.wants)
         if (tan.count(id)) seg.in_ids.push_back(id);
-      std::sort(seg.out_ids.begin(), seg.out_ids.end());
-      seg.out_ids.erase(std::unique(seg.out_ids.begin(), seg.out_ids.end()), seg.out_ids.end());
       run_segment(seg, tan);
     }
   }

@@ -92,8 +92,11 @@ LedgerPeak ledger_peak(Device device) {
   const Ledger& l = ledger_of(device);
   LedgerPeak out;
   out.total = l.peak;
-  for (const auto& [k, bytes] : l.at_peak)
-    if (bytes > 0) out.entries.push_back({k.first ? k.first : "-", k.second ? k.second : "-", bytes});
+  // By name: the same literal may sit at different addresses in different translation units.
+  std::map<std::pair<std::string, std::string>, size_t> by_name;
+  for (const auto& [k, bytes] : l.at_peak) by_name[{k.first ? k.first : "-", k.second ? k.second : "-"}] += bytes;
+  for (const auto& [names, bytes] : by_name)
+    if (bytes > 0) out.entries.push_back({names.first, names.second, bytes});
   std::sort(out.entries.begin(), out.entries.end(),
             [](const LedgerEntry& a, const LedgerEntry& b) { return a.bytes > b.bytes; });
   return out;

@@ -15,14 +15,15 @@ namespace llr::cuda {
 
 namespace {
 
-// One block per example. Adam's bias corrections come from p.t (bias1, bias2) or, with `steps` given, from the
-// device counter of steps taken, read here and counted on by the launch after.
+// One block per example. Adam's bias corrections come from the counter of steps taken (`steps`), read here and
+// counted on by the launch after.
 template <class T>
 __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T* grad, const T* gx,
                                     const T* sign_g, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1,
-                                    T beta2, T adam_eps, T bias1, T bias2, const double* steps, T* dots) {
+                                    T beta2, T adam_eps, const double* steps, T* dots) {
   int64_t e = blockIdx.x;
-  if (steps) {
+  T bias1 = 1, bias2 = 1;
+  if (adam) {
     const T t = T(*steps + 1);
     bias1 = T(1) - pow(beta1, t);
     bias2 = T(1) - pow(beta2, t);
@@ -50,15 +51,14 @@ void perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, const
                        Tensor& m, Tensor& v, Tensor& dots, Tensor& adam_steps, const PerturbationParams& p) {
   int64_t n = delta.dim(0), inner = delta.numel() / n;
   bool llr = gx.defined(), adam = p.update == PerturbationUpdate::adam;
-  T bias1 = T(1) - std::pow(T(p.beta1), T(p.t)), bias2 = T(1) - std::pow(T(p.beta2), T(p.t));
-  double* steps = adam_steps.defined() ? ptr<double>(adam_steps) : nullptr;
+  double* steps = adam ? ptr<double>(adam_steps) : nullptr;
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
       inner, ptr<T>(delta), ptr<T>(x), ptr<T>(grad), llr ? ptr<T>(gx) : nullptr, llr ? ptr<T>(sign_g) : nullptr,
       adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps),
-      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), bias1, bias2, steps,
+      p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), steps,
       llr ? ptr<T>(dots) : nullptr);
   LLR_CUDA_LAUNCH_CHECK();
-  if (steps) for_each(1, [=] __device__(int64_t) { *steps += 1; });
+  if (adam) for_each(1, [=] __device__(int64_t) { *steps += 1; });
 }
 
 template <class S>

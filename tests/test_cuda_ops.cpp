@@ -417,8 +417,8 @@ TEST_CASE("FAB's and Square's kernels on the GPU match the CPU") {
 }
 
 // The kernels of the fast methods on the GPU against the CPU on the same inputs, in f32 and f64: GradAlign's cosine
-// and derivatives, ELLE's triplets and coefficients, and the perturbation step that projects onto the box only
-// (N-FGSM). Outputs are NaN-poisoned before the kernels run.
+// and derivatives, ELLE's triplets and coefficients, the perturbation step that projects onto the box only
+// (N-FGSM), and LLR's Adam step with its device step counter. Outputs are NaN-poisoned before the kernels run.
 TEST_CASE("the fast methods' perturbation kernels on the GPU match the CPU") {
   if (!gpu_ready("CUDA fast-method kernels")) return;
   for (DType d : {DType::f32, DType::f64}) {
@@ -459,6 +459,36 @@ TEST_CASE("the fast methods' perturbation kernels on the GPU match the CPU") {
     robust::perturbation_step(delta_cpu, x.to(d), g1.to(d), none, none, mm, vv, dots, steps, p);
     robust::perturbation_step(delta_gpu, upload(x, d), upload(g1, d), none, none, mm, vv, dots, steps, p);
     check_close("delta", "perturbation_step (box only)", m, delta_gpu, host_f64(delta_cpu));
+
+    // The LLR search's fused step: Adam with its step count on the device (read for the bias correction and counted
+    // on by the kernel launch after), the gap direction, projection onto the ball and the box, and d written in
+    // place; three steps, so the bias correction changes from one to the next. The GPU's d and moments start from
+    // NaN-poisoned tensors written only by the kernels.
+    Tensor gx = rounded(gen.normal(s, 0, 1, DType::f64, Layout::nhwc), d);
+    Tensor sign_g = Tensor::from_vector({1, -1, 1, -1, 1}, {5}, d);
+    PerturbationParams pa;
+    pa.update = PerturbationUpdate::adam;
+    pa.step_size = 0.1;
+    pa.eps = 8.0 / 255.0;
+    Tensor da_cpu = start.clone(), da_gpu = start.to(Device::cuda);
+    Tensor m_cpu = backend::full_like(da_cpu, 0.0), v_cpu = backend::full_like(da_cpu, 0.0);
+    Tensor m_gpu = backend::full_like(da_gpu, 0.0), v_gpu = backend::full_like(da_gpu, 0.0);
+    Tensor steps_cpu = Tensor::zeros({}, DType::f64, Layout::plain, Device::cpu);
+    Tensor steps_gpu = Tensor::zeros({}, DType::f64, Layout::plain, Device::cuda);
+    Tensor dots_cpu = Tensor::empty({5}, d, Layout::plain, Device::cpu);
+    Tensor dots_gpu = Tensor::empty({5}, d, Layout::plain, Device::cuda);
+    for (int t = 0; t < 3; ++t) {
+      Tensor gw = rounded(gen.normal(s, 0, 1, DType::f64, Layout::nhwc), d);
+      robust::perturbation_step(da_cpu, x.to(d), gw.to(d), gx.to(d), sign_g, m_cpu, v_cpu, dots_cpu, steps_cpu, pa);
+      robust::perturbation_step(da_gpu, upload(x, d), upload(gw, d), upload(gx, d), sign_g.to(Device::cuda), m_gpu,
+                                v_gpu, dots_gpu, steps_gpu, pa);
+    }
+    check_close("delta", "perturbation_step (Adam, gap)", m, da_gpu, host_f64(da_cpu));
+    check_close("Adam m", "perturbation_step (Adam, gap)", m, m_gpu, host_f64(m_cpu));
+    check_close("Adam v", "perturbation_step (Adam, gap)", m, v_gpu, host_f64(v_cpu));
+    check_close("d", "perturbation_step (Adam, gap)", m, dots_gpu, host_f64(dots_cpu));
+    CHECK(steps_cpu.item() == 3);
+    CHECK(steps_gpu.to(Device::cpu).item() == 3);
   }
 }
 

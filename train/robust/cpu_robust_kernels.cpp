@@ -64,8 +64,8 @@ void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const T
   bool llr = gx.defined();
   bool adam = p.update == PerturbationUpdate::adam;
   bool ball = p.projection == Projection::ball_and_box;
-  // Adam's step count: p.t, or the device counter's steps taken + 1 (counted on below).
-  const double t = adam_steps.defined() ? adam_steps.data<double>()[0] + 1 : double(p.t);
+  // Adam's step count: the counter's steps taken + 1 (counted on below).
+  const double t = adam ? adam_steps.data<double>()[0] + 1 : 1.0;
   dispatch_floating(delta.dtype(), "perturbation_step", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = delta.dim(0), inner = delta.numel() / n;
@@ -104,7 +104,7 @@ void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const T
       run(std::false_type{});
     return 0;
   });
-  if (adam_steps.defined()) adam_steps.data<double>()[0] = t;
+  if (adam) adam_steps.data<double>()[0] = t;
 }
 
 LlrCoefficients CpuRobustKernels::llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double w_nom,

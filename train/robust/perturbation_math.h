@@ -22,7 +22,6 @@ struct PerturbationParams {
   double eps = 0;        // l_inf radius
   Projection projection = Projection::ball_and_box;
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
-  int64_t t = 1;  // Adam step count (1-based) for bias correction
 };
 
 namespace perturbation_math {

@@ -70,10 +70,10 @@ void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weight
     perturbation_dtype("perturbation_step", {&delta, &m, &v});
     same_shape("perturbation_step", delta, m);
     same_shape("perturbation_step", delta, v);
-    LLR_CHECK(p.t >= 1, "perturbation_step: Adam step count must start at 1");
+    LLR_CHECK(adam_steps.defined() && adam_steps.dtype() == DType::f64 && adam_steps.numel() == 1,
+              "perturbation_step: Adam steps need a step counter of one f64 element, got ",
+              adam_steps.defined() ? adam_steps.describe() : "undefined");
   }
-  LLR_CHECK(!adam_steps.defined() || (adam_steps.dtype() == DType::f64 && adam_steps.numel() == 1),
-            "perturbation_step: the Adam step counter must be one f64 element, got ", adam_steps.describe());
   LLR_CHECK(p.eps >= 0 && p.step_size >= 0, "perturbation_step: eps ", p.eps, " and step size ", p.step_size,
             " must be non-negative");
 }
