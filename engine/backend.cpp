@@ -11,9 +11,31 @@ namespace {
 DeviceCopier* device_copier = nullptr;
 }  // namespace
 
+namespace {
+// The CPU backend as an open CPU recording reaches it (engine/graph.h): every outermost call kept for the replays.
+class RecordingCpuBackend final : public Backend {
+ public:
+  explicit RecordingCpuBackend(Backend& inner) : inner_(inner) {}
+  const char* name() const override { return inner_.name(); }
+  void synchronize() override { inner_.synchronize(); }
+  // A replayed result is rounded as the backend's dispatch rounds it under bf16 emulation.
+  template <class R>
+  static void after_replay(const char* function, R& result) {
+    if (emulate_bf16::active()) emulate_bf16::round_outputs(function, result);
+  }
+#define LLR_KERNEL LLR_DECLARE_RECORDED
+#include "engine/backend_functions.def"
+#undef LLR_KERNEL
+
+ private:
+  Backend& inner_;
+};
+}  // namespace
+
 Backend& backend_for(Device device) {
   static CpuBackend cpu;
-  return dispatch::for_device<Backend>(device, cpu, "engine backend");
+  static RecordingCpuBackend recording(cpu);
+  return dispatch::for_device<Backend>(device, cpu, recording, "engine backend");
 }
 
 void register_backend(Device device, Backend* backend) { dispatch::register_for_device<Backend>(device, backend); }
@@ -21,6 +43,18 @@ void register_backend(Device device, Backend* backend) { dispatch::register_for_
 bool has_backend(Device device) { return device == Device::cpu || dispatch::Registered<Backend>::cuda != nullptr; }
 
 void register_device_copier(DeviceCopier* copier) { device_copier = copier; }
+
+namespace dispatch {
+void write_replayed(const Tensor& recorded, const Tensor& fresh) {
+  if (!recorded.defined()) return;
+  LLR_CHECK(fresh.defined() && fresh.numel() == recorded.numel() && fresh.dtype() == recorded.dtype() &&
+                fresh.device() == Device::cpu && recorded.device() == Device::cpu,
+            "graph: a replayed CPU call returned ", fresh.defined() ? fresh.describe() : "nothing", " where it had "
+            "returned ", recorded.describe());
+  size_t bytes = static_cast<size_t>(fresh.numel()) * dtype_size(fresh.dtype());
+  if (bytes && recorded.raw_data() != fresh.raw_data()) std::memmove(recorded.raw_data(), fresh.raw_data(), bytes);
+}
+}  // namespace dispatch
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   note_value_write();
@@ -30,6 +64,10 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype());
   if (src.device() == Device::cpu && dst.device() == Device::cpu) {
     if (bytes) std::memcpy(dst.raw_data(), src.raw_data(), bytes);
+    // Inside a CPU recording the copy is device work like a kernel's: kept for the replays.
+    graph::detail::CpuCall call;
+    if (call.keeps() && bytes)
+      graph::detail::keep_cpu_call([dst, src, bytes] { std::memmove(dst.raw_data(), src.raw_data(), bytes); });
     return;
   }
   LLR_CHECK(device_copier != nullptr, "copy_into: no CUDA backend to copy ", src.describe(), " to ", dst.describe());

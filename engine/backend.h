@@ -32,15 +32,15 @@ struct BnNormalizeGrads {
 struct BnTangentGrads {
   Tensor x, mean, var, scale, xdot, mean_dot, var_dot;
 };
-// The bytes of their tensors, for the profile (engine/dispatch.h).
-inline double bytes_of(const BatchStatsTangentGrads& g) { return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.xdot); }
-inline double bytes_of(const BnNormalizeGrads& g) {
-  return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.var) + bytes_of(g.scale) + bytes_of(g.shift);
+// Their tensors (a CPU replay writes them back, engine/dispatch.h) and bytes (the profile).
+inline std::vector<Tensor> tensors_of(const BatchStatsTangentGrads& g) { return {g.x, g.mean, g.xdot}; }
+inline std::vector<Tensor> tensors_of(const BnNormalizeGrads& g) { return {g.x, g.mean, g.var, g.scale, g.shift}; }
+inline std::vector<Tensor> tensors_of(const BnTangentGrads& g) {
+  return {g.x, g.mean, g.var, g.scale, g.xdot, g.mean_dot, g.var_dot};
 }
-inline double bytes_of(const BnTangentGrads& g) {
-  return bytes_of(g.x) + bytes_of(g.mean) + bytes_of(g.var) + bytes_of(g.scale) + bytes_of(g.xdot) +
-         bytes_of(g.mean_dot) + bytes_of(g.var_dot);
-}
+inline double bytes_of(const BatchStatsTangentGrads& g) { return bytes_of(tensors_of(g)); }
+inline double bytes_of(const BnNormalizeGrads& g) { return bytes_of(tensors_of(g)); }
+inline double bytes_of(const BnTangentGrads& g) { return bytes_of(tensors_of(g)); }
 
 // The engine's compute interface, one implementation per device: engine/cpu/ (Eigen) for Device::cpu, kernels/
 // (cuDNN, cuBLAS, our kernels) for Device::cuda, which registers itself at start-up. Its functions are listed once,

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/graph.h"
 #include "engine/profile.h"
 #include "engine/tensor.h"
 
@@ -21,6 +22,15 @@
 #define LLR_DECLARE_PURE(ret, name, params, args, dev) virtual ret name params = 0;
 #define LLR_DECLARE_OVERRIDE(ret, name, params, args, dev) ret name params override;
 #define LLR_DECLARE_CHECK(ret, name, params, args, dev) void name params;
+// A proxy's override (see dispatch::recorded): the call with copies of its arguments, kept while a CPU recording is
+// open. The proxy class has an `inner_` implementation and a static `after_replay(name, result)`.
+#define LLR_DECLARE_RECORDED(ret, name, params, args, dev)                                                    \
+  ret name params override {                                                                                 \
+    auto* llr_inner_ = &inner_;                                                                              \
+    return ::llr::dispatch::recorded<ret>(                                                                   \
+        #name, [=]() mutable -> ret { return llr_inner_->name args; },                                       \
+        [](const char* llr_name_, auto& llr_result_) { after_replay(llr_name_, llr_result_); });              \
+  }
 
 namespace llr::dispatch {
 
@@ -61,6 +71,11 @@ double bytes_of(const T&) {
   return 0.0;
 }
 
+// The tensors of a kernel's result, in a fixed order (overloads beside each result struct, found by argument-dependent
+// lookup), for a replay on the CPU to write its results into the recorded ones.
+inline std::vector<Tensor> tensors_of(const Tensor& t) { return {t}; }
+inline std::vector<Tensor> tensors_of(const std::pair<Tensor, Tensor>& p) { return {p.first, p.second}; }
+
 namespace dispatch {
 
 // f() with the bytes of its arguments and result given to the kernel's profile scope (when a profiler listens).
@@ -83,9 +98,39 @@ struct Registered {
   static inline K* cuda = nullptr;
 };
 
+// Writes a replayed call's fresh result into the tensors the recorded call returned (which later calls read).
+void write_replayed(const Tensor& recorded, const Tensor& fresh);
+template <class R>
+void write_replayed(const R& recorded, const R& fresh) {
+  std::vector<Tensor> a = tensors_of(recorded), b = tensors_of(fresh);
+  for (size_t i = 0; i < a.size(); ++i) write_replayed(a[i], b[i]);
+}
+
+// A CPU kernel call through a recording proxy: runs it, and when a CPU recording is open and this is an outermost
+// call, keeps it (`call` holds copies of its arguments: tensors share their storage, host values are frozen) so each
+// replay calls it again and writes the result into this call's result tensors (after `after`, e.g. bf16 emulation).
+template <class R, class Call, class After>
+R recorded(const char* name, Call call, After after) {
+  graph::detail::CpuCall scope;
+  if constexpr (std::is_void_v<R>) {
+    call();
+    if (scope.keeps()) graph::detail::keep_cpu_call([call]() mutable { call(); });
+  } else {
+    R out = call();
+    if (scope.keeps())
+      graph::detail::keep_cpu_call([call, out, name, after]() mutable {
+        R fresh = call();
+        after(name, fresh);
+        write_replayed(out, fresh);
+      });
+    return out;
+  }
+}
+
+// The CPU implementation, or its recording proxy while a CPU recording is open on this thread.
 template <class K>
-K& for_device(Device device, K& cpu, const char* what) {
-  if (device == Device::cpu) return cpu;
+K& for_device(Device device, K& cpu, K& recording_proxy, const char* what) {
+  if (device == Device::cpu) return graph::detail::cpu_recording() ? recording_proxy : cpu;
   LLR_CHECK(Registered<K>::cuda != nullptr, "no CUDA implementation of the ", what,
             ": this build has no CUDA support, or llr::cuda::init() was not called");
   return *Registered<K>::cuda;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "engine/error.h"
 #include "engine/profile.h"
@@ -21,17 +22,34 @@ struct RecordingScope {
   ~RecordingScope() { --recording_depth; }
 };
 
-// The CPU's "recording": the body, rerun at each replay under the same read checks.
+using CpuCalls = std::vector<std::function<void()>>;
+thread_local CpuCalls* cpu_calls = nullptr;  // the open CPU recording's calls
+thread_local int cpu_call_depth = 0;
+
+struct CpuRecordingScope {
+  explicit CpuRecordingScope(CpuCalls* calls) : prev_(cpu_calls), prev_depth_(cpu_call_depth) {
+    cpu_calls = calls;
+    cpu_call_depth = 0;
+  }
+  ~CpuRecordingScope() {
+    cpu_calls = prev_;
+    cpu_call_depth = prev_depth_;
+  }
+  CpuCalls* prev_;
+  int prev_depth_;
+};
+
+// The CPU's recording: the kept calls, made again in order.
 class CpuReplay final : public Replay {
  public:
-  explicit CpuReplay(std::function<void()> body) : body_(std::move(body)) {}
+  explicit CpuReplay(CpuCalls calls) : calls_(std::move(calls)) {}
   void launch() override {
-    RecordingScope scope;
-    body_();
+    for (auto& c : calls_) c();
   }
+  bool ran_while_recording() const override { return true; }
 
  private:
-  std::function<void()> body_;
+  CpuCalls calls_;
 };
 }  // namespace
 
@@ -52,8 +70,14 @@ void register_recorder(Device device, Recorder* recorder) {
 
 std::unique_ptr<Replay> record(Device device, const std::function<void()>& body) {
   if (device == Device::cpu) {
+    CpuCalls calls;
+    {
+      RecordingScope scope;
+      CpuRecordingScope cpu(&calls);
+      body();
+    }
     ++n_recordings;
-    return std::make_unique<CpuReplay>(body);
+    return std::make_unique<CpuReplay>(std::move(calls));
   }
   LLR_CHECK(cuda_recorder != nullptr, "graph::record: no CUDA backend to record on");
   RecordingScope scope;
@@ -79,6 +103,7 @@ void repeat(Device device, int times, const std::function<void()>& body) {
         std::fprintf(stderr, "warning: --cuda-graphs switched off, recording a step failed: %s\n", e.what());
     }
     if (replay) {
+      if (replay->ran_while_recording()) ++done;
       for (; done < times; ++done) {
         replay->launch();
         note_replay();
@@ -87,5 +112,24 @@ void repeat(Device device, int times, const std::function<void()>& body) {
   }
   for (; done < times; ++done) body();
 }
+
+namespace detail {
+
+bool cpu_recording() { return cpu_calls != nullptr; }
+
+CpuCall::CpuCall() : keeps_(cpu_calls != nullptr && cpu_call_depth == 0) { ++cpu_call_depth; }
+CpuCall::~CpuCall() { --cpu_call_depth; }
+
+void keep_cpu_call(std::function<void()> again) {
+  LLR_CHECK(cpu_calls != nullptr, "graph: a CPU call kept outside a recording");
+  cpu_calls->push_back(std::move(again));
+}
+
+void check_no_host_write(const char* what) {
+  LLR_CHECK(cpu_calls == nullptr || cpu_call_depth > 0, what, " while device work is being recorded for replay: a "
+            "recorded step must not write tensor values from the host (run without --cuda-graphs)");
+}
+
+}  // namespace detail
 
 }  // namespace llr::graph

@@ -8,8 +8,12 @@
 // a host value that changes between replays: a replay repeats the kernels with the arguments they had when recorded.
 // While a body is recorded, such a read throws (check_not_recording), on every device.
 //
-// On the CPU a "recording" is the body itself, rerun at each replay with the same read checks: the code that uses
-// graphs runs the same way there, and CPU tests hold it to the same rules.
+// On the CPU a recording runs the body once and keeps every kernel call it makes (the CPU implementations of the
+// kernel interfaces are reached through proxies then, engine/dispatch.h): its arguments as they were, and the tensors
+// it returned. A replay calls the same implementations again with those arguments and writes the results into the
+// same tensors, without the host code that made the calls, as a CUDA graph does: a host value that changes between
+// replays (a step count, a learning rate) keeps its recorded value on the CPU too, so CPU tests catch a body that
+// depends on one.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +37,8 @@ class Replay {
  public:
   virtual ~Replay() = default;
   virtual void launch() = 0;
+  // Whether recording ran the body's device work once (the CPU) rather than only recording it (CUDA).
+  virtual bool ran_while_recording() const { return false; }
 };
 
 // The device's recorder (the CUDA backend registers one).
@@ -44,7 +50,7 @@ class Recorder {
 };
 void register_recorder(Device device, Recorder* recorder);
 
-// Records body on `device` (see above for the CPU). Throws what the recording threw.
+// Records body on `device` (on the CPU this runs it once, see above). Throws what the recording threw.
 std::unique_ptr<Replay> record(Device device, const std::function<void()>& body);
 
 // Counts since the process started, for benchmarks and tests.
@@ -55,8 +61,32 @@ Stats stats();
 void note_replay();
 
 // Runs `body` `times` times (times >= 0): the first run eagerly (it plans its convolutions and warms the libraries),
-// the others from one recording when graphs are enabled and `times` >= 3. If the recording fails, the failure is
+// the others from one recording when graphs are enabled and `times` >= 3 (on the CPU the recording is the second run
+// and the replays the rest). If the recording fails, the failure is
 // reported on stderr once per process, graphs are switched off, and the remaining runs are eager.
 void repeat(Device device, int times, const std::function<void()>& body);
+
+namespace detail {
+// The CPU's recording (see above). While one is open on this thread, each outermost call of a CPU kernel
+// implementation is kept for the replays; calls an implementation makes itself are part of it.
+bool cpu_recording();
+// Marks a call of a CPU implementation for its lifetime; keeps() says whether it is an outermost one to keep.
+class CpuCall {
+ public:
+  CpuCall();
+  ~CpuCall();
+  CpuCall(const CpuCall&) = delete;
+  CpuCall& operator=(const CpuCall&) = delete;
+  bool keeps() const { return keeps_; }
+
+ private:
+  bool keeps_;
+};
+// Adds a call to the open CPU recording (under a CpuCall that keeps()).
+void keep_cpu_call(std::function<void()> again);
+// Throws when the host writes a tensor's values itself (Tensor::set) inside a CPU recording, outside any kernel
+// call: on a GPU that would be a copy from the host, which a recorded body must not make.
+void check_no_host_write(const char* what);
+}  // namespace detail
 
 }  // namespace llr::graph

@@ -183,7 +183,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device devi
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Layout layout, Device device) {
   Tensor t = empty(shape, dtype, layout, device);
-  if (device == Device::cpu)
+  if (device == Device::cpu && !graph::detail::cpu_recording())
     std::memset(t.raw_data(), 0, t.numel() * dtype_size(dtype));
   else
     backend_for(device).fill(t, 0.0);
@@ -308,6 +308,7 @@ uint64_t value_write_epoch() { return write_epoch.load(); }
 void note_value_write() { ++write_epoch; }
 
 void Tensor::set(int64_t i, double value) {
+  graph::detail::check_no_host_write("Tensor::set()");
   note_value_write();
   LLR_CHECK(i >= 0 && i < numel(), "index ", i, " out of range for ", describe());
   switch (dtype()) {

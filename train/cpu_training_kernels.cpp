@@ -28,9 +28,26 @@ const int32_t* check_gather(const char* op, const Tensor& source, const Tensor& 
 }
 }  // namespace
 
+namespace {
+// The CPU's training kernels as an open CPU recording reaches them (engine/graph.h).
+class RecordingCpuTrainingKernels final : public TrainingKernels {
+ public:
+  explicit RecordingCpuTrainingKernels(TrainingKernels& inner) : inner_(inner) {}
+  template <class R>
+  static void after_replay(const char*, R&) {}
+#define LLR_KERNEL LLR_DECLARE_RECORDED
+#include "train/training_kernels.def"
+#undef LLR_KERNEL
+
+ private:
+  TrainingKernels& inner_;
+};
+}  // namespace
+
 TrainingKernels& training_kernels_for(Device device) {
   static CpuTrainingKernels cpu;
-  return dispatch::for_device<TrainingKernels>(device, cpu, "training kernels");
+  static RecordingCpuTrainingKernels recording(cpu);
+  return dispatch::for_device<TrainingKernels>(device, cpu, recording, "training kernels");
 }
 
 Tensor CpuTrainingKernels::count_correct(const Tensor& z, const Tensor& labels) {

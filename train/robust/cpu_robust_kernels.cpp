@@ -53,9 +53,26 @@ struct ExampleLoops {
 
 }  // namespace
 
+namespace {
+// The CPU's perturbation kernels as an open CPU recording reaches them (engine/graph.h).
+class RecordingCpuRobustKernels final : public RobustKernels {
+ public:
+  explicit RecordingCpuRobustKernels(RobustKernels& inner) : inner_(inner) {}
+  template <class R>
+  static void after_replay(const char*, R&) {}
+#define LLR_KERNEL LLR_DECLARE_RECORDED
+#include "train/robust/robust_kernels.def"
+#undef LLR_KERNEL
+
+ private:
+  RobustKernels& inner_;
+};
+}  // namespace
+
 RobustKernels& robust_kernels_for(Device device) {
   static CpuRobustKernels cpu;
-  return dispatch::for_device<RobustKernels>(device, cpu, "perturbation kernels");
+  static RecordingCpuRobustKernels recording(cpu);
+  return dispatch::for_device<RobustKernels>(device, cpu, recording, "perturbation kernels");
 }
 
 void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,

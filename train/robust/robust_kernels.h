@@ -39,16 +39,17 @@ struct ElleCoefficients {
   Tensor loss_weight;  // [3N]: the cotangent of the triplet batch's losses
 };
 
-// The bytes of their tensors, for the profile (engine/dispatch.h).
-inline double bytes_of(const LlrCoefficients& c) {
-  return bytes_of(c.nominal_weight) + bytes_of(c.perturbed_weight) + bytes_of(c.tangent_weight) + bytes_of(c.abs_g) +
-         bytes_of(c.sign_g);
+// Their tensors (a CPU replay writes them back, engine/dispatch.h) and bytes (the profile).
+inline std::vector<Tensor> tensors_of(const LlrCoefficients& c) {
+  return {c.nominal_weight, c.perturbed_weight, c.tangent_weight, c.abs_g, c.sign_g};
 }
-inline double bytes_of(const GradientAlignment& a) {
-  return bytes_of(a.cos) + bytes_of(a.d_cos_d_g1) + bytes_of(a.d_cos_d_g2);
-}
-inline double bytes_of(const ElleTriplets& t) { return bytes_of(t.points) + bytes_of(t.labels) + bytes_of(t.alpha); }
-inline double bytes_of(const ElleCoefficients& c) { return bytes_of(c.residual) + bytes_of(c.loss_weight); }
+inline std::vector<Tensor> tensors_of(const GradientAlignment& a) { return {a.cos, a.d_cos_d_g1, a.d_cos_d_g2}; }
+inline std::vector<Tensor> tensors_of(const ElleTriplets& t) { return {t.points, t.labels, t.alpha}; }
+inline std::vector<Tensor> tensors_of(const ElleCoefficients& c) { return {c.residual, c.loss_weight}; }
+inline double bytes_of(const LlrCoefficients& c) { return bytes_of(tensors_of(c)); }
+inline double bytes_of(const GradientAlignment& a) { return bytes_of(tensors_of(a)); }
+inline double bytes_of(const ElleTriplets& t) { return bytes_of(tensors_of(t)); }
+inline double bytes_of(const ElleCoefficients& c) { return bytes_of(tensors_of(c)); }
 
 class RobustKernels {
  public:
