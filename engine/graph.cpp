@@ -93,20 +93,30 @@ void repeat(Device device, int times, const std::function<void()>& body) {
   if (times <= 0) return;
   body();
   int done = 1;
-  if (enabled() && times >= 3 && !profile::timing()) {
+  // Inside a recording (a body that repeats work itself) the runs are simply part of the outer recording.
+  if (enabled() && times >= 3 && !profile::timing() && !recording()) {
+    auto give_up = [](const char* what, const std::exception& e) {
+      ++n_failures;
+      if (graphs_on.exchange(false))
+        std::fprintf(stderr, "warning: --cuda-graphs switched off, %s failed: %s\n", what, e.what());
+    };
     std::unique_ptr<Replay> replay;
     try {
       replay = record(device, body);
     } catch (const std::exception& e) {
-      ++n_failures;
-      if (graphs_on.exchange(false))
-        std::fprintf(stderr, "warning: --cuda-graphs switched off, recording a step failed: %s\n", e.what());
+      give_up("recording a step", e);
     }
     if (replay) {
       if (replay->ran_while_recording()) ++done;
-      for (; done < times; ++done) {
-        replay->launch();
-        note_replay();
+      try {
+        for (; done < times; ++done) {
+          replay->launch();
+          note_replay();
+        }
+      } catch (const std::exception& e) {
+        // A launch the device refused queued nothing: the remaining runs go eagerly. (A fault inside a replayed kernel
+        // is sticky and surfaces at the next eager call.)
+        give_up("replaying a step", e);
       }
     }
   }

@@ -91,7 +91,13 @@ void* CachingAllocator::allocate(size_t bytes) {
     stats_.bytes_in_use += cls;
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
   }
-  if (poison_) LLR_CUDA_CHECK(cudaMemsetAsync(ptr, 0xFF, cls, context().stream()));
+  if (poison_) {
+    cudaError_t status = cudaMemsetAsync(ptr, 0xFF, cls, context().stream());
+    if (status != cudaSuccess) {
+      deallocate(ptr, bytes);  // nobody holds it yet: back to the cache before the error is reported
+      LLR_CUDA_CHECK(status);
+    }
+  }
   return ptr;
 }
 

@@ -30,6 +30,8 @@ class Context {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  size_t cublas_workspace_bytes_ = 0;
   int sm_count_ = 0;
   bool tf32_ = true;
 };

@@ -40,27 +40,31 @@ class CudaRecorder final : public graph::Recorder {
     CachingAllocator& a = allocator();
     const int pool = a.open_pool();
     cudaGraph_t g = nullptr;
+    cudaGraphExec_t exec = nullptr;
     auto abandon = [&] {
-      // Ends a capture that failed (the body ran nothing) and clears the capture's own, non-sticky error.
+      // Ends a capture that failed (the body ran nothing) and clears the capture's own, non-sticky error. Nothing
+      // here throws: the error being handled is the one reported.
       cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
       if (cudaStreamIsCapturing(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
         cudaGraph_t partial = nullptr;
         cudaStreamEndCapture(s, &partial);
         if (partial) cudaGraphDestroy(partial);
       }
+      if (exec) cudaGraphExecDestroy(exec);
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
-      a.close_pool(pool);
-      a.release_pool(pool);
+      a.release_pool(pool);  // closes it too, if still open
     };
     try {
       LLR_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       body();
       LLR_CUDA_CHECK(cudaStreamEndCapture(s, &g));
-      cudaGraphExec_t exec = nullptr;
       LLR_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+      auto replay = std::make_unique<CudaReplay>(g, exec, pool);
+      g = nullptr;  // the replay owns them now
+      exec = nullptr;
       a.close_pool(pool);
-      return std::make_unique<CudaReplay>(g, exec, pool);
+      return replay;
     } catch (...) {
       abandon();
       throw;

@@ -24,9 +24,9 @@ __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T
   int64_t e = blockIdx.x;
   T bias1 = 1, bias2 = 1;
   if (adam) {
-    const T t = T(*steps + 1);
-    bias1 = T(1) - pow(beta1, t);
-    bias2 = T(1) - pow(beta2, t);
+    const double t = *steps + 1;
+    bias1 = perturbation_math::adam_bias_correction(beta1, t);
+    bias2 = perturbation_math::adam_bias_correction(beta2, t);
   }
   T acc = 0;
   for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
@@ -49,7 +49,9 @@ __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T
 template <class T>
 void perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, const Tensor& gx, const Tensor& sign_g,
                        Tensor& m, Tensor& v, Tensor& dots, Tensor& adam_steps, const PerturbationParams& p) {
-  int64_t n = delta.dim(0), inner = delta.numel() / n;
+  int64_t n = delta.dim(0);
+  if (n == 0) return;  // an empty batch: no step (and no step counted)
+  int64_t inner = delta.numel() / n;
   bool llr = gx.defined(), adam = p.update == PerturbationUpdate::adam;
   double* steps = adam ? ptr<double>(adam_steps) : nullptr;
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(

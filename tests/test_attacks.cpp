@@ -10,6 +10,7 @@
 #include "tests/test_util.h"
 #include "train/attacks/attack.h"
 #include "train/checkpoint.h"
+#include "train/robust/robust_kernels.h"
 #include "train/trainer.h"
 
 // Every case here is in the quick subset (ctest -L fast) unless it says test_suite("slow").
@@ -78,6 +79,19 @@ AttackResult attack(const Trained& t, const std::string& spec, double eps, uint6
   REQUIRE(a.size() == 1);
   AttackContext ctx{*t.model, DType::f32, eps, seed};
   return a[0]->run(ctx, t.x, t.y, correct_mask(*t.model, t.x, t.y, DType::f32));
+}
+
+TEST_CASE("a perturbation step on an empty batch changes nothing and counts no Adam step") {
+  PerturbationParams p;
+  p.update = PerturbationUpdate::adam;
+  p.step_size = 0.1;
+  p.eps = 0.03;
+  auto empty = [] { return Tensor::zeros({0, 2, 2, 3}, DType::f32, Layout::nhwc, Device::cpu); };
+  Tensor delta = empty(), x = empty(), g = empty(), m = empty(), v = empty(), none;
+  Tensor steps = Tensor::zeros({}, DType::f64, Layout::plain, Device::cpu);
+  robust::perturbation_step(delta, x, g, none, none, m, v, none, steps, p);
+  CHECK(steps.item() == 0);
+  CHECK(delta.numel() == 0);
 }
 
 TEST_CASE("every attack stays in the eps-ball and [0 1] and breaks a naturally trained model" * doctest::test_suite("slow")) {

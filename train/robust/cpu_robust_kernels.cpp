@@ -78,6 +78,7 @@ RobustKernels& robust_kernels_for(Device device) {
 void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
                                          const Tensor& sign_g, Tensor& m, Tensor& v, Tensor& dots,
                                          Tensor& adam_steps, const PerturbationParams& p) {
+  if (delta.dim(0) == 0) return;  // an empty batch: no step (and no step counted)
   bool llr = gx.defined();
   bool adam = p.update == PerturbationUpdate::adam;
   bool ball = p.projection == Projection::ball_and_box;
@@ -92,7 +93,8 @@ void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const T
     const T* ps = llr ? sign_g.data<T>() : nullptr;
     T* pm = adam ? m.data<T>() : nullptr;
     T* pv = adam ? v.data<T>() : nullptr;
-    T bias1 = T(1) - std::pow(T(p.beta1), T(t)), bias2 = T(1) - std::pow(T(p.beta2), T(t));
+    T bias1 = perturbation_math::adam_bias_correction(T(p.beta1), t),
+      bias2 = perturbation_math::adam_bias_correction(T(p.beta2), t);
     T* pdots = llr ? dots.data<T>() : nullptr;
     const T step_size = T(p.step_size), eps = T(p.eps), beta1 = T(p.beta1), beta2 = T(p.beta2),
             adam_eps = T(p.adam_eps);
