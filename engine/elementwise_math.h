@@ -59,9 +59,16 @@ LLR_HD T activation_derivative(Act act, int order, T a) {
 LLR_HD bool has_second_derivative(Act act) { return act == Act::softplus; }
 
 // Batch-norm normalisation y = scale (x - mean) r + shift with r = 1/sqrt(var + eps).
+// On the GPU, where the kernels compute it for every element, the device's reciprocal square root (within 2 ulp in
+// f32, 1 in f64) instead of a correctly rounded division and square root (about 20 instructions more per element,
+// as many as the rest of a bf16 normalisation).
 template <class T>
 LLR_HD T bn_inv_std(T var, T eps) {
+#ifdef __CUDA_ARCH__
+  return rsqrt(var + eps);
+#else
   return T(1) / sqrt(var + eps);
+#endif
 }
 template <class T>
 LLR_HD T bn_normalize(T x, T mean, T inv_std, T scale, T shift) {
