@@ -39,7 +39,6 @@ LLR_HD T sign_of(T v) {
   return T(v > T(0)) - T(v < T(0));
 }
 
-// Updates delta in place (ascent) and returns it projected: |delta| <= eps (when `ball`) and 0 <= x + delta <= 1.
 // Adam's bias correction 1 - beta^t after t steps, in f64 on either device so the CPU and the GPU (whose pow differ
 // in the last bits) agree in f32.
 template <class T>
@@ -47,6 +46,7 @@ LLR_HD T adam_bias_correction(T beta, double t) {
   return T(1.0 - pow(double(beta), t));
 }
 
+// Updates delta in place (ascent) and returns it projected: |delta| <= eps (when `ball`) and 0 <= x + delta <= 1.
 template <class T>
 LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1, T beta2,
               T adam_eps, T bias1, T bias2) {
