@@ -14,12 +14,21 @@ namespace llr::graph {
 namespace {
 std::atomic<bool> graphs_on{false};
 thread_local int recording_depth = 0;
+thread_local uint64_t open_lasting = 0;
+std::atomic<uint64_t> last_recording_id{0};
 std::atomic<int64_t> n_recordings{0}, n_replays{0}, n_failures{0};
 Recorder* cuda_recorder = nullptr;
 
 struct RecordingScope {
-  RecordingScope() { ++recording_depth; }
-  ~RecordingScope() { --recording_depth; }
+  explicit RecordingScope(Span span) : prev_(open_lasting) {
+    ++recording_depth;
+    if (span == Span::lasting) open_lasting = ++last_recording_id;
+  }
+  ~RecordingScope() {
+    --recording_depth;
+    open_lasting = prev_;
+  }
+  uint64_t prev_;
 };
 
 using CpuCalls = std::vector<std::function<void()>>;
@@ -57,6 +66,7 @@ bool enabled() { return graphs_on.load(); }
 void set_enabled(bool on) { graphs_on = on; }
 
 bool recording() { return recording_depth > 0; }
+uint64_t lasting_recording_id() { return open_lasting; }
 
 void check_not_recording(const char* what) {
   LLR_CHECK(recording_depth == 0, what, " while device work is being recorded for replay: a recorded step must not "
@@ -68,11 +78,11 @@ void register_recorder(Device device, Recorder* recorder) {
   cuda_recorder = recorder;
 }
 
-std::unique_ptr<Replay> record(Device device, const std::function<void()>& body) {
+std::unique_ptr<Replay> record(Device device, const std::function<void()>& body, Span span) {
   if (device == Device::cpu) {
     CpuCalls calls;
     {
-      RecordingScope scope;
+      RecordingScope scope(span);
       CpuRecordingScope cpu(&calls);
       body();
     }
@@ -80,7 +90,7 @@ std::unique_ptr<Replay> record(Device device, const std::function<void()>& body)
     return std::make_unique<CpuReplay>(std::move(calls));
   }
   LLR_CHECK(cuda_recorder != nullptr, "graph::record: no CUDA backend to record on");
-  RecordingScope scope;
+  RecordingScope scope(span);
   std::unique_ptr<Replay> r = cuda_recorder->record(body);
   ++n_recordings;
   return r;
@@ -89,22 +99,23 @@ std::unique_ptr<Replay> record(Device device, const std::function<void()>& body)
 Stats stats() { return {n_recordings.load(), n_replays.load(), n_failures.load()}; }
 void note_replay() { ++n_replays; }
 
+void switch_off(const char* what, const std::exception& e) {
+  ++n_failures;
+  if (graphs_on.exchange(false))
+    std::fprintf(stderr, "warning: --cuda-graphs switched off, %s failed: %s\n", what, e.what());
+}
+
 void repeat(Device device, int times, const std::function<void()>& body) {
   if (times <= 0) return;
   body();
   int done = 1;
   // Inside a recording (a body that repeats work itself) the runs are simply part of the outer recording.
   if (enabled() && times >= 3 && !profile::timing() && !recording()) {
-    auto give_up = [](const char* what, const std::exception& e) {
-      ++n_failures;
-      if (graphs_on.exchange(false))
-        std::fprintf(stderr, "warning: --cuda-graphs switched off, %s failed: %s\n", what, e.what());
-    };
     std::unique_ptr<Replay> replay;
     try {
       replay = record(device, body);
     } catch (const std::exception& e) {
-      give_up("recording a step", e);
+      switch_off("recording a step", e);
     }
     if (replay) {
       if (replay->ran_while_recording()) ++done;
@@ -116,7 +127,7 @@ void repeat(Device device, int times, const std::function<void()>& body) {
       } catch (const std::exception& e) {
         // A launch the device refused queued nothing: the remaining runs go eagerly. (A fault inside a replayed kernel
         // is sticky and surfaces at the next eager call.)
-        give_up("replaying a step", e);
+        switch_off("replaying a step", e);
       }
     }
   }

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 
@@ -30,6 +31,14 @@ void set_enabled(bool on);
 
 // True while this thread records a body.
 bool recording();
+// How long a recording's replays go on. `scoped`: all of them run before the code that records returns
+// (graph::repeat), so device values the host cached before the recording (a weight's compute copy, nets/model.h)
+// still hold at each replay. `lasting`: replays go on while the host changes those values between them (a whole
+// training step, train/step.h), so such a cache serves a recording only if made in it.
+enum class Span { scoped, lasting };
+// The lasting recording open on this thread (a number no other recording of the process has), or 0: what a host
+// cache of device values made while recording is tagged with.
+uint64_t lasting_recording_id();
 // Throws when called while a body is recorded: `what` is the operation that would have read the device.
 void check_not_recording(const char* what);
 
@@ -51,7 +60,7 @@ class Recorder {
 void register_recorder(Device device, Recorder* recorder);
 
 // Records body on `device` (on the CPU this runs it once, see above). Throws what the recording threw.
-std::unique_ptr<Replay> record(Device device, const std::function<void()>& body);
+std::unique_ptr<Replay> record(Device device, const std::function<void()>& body, Span span = Span::scoped);
 
 // Counts since the process started, for benchmarks and tests.
 struct Stats {
@@ -59,6 +68,9 @@ struct Stats {
 };
 Stats stats();
 void note_replay();
+// A recording or replay that failed: counted, and reported on stderr the first time, as graphs are switched off for
+// the rest of the process (the caller then runs the work eagerly).
+void switch_off(const char* what, const std::exception& e);
 
 // Runs `body` `times` times (times >= 0): the first run eagerly (it plans its convolutions and warms the libraries),
 // the others from one recording when graphs are enabled and `times` >= 3 (on the CPU the recording is the second run

@@ -15,6 +15,9 @@ namespace llr::cuda {
 
 namespace {
 
+// A random counter's step on the device, or null (perturbation_math::counter_at).
+const double* device_step(const RandomCounter& c) { return c.step.defined() ? ptr<double>(c.step) : nullptr; }
+
 // One block per example. Adam's bias corrections come from the counter of steps taken (`steps`), read here and
 // counted on by the launch after.
 template <class T>
@@ -130,7 +133,8 @@ GradientAlignment gradient_alignment_impl(const Tensor& g1, const Tensor& g2, do
 }
 
 template <class T>
-ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double eps, uint64_t seed, uint64_t counter) {
+ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
+                               const RandomCounter& c) {
   int64_t n = x.dim(0), numel = x.numel(), inner = n == 0 ? 0 : numel / n;
   Shape s = x.shape();
   s[0] = 3 * n;
@@ -145,10 +149,14 @@ ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double ep
   T *pp = ptr<T>(r.points), *pa = ptr<T>(r.alpha);
   T e = T(eps);
   uint64_t total = uint64_t(numel);
+  const uint64_t base = c.base, per_step = c.per_step;
+  const double* step = device_step(c);
   for_each(n, [=] __device__(int64_t i) {
+    uint64_t counter = perturbation_math::counter_at(base, per_step, step);
     pa[i] = perturbation_math::triplet_weight<T>(seed, counter, total, uint64_t(i));
   });
   for_each(3 * numel, [=] __device__(int64_t k) {
+    uint64_t counter = perturbation_math::counter_at(base, per_step, step);
     int which = static_cast<int>(k / numel);
     int64_t j = k % numel;
     T alpha = perturbation_math::triplet_weight<T>(seed, counter, total, uint64_t(j / inner));
@@ -176,12 +184,16 @@ ElleCoefficients elle_coefficients_impl(const Tensor& losses, const Tensor& alph
 }
 
 template <class T>
-Tensor perturbation_init_impl(const Tensor& x, double eps, double normal_scale, uint64_t seed, uint64_t counter) {
+Tensor perturbation_init_impl(const Tensor& x, double eps, double normal_scale, uint64_t seed,
+                              const RandomCounter& c) {
   Tensor d = new_like(x);
   const T* px = ptr<T>(x);
   T* o = ptr<T>(d);
   T e = T(eps), ns = T(normal_scale);
+  const uint64_t base = c.base, per_step = c.per_step;
+  const double* step = device_step(c);
   for_each(x.numel(), [=] __device__(int64_t i) {
+    uint64_t counter = perturbation_math::counter_at(base, per_step, step);
     o[i] = perturbation_math::project<T>(perturbation_math::initial<T>(seed, counter + i, e, ns), px[i], e);
   });
   return d;
@@ -432,7 +444,7 @@ LlrCoefficients CudaRobustKernels::llr_coefficients(const Tensor& l, const Tenso
 }
 
 Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
-                                      uint64_t counter) {
+                                            const RandomCounter& counter) {
   if (x.dtype() == DType::f64) return perturbation_init_impl<double>(x, eps, normal_scale, seed, counter);
   return perturbation_init_impl<float>(x, eps, normal_scale, seed, counter);
 }
@@ -443,7 +455,7 @@ GradientAlignment CudaRobustKernels::gradient_alignment(const Tensor& g1, const 
 }
 
 ElleTriplets CudaRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
-                                              uint64_t counter) {
+                                              const RandomCounter& counter) {
   if (x.dtype() == DType::f64) return elle_triplets_impl<double>(x, labels, eps, seed, counter);
   return elle_triplets_impl<float>(x, labels, eps, seed, counter);
 }

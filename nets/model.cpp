@@ -25,12 +25,15 @@ std::vector<Tensor> Registry::parameters() const {
 
 Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (master.dtype() == compute) return master;
-  if (copy_.defined() && copy_.dtype() == compute && epoch_ == value_write_epoch()) return cast_reusing(master, copy_);
+  const uint64_t here = graph::lasting_recording_id();
+  if (copy_.defined() && copy_.dtype() == compute && epoch_ == value_write_epoch() && made_in_ == here)
+    return cast_reusing(master, copy_);
   Tensor c = cast(master, compute);
-  // A cast recorded for replay has not run yet (and may never, if the recording fails): it is not kept.
-  if (graph::recording()) return c;
+  // A cast in a scoped recording has not run yet (and may never, if the recording fails): it is not kept.
+  if (graph::recording() && here == 0) return c;
   copy_ = c.detach();
   epoch_ = value_write_epoch();
+  made_in_ = here;
   return c;
 }
 

@@ -62,7 +62,9 @@ struct Init {
 };
 
 // The master weight in the compute dtype, converted once while the weights stand still (value_write_epoch()) rather
-// than on every forward pass: a PGD-10 step runs eleven of them between two optimiser steps.
+// than on every forward pass: a PGD-10 step runs eleven of them between two optimiser steps. Recorded work
+// (engine/graph.h) reads an eager copy only in a scoped recording, whose replays all come before the next update; a
+// lasting recording (a whole training step) casts for itself, once, and its replays cast after each update.
 class ComputeCopy {
  public:
   Tensor of(const Tensor& master, DType compute) const;
@@ -70,6 +72,7 @@ class ComputeCopy {
  private:
   mutable Tensor copy_;
   mutable uint64_t epoch_ = ~uint64_t(0);
+  mutable uint64_t made_in_ = 0;  // the lasting recording the copy was made in, or 0
 };
 
 class Conv2d {

@@ -16,7 +16,9 @@
 #include "tests/method_util.h"
 #include "tests/test_util.h"
 #include "train/methods/method.h"
+#include "train/optimizer.h"
 #include "train/robust/robust_kernels.h"
+#include "train/step.h"
 
 namespace llr::test {
 namespace {
@@ -184,6 +186,131 @@ TEST_CASE("PGD and TRADES and LLR steps with recorded attack or search steps equ
     CHECK(compare(replayed.delta, eager.delta, 0, 0).max_violation == 0);
     CHECK(replayed.loss.item() == eager.loss.item());
   }
+}
+
+// The run of `steps` training steps of `name` on a small Wide-ResNet, a new batch and learning rate each step and the
+// radius warming up over the first `warmup` steps: through TrainingSteps (graphs on) or training_step (eager).
+struct StepRun {
+  std::unique_ptr<nets::Model> model;
+  std::unique_ptr<Sgd> sgd;
+  std::vector<double> losses, metrics;
+  std::vector<bool> recorded;  // per step: whether it was the recording or a replay of it
+};
+
+StepRun run_steps(const char* name, int steps, int warmup, bool graphs) {
+  StepRun run;
+  run.model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
+  run.sgd = std::make_unique<Sgd>(*run.model, SgdOptions{0.9, true, 5e-4});
+  auto method = method_with(name);
+  RobustSettings robust;
+  method->set_steps(robust, 3);
+  GraphsOn on;
+  graph::set_enabled(graphs);
+  TrainingSteps runner(*run.model, *run.sgd, *method, robust);
+  Generator gen(11);
+  for (int s = 0; s < steps; ++s) {
+    Tensor x = gen.uniform({4, 8, 8, 3}, 0, 1, DType::f32, Layout::nhwc);
+    Tensor y = gen.randint({4}, 0, 10);
+    StepContext ctx;
+    ctx.seed = 3;
+    ctx.step = static_cast<uint64_t>(s);
+    ctx.eps = eps_at(8.0 / 255, warmup, ctx.step);
+    const double lr = 0.05 / (1 + s);
+    StepOutput out = graphs ? runner.run(x, y, ctx, lr)
+                            : training_step(*run.model, *run.sgd, *method, robust, x, y, ctx, lr);
+    run.recorded.push_back(graphs && runner.last_step_recorded());
+    run.losses.push_back(out.loss.item());
+    for (const auto& [k, v] : out.metrics) run.metrics.push_back(v.item());
+    if (out.clean_correct.defined()) run.metrics.push_back(out.clean_correct.item());
+    if (out.adv_correct.defined()) run.metrics.push_back(out.adv_correct.item());
+  }
+  return run;
+}
+
+TEST_CASE("whole training steps replayed from one recording equal the eager steps bit for bit for every method") {
+  const int steps = 7, warmup = 2;
+  for (const char* name : kMethods) {
+    INFO(std::string(name));
+    StepRun eager = run_steps(name, steps, warmup, false);
+    const graph::Stats before = graph::stats();
+    StepRun replayed = run_steps(name, steps, warmup, true);
+    const graph::Stats after = graph::stats();
+    // Steps 0-2 eager (the radius changes at steps 1 and 2), step 3 recorded (run by the recording on the CPU), steps
+    // 4-6 replayed (the eager steps' attacks and searches add recordings of their own). Nothing failed.
+    CHECK(after.failures == before.failures);
+    CHECK(replayed.recorded == std::vector<bool>{false, false, false, true, true, true, true});
+    CHECK(after.replays >= before.replays + 3);
+    CHECK(replayed.losses == eager.losses);
+    CHECK(replayed.metrics == eager.metrics);
+    // Different batches and random starts each step: the losses differ from step to step.
+    CHECK(eager.losses[5] != eager.losses[6]);
+    const auto& a = replayed.model->registry().entries();
+    const auto& b = eager.model->registry().entries();
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].name);
+      CHECK(compare(a[i].tensor, b[i].tensor, 0, 0).max_violation == 0);
+    }
+    for (size_t i = 0; i < eager.sgd->momentum_buffers().size(); ++i)
+      CHECK(compare(replayed.sgd->momentum_buffers()[i], eager.sgd->momentum_buffers()[i], 0, 0).max_violation == 0);
+    auto& ca = replayed.model->registry().counters();
+    auto& cb = eager.model->registry().counters();
+    REQUIRE(ca.size() == cb.size());
+    for (size_t i = 0; i < ca.size(); ++i) CHECK(*ca[i].second == *cb[i].second);
+    if (!ca.empty()) CHECK(*ca[0].second >= steps);
+  }
+}
+
+TEST_CASE("a recorded training step draws its random start from the step count on the device at each replay") {
+  // The same start as a plain counter gives, and a new one when the device's step changes, without recording again.
+  Generator gen(4);
+  Tensor x = gen.uniform({3, 4, 4, 3}, 0, 1, DType::f32, Layout::nhwc);
+  Tensor step = Tensor::zeros({}, DType::f64, Layout::plain, Device::cpu);
+  const uint64_t numel = static_cast<uint64_t>(x.numel());
+  RandomCounter c(numel, 4 * numel, step);
+  Tensor start;
+  GraphsOn on;
+  std::unique_ptr<graph::Replay> replay =
+      graph::record(Device::cpu, [&] { start = robust::perturbation_init(x, 0.1, 0.0, 9, c); }, graph::Span::lasting);
+  CHECK(compare(start, robust::perturbation_init(x, 0.1, 0.0, 9, numel), 0, 0).max_violation == 0);
+  for (uint64_t s : {5u, 6u}) {
+    backend::fill(step, double(s));
+    replay->launch();
+    Tensor expected = robust::perturbation_init(x, 0.1, 0.0, 9, (4 * s + 1) * numel);
+    CHECK(compare(start, expected, 0, 0).max_violation == 0);
+  }
+  CHECK(compare(robust::perturbation_init(x, 0.1, 0.0, 9, 6 * numel),
+                robust::perturbation_init(x, 0.1, 0.0, 9, 5 * numel), 0, 0)
+            .max_violation > 0);
+}
+
+TEST_CASE("a weight's compute copy is reused eagerly and in scoped recordings and made anew in a lasting one") {
+  Generator gen(2);
+  Tensor w = gen.uniform({5}, -1, 1, DType::f32);
+  nets::ComputeCopy copy;
+  Tensor a = copy.of(w, DType::f64), b = copy.of(w, DType::f64);
+  CHECK(a.raw_data() == b.raw_data());  // converted once while the weight stands still
+  GraphsOn on;
+  Tensor in_scoped, in_lasting, again_in_lasting;
+  auto scoped = graph::record(Device::cpu, [&] { in_scoped = copy.of(w, DType::f64); });
+  CHECK(in_scoped.raw_data() == a.raw_data());  // its replays all come before the weight changes
+  auto lasting = graph::record(
+      Device::cpu,
+      [&] {
+        in_lasting = copy.of(w, DType::f64);
+        again_in_lasting = copy.of(w, DType::f64);
+      },
+      graph::Span::lasting);
+  CHECK(in_lasting.raw_data() != a.raw_data());              // an eager copy would be stale at a replay
+  CHECK(again_in_lasting.raw_data() == in_lasting.raw_data());  // once per recording
+  // The weight changes between replays, as the optimiser changes it between steps: each replay converts it anew.
+  copy_into(w, gen.uniform({5}, -1, 1, DType::f32));
+  lasting->launch();
+  CHECK(compare(in_lasting, w.to(DType::f64), 0, 0).max_violation == 0);
+  // Outside, the recording's copy is not reused.
+  Tensor after = copy.of(w, DType::f64);
+  CHECK(after.raw_data() != in_lasting.raw_data());
+  CHECK(compare(after, w.to(DType::f64), 0, 0).max_violation == 0);
 }
 
 TEST_SUITE_END();

@@ -23,8 +23,9 @@
 #                       natural, PGD-10, TRADES-10, LLR-2, LLR-10), the PyTorch anchor on both nets, compare_bench.py
 #                       (ours/torch), the per-phase and per-op profile, compared op by op with the last committed GPU
 #                       run's (compare_profiles.py, 3-profile-compare.log) and the tensors live at each peak by
-#                       phase and kernel call (--memory); PGD-10, TRADES-10 and LLR-10 again with
-#                       --cuda-graphs (time, replays, last loss against the eager run); LLR-2 and LLR-10 with
+#                       phase and kernel call (--memory); natural, PGD-10, LLR-2 and LLR-10 (and TRADES-10 on
+#                       PreAct ResNet-18) again with --cuda-graphs, whole steps replayed (time, replays, last loss
+#                       against the eager run); LLR-2 and LLR-10 with
 #                       --llr-recompute-nominal --tangent-segments 8, GradAlign with --tangent-segments 8 (time and
 #                       peak memory against the default and natural training's); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
@@ -103,14 +104,14 @@ fi
 
 # Sizes: the real ones, or tiny CPU ones for a dry run of the script itself.
 if [ "$DRY" = 1 ]; then
-  BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural,pgd-3,llr-1")
+  BENCH=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 1 --iters 2 --methods "natural,pgd-3,llr-1")
   BENCH_SMALL=(--model wrn-10-1 --act softplus --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1
     --methods "natural")
   PROFILE=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   PROFILE_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural")
   LOWMEM=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
-  GRAPHS=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "pgd-3")
-  GRAPHS_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "trades-3")
+  GRAPHS=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 1 --iters 2 --methods "natural,pgd-3")
+  GRAPHS_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 1 --iters 2 --methods "llr-1")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
   CONV=(--batch 2 --iters 1)
   TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
@@ -123,10 +124,10 @@ else
   # LLR with the nominal pass recorded twice and the tangent pass in 8 recomputed segments (GradAlign: its two
   # tangent passes): memory against time.
   LOWMEM=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "llr-2,llr-10,gradalign")
-  # The same attack- and search-step methods with --cuda-graphs (one step recorded, the others replayed).
-  GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "pgd-10,trades-10,llr-10")
+  # The same methods with --cuda-graphs: the second step recorded whole, the timed ones replayed.
+  GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2,llr-10")
   GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
-    --methods "pgd-10,trades-10,llr-10")
+    --methods "natural,pgd-10,trades-10,llr-2,llr-10")
   PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
   PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
   ANCHOR=(--models wrn-28-10,preact-rn18 --prec bf16 --methods "natural,pgd-10,trades-10,llr-2-dbp,llr-10-dbp"
@@ -230,12 +231,12 @@ if want 3; then
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
   [ "$rc_ours" = 0 ] && rc_ours=$?
   grep -vE '^\{' "$log" | tail -16
-  # CUDA graphs: the attack-step methods again with --cuda-graphs, against the eager runs above (time, replays, and
-  # the last step's loss, which should be the eager one unless cuDNN picked a non-deterministic algorithm).
+  # CUDA graphs: whole steps replayed, against the eager runs above (time, replays, and the last step's loss, which
+  # should be the eager one up to the GPU's non-deterministic sums: atomics in the batch statistics).
   glog=$LOGS/3-graphs.log
-  timeout -k 5 "$(box 25)" "$BIN/llrtrain" bench "${GRAPHS[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" >"$glog" 2>&1
+  timeout -k 5 "$(box 30)" "$BIN/llrtrain" bench "${GRAPHS[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" >"$glog" 2>&1
   rc_graphs=$?
-  timeout -k 5 "$(box 15)" "$BIN/llrtrain" bench "${GRAPHS_SMALL[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" \
+  timeout -k 5 "$(box 18)" "$BIN/llrtrain" bench "${GRAPHS_SMALL[@]}" --cuda-graphs --json "$WORK/graphs.jsonl" \
     >>"$glog" 2>&1
   [ "$rc_graphs" = 0 ] && rc_graphs=$?
   grep -iE 'warning|error' "$glog" | head -5
@@ -244,7 +245,8 @@ if want 3; then
 import json, sys
 def rows(p):
     try:
-        return {(j["model"], j["method"]): j for j in map(json.loads, open(p)) if j.get("framework") == "llrtrain"}
+        return {(j["model"], j.get("act"), j["method"]): j for j in map(json.loads, open(p))
+                if j.get("framework") == "llrtrain"}
     except OSError:
         return {}
 eager, graphs = rows(sys.argv[1]), rows(sys.argv[2])
@@ -253,8 +255,8 @@ for k, g in graphs.items():
     e = eager.get(k)
     if not e or e.get("cuda_graphs"):
         continue
-    out.append("%s %s %.2f->%.2f ms (%.2fx, %.0f replays/step, loss %s)" % (
-        k[0], k[1], e["ms_step_median"], g["ms_step_median"], g["ms_step_median"] / e["ms_step_median"],
+    out.append("%s %s %.2f->%.2f ms (%.2fx, %.2g replays/step, loss %s)" % (
+        k[0], k[2], e["ms_step_median"], g["ms_step_median"], g["ms_step_median"] / e["ms_step_median"],
         g.get("graph_replays_per_step", 0),
         "equal" if g.get("loss_last_step") == e.get("loss_last_step") else
         "%.6g vs %.6g" % (g.get("loss_last_step", float("nan")), e.get("loss_last_step", float("nan")))))

@@ -58,6 +58,7 @@ void run_bench(BenchConfig cfg) {
     memory::set_ledger(cfg.memory);  // before the model: its weights and the optimiser's buffers count too
     auto model = nets::make_model(cfg.model, nets::parse_act(cfg.act), 10, 0, device);
     Sgd opt(*model, {0.9, false, 5e-4});
+    TrainingSteps steps(*model, opt, method, robust);
     Generator gen(1);
     Tensor x = gen.uniform({cfg.batch, 32, 32, 3}, 0, 1, DType::f32, Layout::nhwc).to(device);
     Tensor y = gen.randint({cfg.batch}, 0, 10).to(device);
@@ -87,7 +88,7 @@ void run_bench(BenchConfig cfg) {
       ctx.compute = compute;
       ctx.step = static_cast<uint64_t>(i);
       ctx.eps = robust.eps;  // the full radius: no warm-up
-      StepOutput out = training_step(*model, opt, method, robust, x, y, ctx, 0.01);
+      StepOutput out = steps.run(x, y, ctx, 0.01);
       if (i + 1 == cfg.warmup + cfg.iters) last_loss = out.loss;
       if (profiler) profiler->step_end();
       be.synchronize();

@@ -9,7 +9,8 @@ namespace llr {
 
 namespace {
 const char* const kCudaGraphsHelp =
-    "on the GPU, record one attack or search step as a CUDA graph and replay it for the others (PGD, TRADES, LLR)";
+    "on the GPU, record a training step as a CUDA graph and replay it for the steps after (recorded again when eps "
+    "changes; the attack or search steps of the steps not replayed are)";
 }  // namespace
 
 void TrainConfig::visit(SettingVisitor& v) {

@@ -46,7 +46,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "auto";
   std::string precision = "fp32";
-  bool cuda_graphs = false;  // replay recorded attack steps (engine/graph.h)
+  bool cuda_graphs = false;  // replay recorded training steps and attack steps (train/step.h, engine/graph.h)
   std::string out;
   int64_t log_every = 20;
   int64_t eval_batch = 500;

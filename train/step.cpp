@@ -1,28 +1,157 @@
 #include "train/step.h"
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/profile.h"
 #include "train/training_kernels.h"
 
 namespace llr {
 
-StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust,
-                         const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
+namespace {
+
+// The step without the optimiser: its outputs and the parameters' gradients.
+StepOutput objective_step(nets::Model& model, const Method& method, const RobustSettings& robust, const Tensor& x,
+                          const Tensor& y, const StepContext& ctx, std::vector<Tensor>* grads) {
   TapeScope scope;
   ObjectiveResult r = method.build(model, x, y, robust, ctx);
-  std::vector<Tensor> grads;
   {
     LLR_PHASE("final reverse pass", x.device());
-    grads = objective_gradients(r, model.parameters());
+    *grads = objective_gradients(r, model.parameters());
   }
   StepOutput out;
   out.loss = r.loss;
   if (r.clean_logits.defined()) out.clean_correct = training::count_correct(r.clean_logits.detach(), y);
   if (r.adv_logits.defined()) out.adv_correct = training::count_correct(r.adv_logits.detach(), y);
   out.metrics = r.metrics;
+  return out;
+}
+
+std::vector<int64_t> counter_values(nets::Model& model) {
+  std::vector<int64_t> v;
+  for (const auto& [name, counter] : model.registry().counters()) v.push_back(*counter);
+  return v;
+}
+
+}  // namespace
+
+StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust,
+                         const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
+  std::vector<Tensor> grads;
+  StepOutput out = objective_step(model, method, robust, x, y, ctx, &grads);
   LLR_PHASE("optimiser", x.device());
   optimizer.step(grads, lr);
   return out;
+}
+
+struct TrainingSteps::Recorded {
+  Key key;
+  std::unique_ptr<graph::Replay> replay;
+  Tensor x, y, step;  // the inputs the recording reads: the batch, and the step count as one f64 element
+  StepOutput out;
+  std::vector<Tensor> grads;
+  std::vector<int64_t> counter_increments;  // of the batch-norm step counters, per step
+};
+
+bool TrainingSteps::Key::operator==(const Key& o) const {
+  return x_shape == o.x_shape && y_shape == o.y_shape && x_dtype == o.x_dtype && y_dtype == o.y_dtype &&
+         device == o.device && compute == o.compute && seed == o.seed && eps == o.eps &&
+         update_running == o.update_running;
+}
+
+TrainingSteps::TrainingSteps(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust)
+    : model_(model), optimizer_(optimizer), method_(method), robust_(robust) {}
+
+TrainingSteps::~TrainingSteps() = default;
+
+TrainingSteps::Key TrainingSteps::key_of(const Tensor& x, const Tensor& y, const StepContext& ctx) {
+  return {x.shape(), y.shape(), x.dtype(), y.dtype(), x.device(), ctx.compute, ctx.seed, ctx.eps, ctx.update_running};
+}
+
+void TrainingSteps::load_inputs(const Tensor& x, const Tensor& y, const StepContext& ctx) {
+  copy_into(rec_->x, x);
+  copy_into(rec_->y, y);
+  backend::fill(rec_->step, static_cast<double>(ctx.step));
+}
+
+void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& ctx) {
+  auto rec = std::make_unique<Recorded>();
+  rec->key = key_of(x, y, ctx);
+  rec->x = Tensor::empty(x.shape(), x.dtype(), x.layout(), x.device());
+  rec->y = Tensor::empty(y.shape(), y.dtype(), y.layout(), y.device());
+  rec->step = Tensor::zeros({}, DType::f64, Layout::plain, x.device());
+  rec_ = std::move(rec);
+  load_inputs(x, y, ctx);
+  StepContext rctx = ctx;
+  rctx.device_step = rec_->step;
+  const std::vector<int64_t> before = counter_values(model_);
+  try {
+    Recorded* r = rec_.get();
+    r->replay = graph::record(
+        x.device(),
+        [&] {
+          r->grads.clear();
+          r->out = objective_step(model_, method_, robust_, r->x, r->y, rctx, &r->grads);
+        },
+        graph::Span::lasting);
+  } catch (const std::exception& e) {
+    // The host code ran (the counters moved) while the recorded work did not (on the GPU), or partly (on the CPU):
+    // the caller runs this step eagerly, from the counters as they were.
+    auto& counters = model_.registry().counters();
+    for (size_t i = 0; i < counters.size(); ++i) *counters[i].second = before[i];
+    rec_.reset();
+    graph::switch_off("recording a training step", e);
+    return;
+  }
+  // The host code ran once while recording: its counts become the increments each run of the recording adds.
+  auto& counters = model_.registry().counters();
+  for (size_t i = 0; i < counters.size(); ++i) {
+    rec_->counter_increments.push_back(*counters[i].second - before[i]);
+    *counters[i].second = before[i];
+  }
+}
+
+StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
+  last_recorded_ = false;
+  auto eager = [&] { return training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr); };
+  const bool graphs = graph::enabled() && !profile::timing() && !graph::recording() && ctx.fixed_delta == nullptr &&
+                      !ctx.device_step.defined();
+  if (!graphs) {
+    rec_.reset();
+    previous_.reset();
+    return eager();
+  }
+  const Key key = key_of(x, y, ctx);
+  if (rec_ && !(rec_->key == key)) rec_.reset();
+  bool ran = false;
+  if (!rec_) {
+    // Recorded from the second step with the same settings: the first plans the convolutions (cuDNN's algorithm
+    // search cannot be recorded), and a radius still warming up would be stale at the next step.
+    const bool settled = previous_ && *previous_ == key;
+    previous_ = key;
+    if (!settled) return eager();
+    record(x, y, ctx);
+    if (!rec_) return eager();
+    ran = rec_->replay->ran_while_recording();
+  } else {
+    load_inputs(x, y, ctx);
+  }
+  if (!ran) {
+    try {
+      rec_->replay->launch();
+      graph::note_replay();
+    } catch (const std::exception& e) {
+      // A launch the device refused queued nothing: this step and the rest run eagerly.
+      rec_.reset();
+      graph::switch_off("replaying a training step", e);
+      return eager();
+    }
+  }
+  auto& counters = model_.registry().counters();
+  for (size_t i = 0; i < counters.size(); ++i) *counters[i].second += rec_->counter_increments[i];
+  last_recorded_ = true;
+  LLR_PHASE("optimiser", x.device());
+  optimizer_.step(rec_->grads, lr);
+  return rec_->out;
 }
 
 }  // namespace llr

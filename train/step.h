@@ -4,8 +4,11 @@
 #pragma once
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 
+#include "engine/graph.h"
 #include "train/methods/method.h"
 #include "train/optimizer.h"
 
@@ -20,5 +23,53 @@ struct StepOutput {
 
 StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust,
                          const Tensor& x, const Tensor& y, const StepContext& ctx, double lr);
+
+// The training steps of one run, each a replay of one recorded step when --cuda-graphs is on (engine/graph.h): a
+// step's hundreds of kernel launches then cost one graph launch. The first step runs eagerly (it plans the
+// convolutions); the next one with the same radius, batch shape and precision is recorded, and the steps after it
+// replay that recording until one of those changes (eps warm-up runs eagerly, since its radius changes every step).
+// A replay gets its batch copied into the recording's input buffers, its step count written to the device (where
+// the random starts draw from: methods::draw_counter), and the batch-norm step counters counted on, on the host;
+// the SGD update runs after it, outside the recording, with this step's learning rate. If recording or replaying
+// fails, graphs are switched off with a warning and the steps run eagerly.
+class TrainingSteps {
+ public:
+  TrainingSteps(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust);
+  ~TrainingSteps();
+  TrainingSteps(const TrainingSteps&) = delete;
+  TrainingSteps& operator=(const TrainingSteps&) = delete;
+
+  // training_step(). A replayed step returns the recording's output tensors, which the next step overwrites: sum or
+  // copy them before then.
+  StepOutput run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr);
+  // Whether the last step was a replay (or, on the CPU, the recording that ran it).
+  bool last_step_recorded() const { return last_recorded_; }
+
+ private:
+  // What a recording is valid for: the host values its kernels keep.
+  struct Key {
+    Shape x_shape, y_shape;
+    DType x_dtype = DType::f32, y_dtype = DType::i32;
+    Device device = Device::cpu;
+    DType compute = DType::f32;
+    uint64_t seed = 0;
+    double eps = 0;
+    bool update_running = true;
+    bool operator==(const Key& o) const;
+  };
+  struct Recorded;
+  static Key key_of(const Tensor& x, const Tensor& y, const StepContext& ctx);
+  // Records the step of ctx on (x, y) into rec_ (nullptr: it failed, and graphs are off).
+  void record(const Tensor& x, const Tensor& y, const StepContext& ctx);
+  void load_inputs(const Tensor& x, const Tensor& y, const StepContext& ctx);
+
+  nets::Model& model_;
+  Sgd& optimizer_;
+  const Method& method_;
+  const RobustSettings& robust_;
+  std::optional<Key> previous_;
+  std::unique_ptr<Recorded> rec_;
+  bool last_recorded_ = false;
+};
 
 }  // namespace llr

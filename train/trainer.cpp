@@ -263,6 +263,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
   };
 
   SignalScope signals;
+  TrainingSteps steps(*model, opt_sgd, method, cfg.robust);
   TrainSummary summary;
   summary.steps = start_step;
   Tensor order;  // this epoch's permutation, on the data's device
@@ -300,7 +301,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
                   ? cfg.robust.eps * std::min(1.0, done / cfg.robust.eps_warmup_fraction)
                   : eps_at(cfg.robust.eps, eps_warmup, static_cast<uint64_t>(step));
     double lr = sched.lr(step, done);
-    StepOutput out = training_step(*model, opt_sgd, method, cfg.robust, b.images, b.labels, ctx, lr);
+    StepOutput out = steps.run(b.images, b.labels, ctx, lr);
     training::mark_first_step(diverged_at,
                               backend::add(training::count_nonfinite(out.loss), opt_sgd.nonfinite_updates()), step);
     accumulate(loss_acc, out.loss);

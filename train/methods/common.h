@@ -36,9 +36,12 @@ inline void set_loss(ObjectiveResult& r, const Tensor& loss) {
 }
 
 // Where draw k of a step's `draws` random draws (each of at most `numel` counters, a batch's elements) starts, so no
-// two draws of a run overlap. A method with one draw per step draws from PGD's counters.
-inline uint64_t draw_counter(const StepContext& ctx, const Tensor& x, uint64_t draws, uint64_t k) {
-  return (ctx.step * draws + k) * static_cast<uint64_t>(x.numel());
+// two draws of a run overlap. A method with one draw per step draws from PGD's counters. With the step on the device
+// (a recorded step) the kernel counts from there, to the same numbers.
+inline RandomCounter draw_counter(const StepContext& ctx, const Tensor& x, uint64_t draws, uint64_t k) {
+  const uint64_t numel = static_cast<uint64_t>(x.numel());
+  if (ctx.device_step.defined()) return {k * numel, draws * numel, ctx.device_step};
+  return (ctx.step * draws + k) * numel;
 }
 
 // The perturbation that maximises the cross-entropy by the search `o` (its steps, rule, start and projection), batch

@@ -84,7 +84,7 @@ class Elle final : public Method {
 
  private:
   // A step draws the attack's start (one batch of counters) and the triplets (x_a, x_b and alpha: three).
-  static uint64_t triplet_counter(const StepContext& ctx, const Tensor& x) {
+  static RandomCounter triplet_counter(const StepContext& ctx, const Tensor& x) {
     return methods::draw_counter(ctx, x, 4, 1);
   }
 

@@ -100,7 +100,7 @@ class Llr final : public Method {
       o.step_size = step_size_;
       o.eps = ctx.eps;
       o.seed = ctx.seed;
-      o.counter = ctx.step * static_cast<uint64_t>(x.numel());
+      o.counter = methods::draw_counter(ctx, x, 1, 0);
       robust::SearchResult s = robust::search(x, p, o);
       delta = s.delta;
       d = s.d;

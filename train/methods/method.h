@@ -45,6 +45,9 @@ struct StepContext {
   DType compute = DType::f32;
   uint64_t seed = 0;
   uint64_t step = 0;
+  // `step` as one f64 element on the device, where a recorded step (train/step.h) draws its random numbers from;
+  // undefined: they come from `step`.
+  Tensor device_step;
   double eps = 0;                       // the radius of this step (after warm-up)
   bool update_running = true;           // the nominal (or, for PGD, adversarial) pass updates running averages
   const Tensor* fixed_delta = nullptr;  // skip the attack or search and use this perturbation (gradient checks)

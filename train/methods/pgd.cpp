@@ -45,7 +45,7 @@ class Pgd final : public Method {
     o.step_size = robust.attack_step;
     o.eps = ctx.eps;
     o.seed = ctx.seed;
-    o.counter = ctx.step * static_cast<uint64_t>(x.numel());
+    o.counter = methods::draw_counter(ctx, x, 1, 0);
     o.phase = "attack step";
     return robust::search(x, p, o).delta;
   }

@@ -59,7 +59,7 @@ class Trades final : public Method {
     o.start = robust::Start::normal;
     o.normal_scale = 0.001;
     o.seed = ctx.seed;
-    o.counter = ctx.step * static_cast<uint64_t>(x.numel());
+    o.counter = methods::draw_counter(ctx, x, 1, 0);
     o.phase = "attack step";
     return robust::search(x, p, o).delta;
   }

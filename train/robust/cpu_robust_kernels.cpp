@@ -24,6 +24,11 @@ class CpuRobustKernels final : public RobustKernels {
 
 int64_t row_elements(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
 
+// A random counter with its device step read now (when the kernel runs: at each replay of a recording).
+uint64_t counter_now(const RandomCounter& c) {
+  return perturbation_math::counter_at(c.base, c.per_step, c.step.defined() ? c.step.data<double>() : nullptr);
+}
+
 // out[i] = f(i) for the per-example vectors of a kernel, in the dtype of `like`.
 template <class F>
 Tensor per_example(int64_t n, DType dtype, F f) {
@@ -148,7 +153,8 @@ LlrCoefficients CpuRobustKernels::llr_coefficients(const Tensor& l, const Tensor
 }
 
 Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
-                                     uint64_t counter) {
+                                           const RandomCounter& c) {
+  const uint64_t counter = counter_now(c);
   return dispatch_floating(x.dtype(), "perturbation_init", [&](auto tag) {
     using T = decltype(tag);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
@@ -195,7 +201,8 @@ GradientAlignment CpuRobustKernels::gradient_alignment(const Tensor& g1, const T
 }
 
 ElleTriplets CpuRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
-                                             uint64_t counter) {
+                                             const RandomCounter& c) {
+  const uint64_t counter = counter_now(c);
   return dispatch_floating(x.dtype(), "elle_triplets", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = x.dim(0), inner = row_elements(x), numel = x.numel();

@@ -66,6 +66,12 @@ LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool ball, bo
   return xp - x;
 }
 
+// Where a draw's counters start: `base`, plus `per_step` times the step count the device holds at `step` (when not
+// null), read where the kernel runs (robust::RandomCounter).
+LLR_HD uint64_t counter_at(uint64_t base, uint64_t per_step, const double* step) {
+  return step ? base + per_step * static_cast<uint64_t>(*step) : base;
+}
+
 // Projection of an initial perturbation (uniform in the ball) onto the ball and the box.
 template <class T>
 LLR_HD T project(T delta, T x, T eps) {

@@ -40,6 +40,13 @@ void indices(const char* op, const char* what, const Tensor& idx, int64_t n) {
             idx.defined() ? idx.describe() : "undefined");
 }
 
+// A counter's device step: one f64 element on the device of `like`.
+void random_counter(const char* op, const RandomCounter& c, const Tensor& like) {
+  LLR_CHECK(!c.step.defined() || (c.step.dtype() == DType::f64 && c.step.numel() == 1 && c.step.device() == like.device()),
+            op, ": a random counter's step must be one f64 element on the ", device_name(like.device()), ", got ",
+            c.step.describe());
+}
+
 void logits(const char* op, const Tensor& z) {
   LLR_CHECK(z.defined() && is_floating(z.dtype()) && z.rank() == 2 && z.dim(1) >= 2, op,
             ": logits must be floating [N, K] with K >= 2, got ", z.defined() ? z.describe() : "undefined");
@@ -47,8 +54,9 @@ void logits(const char* op, const Tensor& z) {
 
 }  // namespace
 
-void perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t, uint64_t) {
+void perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t, const RandomCounter& counter) {
   perturbation_dtype("perturbation_init", {&x});
+  random_counter("perturbation_init", counter, x);
   LLR_CHECK(eps >= 0 && normal_scale >= 0, "perturbation_init: eps ", eps, " and normal scale ", normal_scale,
             " must be non-negative");
 }
@@ -92,8 +100,9 @@ void gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
   LLR_CHECK(guard > 0, "gradient_alignment: the norm guard ", guard, " must be positive");
 }
 
-void elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t, uint64_t) {
+void elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t, const RandomCounter& counter) {
   perturbation_dtype("elle_triplets", {&x});
+  random_counter("elle_triplets", counter, x);
   batch("elle_triplets", x);
   indices("elle_triplets", "labels", labels, x.dim(0));
   LLR_CHECK(eps >= 0, "elle_triplets: eps ", eps, " must be non-negative");

@@ -10,6 +10,20 @@
 
 namespace llr {
 
+// Where a random draw's counters start (element i draws from (seed, counter + i)): `base`, plus `per_step` times the
+// step count the device holds in `step` (one f64 element) when that is defined. The kernel reads the step where it
+// runs, so a recorded training step (train/step.h) draws new numbers at each replay, as the eager steps do. A plain
+// number converts to a counter without a device step.
+struct RandomCounter {
+  RandomCounter(uint64_t b = 0) : base(b) {}  // NOLINT(google-explicit-constructor): a plain counter
+  RandomCounter(uint64_t b, uint64_t per, Tensor device_step) : base(b), per_step(per), step(std::move(device_step)) {}
+  RandomCounter plus(uint64_t offset) const { return {base + offset, per_step, step}; }
+
+  uint64_t base = 0, per_step = 0;
+  Tensor step;
+};
+inline double bytes_of(const RandomCounter&) { return 0.0; }
+
 // LLR per-example coefficients (robust::llr_coefficients).
 struct LlrCoefficients {
   Tensor nominal_weight;    // w_nom - lambda sign(g_i): weight of l_i(x)

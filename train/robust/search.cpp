@@ -67,7 +67,7 @@ struct Run {
   Tensor delta, d, max_value, robust, broken_delta;
 };
 
-Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, uint64_t counter) {
+Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, const RandomCounter& counter) {
   const Tensor& x = rows.x;
   const int64_t n = x.dim(0);
   const bool gap = rows.gap_gradient.defined(), apgd = o.rule == StepRule::apgd;
@@ -201,7 +201,7 @@ SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchO
     res.broken_delta = backend::full_like(x, 0.0);
   }
   for (int restart = 0; restart < o.restarts; ++restart) {
-    const uint64_t counter = o.counter + static_cast<uint64_t>(restart) * stride;
+    const RandomCounter counter = o.counter.plus(static_cast<uint64_t>(restart) * stride);
     // Early stopping: only the examples not yet broken, compacted (a synchronisation per restart, none per step).
     Tensor idx;
     bool all_rows = !o.early_stop || (restart == 0 && !active.defined());

@@ -32,7 +32,8 @@ struct SearchOptions {
   Projection projection = Projection::ball_and_box;
   int restarts = 1;
   // Run r draws its start from (seed, counter + r * numel of the whole batch).
-  uint64_t seed = 0, counter = 0;
+  uint64_t seed = 0;
+  RandomCounter counter;
   // Stop each example at its first misclassification (needs the loss to report logits and problem.labels), and run
   // later restarts only on the examples not yet broken.
   bool early_stop = false;
