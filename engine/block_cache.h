@@ -6,7 +6,8 @@
 // cached shared block joins it), and a block of the pool freed goes back to the pool's own lists, so a recording's
 // temporaries keep their addresses, reserved for its replays, until the pool is released. A block from outside the
 // pool freed while the pool is open is held back too (the recorded kernels may read it) and returns with the pool's
-// blocks on release.
+// blocks on release. A pool's free and held blocks are reserved (reserved_bytes()): no tensor holds them, but nothing
+// else may have them while the recording lives, so memory reports count them as in use.
 #pragma once
 
 #include <cstddef>
@@ -27,9 +28,15 @@ class BlockCache {
   // one stream, so whatever used the block before runs before the recorded work): a recording reuses the memory the
   // eager steps before it freed instead of asking the device for its whole working set again.
   void* take(size_t cls) {
-    if (open_ < 0) return pop(free_, cls);
-    void* p = pop(pools_.at(open_).free, cls);
-    if (!p && (p = pop(free_, cls))) owner_[p] = open_;
+    if (open_ >= 0) {
+      if (void* p = pop(pools_.at(open_).free, cls)) {
+        reserved_ -= cls;
+        return p;
+      }
+    }
+    void* p = pop(free_, cls);
+    if (p) shared_ -= cls;
+    if (p && open_ >= 0) owner_[p] = open_;
     return p;
   }
   // Fresh memory now in use: the open pool's, if one is open.
@@ -41,10 +48,13 @@ class BlockCache {
     auto it = owner_.find(p);
     if (it != owner_.end()) {
       pools_.at(it->second).free[cls].push_back(p);
+      reserved_ += cls;
     } else if (open_ >= 0) {
       pools_.at(open_).held[cls].push_back(p);
+      reserved_ += cls;
     } else {
       free_[cls].push_back(p);
+      shared_ += cls;
     }
   }
 
@@ -65,8 +75,12 @@ class BlockCache {
     if (open_ == id) open_ = -1;
     auto pool = pools_.find(id);
     if (pool == pools_.end()) return;
-    for (auto* lists : {&pool->second.free, &pool->second.held})
+    for (auto* lists : {&pool->second.free, &pool->second.held}) {
+      const size_t bytes = bytes_of(*lists);
+      reserved_ -= bytes;
+      shared_ += bytes;
       for (auto& [cls, blocks] : *lists) free_[cls].insert(free_[cls].end(), blocks.begin(), blocks.end());
+    }
     for (auto it = owner_.begin(); it != owner_.end();) it = it->second == id ? owner_.erase(it) : std::next(it);
     pools_.erase(pool);
   }
@@ -75,14 +89,15 @@ class BlockCache {
   FreeLists drain() {
     FreeLists out;
     out.swap(free_);
+    shared_ = 0;
     return out;
   }
   // Bytes on the shared free lists and in every pool's lists (cached: not in use by a tensor).
-  size_t cached_bytes() const {
-    size_t n = bytes_of(free_);
-    for (const auto& [id, pool] : pools_) n += bytes_of(pool.free) + bytes_of(pool.held);
-    return n;
-  }
+  size_t cached_bytes() const { return shared_ + reserved_; }
+  // Bytes on the shared free lists only: what any request may have.
+  size_t shared_bytes() const { return shared_; }
+  // Bytes on the pools' lists: reserved for their recordings' replays.
+  size_t reserved_bytes() const { return reserved_; }
   bool pool_open() const { return open_ >= 0; }
   size_t live_pools() const { return pools_.size(); }
 
@@ -106,6 +121,7 @@ class BlockCache {
   std::map<int, Pool> pools_;
   std::unordered_map<void*, int> owner_;
   int open_ = -1, next_id_ = 0;
+  size_t shared_ = 0, reserved_ = 0;  // bytes on the shared lists and on the pools' lists
 };
 
 }  // namespace llr

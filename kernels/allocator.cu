@@ -21,7 +21,8 @@ std::string malloc_failure_message(cudaError_t status, size_t bytes, const Alloc
   std::ostringstream os;
   if (status == cudaErrorMemoryAllocation) {
     os << "CUDA out of memory: asked for " << mib(bytes) << " (" << bytes << " bytes) with " << mib(held.bytes_in_use)
-       << " in use by tensors and " << mib(held.bytes_cached) << " cached, after freeing the cache and retrying";
+       << " in use by tensors, " << mib(held.bytes_reserved) << " reserved for recorded steps (--cuda-graphs) and "
+       << mib(held.bytes_cached) << " cached, after freeing the cache and retrying";
   } else {
     // Anything else is not about memory: usually a sticky error that an earlier kernel left (an illegal address, a
     // launch failure), which cudaMalloc is merely the first call to report. Every later CUDA call fails the same way.
@@ -66,10 +67,7 @@ void* CachingAllocator::allocate(size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ptr = cache_.take(cls);
-    if (ptr) {
-      stats_.bytes_cached -= cls;
-      ++stats_.reuses;
-    }
+    if (ptr) ++stats_.reuses;
   }
   if (!ptr) {
     cudaError_t status = device_malloc(&ptr, cls);
@@ -89,7 +87,7 @@ void* CachingAllocator::allocate(size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.bytes_in_use += cls;
-    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use + cache_.reserved_bytes());
   }
   if (poison_) {
     cudaError_t status = cudaMemsetAsync(ptr, 0xFF, cls, context().stream());
@@ -107,7 +105,6 @@ void CachingAllocator::deallocate(void* ptr, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   cache_.give_back(ptr, cls);
   stats_.bytes_in_use -= cls;
-  stats_.bytes_cached += cls;
 }
 
 int CachingAllocator::open_pool() {
@@ -132,12 +129,15 @@ size_t CachingAllocator::live_pools() const {
 
 AllocatorStats CachingAllocator::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
+  AllocatorStats s = stats_;
+  s.bytes_cached = cache_.shared_bytes();
+  s.bytes_reserved = cache_.reserved_bytes();
+  return s;
 }
 
 void CachingAllocator::reset_peak() {
   std::lock_guard<std::mutex> lock(mutex_);
-  stats_.peak_bytes_in_use = stats_.bytes_in_use;
+  stats_.peak_bytes_in_use = stats_.bytes_in_use + cache_.reserved_bytes();
 }
 
 size_t CachingAllocator::bytes_available() const {
@@ -151,7 +151,6 @@ void CachingAllocator::release_cache() {
   cudaStreamSynchronize(context_stream_or_null());
   for (auto& [cls, list] : cache_.drain()) {
     for (void* p : list) cudaFree(p);
-    stats_.bytes_cached -= cls * list.size();
   }
 }
 

@@ -17,8 +17,11 @@
 namespace llr::cuda {
 
 struct AllocatorStats {
-  size_t bytes_in_use = 0;
-  size_t bytes_cached = 0;
+  size_t bytes_in_use = 0;    // held by tensors
+  size_t bytes_cached = 0;    // free for any request
+  size_t bytes_reserved = 0;  // free but kept for a recording's replays (engine/block_cache.h)
+  // The peak of bytes in use and reserved: a recording's working set counts while it lives, though its replays
+  // allocate nothing.
   size_t peak_bytes_in_use = 0;
   size_t cuda_malloc_calls = 0;
   size_t reuses = 0;

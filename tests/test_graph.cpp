@@ -18,7 +18,9 @@
 #include "train/methods/method.h"
 #include "train/optimizer.h"
 #include "train/robust/robust_kernels.h"
+#include "train/safetensors.h"
 #include "train/step.h"
+#include "train/trainer.h"
 
 namespace llr::test {
 namespace {
@@ -28,11 +30,17 @@ TEST_SUITE_BEGIN("fast");
 
 void* addr(uintptr_t a) { return reinterpret_cast<void*>(a); }
 
-// Graphs on for the scope, restored after.
+// Graphs on for the scope, and whole training steps recorded on the CPU too, restored after.
 struct GraphsOn {
-  bool was = graph::enabled();
-  GraphsOn() { graph::set_enabled(true); }
-  ~GraphsOn() { graph::set_enabled(was); }
+  bool was = graph::enabled(), cpu_steps = TrainingSteps::record_on_cpu();
+  GraphsOn() {
+    graph::set_enabled(true);
+    TrainingSteps::set_record_on_cpu(true);
+  }
+  ~GraphsOn() {
+    graph::set_enabled(was);
+    TrainingSteps::set_record_on_cpu(cpu_steps);
+  }
 };
 
 TEST_CASE("block cache: an open pool serves and keeps its own blocks and holds back outside blocks freed meanwhile") {
@@ -56,6 +64,9 @@ TEST_CASE("block cache: an open pool serves and keeps its own blocks and holds b
   c.give_back(addr(0x2000), 512);
   c.give_back(addr(0x3000), 1024);    // an outside block freed during the recording: held back
   c.close_pool(pool);
+  // The pool's free and held blocks are reserved for its replays, not cached for anyone.
+  CHECK(c.reserved_bytes() == 512 + 512 + 1024);
+  CHECK(c.shared_bytes() == 0);
 
   // Closed but live: new requests come from the shared lists again (empty); the pool's blocks stay reserved.
   CHECK(c.take(1024) == nullptr);
@@ -65,6 +76,8 @@ TEST_CASE("block cache: an open pool serves and keeps its own blocks and holds b
   c.release_pool(pool);
   CHECK(c.live_pools() == 0);
   CHECK(c.cached_bytes() == 512 + 512 + 1024);
+  CHECK(c.reserved_bytes() == 0);
+  CHECK(c.shared_bytes() == 512 + 512 + 1024);
   CHECK(c.take(1024) == addr(0x3000));
   CHECK(c.take(512) != nullptr);
   CHECK(c.take(512) != nullptr);
@@ -94,6 +107,8 @@ TEST_CASE("block cache: a pool block still in use when its pool is released retu
   BlockCache::FreeLists drained = c.drain();
   CHECK(drained[512] == std::vector<void*>{addr(0x5000)});
   CHECK(c.cached_bytes() == 512);  // the pool's block
+  CHECK(c.reserved_bytes() == 512);
+  CHECK(c.shared_bytes() == 0);
   c.release_pool(p2);
   CHECK(c.take(512) == addr(0x6000));
 }
@@ -261,6 +276,101 @@ TEST_CASE("whole training steps replayed from one recording equal the eager step
   }
 }
 
+// Natural training that reads its loss on the host, which a recorded step must not.
+class ReadsOnHost final : public Method {
+ public:
+  const char* name() const override { return "reads-on-host"; }
+  const char* summary() const override { return ""; }
+  const char* cost() const override { return "3F"; }
+  std::unique_ptr<Method> clone() const override { return std::make_unique<ReadsOnHost>(); }
+  ObjectiveResult build(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
+                        const StepContext& ctx) const override {
+    ObjectiveResult r = natural_->build(model, x, y, robust, ctx);
+    (void)r.loss.item();
+    return r;
+  }
+
+ private:
+  std::unique_ptr<Method> natural_ = method_with("natural");
+};
+
+TEST_CASE("a training step whose recording fails runs eagerly once with graphs switched off") {
+  auto run = [](bool graphs) {
+    auto model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
+    Sgd sgd(*model, {0.9, false, 5e-4});
+    ReadsOnHost method;
+    RobustSettings robust;
+    GraphsOn on;
+    graph::set_enabled(graphs);
+    TrainingSteps runner(*model, sgd, method, robust);
+    Generator gen(3);
+    for (int s = 0; s < 4; ++s) {
+      StepContext ctx;
+      ctx.step = static_cast<uint64_t>(s);
+      runner.run(gen.uniform({4, 8, 8, 3}, 0, 1, DType::f32, Layout::nhwc), gen.randint({4}, 0, 10), ctx, 0.05);
+      CHECK_FALSE(runner.last_step_recorded());
+    }
+    CHECK_FALSE(graph::enabled());
+    return model;
+  };
+  auto eager = run(false);
+  const graph::Stats before = graph::stats();
+  auto failed = run(true);
+  CHECK(graph::stats().failures == before.failures + 1);
+  // The failed recording ran the step's forward pass (on the CPU) up to the host read: the batch-norm averages it
+  // updated were put back, so the eager rerun updates them once, and its counters count once.
+  const auto& a = failed->registry().entries();
+  const auto& b = eager->registry().entries();
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO(a[i].name);
+    CHECK(compare(a[i].tensor, b[i].tensor, 0, 0).max_violation == 0);
+  }
+  for (size_t i = 0; i < failed->registry().counters().size(); ++i)
+    CHECK(*failed->registry().counters()[i].second == *eager->registry().counters()[i].second);
+}
+
+TEST_CASE("llrtrain train with recorded steps saves the checkpoint an eager run saves bit for bit") {
+  // Two epochs of 3 steps: step 1 recorded, 2 replayed; the evaluation at the epoch's end drops the recording, step 3
+  // records again and 4 and 5 replay.
+  namespace fs = std::filesystem;
+  fs::path dir = temp_dir("train_graphs");
+  TrainConfig c;
+  c.data.data = "synthetic";
+  c.data.synthetic_train = 96;
+  c.data.synthetic_val = 16;
+  c.model = "wrn-10-1";
+  c.method = "pgd";
+  c.robust.attack_steps = 2;
+  c.robust.eps_warmup = 0;
+  c.batch = 32;
+  c.epochs = 2;
+  c.lr = 0.05;
+  c.schedule = "cosine";
+  c.device = "cpu";
+  c.seed = 3;
+  c.out = (dir / "eager").string();
+  train(c);
+  GraphsOn on;
+  c.cuda_graphs = true;
+  c.out = (dir / "graphs").string();
+  const graph::Stats before = graph::stats();
+  train(c);
+  CHECK(graph::stats().recordings == before.recordings + 2);
+  CHECK(graph::stats().replays == before.replays + 3);
+  CHECK(graph::stats().failures == before.failures);
+  for (const char* file : {"model.safetensors", "train_state-00000006.safetensors"}) {
+    INFO(file);
+    io::SafetensorsFile a = io::read_safetensors((dir / "eager" / file).string());
+    io::SafetensorsFile b = io::read_safetensors((dir / "graphs" / file).string());
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (const auto& [name, t] : a.tensors) {
+      INFO(name);
+      CHECK(t.bytes == b.tensors.at(name).bytes);
+    }
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a recorded training step draws its random start from the step count on the device at each replay") {
   // The same start as a plain counter gives, and a new one when the device's step changes, without recording again.
   Generator gen(4);
@@ -282,6 +392,8 @@ TEST_CASE("a recorded training step draws its random start from the step count o
   CHECK(compare(robust::perturbation_init(x, 0.1, 0.0, 9, 6 * numel),
                 robust::perturbation_init(x, 0.1, 0.0, 9, 5 * numel), 0, 0)
             .max_violation > 0);
+  const RandomCounter bad(0, numel, Tensor::zeros({}, DType::f32, Layout::plain, Device::cpu));
+  CHECK_THROWS_WITH_AS(robust::perturbation_init(x, 0.1, 0.0, 9, bad), doctest::Contains("one f64 element"), Error);
 }
 
 TEST_CASE("a weight's compute copy is reused eagerly and in scoped recordings and made anew in a lasting one") {

@@ -77,13 +77,6 @@ TEST_CASE("SGD updates every parameter by PyTorch's rule and counts non-finite r
   }
 }
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("llr_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
 // CIFAR records: label, then R, G, B planes; pixel value = (record * 7 + plane * 3 + position) mod 256.
 std::string cifar_bytes(int records, int bad_label_at = -1) {
   std::string s;

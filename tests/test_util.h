@@ -1,9 +1,12 @@
-// Helpers shared by the tests: seeded random tensors and elementwise comparisons that name the worst element.
+// Helpers shared by the tests: seeded random tensors, elementwise comparisons that name the worst element, and an
+// empty temporary folder per test process.
 #pragma once
 
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <string>
 
@@ -12,6 +15,15 @@
 #include "engine/rng.h"
 
 namespace llr::test {
+
+// An empty folder named after the test and the process (created anew).
+inline std::filesystem::path temp_dir(const std::string& name) {
+  std::filesystem::path p =
+      std::filesystem::temp_directory_path() / ("llr_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
 
 // Every test seeds its generator with a fixed value; failures print it (rerun with the same binary and test name).
 inline Generator seeded(uint64_t seed) {

@@ -28,7 +28,10 @@ BenchMethod parse_bench_method(const std::string& spec) {
 
 void run_bench(BenchConfig cfg) {
   validate(cfg);
-  graph::set_enabled(cfg.cuda_graphs);
+  // --memory lists the tensors live at the peak, which replays of a recorded step do not make: it measures eager steps.
+  if (cfg.cuda_graphs && cfg.memory)
+    std::fprintf(stderr, "note: --memory measures eager steps; --cuda-graphs ignored\n");
+  graph::set_enabled(cfg.cuda_graphs && !cfg.memory);
   Device device = resolve_device(cfg.device);
   if (cfg.precision == "auto") cfg.precision = device == Device::cuda ? "bf16" : "fp32";
   DType compute = resolve_precision(cfg.precision, device);

@@ -1,5 +1,7 @@
 #include "train/step.h"
 
+#include <atomic>
+
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/profile.h"
@@ -54,23 +56,33 @@ struct TrainingSteps::Recorded {
 
 bool TrainingSteps::Key::operator==(const Key& o) const {
   return x_shape == o.x_shape && y_shape == o.y_shape && x_dtype == o.x_dtype && y_dtype == o.y_dtype &&
-         device == o.device && compute == o.compute && seed == o.seed && eps == o.eps &&
-         update_running == o.update_running;
+         x_layout == o.x_layout && y_layout == o.y_layout && device == o.device && compute == o.compute &&
+         seed == o.seed && eps == o.eps && update_running == o.update_running;
 }
+
+namespace {
+std::atomic<bool> cpu_steps_recorded{false};
+}  // namespace
 
 TrainingSteps::TrainingSteps(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust)
     : model_(model), optimizer_(optimizer), method_(method), robust_(robust) {}
 
+void TrainingSteps::set_record_on_cpu(bool on) { cpu_steps_recorded = on; }
+bool TrainingSteps::record_on_cpu() { return cpu_steps_recorded.load(); }
+
 TrainingSteps::~TrainingSteps() = default;
 
+void TrainingSteps::release() { rec_.reset(); }
+
 TrainingSteps::Key TrainingSteps::key_of(const Tensor& x, const Tensor& y, const StepContext& ctx) {
-  return {x.shape(), y.shape(), x.dtype(), y.dtype(), x.device(), ctx.compute, ctx.seed, ctx.eps, ctx.update_running};
+  return {x.shape(),  y.shape(),   x.dtype(), y.dtype(), x.layout(),        y.layout(),
+          x.device(), ctx.compute, ctx.seed,  ctx.eps,   ctx.update_running};
 }
 
-void TrainingSteps::load_inputs(const Tensor& x, const Tensor& y, const StepContext& ctx) {
-  copy_into(rec_->x, x);
-  copy_into(rec_->y, y);
-  backend::fill(rec_->step, static_cast<double>(ctx.step));
+void TrainingSteps::load_inputs(Recorded& r, const Tensor& x, const Tensor& y, const StepContext& ctx) {
+  copy_into(r.x, x);
+  copy_into(r.y, y);
+  backend::fill(r.step, static_cast<double>(ctx.step));
 }
 
 void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& ctx) {
@@ -79,13 +91,18 @@ void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& 
   rec->x = Tensor::empty(x.shape(), x.dtype(), x.layout(), x.device());
   rec->y = Tensor::empty(y.shape(), y.dtype(), y.layout(), y.device());
   rec->step = Tensor::zeros({}, DType::f64, Layout::plain, x.device());
-  rec_ = std::move(rec);
-  load_inputs(x, y, ctx);
+  load_inputs(*rec, x, y, ctx);
   StepContext rctx = ctx;
-  rctx.device_step = rec_->step;
+  rctx.device_step = rec->step;
   const std::vector<int64_t> before = counter_values(model_);
+  // A CPU recording runs the step: if it fails part way, the batch-norm averages it updated are put back (the weights
+  // and momentum are the optimiser's, outside the recording). A failed capture on the GPU ran nothing.
+  std::vector<std::pair<Tensor, Tensor>> buffers;
+  if (x.device() == Device::cpu)
+    for (const nets::NamedTensor& e : model_.registry().entries())
+      if (e.kind == nets::TensorKind::buffer) buffers.emplace_back(e.tensor, e.tensor.clone());
   try {
-    Recorded* r = rec_.get();
+    Recorded* r = rec.get();
     r->replay = graph::record(
         x.device(),
         [&] {
@@ -94,27 +111,28 @@ void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& 
         },
         graph::Span::lasting);
   } catch (const std::exception& e) {
-    // The host code ran (the counters moved) while the recorded work did not (on the GPU), or partly (on the CPU):
-    // the caller runs this step eagerly, from the counters as they were.
+    // The host code ran (the counters moved) while the recorded work did not, or partly: the caller runs this step
+    // eagerly, from the state before it.
     auto& counters = model_.registry().counters();
     for (size_t i = 0; i < counters.size(); ++i) *counters[i].second = before[i];
-    rec_.reset();
+    for (auto& [buffer, saved] : buffers) copy_into(buffer, saved);
     graph::switch_off("recording a training step", e);
     return;
   }
   // The host code ran once while recording: its counts become the increments each run of the recording adds.
   auto& counters = model_.registry().counters();
   for (size_t i = 0; i < counters.size(); ++i) {
-    rec_->counter_increments.push_back(*counters[i].second - before[i]);
+    rec->counter_increments.push_back(*counters[i].second - before[i]);
     *counters[i].second = before[i];
   }
+  rec_ = std::move(rec);
 }
 
 StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
   last_recorded_ = false;
   auto eager = [&] { return training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr); };
   const bool graphs = graph::enabled() && !profile::timing() && !graph::recording() && ctx.fixed_delta == nullptr &&
-                      !ctx.device_step.defined();
+                      !ctx.device_step.defined() && (x.device() != Device::cpu || record_on_cpu());
   if (!graphs) {
     rec_.reset();
     previous_.reset();
@@ -133,7 +151,7 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
     if (!rec_) return eager();
     ran = rec_->replay->ran_while_recording();
   } else {
-    load_inputs(x, y, ctx);
+    load_inputs(*rec_, x, y, ctx);
   }
   if (!ran) {
     try {

@@ -31,10 +31,17 @@ StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& metho
 // A replay gets its batch copied into the recording's input buffers, its step count written to the device (where
 // the random starts draw from: methods::draw_counter), and the batch-norm step counters counted on, on the host;
 // the SGD update runs after it, outside the recording, with this step's learning rate. If recording or replaying
-// fails, graphs are switched off with a warning and the steps run eagerly.
+// fails, graphs are switched off with a warning and the steps run eagerly. While a recording lives its working set
+// stays reserved (engine/block_cache.h): release() frees it, for work that needs the memory (an evaluation).
+//
+// Steps on the CPU are recorded only after set_record_on_cpu(true) (the tests): a CPU recording keeps every tensor
+// the step makes (engine/graph.h), the sum of its allocations where an eager step needs their peak.
 class TrainingSteps {
  public:
   TrainingSteps(nets::Model& model, Sgd& optimizer, const Method& method, const RobustSettings& robust);
+  // Process-wide, off by default.
+  static void set_record_on_cpu(bool on);
+  static bool record_on_cpu();
   ~TrainingSteps();
   TrainingSteps(const TrainingSteps&) = delete;
   TrainingSteps& operator=(const TrainingSteps&) = delete;
@@ -44,12 +51,16 @@ class TrainingSteps {
   StepOutput run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr);
   // Whether the last step was a replay (or, on the CPU, the recording that ran it).
   bool last_step_recorded() const { return last_recorded_; }
+  // Drops the recording (its memory returns to the allocator's cache); the next step with the same settings records
+  // again.
+  void release();
 
  private:
   // What a recording is valid for: the host values its kernels keep.
   struct Key {
     Shape x_shape, y_shape;
     DType x_dtype = DType::f32, y_dtype = DType::i32;
+    Layout x_layout = Layout::plain, y_layout = Layout::plain;
     Device device = Device::cpu;
     DType compute = DType::f32;
     uint64_t seed = 0;
@@ -59,9 +70,9 @@ class TrainingSteps {
   };
   struct Recorded;
   static Key key_of(const Tensor& x, const Tensor& y, const StepContext& ctx);
-  // Records the step of ctx on (x, y) into rec_ (nullptr: it failed, and graphs are off).
+  // Records the step of ctx on (x, y) into rec_ (left empty if it failed: graphs are off then).
   void record(const Tensor& x, const Tensor& y, const StepContext& ctx);
-  void load_inputs(const Tensor& x, const Tensor& y, const StepContext& ctx);
+  static void load_inputs(Recorded& r, const Tensor& x, const Tensor& y, const StepContext& ctx);
 
   nets::Model& model_;
   Sgd& optimizer_;

@@ -309,6 +309,9 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     accumulate(adv_acc, out.adv_correct);
     for (const auto& [k, v] : out.metrics) accumulate(metric_acc[k], v);
     seen_acc += cfg.batch;
+    // A time budget is spent by the device's work, not by the host's queueing of it: the host may run a step or
+    // more ahead (many steps, when steps are replayed graphs), so a budgeted run waits for each step.
+    if (budgeted) backend_for(device).synchronize();
 
     const bool budget_spent =
         budgeted && train_seconds + window_seconds + std::chrono::duration<double>(clock::now() - step_start).count() >=
@@ -361,6 +364,7 @@ TrainSummary train(TrainConfig cfg, const TrainOptions& opt) {
     }
     if (epoch_end || stop || interrupted) {
       if (!d.eval.empty() && epoch_end) {
+        steps.release();  // a recorded step's working set, back to the cache for the evaluation
         EvalResult r = evaluate(*model, d.eval, cfg.eval_batch, compute);
         json m = {{"step", step + 1}, {"epoch", double(step + 1) / double(steps_per_epoch)}, {"split", d.eval_split},
                   {"loss", r.loss},   {"accuracy", r.accuracy},                             {"n", r.n},

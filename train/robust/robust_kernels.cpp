@@ -42,7 +42,8 @@ void indices(const char* op, const char* what, const Tensor& idx, int64_t n) {
 
 // A counter's device step: one f64 element on the device of `like`.
 void random_counter(const char* op, const RandomCounter& c, const Tensor& like) {
-  LLR_CHECK(!c.step.defined() || (c.step.dtype() == DType::f64 && c.step.numel() == 1 && c.step.device() == like.device()),
+  LLR_CHECK(!c.step.defined() ||
+                (c.step.dtype() == DType::f64 && c.step.numel() == 1 && c.step.device() == like.device()),
             op, ": a random counter's step must be one f64 element on the ", device_name(like.device()), ", got ",
             c.step.describe());
 }
