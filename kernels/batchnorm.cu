@@ -63,9 +63,10 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   });
   channel_sum<2, S>(rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n);
+    ChannelPack<S> ks = load_channels(pk, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
-      S d = xs[j] - pk[pack_channel(c, j, n)];
+      S d = xs[j] - ks[j];
       o.v[0][j] = d;
       o.v[1][j] = d * d;
     }
@@ -78,22 +79,43 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   return {mean, var};
 }
 
-// dx = value(x, gy, c) plus the addend (in A; null: none), written in D, in one packed pass over x and gy (null: not
-// read, value gets 0).
-template <class Name, class T, class D, class A, class F>
-void dx_pass(int64_t n, int64_t C, const T* px, const T* pg, const A* pa, D* dx, F value) {
+// The per-channel values a pass reads, NP arrays of them, for the kPack elements of a pack (load_channels).
+template <int NP, class S>
+struct PackParams {
+  ChannelPack<S> p[NP];
+};
+
+template <int NP, class S>
+__device__ __forceinline__ PackParams<NP, S> load_params(const S* const* arrays, int64_t c, int64_t C) {
+  PackParams<NP, S> out;
+#pragma unroll
+  for (int a = 0; a < NP; ++a) out.p[a] = load_channels(arrays[a], c, C);
+  return out;
+}
+
+// Up to 8 per-channel arrays (null: zeros), captured by value in a kernel's closure.
+template <int NP, class S>
+struct ParamArrays {
+  const S* a[NP];
+};
+
+// dx = value(x, gy, params, k) plus the addend (in A; null: none), written in D, in one packed pass over x and gy
+// (null: not read, value gets 0); params holds the pack's values of the per-channel arrays `arrays`, k the element's
+// place in the pack.
+template <class Name, int NP, class T, class D, class A, class S, class F>
+void dx_pass(int64_t n, int64_t C, const T* px, const T* pg, const A* pa, D* dx, ParamArrays<NP, S> arrays,
+             F value) {
   for_each_pack<Name>(n, [=] __device__(int64_t i, int count) {
     Pack<T> xs = load_pack(px, i, count), gs;
     if (pg) gs = load_pack(pg, i, count);
     Pack<A> as;
     if (pa) as = load_pack(pa, i, count);
     Pack<D> out;
-    int64_t c = channel_of(i, C);
+    const PackParams<NP, S> params = load_params<NP, S>(arrays.a, channel_of(i, C), C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      acc_t<T> d = value(xs[k], pg ? gs[k] : acc_t<T>(0), c);
+      acc_t<T> d = value(xs[k], pg ? gs[k] : acc_t<T>(0), params, k);
       out[k] = pa ? d + as[k] : d;
-      c = next_channel(c, C);
     }
     store_pack(dx, i, out, count);
   });
@@ -111,8 +133,9 @@ Tensor batch_stats_backward_as(const Tensor& x, const Tensor& mean, const Tensor
   int64_t C = v.channels;
   S inv = S(1) / S(v.rows);
   dx_pass<batch_stats_backward_k>(x.numel(), C, px, static_cast<const T*>(nullptr), pa, ptr<D>(dx),
-                                  [=] __device__(S xi, S, int64_t c) {
-                                    return inv * (pgm[c] + S(2) * (xi - pm[c]) * pgv[c]);
+                                  ParamArrays<3, S>{{pgm, pm, pgv}},
+                                  [=] __device__(S xi, S, const PackParams<3, S>& q, int k) {
+                                    return inv * (q.p[0][k] + S(2) * (xi - q.p[1][k]) * q.p[2][k]);
                                   });
   return dx;
 }
@@ -136,10 +159,11 @@ std::pair<Tensor, Tensor> batch_stats_tangent_impl(const Tensor& x, const Tensor
   S* ps = ptr<S>(sums);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
+    ChannelPack<S> ms = load_channels(pm, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
       o.v[0][j] = ds[j];
-      o.v[1][j] = (xs[j] - pm[pack_channel(c, j, n)]) * ds[j];
+      o.v[1][j] = (xs[j] - ms[j]) * ds[j];
     }
   }, ps);
   Tensor md = new_stat(C, x), vd = new_stat(C, x);
@@ -180,14 +204,14 @@ BatchStatsTangentGrads batch_stats_tangent_backward_as(const Tensor& x, const Te
     if (pad) ads = load_pack(pad, i, n);
     Pack<DX> ox;
     Pack<DD> od;
-    int64_t c = channel_of(i, C);
+    const int64_t c = channel_of(i, C);
+    ChannelPack<S> as = load_channels(pa, c, C), bs = load_channels(pb, c, C), ms = load_channels(pm, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      S d = inv * (pa[c] + S(2) * pb[c] * (xs[k] - pm[c]));
-      S e = inv * S(2) * pb[c] * ds[k];
+      S d = inv * (as[k] + S(2) * bs[k] * (xs[k] - ms[k]));
+      S e = inv * S(2) * bs[k] * ds[k];
       od[k] = pad ? d + ads[k] : d;
       ox[k] = pax ? e + axs[k] : e;
-      c = next_channel(c, C);
     }
     store_pack(dd, i, od, n);
     store_pack(dx, i, ox, n);
@@ -222,12 +246,13 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   S e = static_cast<S>(eps);
   for_each_pack<bn_act_forward_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> v = load_pack(px, i, n);
-    int64_t c = channel_of(i, C);
+    const int64_t c = channel_of(i, C);
+    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), gs = load_channels(pg, c, C),
+                   bs = load_channels(pb, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      S a = math::bn_normalize<S>(v[k], pm[c], math::bn_inv_std<S>(pv[c], e), pg[c], pb[c]);
+      S a = math::bn_normalize<S>(v[k], ms[k], math::bn_inv_std<S>(vs[k], e), gs[k], bs[k]);
       v[k] = math::activation_derivative<S>(act, 0, a);
-      c = next_channel(c, C);
     }
     store_pack(o, i, v, n);
   });
@@ -250,17 +275,19 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
   D* dx = ptr<D>(out.x);
   const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
   S e = static_cast<S>(eps);
-  // g' = phi'(a) gy and the direct part of dx (without the addend) for x = xi, gy = gi in channel c.
-  auto direct_part = [=] __device__(S xi, S gi, int64_t c, S* gp) {
-    S r = math::bn_inv_std<S>(pv[c], e);
-    *gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * gi;
-    return ps[c] * r * *gp;
+  // g' = phi'(a) gy and the direct part of dx (without the addend) for x = xi, gy = gi in a channel of mean m,
+  // variance var, scale s and shift b.
+  auto direct_part = [=] __device__(S xi, S gi, S m, S var, S s, S b, S* gp) {
+    S r = math::bn_inv_std<S>(var, e);
+    *gp = math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, m, r, s, b)) * gi;
+    return s * r * *gp;
   };
   if (!need_stats && !need_params) {  // every attack and search step: element-wise only
-    dx_pass<bn_act_backward_input_k>(x.numel(), C, px, pg, pa, dx, [=] __device__(S xi, S gi, int64_t c) {
-      S gp;
-      return direct_part(xi, gi, c, &gp);
-    });
+    dx_pass<bn_act_backward_input_k>(x.numel(), C, px, pg, pa, dx, ParamArrays<4, S>{{pm, pv, ps, pb}},
+                                     [=] __device__(S xi, S gi, const PackParams<4, S>& q, int k) {
+                                       S gp;
+                                       return direct_part(xi, gi, q.p[0][k], q.p[1][k], q.p[2][k], q.p[3][k], &gp);
+                                     });
     return out;
   }
   ++op_counters().bn_channel_reductions;
@@ -271,13 +298,14 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
     Pack<A> as;
     if (pa) as = load_pack(pa, i, n);
     Pack<D> out;
+    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+                   bs = load_channels(pb, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
-      int64_t cj = pack_channel(c, j, n);
-      S gp, d = direct_part(xs[j], gs[j], cj, &gp);
+      S gp, d = direct_part(xs[j], gs[j], ms[j], vs[j], ss[j], bs[j], &gp);
       out[j] = pa ? d + as[j] : d;
       o.v[0][j] = gp;
-      o.v[1][j] = gp * (xs[j] - pm[cj]);
+      o.v[1][j] = gp * (xs[j] - ms[j]);
     }
     store_pack(dx, i, out, n);
   }, sp);
@@ -327,21 +355,23 @@ BnNormalizeGrads bn_act_train_backward_as(const Tensor& x, const Tensor& mean, c
           *gv = ptr<S>(g_var);
   const A* pa = addend.defined() ? ptr<A>(addend) : nullptr;
   S e = static_cast<S>(eps);
-  auto gprime = [=] __device__(S xi, S gi, int64_t c) {
-    S r = math::bn_inv_std<S>(pv[c], e);
-    return math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c])) * gi;
+  // g' = phi'(a) gy in a channel of mean m, variance var, scale s and shift b.
+  auto gprime = [=] __device__(S xi, S gi, S m, S var, S s, S b) {
+    S r = math::bn_inv_std<S>(var, e);
+    return math::activation_derivative<S>(act, 1, math::bn_normalize<S>(xi, m, r, s, b)) * gi;
   };
   ++op_counters().bn_channel_reductions;
   Tensor sums = scratch(2 * C, x), coef = scratch(3 * C, x);
   S *sp = ptr<S>(sums), *cf = ptr<S>(coef);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
+    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+                   bs = load_channels(pb, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
-      int64_t cj = pack_channel(c, j, n);
-      S gp = gprime(xs[j], gs[j], cj);
+      S gp = gprime(xs[j], gs[j], ms[j], vs[j], ss[j], bs[j]);
       o.v[0][j] = gp;
-      o.v[1][j] = gp * (xs[j] - pm[cj]);
+      o.v[1][j] = gp * (xs[j] - ms[j]);
     }
   }, sp);
   BnNormalizeGrads out;
@@ -361,9 +391,13 @@ BnNormalizeGrads bn_act_train_backward_as(const Tensor& x, const Tensor& mean, c
     }
   });
   out.x = Tensor::empty(x.shape(), dtype_of_storage<D>(), x.layout(), Device::cuda);
-  dx_pass<bn_act_train_backward_k>(x.numel(), C, px, pg, pa, ptr<D>(out.x), [=] __device__(S xi, S gi, int64_t c) {
-    return cf[c] * gprime(xi, gi, c) + cf[C + c] + cf[2 * C + c] * (xi - pm[c]);
-  });
+  const S* cfc = cf;  // direct, stats_b and stats_d per channel, as above
+  dx_pass<bn_act_train_backward_k>(
+      x.numel(), C, px, pg, pa, ptr<D>(out.x), ParamArrays<7, S>{{cfc, cfc + C, cfc + 2 * C, pm, pv, ps, pb}},
+      [=] __device__(S xi, S gi, const PackParams<7, S>& q, int k) {
+        const S m = q.p[3][k];
+        return q.p[0][k] * gprime(xi, gi, m, q.p[4][k], q.p[5][k], q.p[6][k]) + q.p[1][k] + q.p[2][k] * (xi - m);
+      });
   return out;
 }
 
@@ -395,15 +429,16 @@ Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   S e = static_cast<S>(eps);
   for_each_pack<bn_act_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
-    int64_t c = channel_of(i, C);
+    const int64_t c = channel_of(i, C);
+    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+                   bs = load_channels(pb, c, C), mds = load_channels(pmd, c, C), vds = load_channels(pvd, c, C),
+                   sds = load_channels(psd, c, C), bds = load_channels(pbd, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      S r = math::bn_inv_std<S>(pv[c], e), xi = xs[k];
-      S a = math::bn_normalize<S>(xi, pm[c], r, ps[c], pb[c]);
-      S t = math::bn_affine_tangent<S>(xi, pm[c], r, ps[c], ds[k], pmd ? pmd[c] : S(0), pvd ? pvd[c] : S(0),
-                                       psd ? psd[c] : S(0), pbd ? pbd[c] : S(0));
+      S r = math::bn_inv_std<S>(vs[k], e), xi = xs[k];
+      S a = math::bn_normalize<S>(xi, ms[k], r, ss[k], bs[k]);
+      S t = math::bn_affine_tangent<S>(xi, ms[k], r, ss[k], ds[k], mds[k], vds[k], sds[k], bds[k]);
       xs[k] = math::activation_derivative<S>(act, 1, a) * t;
-      c = next_channel(c, C);
     }
     store_pack(o, i, xs, n);
   });
@@ -423,13 +458,12 @@ Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, c
   S e = static_cast<S>(eps);
   for_each_pack<bn_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
-    int64_t c = channel_of(i, C);
+    const int64_t c = channel_of(i, C);
+    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+                   mds = load_channels(pmd, c, C), vds = load_channels(pvd, c, C);
 #pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      xs[k] = math::bn_tangent<S>(xs[k], pm[c], math::bn_inv_std<S>(pv[c], e), ps[c], ds[k], pmd ? pmd[c] : S(0),
-                                  pvd ? pvd[c] : S(0));
-      c = next_channel(c, C);
-    }
+    for (int k = 0; k < kPack; ++k)
+      xs[k] = math::bn_tangent<S>(xs[k], ms[k], math::bn_inv_std<S>(vs[k], e), ss[k], ds[k], mds[k], vds[k]);
     store_pack(o, i, xs, n);
   });
   return t;
@@ -450,12 +484,12 @@ BnTangentGrads bn_tangent_backward_as(const Tensor& x, const Tensor& mean, const
   S* sp = ptr<S>(sums);
   channel_sum<3, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<3, S>& o) {
     Pack<T> gs = load_pack(pg, i, n), xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
+    ChannelPack<S> ms = load_channels(pm, c, C), mds = load_channels(pmd, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
-      int64_t cj = pack_channel(c, j, n);
       o.v[0][j] = gs[j];
-      o.v[1][j] = gs[j] * (xs[j] - pm[cj]);
-      o.v[2][j] = gs[j] * (ds[j] - (pmd ? pmd[cj] : S(0)));
+      o.v[1][j] = gs[j] * (xs[j] - ms[j]);
+      o.v[2][j] = gs[j] * (ds[j] - mds[j]);
     }
   }, sp);
   BnTangentGrads out;
@@ -471,14 +505,14 @@ BnTangentGrads bn_tangent_backward_as(const Tensor& x, const Tensor& mean, const
     Pack<AD> as;
     if (pad) as = load_pack(pad, i, n);
     Pack<DD> a;
-    int64_t c = channel_of(i, C);
+    const int64_t c = channel_of(i, C);
+    ChannelPack<S> vs = load_channels(pv, c, C), ss = load_channels(ps, c, C), vds = load_channels(pvd, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
-      S r = math::bn_inv_std<S>(pv[c], e), g = gs[k], vd = pvd ? pvd[c] : S(0);
-      S d = ps[c] * r * g;
+      S r = math::bn_inv_std<S>(vs[k], e), g = gs[k];
+      S d = ss[k] * r * g;
       a[k] = pad ? d + as[k] : d;
-      b[k] = S(-0.5) * ps[c] * r * r * r * vd * g;
-      c = next_channel(c, C);
+      b[k] = S(-0.5) * ss[k] * r * r * r * vds[k] * g;
     }
     store_pack(dd, i, a, n);
     store_pack(dx, i, b, n);

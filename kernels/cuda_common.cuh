@@ -186,6 +186,37 @@ __device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T>& v, in
 // The channel of the element after one in channel c (a tensor with C channels on its last axis).
 __device__ __forceinline__ int64_t next_channel(int64_t c, int64_t C) { return c + 1 == C ? 0 : c + 1; }
 
+// The per-channel values of a pack's elements, the first in channel c of C (the cursor wraps past C - 1): p[c],
+// p[c + 1], ..., zeros for a null p. With 16-byte loads when the pack's channels do not wrap and p + c is aligned, as
+// in every pack of a tensor whose channel count is a multiple of kPack (every WRN and ResNet width); element by
+// element otherwise. Read per element instead, each per-channel array costs a warp kPack scattered 4-byte loads per
+// pack, each touching eight cache lines: several times the L1 cycles of the pack's own data.
+template <class S>
+struct ChannelPack {
+  S v[kPack];
+  __device__ __forceinline__ S operator[](int k) const { return v[k]; }
+};
+
+template <class S>
+__device__ __forceinline__ ChannelPack<S> load_channels(const S* p, int64_t c, int64_t C) {
+  ChannelPack<S> out;
+  if (p == nullptr) {
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) out.v[k] = S(0);
+  } else if (c + kPack <= C) {
+    Pack<S> a = load_pack(p, c, kPack);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) out.v[k] = a[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      out.v[k] = p[c];
+      c = next_channel(c, C);
+    }
+  }
+  return out;
+}
+
 template <class Name, class F>
 __global__ void for_each_pack_kernel(int64_t n, F f) {
   int64_t packs = (n + kPack - 1) / kPack;
@@ -212,8 +243,8 @@ void for_each_pack(int64_t n, F f) {
 //     for (int j = 0; j < kPack; ++j) v.v[0][j] = x[j];
 //   }, out);                            // out[k * C + c + j] = sum over rows of v.v[k][j] (out is zeroed first)
 //
-// Entries j >= count of a pack are never added; a formula that reads per-channel values there must read channel
-// pack_channel(c, j, count) (in range) rather than c + j.
+// Entries j >= count of a pack are never added; a formula that reads per-channel values there must read them in range:
+// load_channels(p, c, C) (which wraps) or channel pack_channel(c, j, count), not c + j.
 //
 // A block of 256 threads covers gpb packs of a row (consecutive 16-byte loads; all ceil(C / kPack) packs up to 256,
 // else an even share of them per tile, blockIdx.y picking the tile) and slots = 256 / gpb rows at a time, striding
