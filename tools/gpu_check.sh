@@ -256,9 +256,9 @@ for k, g in graphs.items():
     e = eager.get(k)
     if not e or e.get("cuda_graphs"):
         continue
-    out.append("%s %s %.2f->%.2f ms (%.2fx, %.2g replays/step, loss %s)" % (
+    out.append("%s %s %.2f->%.2f ms (%.2fx, %.2g replays and %.2g recordings/step, loss %s)" % (
         k[0], k[2], e["ms_step_median"], g["ms_step_median"], g["ms_step_median"] / e["ms_step_median"],
-        g.get("graph_replays_per_step", 0),
+        g.get("graph_replays_per_step", 0), g.get("graph_recordings_per_step", float("nan")),
         "equal" if g.get("loss_last_step") == e.get("loss_last_step") else
         "%.6g vs %.6g" % (g.get("loss_last_step", float("nan")), e.get("loss_last_step", float("nan")))))
 print("; ".join(out) if out else "no graph runs to compare")

@@ -69,7 +69,7 @@ void run_bench(BenchConfig cfg) {
     std::vector<double> ms;
     Tensor last_loss;
     std::unique_ptr<profile::Profiler> profiler;
-    int64_t replays_before = 0;
+    int64_t replays_before = 0, recordings_before = 0;
     // The peak of the timed steps: the warm-up's first step also benchmarks cuDNN's algorithms for each new
     // convolution shape, with a trial workspace of up to 1 GiB that no later step needs.
     auto reset_peaks = [&] {
@@ -82,6 +82,7 @@ void run_bench(BenchConfig cfg) {
       if (cfg.profile && i == cfg.warmup) profiler = std::make_unique<profile::Profiler>(device);
       if (i == cfg.warmup) {
         replays_before = graph::stats().replays;
+        recordings_before = graph::stats().recordings;
         if (i > 0) reset_peaks();
       }
       be.synchronize();
@@ -128,7 +129,11 @@ void run_bench(BenchConfig cfg) {
                         {"loss_last_step", host_value(last_loss)},
                         {"cuda_graphs", graph::enabled()},
                         {"graph_replays_per_step",
-                         double(graph::stats().replays - replays_before) / double(cfg.iters)}};
+                         double(graph::stats().replays - replays_before) / double(cfg.iters)},
+                        // Recording again in the timed steps (a whole step whose settings keep changing, or a search
+                        // recorded in each eager step) shows here: 0 when every timed step replays one recording.
+                        {"graph_recordings_per_step",
+                         double(graph::stats().recordings - recordings_before) / double(cfg.iters)}};
     if (cfg.memory) {
       memory::LedgerPeak lp = memory::ledger_peak(device);
       memory::set_ledger(false);
