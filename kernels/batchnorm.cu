@@ -63,7 +63,7 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
   });
   channel_sum<2, S>(rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n);
-    ChannelPack<S> ks = load_channels(pk, c, C);
+    Pack<S> ks = load_channels(pk, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
       S d = xs[j] - ks[j];
@@ -82,7 +82,7 @@ std::pair<Tensor, Tensor> batch_stats_impl(const Tensor& x, View v) {
 // The per-channel values a pass reads, NP arrays of them, for the kPack elements of a pack (load_channels).
 template <int NP, class S>
 struct PackParams {
-  ChannelPack<S> p[NP];
+  Pack<S> p[NP];
 };
 
 template <int NP, class S>
@@ -93,7 +93,7 @@ __device__ __forceinline__ PackParams<NP, S> load_params(const S* const* arrays,
   return out;
 }
 
-// Up to 8 per-channel arrays (null: zeros), captured by value in a kernel's closure.
+// NP per-channel arrays (null: zeros), captured by value in a kernel's closure.
 template <int NP, class S>
 struct ParamArrays {
   const S* a[NP];
@@ -159,7 +159,7 @@ std::pair<Tensor, Tensor> batch_stats_tangent_impl(const Tensor& x, const Tensor
   S* ps = ptr<S>(sums);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
-    ChannelPack<S> ms = load_channels(pm, c, C);
+    Pack<S> ms = load_channels(pm, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
       o.v[0][j] = ds[j];
@@ -205,7 +205,7 @@ BatchStatsTangentGrads batch_stats_tangent_backward_as(const Tensor& x, const Te
     Pack<DX> ox;
     Pack<DD> od;
     const int64_t c = channel_of(i, C);
-    ChannelPack<S> as = load_channels(pa, c, C), bs = load_channels(pb, c, C), ms = load_channels(pm, c, C);
+    Pack<S> as = load_channels(pa, c, C), bs = load_channels(pb, c, C), ms = load_channels(pm, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
       S d = inv * (as[k] + S(2) * bs[k] * (xs[k] - ms[k]));
@@ -247,7 +247,7 @@ Tensor bn_act_forward_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   for_each_pack<bn_act_forward_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> v = load_pack(px, i, n);
     const int64_t c = channel_of(i, C);
-    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), gs = load_channels(pg, c, C),
+    Pack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), gs = load_channels(pg, c, C),
                    bs = load_channels(pb, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
@@ -298,7 +298,7 @@ BnNormalizeGrads bn_act_backward_as(const Tensor& x, const Tensor& mean, const T
     Pack<A> as;
     if (pa) as = load_pack(pa, i, n);
     Pack<D> out;
-    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+    Pack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
                    bs = load_channels(pb, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
@@ -365,7 +365,7 @@ BnNormalizeGrads bn_act_train_backward_as(const Tensor& x, const Tensor& mean, c
   S *sp = ptr<S>(sums), *cf = ptr<S>(coef);
   channel_sum<2, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<2, S>& o) {
     Pack<T> xs = load_pack(px, i, n), gs = load_pack(pg, i, n);
-    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+    Pack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
                    bs = load_channels(pb, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
@@ -430,7 +430,7 @@ Tensor bn_act_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   for_each_pack<bn_act_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
     const int64_t c = channel_of(i, C);
-    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+    Pack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
                    bs = load_channels(pb, c, C), mds = load_channels(pmd, c, C), vds = load_channels(pvd, c, C),
                    sds = load_channels(psd, c, C), bds = load_channels(pbd, c, C);
 #pragma unroll
@@ -459,7 +459,7 @@ Tensor bn_tangent_impl(const Tensor& x, const Tensor& mean, const Tensor& var, c
   for_each_pack<bn_tangent_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
     const int64_t c = channel_of(i, C);
-    ChannelPack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
+    Pack<S> ms = load_channels(pm, c, C), vs = load_channels(pv, c, C), ss = load_channels(ps, c, C),
                    mds = load_channels(pmd, c, C), vds = load_channels(pvd, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k)
@@ -484,7 +484,7 @@ BnTangentGrads bn_tangent_backward_as(const Tensor& x, const Tensor& mean, const
   S* sp = ptr<S>(sums);
   channel_sum<3, S>(v.rows, C, [=] __device__(int64_t i, int64_t c, int n, PackSums<3, S>& o) {
     Pack<T> gs = load_pack(pg, i, n), xs = load_pack(px, i, n), ds = load_pack(pd, i, n);
-    ChannelPack<S> ms = load_channels(pm, c, C), mds = load_channels(pmd, c, C);
+    Pack<S> ms = load_channels(pm, c, C), mds = load_channels(pmd, c, C);
 #pragma unroll
     for (int j = 0; j < kPack; ++j) {
       o.v[0][j] = gs[j];
@@ -506,7 +506,7 @@ BnTangentGrads bn_tangent_backward_as(const Tensor& x, const Tensor& mean, const
     if (pad) as = load_pack(pad, i, n);
     Pack<DD> a;
     const int64_t c = channel_of(i, C);
-    ChannelPack<S> vs = load_channels(pv, c, C), ss = load_channels(ps, c, C), vds = load_channels(pvd, c, C);
+    Pack<S> vs = load_channels(pv, c, C), ss = load_channels(ps, c, C), vds = load_channels(pvd, c, C);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
       S r = math::bn_inv_std<S>(vs[k], e), g = gs[k];

@@ -192,27 +192,13 @@ __device__ __forceinline__ int64_t next_channel(int64_t c, int64_t C) { return c
 // element otherwise. Read per element instead, each per-channel array costs a warp kPack scattered 4-byte loads per
 // pack, each touching eight cache lines: several times the L1 cycles of the pack's own data.
 template <class S>
-struct ChannelPack {
-  S v[kPack];
-  __device__ __forceinline__ S operator[](int k) const { return v[k]; }
-};
-
-template <class S>
-__device__ __forceinline__ ChannelPack<S> load_channels(const S* p, int64_t c, int64_t C) {
-  ChannelPack<S> out;
-  if (p == nullptr) {
+__device__ __forceinline__ Pack<S> load_channels(const S* p, int64_t c, int64_t C) {
+  if (p != nullptr && c + kPack <= C) return load_pack(p, c, kPack);
+  Pack<S> out;
 #pragma unroll
-    for (int k = 0; k < kPack; ++k) out.v[k] = S(0);
-  } else if (c + kPack <= C) {
-    Pack<S> a = load_pack(p, c, kPack);
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) out.v[k] = a[k];
-  } else {
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      out.v[k] = p[c];
-      c = next_channel(c, C);
-    }
+  for (int k = 0; k < kPack; ++k) {
+    out[k] = p ? p[c] : S(0);
+    c = next_channel(c, C);
   }
   return out;
 }
@@ -244,7 +230,7 @@ void for_each_pack(int64_t n, F f) {
 //   }, out);                            // out[k * C + c + j] = sum over rows of v.v[k][j] (out is zeroed first)
 //
 // Entries j >= count of a pack are never added; a formula that reads per-channel values there must read them in range:
-// load_channels(p, c, C) (which wraps) or channel pack_channel(c, j, count), not c + j.
+// load_channels(p, c, C) (which wraps), not p[c + j].
 //
 // A block of 256 threads covers gpb packs of a row (consecutive 16-byte loads; all ceil(C / kPack) packs up to 256,
 // else an even share of them per tile, blockIdx.y picking the tile) and slots = 256 / gpb rows at a time, striding
@@ -257,8 +243,6 @@ template <int NV, class S>
 struct PackSums {
   S v[NV][kPack];
 };
-
-__device__ __forceinline__ int64_t pack_channel(int64_t c, int j, int count) { return j < count ? c + j : c; }
 
 constexpr int kSumThreads = 256;
 

@@ -176,7 +176,7 @@ Tensor bias_add_impl(const Tensor& x, const Tensor& b, int64_t channels) {
   T* o = ptr<T>(out);
   for_each_pack<bias_add_k>(x.numel(), [=] __device__(int64_t i, int n) {
     Pack<T> a = load_pack(px, i, n);
-    ChannelPack<acc_t<T>> bs = load_channels(pb, channel_of(i, channels), channels);
+    Pack<acc_t<T>> bs = load_channels(pb, channel_of(i, channels), channels);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) a[k] = a[k] + bs[k];
     store_pack(o, i, a, n);

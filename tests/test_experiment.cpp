@@ -1,7 +1,6 @@
 // The time-to-robustness experiment end to end on the synthetic data: every run trained to its budget and evaluated,
 // one JSON line each and the frontier plot, a failing run reported without stopping the others, finished runs skipped
 // on a rerun.
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -17,14 +16,6 @@ namespace llr::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A fresh temporary folder for one test case.
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("llr_experiment_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // `file` written as dir/NAME, and options that run it into dir/out.
 ExperimentOptions write_experiment(const fs::path& dir, const nlohmann::json& file, const std::string& name = "exp.json") {
@@ -44,7 +35,7 @@ std::vector<nlohmann::json> result_lines(const fs::path& p) {
 
 TEST_CASE("an experiment trains every method to every budget and reports a failing run and skips finished ones on a rerun" *
           doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("run");
+  fs::path dir = temp_dir("experiment_run");
   nlohmann::json file = {
       {"train",
        {{"data", "synthetic"}, {"synthetic_train", 128}, {"synthetic_val", 32}, {"model", "wrn-10-1"}, {"batch", 32},
@@ -86,7 +77,7 @@ TEST_CASE("an experiment trains every method to every budget and reports a faili
 }
 
 TEST_CASE("an experiment with a deadline starts only the runs that fit and leaves the rest for a rerun") {
-  fs::path dir = fresh_dir("deadline");
+  fs::path dir = temp_dir("experiment_deadline");
   nlohmann::json file = {
       {"train",
        {{"data", "synthetic"}, {"synthetic_train", 64}, {"synthetic_val", 16}, {"model", "wrn-10-1"}, {"batch", 16},
@@ -107,7 +98,7 @@ TEST_CASE("an experiment with a deadline starts only the runs that fit and leave
 }
 
 TEST_CASE("an experiment file with an unknown or invalid setting is refused before any run starts") {
-  fs::path dir = fresh_dir("check");
+  fs::path dir = temp_dir("experiment_check");
   auto refused = [&](const nlohmann::json& train, const nlohmann::json& method, const nlohmann::json& eval) {
     nlohmann::json file = {{"train", train}, {"methods", {method}}, {"budgets", {1}}, {"seeds", {0}}, {"eval", eval}};
     try {

@@ -2,7 +2,6 @@
 // uninterrupted one does; a diverging run never saves non-finite weights and says where it diverged; a resumed run's
 // metrics hold each step once; a folder in use or already holding a run is refused; non-finite checkpoints are
 // refused by resume and eval.
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -23,13 +22,6 @@ namespace llr::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("llr_run_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
 
 // 3 epochs of 4 steps on 128 synthetic images: checkpoints at steps 4, 8 and 12.
 TrainConfig small_run(const fs::path& out) {
@@ -67,7 +59,7 @@ struct InjectedKill {
 };
 
 TEST_CASE("a kill at any file operation of a checkpoint leaves a run that resumes to the uninterrupted result" * doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("kill");
+  fs::path dir = temp_dir("run_kill");
   train(small_run(dir / "reference"));
   auto reference = weights(dir / "reference" / "model.safetensors");
 
@@ -121,7 +113,7 @@ TEST_CASE("a kill at any file operation of a checkpoint leaves a run that resume
 }
 
 TEST_CASE("a diverging run saves nothing non-finite and names the step where it diverged" * doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("diverge");
+  fs::path dir = temp_dir("run_diverge");
   TrainConfig c = small_run(dir / "run");
   c.lr = 1e10;
   c.schedule = "constant";
@@ -145,7 +137,7 @@ TEST_CASE("a diverging run saves nothing non-finite and names the step where it 
 }
 
 TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum" * doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("nan_checkpoint");
+  fs::path dir = temp_dir("run_nan_checkpoint");
   TrainConfig c = small_run(dir / "run");
   c.epochs = 1;
   train(c);
@@ -175,7 +167,7 @@ TEST_CASE("resume and eval refuse a checkpoint with NaN weights or momentum" * d
 }
 
 TEST_CASE("a run folder in use or holding another run is refused" * doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("lock");
+  fs::path dir = temp_dir("run_lock");
   TrainConfig c = small_run(dir / "run");
   c.epochs = 1;
   train(c);

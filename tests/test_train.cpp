@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <fstream>
 #include <cstring>
-#include <unistd.h>
 
 #include "train/augment_math.h"
 #include "engine/backend.h"

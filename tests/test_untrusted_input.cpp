@@ -1,7 +1,6 @@
 // Files and names from outside the program (checkpoints, training states, CIFAR-10 batches, model names): every
 // corrupt or hostile input is refused with an llr::Error naming the file and the problem, never a raw library
 // exception, a crash or an unbounded read.
-#include <unistd.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -20,13 +19,6 @@ namespace llr::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("llr_untrusted_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
 
 // A safetensors file from its raw parts: the 8-byte little-endian header length, the header text, the data.
 std::string safetensors_bytes(const std::string& header, const std::string& data, uint64_t header_length) {
@@ -58,7 +50,7 @@ void check_refused(const std::string& path, const std::string& problem) {
 }
 
 TEST_CASE("the safetensors reader refuses overlapping and gapped and overflowing and malformed tensor entries") {
-  fs::path dir = fresh_dir("ranges");
+  fs::path dir = temp_dir("untrusted_ranges");
   const std::string data16(16, '\x01');
   auto f32 = [](const std::string& shape, uint64_t begin, uint64_t end) {
     return R"({"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[)" + std::to_string(begin) + "," +
@@ -105,7 +97,7 @@ TEST_CASE("the safetensors reader refuses overlapping and gapped and overflowing
 }
 
 TEST_CASE("the safetensors reader refuses duplicate names and non-string metadata and absurd headers and non-files") {
-  fs::path dir = fresh_dir("header");
+  fs::path dir = temp_dir("untrusted_header");
   const std::string t = R"({"dtype":"U8","shape":[4],"data_offsets":[0,4]})";
   check_refused(put(dir, "duplicate.safetensors", safetensors_bytes(R"({"a":)" + t + R"(,"a":)" + t + "}", "abcd")),
                 "twice");
@@ -136,7 +128,7 @@ std::string model_checkpoint(const fs::path& dir, const std::string& name, const
 }
 
 TEST_CASE("model checkpoints with bad metadata are refused naming the file and the key") {
-  fs::path dir = fresh_dir("model_meta");
+  fs::path dir = temp_dir("untrusted_model_meta");
   const io::Metadata good = {{"model", "wrn-10-1"}, {"act", "relu"}, {"classes", "10"}, {"dtype", "f32"}};
   ckpt::ModelInfo info = ckpt::read_model_info(model_checkpoint(dir, "good.safetensors", good));
   CHECK(info.classes == 10);
@@ -173,7 +165,7 @@ void edit_metadata(const fs::path& path, const std::function<void(io::Metadata&)
 
 TEST_CASE("resuming from a training state without a step or with a non-numeric one is refused naming the file" *
           doctest::test_suite("slow")) {
-  fs::path dir = fresh_dir("resume_meta");
+  fs::path dir = temp_dir("untrusted_resume_meta");
   TrainConfig c;
   c.data.synthetic_train = 16;
   c.data.synthetic_val = 8;
@@ -210,7 +202,7 @@ TEST_CASE("resuming from a training state without a step or with a non-numeric o
 }
 
 TEST_CASE("a CIFAR-10 batch that is a folder or a link to a device is refused before it is read") {
-  fs::path dir = fresh_dir("cifar_files");
+  fs::path dir = temp_dir("untrusted_cifar_files");
   fs::create_directories(dir / "data_batch_1.bin");
   CHECK_THROWS_WITH_AS(data::read_cifar_file((dir / "data_batch_1.bin").string()),
                        doctest::Contains("data_batch_1.bin is a folder"), Error);

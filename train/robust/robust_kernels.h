@@ -22,7 +22,6 @@ struct RandomCounter {
   uint64_t base = 0, per_step = 0;
   Tensor step;
 };
-inline double bytes_of(const RandomCounter&) { return 0.0; }
 
 // LLR per-example coefficients (robust::llr_coefficients).
 struct LlrCoefficients {
