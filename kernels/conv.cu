@@ -1,10 +1,14 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
-// For each convolution shape and direction, cuDNN's algorithms are benchmarked once (cudnnFind*AlgorithmEx) and the
-// fastest that fits the workspace limit is cached for the run as the shape's plan; workspaces come from the caching
-// allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution (conv_plans.h counts them).
+// For each convolution shape and direction, cuDNN's legacy algorithms are benchmarked once (cudnnFind*AlgorithmEx);
+// for bf16 the execution plans of cuDNN's graph API (conv_engines.h) are then timed against the legacy pick on the
+// same tensors, and the fastest that fits the workspace limit is cached for the run as the shape's plan; workspaces
+// come from the caching allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution
+// (conv_plans.h counts them).
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <array>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -14,6 +18,7 @@
 #include "engine/autograd.h"
 #include "engine/graph.h"
 #include "kernels/allocator.h"
+#include "kernels/conv_engines.h"
 #include "kernels/conv_plans.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
@@ -118,7 +123,7 @@ class Workspace {
   std::unique_ptr<Storage> storage_;
 };
 
-enum class Direction { forward, backward_data, backward_filter };
+using Direction = ConvDirection;
 
 const char* direction_name(Direction d) {
   return d == Direction::forward ? "forward" : d == Direction::backward_data ? "backward-data" : "backward-filter";
@@ -131,9 +136,10 @@ struct PlanKey {
   int stride, padding;
   DType dtype;
   int math;
+  ConvSearch search;
   bool operator<(const PlanKey& o) const {
-    return std::tie(direction, x, w, stride, padding, dtype, math) <
-           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math);
+    return std::tie(direction, x, w, stride, padding, dtype, math, search) <
+           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math, o.search);
   }
   // Readable, because it names the convolution in the fallback note and in conv_plan_stats().
   std::string describe() const {
@@ -146,10 +152,12 @@ struct PlanKey {
 };
 
 PlanKey plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
-  return {d, {x[0], x[1], x[2], x[3]}, {w[0], w[1], w[2], w[3]}, g.stride, g.padding, t, int(cudnn_math(t))};
+  return {d, {x[0], x[1], x[2], x[3]}, {w[0], w[1], w[2], w[3]}, g.stride, g.padding, t, int(cudnn_math(t)),
+          conv_search()};
 }
 
-// What a convolution runs with: its cuDNN descriptors (built once) and algorithm and workspace, or (bf16 only) f32
+// What a convolution runs with: its cuDNN descriptors (built once) and legacy algorithm and workspace, or a graph-API
+// engine that ran faster on the planning call (the legacy algorithm stays as its fallback), or (bf16 only) f32
 // because cuDNN has no bf16 algorithm for it. Decided once per key, including the fallback: retrying a refused bf16
 // search on every call would cost a full algorithm search per step.
 struct ConvPlan {
@@ -159,6 +167,7 @@ struct ConvPlan {
   std::shared_ptr<TensorDesc> x, y;
   std::shared_ptr<FilterDesc> w;
   std::shared_ptr<ConvDesc> conv;
+  std::shared_ptr<ConvEngine> engine;
 };
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
@@ -261,6 +270,161 @@ void pick(const Perf* perf, int count, const PlanKey& key, ConvPlan& plan) {
   throw ConvUnsupported(os.str());
 }
 
+// The search mode (conv_plans.h).
+ConvSearch initial_search() {
+  const char* v = std::getenv("LLR_CUDNN_ENGINES");
+  if (env_flag_set("LLR_CUDNN_HEURISTIC")) return ConvSearch::legacy;
+  if (!v || !*v) return ConvSearch::both;
+  std::string s(v);
+  if (s == "0") return ConvSearch::legacy;
+  if (s == "only") return ConvSearch::engines;
+  return ConvSearch::both;
+}
+
+ConvSearch& search_mode() {
+  static ConvSearch mode = initial_search();
+  return mode;
+}
+
+// Graph-API engines timed per plan: cuDNN's heuristics rank them, so the fast ones come first.
+constexpr int kEngineCandidates = 10;
+// Candidates within this factor of the fastest count as equally fast; the one with the smallest workspace wins.
+constexpr double kTimeTie = 1.03;
+
+// Events on the context's stream, destroyed on scope exit.
+class EventPair {
+ public:
+  EventPair() {
+    LLR_CUDA_CHECK(cudaEventCreate(&a_));
+    LLR_CUDA_CHECK(cudaEventCreate(&b_));
+  }
+  ~EventPair() {
+    cudaEventDestroy(a_);
+    cudaEventDestroy(b_);
+  }
+  EventPair(const EventPair&) = delete;
+  EventPair& operator=(const EventPair&) = delete;
+  // The fastest of `runs` timed runs of `run` after one untimed run (which loads its kernels), in ms; infinity when a
+  // run reports a failure. A candidate whose first timed run takes longer than `cutoff` ms is not run again.
+  double fastest_ms(const std::function<cudnnStatus_t()>& run, double cutoff = INFINITY, int runs = 3) {
+    cudaStream_t s = context().stream();
+    if (run() != CUDNN_STATUS_SUCCESS) {
+      cudaGetLastError();  // a launch error of a refused configuration is not sticky
+      return INFINITY;
+    }
+    double best = INFINITY;
+    for (int i = 0; i < runs && best <= cutoff; ++i) {
+      LLR_CUDA_CHECK(cudaEventRecord(a_, s));
+      cudnnStatus_t st = run();
+      LLR_CUDA_CHECK(cudaEventRecord(b_, s));
+      LLR_CUDA_CHECK(cudaEventSynchronize(b_));
+      if (st != CUDNN_STATUS_SUCCESS) {
+        cudaGetLastError();
+        return INFINITY;
+      }
+      float ms = 0;
+      LLR_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
+      best = std::min(best, double(ms));
+    }
+    return best;
+  }
+
+ private:
+  cudaEvent_t a_ = nullptr, b_ = nullptr;
+};
+
+// A legacy algorithm's run of a plan: the cuDNN call with the plan's algorithm, into the given workspace.
+using LegacyRun = std::function<cudnnStatus_t(const ConvPlan&, void* workspace, size_t bytes)>;
+
+// After the legacy search of a bf16 plan: times the graph API's engines and the legacy pick on the planning call's
+// tensors (x, w, y as ConvEngine::run takes them) and keeps an engine in the plan if one is fastest. A graph API that
+// cannot describe the convolution leaves the legacy plan, noted in the stats.
+void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cudnnHandle_t h, void* x, void* w,
+                      void* y, const LegacyRun& legacy) {
+  if (key.dtype != DType::bf16 || key.search == ConvSearch::legacy || !ConvEngine::aligned(x, w, y)) return;
+  ConvProblem problem;
+  problem.direction = key.direction;
+  problem.x = key.x;
+  problem.w = key.w;
+  problem.y = {y_shape[0], y_shape[1], y_shape[2], y_shape[3]};
+  problem.stride = key.stride;
+  problem.padding = key.padding;
+  problem.dtype = key.dtype;
+  ConvEngineOffer offer;
+  try {
+    offer = conv_engines(h, problem, kWorkspaceLimit, kEngineCandidates);
+  } catch (const std::exception& e) {
+    cudaGetLastError();
+    if (plan_stats().engine_failures.size() < 16)
+      plan_stats().engine_failures.push_back(key.describe() + ": " + e.what());
+    if (print_plans()) std::fprintf(stderr, "plan %s: graph API: %s\n", key.describe().c_str(), e.what());
+    return;
+  }
+  EventPair timer;
+  double legacy_ms = INFINITY;
+  {
+    Workspace ws(p.workspace);
+    legacy_ms = timer.fastest_ms([&] { return legacy(p, ws.get(), ws.bytes()); });
+  }
+  // Engines far slower than the fastest so far (cuDNN's fallback list holds kernels 100x slower) run once only.
+  std::vector<std::pair<double, std::shared_ptr<ConvEngine>>> timed;
+  double fastest = legacy_ms;
+  for (std::unique_ptr<ConvEngine>& e : offer.engines) {
+    double ms = INFINITY;
+    try {
+      Workspace ws(e->workspace());
+      ConvEngine* engine = e.get();
+      ms = timer.fastest_ms([&] { return engine->run(h, x, w, y, ws.get()); }, 3 * fastest);
+    } catch (const Error&) {
+      cudaGetLastError();  // its workspace did not fit: the candidate is left out
+    }
+    if (!std::isfinite(ms)) continue;
+    fastest = std::min(fastest, ms);
+    timed.emplace_back(ms, std::shared_ptr<ConvEngine>(std::move(e)));
+  }
+  const bool legacy_counts = key.search == ConvSearch::both || timed.empty();
+  double best = legacy_counts ? legacy_ms : INFINITY;
+  for (const auto& [ms, e] : timed) best = std::min(best, ms);
+  // The smallest workspace among the candidates as fast as the fastest (the legacy pick first, on a tie).
+  std::shared_ptr<ConvEngine> chosen;
+  size_t chosen_bytes = SIZE_MAX;
+  double chosen_ms = INFINITY;
+  if (legacy_counts && legacy_ms <= best * kTimeTie) chosen_bytes = p.workspace, chosen_ms = legacy_ms;
+  for (const auto& [ms, e] : timed) {
+    if (ms > best * kTimeTie || e->workspace() >= chosen_bytes) continue;
+    chosen = e;
+    chosen_bytes = e->workspace();
+    chosen_ms = ms;
+  }
+  if (print_plans()) {
+    std::fprintf(stderr, "plan %s: legacy algo %d %.3f ms", key.describe().c_str(), p.algo, legacy_ms);
+    for (const auto& [ms, e] : timed)
+      std::fprintf(stderr, "; %s %.3f ms %zu MiB", e->name().c_str(), ms, e->workspace() >> 20);
+    std::fprintf(stderr, "%s%s -> %s %.3f ms\n", offer.skipped.empty() ? "" : ";", offer.skipped.c_str(),
+                 chosen ? chosen->name().c_str() : "legacy", chosen_ms);
+  }
+  if (chosen) {
+    p.engine = chosen;
+    ++plan_stats().engine_plans;
+  } else {
+    ++plan_stats().legacy_plans;
+  }
+}
+
+// Runs a planned convolution: its engine, or its legacy algorithm (also where the tensors are not aligned as the
+// engine's descriptors promised).
+void run_plan(const ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y,
+              const LegacyRun& legacy, const char* call) {
+  if (plan.engine && ConvEngine::aligned(x, w, y)) {
+    ++plan_stats().engine_calls;
+    Workspace ws(plan.engine->workspace());
+    check_cudnn_runs(plan.engine->run(h, x, w, y, ws.get()), "cudnnBackendExecute", key);
+    return;
+  }
+  Workspace ws(plan.workspace);
+  check_cudnn_runs(legacy(plan, ws.get(), ws.bytes()), call, key);
+}
+
 void alpha_beta(DType t, const void*& alpha, const void*& beta) {
   static const float f1 = 1.0f, f0 = 0.0f;
   static const double d1 = 1.0, d0 = 0.0;
@@ -338,6 +502,8 @@ Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Con
 }  // namespace
 
 ConvPlanStats conv_plan_stats() { return plan_stats(); }
+ConvSearch conv_search() { return search_mode(); }
+void set_conv_search(ConvSearch s) { search_mode() = s; }
 
 Tensor CudaBackend::conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Conv2dGeometry& g) {
   return with_bf16_fallback(Direction::forward, x_in.shape(), w_in.shape(), g, x_in.dtype(), [&](DType t) {
@@ -367,6 +533,12 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
+  const void *alpha, *beta;
+  alpha_beta(x.dtype(), alpha, beta);
+  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
+    return cudnnConvolutionForward(h, alpha, *p.x, x.raw_data(), *p.w, w.raw_data(), *p.conv,
+                                   cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
+  };
   const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
@@ -385,14 +557,9 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
                        "cudnnFindConvolutionForwardAlgorithmEx", key);
     }
     pick(perf, n, key, p);
+    consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy);
   });
-  Workspace ws(plan.workspace);
-  const void *alpha, *beta;
-  alpha_beta(x.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionForward(h, alpha, *plan.x, x.raw_data(), *plan.w, w.raw_data(), *plan.conv,
-                                           cudnnConvolutionFwdAlgo_t(plan.algo), ws.get(), ws.bytes(), beta, *plan.y,
-                                           y.raw_data()),
-                   "cudnnConvolutionForward", key);
+  run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
 }
 
@@ -402,6 +569,12 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  const void *alpha, *beta;
+  alpha_beta(gy.dtype(), alpha, beta);
+  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
+    return cudnnConvolutionBackwardData(h, alpha, *p.w, w.raw_data(), *p.y, gy.raw_data(), *p.conv,
+                                        cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
+  };
   const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
@@ -421,14 +594,9 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
                        "cudnnFindConvolutionBackwardDataAlgorithmEx", key);
     }
     pick(perf, n, key, p);
+    consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy);
   });
-  Workspace ws(plan.workspace);
-  const void *alpha, *beta;
-  alpha_beta(gy.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionBackwardData(h, alpha, *plan.w, w.raw_data(), *plan.y, gy.raw_data(), *plan.conv,
-                                                cudnnConvolutionBwdDataAlgo_t(plan.algo), ws.get(), ws.bytes(), beta,
-                                                *plan.x, dx.raw_data()),
-                   "cudnnConvolutionBackwardData", key);
+  run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
 }
 
@@ -438,6 +606,13 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
+  const void *alpha, *beta;
+  alpha_beta(x.dtype(), alpha, beta);
+  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
+    return cudnnConvolutionBackwardFilter(h, alpha, *p.x, x.raw_data(), *p.y, gy.raw_data(), *p.conv,
+                                          cudnnConvolutionBwdFilterAlgo_t(p.algo), ws, bytes, beta, *p.w,
+                                          dw.raw_data());
+  };
   const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
@@ -458,14 +633,9 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                        "cudnnFindConvolutionBackwardFilterAlgorithmEx", key);
     }
     pick(perf, n, key, p);
+    consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy);
   });
-  Workspace ws(plan.workspace);
-  const void *alpha, *beta;
-  alpha_beta(x.dtype(), alpha, beta);
-  check_cudnn_runs(cudnnConvolutionBackwardFilter(h, alpha, *plan.x, x.raw_data(), *plan.y, gy.raw_data(),
-                                                  *plan.conv, cudnnConvolutionBwdFilterAlgo_t(plan.algo), ws.get(),
-                                                  ws.bytes(), beta, *plan.w, dw.raw_data()),
-                   "cudnnConvolutionBackwardFilter", key);
+  run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;
 }
 

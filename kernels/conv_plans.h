@@ -1,6 +1,7 @@
-// What the cuDNN convolutions (kernels/conv.cu) decided: one plan per direction, shapes, geometry, dtype and math
-// mode, searched once and cached for the run. A bf16 convolution that cuDNN cannot run is computed in f32 instead;
-// these counters make that visible to tests and benchmarks, since the results stay correct and nothing else shows it.
+// What the cuDNN convolutions (kernels/conv.cu) decided: one plan per direction, shapes, geometry, dtype, math mode
+// and search, searched once and cached for the run. A bf16 convolution that cuDNN cannot run is computed in f32
+// instead; these counters make that visible to tests and benchmarks, since the results stay correct and nothing else
+// shows it. They also say which bf16 plans run a graph-API engine (conv_engines.h) rather than a legacy algorithm.
 #pragma once
 
 #include <cstdint>
@@ -9,10 +10,26 @@
 
 namespace llr::cuda {
 
+// Which of cuDNN's interfaces a bf16 plan search times (f32 and f64 convolutions use the legacy algorithms only):
+//   legacy:  the legacy algorithms (cudnnFind*AlgorithmEx) alone;
+//   both:    the legacy pick and up to 10 graph-API engines, timed on the planning call's tensors; the fastest runs
+//            (the default);
+//   engines: the fastest graph-API engine whenever one runs, the legacy pick only when none does (for the tests of
+//            the engine path).
+// LLR_CUDNN_ENGINES=0 (legacy), 1 (both) or only (engines) sets it at start-up; LLR_CUDNN_HEURISTIC=1 implies legacy.
+// Plans are cached per search, so changing it plans anew.
+enum class ConvSearch { legacy, both, engines };
+ConvSearch conv_search();
+void set_conv_search(ConvSearch s);
+
 struct ConvPlanStats {
   uint64_t searches = 0;                    // algorithm searches run (one per plan key)
   uint64_t bf16_fallback_calls = 0;         // bf16 convolutions computed in f32
   std::vector<std::string> bf16_fallbacks;  // each convolution that falls back, with cuDNN's reason
+  uint64_t engine_plans = 0;                // plans that run a graph-API engine
+  uint64_t legacy_plans = 0;                // plans whose engines were timed and the legacy algorithm kept
+  uint64_t engine_calls = 0;                // convolutions run by a graph-API engine
+  std::vector<std::string> engine_failures; // plans whose graph-API search failed, with the reason (first 16)
 };
 
 ConvPlanStats conv_plan_stats();

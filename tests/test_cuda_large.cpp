@@ -98,6 +98,34 @@ TEST_CASE("WRN-28-10 convolutions at real channel counts match the CPU: forward 
   CHECK(failures == 0);
 }
 
+// The bf16 plans through cuDNN's graph API (kernels/conv_engines.h) alone: each WRN-28-10 convolution runs the
+// fastest engine cuDNN's heuristics offer for it (the default search may keep the legacy algorithm where that is
+// faster, so the case above need not reach an engine at all).
+TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WRN-28-10 channel counts") {
+  if (!gpu_ready("CUDA graph-API convolutions")) return;
+  struct RestoreSearch {
+    cuda::ConvSearch saved = cuda::conv_search();
+    ~RestoreSearch() { cuda::set_conv_search(saved); }
+  } restore;
+  cuda::set_conv_search(cuda::ConvSearch::engines);
+  const cuda::ConvPlanStats before = cuda::conv_plan_stats();
+  int failures = 0;
+  for (const ConvLayer& l : kWrnConvs) run_case(conv_layer_case(l, 4), kBf16, failures);
+  const cuda::ConvPlanStats after = cuda::conv_plan_stats();
+  for (size_t i = before.engine_failures.size(); i < after.engine_failures.size(); ++i)
+    std::printf("  graph API failed: %s\n", after.engine_failures[i].c_str());
+  std::printf("graph-API engines: %llu of %llu new bf16 plans run one, %llu kept the legacy algorithm; %llu calls\n",
+              static_cast<unsigned long long>(after.engine_plans - before.engine_plans),
+              static_cast<unsigned long long>(after.searches - before.searches),
+              static_cast<unsigned long long>(after.legacy_plans - before.legacy_plans),
+              static_cast<unsigned long long>(after.engine_calls - before.engine_calls));
+  CHECK(failures == 0);
+  CHECK(after.engine_plans > before.engine_plans);
+  CHECK(after.engine_calls > before.engine_calls);
+  CHECK(after.engine_failures.size() == before.engine_failures.size());
+  CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Elementwise, batch-norm and loss kernels on more than a million elements.
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 // Micro-benchmark of the convolution layers of Wide-ResNet-28-10 (CIFAR, 32x32 inputs) through the engine's CUDA
 // backend: forward, backward-data and backward-filter, in f32 (TF32) and bf16, timed with CUDA events after warm-up
-// (median of --iters runs), reported as ms and achieved TFLOP/s. Each timed result is also checked against the CPU in
-// f64 on the values the GPU saw (the forward and backward-data on the first examples, the backward-filter on the first
-// output channels over the whole batch), so a fast wrong algorithm cannot pass; and a bf16 convolution that ran in f32
-// is flagged. Exits 1 on any mismatch.
-//   llr_conv_bench [--batch 128] [--iters 20] [--json FILE]
+// (median of --iters timings, each over --calls calls queued back to back, so the host's time to issue a call is
+// hidden as it is in a training step), reported as ms and achieved TFLOP/s. Each timed result is also checked against
+// the CPU in f64 on the values the GPU saw (the forward and backward-data on the first examples, the backward-filter on
+// the first output channels over the whole batch), so a fast wrong algorithm cannot pass; a bf16 convolution that ran
+// in f32 is flagged, and so is each direction that runs a graph-API engine (kernels/conv_engines.h) rather than a
+// legacy cuDNN algorithm. --search picks the bf16 plan search (kernels/conv_plans.h); LLR_PRINT_PLANS=1 prints every
+// candidate's time. Exits 1 on any mismatch.
+//   llr_conv_bench [--batch 128] [--iters 20] [--calls 5] [--search legacy|both|engines] [--json FILE]
 #include <cudnn.h>
 
 #include <algorithm>
@@ -47,7 +50,7 @@ const Layer kLayers[] = {
 };
 
 template <class F>
-double median_ms(int iters, F&& f) {
+double median_ms(int iters, int calls, F&& f) {
   cudaStream_t s = cuda::context().stream();
   cudaEvent_t a, b;
   LLR_CUDA_CHECK(cudaEventCreate(&a));
@@ -56,12 +59,12 @@ double median_ms(int iters, F&& f) {
   std::vector<float> ms;
   for (int i = 0; i < iters; ++i) {
     LLR_CUDA_CHECK(cudaEventRecord(a, s));
-    f();
+    for (int c = 0; c < calls; ++c) f();
     LLR_CUDA_CHECK(cudaEventRecord(b, s));
     LLR_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
     LLR_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
+    ms.push_back(t / float(calls));
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
@@ -135,19 +138,28 @@ std::string json_number(double v) {
 int main(int argc, char** argv) {
   try {
     int64_t batch = 128;
-    int iters = 20;
-    std::string json;
+    int iters = 20, calls = 5;
+    std::string json, search = "both";
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
       if (a == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
       else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
+      else if (a == "--calls" && i + 1 < argc) calls = std::atoi(argv[++i]);
+      else if (a == "--search" && i + 1 < argc) search = argv[++i];
       else if (a == "--json" && i + 1 < argc) json = argv[++i];
       else throw Error("llr_conv_bench: unknown option '" + a + "'");
     }
-    if (batch < 1 || iters < 1) throw Error("llr_conv_bench: --batch and --iters must be positive");
+    if (batch < 1 || iters < 1 || calls < 1)
+      throw Error("llr_conv_bench: --batch, --iters and --calls must be positive");
+    if (search != "legacy" && search != "both" && search != "engines")
+      throw Error("llr_conv_bench: --search takes legacy, both or engines, not '" + search + "'");
     cuda::init();
-    std::printf("device: %s, cuDNN %zu (built with %d), batch %lld, median of %d runs\n",
-                cuda::device_summary().c_str(), cudnnGetVersion(), CUDNN_VERSION, static_cast<long long>(batch), iters);
+    cuda::set_conv_search(search == "legacy" ? cuda::ConvSearch::legacy
+                          : search == "engines" ? cuda::ConvSearch::engines
+                                                : cuda::ConvSearch::both);
+    std::printf("device: %s, cuDNN %zu (built with %d), batch %lld, median of %d timings of %d calls, bf16 search %s\n",
+                cuda::device_summary().c_str(), cudnnGetVersion(), CUDNN_VERSION, static_cast<long long>(batch), iters,
+                calls, search.c_str());
     FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
     if (!json.empty() && !jf) throw Error("llr_conv_bench: cannot write " + json);
     const int64_t ref_examples = std::min<int64_t>(2, batch), ref_channels = 4;
@@ -169,10 +181,20 @@ int main(int argc, char** argv) {
         Tensor gy = gen.normal({batch, out, out, l.cout}, 0, 1, DType::f32, Layout::nhwc).to(Device::cuda).to(dt);
         double flop = 2.0 * batch * out * out * l.cout * l.kernel * l.kernel * l.cin;
         uint64_t fallbacks = cuda::conv_plan_stats().bf16_fallback_calls;
-        double f = median_ms(iters, [&] { backend::conv2d_forward(x, w, g); });
-        double d = median_ms(iters, [&] { backend::conv2d_backward_data(gy, w, x.shape(), g); });
-        double k = median_ms(iters, [&] { backend::conv2d_backward_filter(x, gy, w.shape(), g); });
+        // Whether a direction's timed calls ran a graph-API engine.
+        auto engine_ran = [](uint64_t before) { return cuda::conv_plan_stats().engine_calls != before; };
+        uint64_t e0 = cuda::conv_plan_stats().engine_calls;
+        double f = median_ms(iters, calls, [&] { backend::conv2d_forward(x, w, g); });
+        uint64_t e1 = cuda::conv_plan_stats().engine_calls;
+        double d = median_ms(iters, calls, [&] { backend::conv2d_backward_data(gy, w, x.shape(), g); });
+        uint64_t e2 = cuda::conv_plan_stats().engine_calls;
+        double k = median_ms(iters, calls, [&] { backend::conv2d_backward_filter(x, gy, w.shape(), g); });
+        const bool engine_f = e1 != e0, engine_d = e2 != e1, engine_k = engine_ran(e2);
         bool fell_back = cuda::conv_plan_stats().bf16_fallback_calls != fallbacks;
+        std::string engines;
+        if (engine_f || engine_d || engine_k)
+          engines = std::string(" (engine:") + (engine_f ? " fwd" : "") + (engine_d ? " bwd-d" : "") +
+                    (engine_k ? " bwd-f" : "") + ")";
 
         // The timed computations once more, against the CPU in f64 on the same (rounded) values.
         Tensor y = seen(backend::conv2d_forward(x, w, g));
@@ -194,18 +216,22 @@ int main(int argc, char** argv) {
         char errors[64];
         std::snprintf(errors, sizeof errors, "%.1e/%.1e/%.1e", cf.max_error, cd.max_error, ck.max_error);
         auto tf = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
-        std::printf("%-22s %-5s %9.3f %8.1f %9.3f %8.1f %9.3f %8.1f  %-26s %s%s\n", l.name, prec, f, tf(f), d, tf(d), k,
-                    tf(k), errors, ok ? "ok" : "MISMATCH", fell_back ? " (bf16 fell back to f32)" : "");
+        std::printf("%-22s %-5s %9.3f %8.1f %9.3f %8.1f %9.3f %8.1f  %-26s %s%s%s\n", l.name, prec, f, tf(f), d, tf(d),
+                    k, tf(k), errors, ok ? "ok" : "MISMATCH", fell_back ? " (bf16 fell back to f32)" : "",
+                    engines.c_str());
         std::fflush(stdout);
         if (jf) {
           std::fprintf(jf,
                        "{\"layer\": \"%s\", \"prec\": \"%s\", \"batch\": %lld, \"count\": %lld, \"fwd_ms\": %.4f, "
                        "\"bwd_data_ms\": %.4f, \"bwd_filter_ms\": %.4f, \"fwd_tflops\": %.2f, \"bwd_data_tflops\": "
                        "%.2f, \"bwd_filter_tflops\": %.2f, \"max_err_fwd\": %s, \"max_err_bwd_data\": %s, "
-                       "\"max_err_bwd_filter\": %s, \"values_ok\": %s, \"bf16_fell_back\": %s}\n",
+                       "\"max_err_bwd_filter\": %s, \"values_ok\": %s, \"bf16_fell_back\": %s, \"engine_fwd\": %s, "
+                       "\"engine_bwd_data\": %s, \"engine_bwd_filter\": %s, \"search\": \"%s\", \"calls\": %d}\n",
                        l.name, prec, static_cast<long long>(batch), static_cast<long long>(l.count), f, d, k, tf(f),
                        tf(d), tf(k), json_number(cf.max_error).c_str(), json_number(cd.max_error).c_str(),
-                       json_number(ck.max_error).c_str(), ok ? "true" : "false", fell_back ? "true" : "false");
+                       json_number(ck.max_error).c_str(), ok ? "true" : "false", fell_back ? "true" : "false",
+                       engine_f ? "true" : "false", engine_d ? "true" : "false", engine_k ? "true" : "false",
+                       search.c_str(), calls);
           std::fflush(jf);
         }
         total_ms += l.count * (f + d + k);
@@ -215,9 +241,13 @@ int main(int argc, char** argv) {
                   total_flop / (total_ms * 1e-3) / 1e12);
     }
     cuda::ConvPlanStats plans = cuda::conv_plan_stats();
-    std::printf("cuDNN plans: %llu searched, %llu bf16 convolutions computed in f32\n",
+    std::printf("cuDNN plans: %llu searched, %llu bf16 convolutions computed in f32; bf16 plans with a graph-API "
+                "engine %llu, with the legacy algorithm kept after timing %llu\n",
                 static_cast<unsigned long long>(plans.searches),
-                static_cast<unsigned long long>(plans.bf16_fallback_calls));
+                static_cast<unsigned long long>(plans.bf16_fallback_calls),
+                static_cast<unsigned long long>(plans.engine_plans),
+                static_cast<unsigned long long>(plans.legacy_plans));
+    for (const std::string& f : plans.engine_failures) std::printf("graph API failed: %s\n", f.c_str());
     for (const std::string& f : plans.bf16_fallbacks) std::printf("bf16 fallback: %s\n", f.c_str());
     std::printf("values: %s (CPU f64 reference on %lld examples / %lld output channels; rtol tf32 %.0e, bf16 %.0e)\n",
                 mismatches ? "MISMATCH" : "all layers ok", static_cast<long long>(ref_examples),

@@ -29,7 +29,8 @@
 #                       --llr-recompute-nominal --tangent-segments 8, GradAlign with --tangent-segments 8 (time and
 #                       peak memory against the default and natural training's); LLR_JAX=1 adds the JAX anchor
 #                       (+120 s, taken from memcheck: XLA compiles each step first)
-#   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU
+#   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU;
+#                       each bf16 plan's legacy algorithm against cuDNN's graph-API engines (LLR_PRINT_PLANS lines)
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
 #                       (PGD-20 from delta = 0, APGD-CE, APGD-T, gamma), and PyTorch's PGD-20 on the same images: the
 #                       robust accuracies must be equal (both in full f32: LLR_NO_TF32=1 for ours)
@@ -324,11 +325,13 @@ if want 4; then
   begin_stage 4 "convolution benchmark" 90
   b=$(box 90)
   log=$LOGS/4-conv-bench.log
-  timeout -k 5 "$b" "$BIN/llr_conv_bench" "${CONV[@]}" --json "$OUT/conv_bench.jsonl" >"$log" 2>&1
+  # LLR_PRINT_PLANS: each bf16 plan's candidates (the legacy pick and the graph-API engines) with their times.
+  LLR_PRINT_PLANS=1 timeout -k 5 "$b" "$BIN/llr_conv_bench" "${CONV[@]}" --json "$OUT/conv_bench.jsonl" >"$log" 2>&1
   rc=$?
-  cat "$log"
+  grep -v '^plan ' "$log"
+  grep -E '^plan .* -> ' "$log" | sed -E 's/^plan conv2d ([a-z-]+) x\[([0-9,]+)\] w\[([0-9,]+)\].*legacy algo ([0-9]+) ([0-9.]+) ms.* -> (.*)$/\1 x[\2] w[\3]: legacy \5 ms -> \6/'
   if [ "$rc" = 0 ] || grep -q '^values: ' "$log"; then
-    verdict 4 conv-bench "$(status_word "$rc"): values $(grep -E '^values: ' "$log" | cut -d' ' -f2- | cut -d'(' -f1)$(grep -c 'fell back' "$log") layers fell back to f32; totals $(grep -E '^total' "$log" | awk '{print $2 " " $(NF-3) " ms"}' | tr '\n' ' ')"
+    verdict 4 conv-bench "$(status_word "$rc"): values $(grep -E '^values: ' "$log" | cut -d' ' -f2- | cut -d'(' -f1)$(grep -c 'fell back' "$log") layers fell back to f32; $(grep -E '^cuDNN plans' "$log" | sed 's/^cuDNN plans: //'); totals $(grep -E '^total' "$log" | awk '{print $2 " " $(NF-3) " ms"}' | tr '\n' ' ')"
   else
     verdict 4 conv-bench "$(status_word "$rc"): $(tail -1 "$log")"
   fi
