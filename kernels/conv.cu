@@ -411,6 +411,39 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
   }
 }
 
+// A plan's search. Legacy algorithms: cuDNN's heuristic (LLR_CUDNN_HEURISTIC) or its benchmark (cudnnFind*, which runs
+// every algorithm, the slow non-tensor-core ones included: up to 100 ms each for a WRN-28-10 layer). A bf16 plan that
+// may take a graph-API engine starts from the heuristic's legacy pick, times the engines against it
+// (consider_engines), and runs the benchmark only if no engine won, so its plan is never slower than the legacy search
+// alone would have made it.
+//   heuristic(perf, &count) and find(perf, &count, workspace, bytes) fill cuDNN's perf results of the direction;
+//   engines() is consider_engines on the planning call's tensors.
+template <class Perf, int Count, class Heuristic, class Find>
+void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, Heuristic heuristic,
+                 const char* find_call, Find find, const std::function<void()>& engines) {
+  auto legacy = [&](bool benchmark) {
+    Perf perf[Count];
+    int n = 0;
+    if (!benchmark) {
+      check_cudnn_runs(heuristic(perf, &n), heuristic_call, key);
+    } else {
+      Workspace ws(kWorkspaceLimit);
+      check_cudnn_runs(find(perf, &n, ws.get(), ws.bytes()), find_call, key);
+    }
+    pick(perf, n, key, p);
+  };
+  if (!heuristic_only() && key.dtype == DType::bf16 && key.search != ConvSearch::legacy) {
+    try {
+      legacy(false);
+      engines();
+    } catch (const ConvUnsupported&) {
+      // no legacy heuristic pick to time the engines against: the benchmark decides
+    }
+    if (p.engine) return;
+  }
+  legacy(!heuristic_only());
+}
+
 // Runs a planned convolution: its engine, or its legacy algorithm (also where the tensors are not aligned as the
 // engine's descriptors promised).
 void run_plan(const ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y,
@@ -543,21 +576,18 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int n = 0;
-    if (heuristic_only()) {
-      check_cudnn_runs(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                                              &n, perf),
-                       "cudnnGetConvolutionForwardAlgorithm_v7", key);
-    } else {
-      Workspace ws(kWorkspaceLimit);
-      check_cudnn_runs(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd,
-                                                              y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n,
-                                                              perf, ws.get(), ws.bytes()),
-                       "cudnnFindConvolutionForwardAlgorithmEx", key);
-    }
-    pick(perf, n, key, p);
-    consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy);
+    constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    search_plan<cudnnConvolutionFwdAlgoPerf_t, kCount>(
+        key, p, "cudnnGetConvolutionForwardAlgorithm_v7",
+        [&](cudnnConvolutionFwdAlgoPerf_t* perf, int* n) {
+          return cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, kCount, n, perf);
+        },
+        "cudnnFindConvolutionForwardAlgorithmEx",
+        [&](cudnnConvolutionFwdAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
+          return cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd, y.raw_data(),
+                                                        kCount, n, perf, ws, bytes);
+        },
+        [&] { consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy); });
   });
   run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
@@ -579,22 +609,18 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int n = 0;
-    if (heuristic_only()) {
-      check_cudnn_runs(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd,
-                                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf),
-                       "cudnnGetConvolutionBackwardDataAlgorithm_v7", key);
-    } else {
-      Workspace ws(kWorkspaceLimit);
-      check_cudnn_runs(cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
-                                                                   dx.raw_data(),
-                                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf,
-                                                                   ws.get(), ws.bytes()),
-                       "cudnnFindConvolutionBackwardDataAlgorithmEx", key);
-    }
-    pick(perf, n, key, p);
-    consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy);
+    constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+    search_plan<cudnnConvolutionBwdDataAlgoPerf_t, kCount>(
+        key, p, "cudnnGetConvolutionBackwardDataAlgorithm_v7",
+        [&](cudnnConvolutionBwdDataAlgoPerf_t* perf, int* n) {
+          return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd, kCount, n, perf);
+        },
+        "cudnnFindConvolutionBackwardDataAlgorithmEx",
+        [&](cudnnConvolutionBwdDataAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
+          return cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
+                                                             dx.raw_data(), kCount, n, perf, ws, bytes);
+        },
+        [&] { consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy); });
   });
   run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
@@ -617,23 +643,18 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
     const ConvDesc& cd = *p.conv;
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int n = 0;
-    if (heuristic_only()) {
-      check_cudnn_runs(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd,
-                                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                                                                     perf),
-                       "cudnnGetConvolutionBackwardFilterAlgorithm_v7", key);
-    } else {
-      Workspace ws(kWorkspaceLimit);
-      check_cudnn_runs(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd,
-                                                                     dwd, dw.raw_data(),
-                                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                                                                     perf, ws.get(), ws.bytes()),
-                       "cudnnFindConvolutionBackwardFilterAlgorithmEx", key);
-    }
-    pick(perf, n, key, p);
-    consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy);
+    constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+    search_plan<cudnnConvolutionBwdFilterAlgoPerf_t, kCount>(
+        key, p, "cudnnGetConvolutionBackwardFilterAlgorithm_v7",
+        [&](cudnnConvolutionBwdFilterAlgoPerf_t* perf, int* n) {
+          return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd, kCount, n, perf);
+        },
+        "cudnnFindConvolutionBackwardFilterAlgorithmEx",
+        [&](cudnnConvolutionBwdFilterAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
+          return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd, dwd,
+                                                               dw.raw_data(), kCount, n, perf, ws, bytes);
+        },
+        [&] { consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy); });
   });
   run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;

@@ -12,8 +12,8 @@ namespace llr::cuda {
 
 // Which of cuDNN's interfaces a bf16 plan search times (f32 and f64 convolutions use the legacy algorithms only):
 //   legacy:  the legacy algorithms (cudnnFind*AlgorithmEx) alone;
-//   both:    the legacy pick and up to 10 graph-API engines, timed on the planning call's tensors; the fastest runs
-//            (the default);
+//   both:    the legacy heuristic's pick and up to 10 graph-API engines, timed on the planning call's tensors; the
+//            fastest runs, or, if that is the legacy pick, the legacy benchmark's (the default);
 //   engines: the fastest graph-API engine whenever one runs, the legacy pick only when none does (for the tests of
 //            the engine path).
 // LLR_CUDNN_ENGINES=0 (legacy), 1 (both) or only (engines) sets it at start-up; LLR_CUDNN_HEURISTIC=1 implies legacy.
