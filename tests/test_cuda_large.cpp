@@ -110,7 +110,8 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
   cuda::set_conv_search(cuda::ConvSearch::engines);
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
-  for (const ConvLayer& l : kWrnConvs) run_case(conv_layer_case(l, 4), kBf16, failures);
+  // Batch 2 (its own plans, apart from the case above's at batch 4) keeps the CPU reference to a few seconds.
+  for (const ConvLayer& l : kWrnConvs) run_case(conv_layer_case(l, 2), kBf16, failures);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
   for (size_t i = before.engine_failures.size(); i < after.engine_failures.size(); ++i)
     std::printf("  graph API failed: %s\n", after.engine_failures[i].c_str());
