@@ -205,7 +205,7 @@ if want 2; then
   rc_large=$?
   report_tests "$log"
   [ "$rc_large" = 124 ] && { echo "-- timed out after $large s; the log ends with:"; tail -15 "$log"; }
-  verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured')"
+  verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured'); $(grep -E '^graph-API engines: ' "$log" | cut -d';' -f1 || echo 'graph-API engines: not run')"
   archive_logs
   begin_stage 2c "PyTorch bf16 reference" 40
   log=$LOGS/2c-bf16-reference.log
