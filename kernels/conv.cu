@@ -168,6 +168,7 @@ struct ConvPlan {
   std::shared_ptr<FilterDesc> w;
   std::shared_ptr<ConvDesc> conv;
   std::shared_ptr<ConvEngine> engine;
+  bool legacy_picked = false;  // whether algo and workspace hold a legacy pick
 };
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
@@ -226,7 +227,7 @@ void check_cudnn_runs(cudnnStatus_t status, const char* call, const PlanKey& key
 // The cached plan of `key`, or a new one with its descriptors and the algorithm `search(plan)` picks (which throws
 // ConvUnsupported when no algorithm can run it).
 template <class Search>
-const ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, const Shape& y, const Conv2dGeometry& g,
+ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, const Shape& y, const Conv2dGeometry& g,
                          Search search) {
   auto it = plan_cache().find(key);
   if (it != plan_cache().end()) return it->second;
@@ -258,6 +259,7 @@ void pick(const Perf* perf, int count, const PlanKey& key, ConvPlan& plan) {
     if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kWorkspaceLimit) {
       plan.algo = int(perf[i].algo);
       plan.workspace = perf[i].memory;
+      plan.legacy_picked = true;
       return;
     }
   std::ostringstream os;
@@ -304,27 +306,31 @@ class EventPair {
   }
   EventPair(const EventPair&) = delete;
   EventPair& operator=(const EventPair&) = delete;
-  // The fastest of `runs` timed runs of `run` after one untimed run (which loads its kernels), in ms; infinity when a
-  // run reports a failure. A candidate whose first timed run takes longer than `cutoff` ms is not run again.
-  double fastest_ms(const std::function<cudnnStatus_t()>& run, double cutoff = INFINITY, int runs = 3) {
+  // The fastest of `runs` timings of `run` after one untimed run (which loads its kernels), in ms per run; infinity
+  // when a run reports a failure. Each timing queues `calls` runs back to back between its two events, so the host's
+  // time to issue a run (building the variant pack, say) hides behind the device's work as it does in a training
+  // step. A candidate whose first timing exceeds `cutoff` ms per run is not timed again.
+  double fastest_ms(const std::function<cudnnStatus_t()>& run, double cutoff = INFINITY, int runs = 3,
+                    int calls = 3) {
     cudaStream_t s = context().stream();
     if (run() != CUDNN_STATUS_SUCCESS) {
-      cudaGetLastError();  // a launch error of a refused configuration is not sticky
+      cudaGetLastError();  // a launch error of a refused configuration is not sticky (a sticky one stays)
       return INFINITY;
     }
     double best = INFINITY;
-    for (int i = 0; i < runs && best <= cutoff; ++i) {
+    for (int i = 0; i < runs && (i == 0 || best <= cutoff); ++i) {
       LLR_CUDA_CHECK(cudaEventRecord(a_, s));
-      cudnnStatus_t st = run();
+      cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+      for (int c = 0; c < calls && st == CUDNN_STATUS_SUCCESS; ++c) st = run();
       LLR_CUDA_CHECK(cudaEventRecord(b_, s));
-      LLR_CUDA_CHECK(cudaEventSynchronize(b_));
+      LLR_CUDA_CHECK(cudaEventSynchronize(b_));  // throws on a sticky error: a fault is not a slow candidate
       if (st != CUDNN_STATUS_SUCCESS) {
         cudaGetLastError();
         return INFINITY;
       }
       float ms = 0;
       LLR_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-      best = std::min(best, double(ms));
+      best = std::min(best, double(ms) / calls);
     }
     return best;
   }
@@ -340,7 +346,7 @@ using LegacyRun = std::function<cudnnStatus_t(const ConvPlan&, void* workspace, 
 // tensors (x, w, y as ConvEngine::run takes them) and keeps an engine in the plan if one is fastest. A graph API that
 // cannot describe the convolution leaves the legacy plan, noted in the stats.
 void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cudnnHandle_t h, void* x, void* w,
-                      void* y, const LegacyRun& legacy) {
+                      void* y, const LegacyRun& legacy, bool legacy_picked) {
   if (key.dtype != DType::bf16 || key.search == ConvSearch::legacy || !ConvEngine::aligned(x, w, y)) return;
   ConvProblem problem;
   problem.direction = key.direction;
@@ -362,27 +368,28 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
   }
   EventPair timer;
   double legacy_ms = INFINITY;
-  {
+  if (legacy_picked) {
     Workspace ws(p.workspace);
     legacy_ms = timer.fastest_ms([&] { return legacy(p, ws.get(), ws.bytes()); });
   }
-  // Engines far slower than the fastest so far (cuDNN's fallback list holds kernels 100x slower) run once only.
+  // Engines far slower than the fastest so far (cuDNN's fallback list holds kernels 100x slower) are timed once only.
   std::vector<std::pair<double, std::shared_ptr<ConvEngine>>> timed;
   double fastest = legacy_ms;
   for (std::unique_ptr<ConvEngine>& e : offer.engines) {
-    double ms = INFINITY;
+    std::unique_ptr<Workspace> ws;
     try {
-      Workspace ws(e->workspace());
-      ConvEngine* engine = e.get();
-      ms = timer.fastest_ms([&] { return engine->run(h, x, w, y, ws.get()); }, 3 * fastest);
+      ws = std::make_unique<Workspace>(e->workspace());
     } catch (const Error&) {
-      cudaGetLastError();  // its workspace did not fit: the candidate is left out
+      cudaGetLastError();  // its workspace does not fit now: the candidate is left out
+      continue;
     }
+    ConvEngine* engine = e.get();
+    const double ms = timer.fastest_ms([&] { return engine->run(h, x, w, y, ws->get()); }, 3 * fastest);
     if (!std::isfinite(ms)) continue;
     fastest = std::min(fastest, ms);
     timed.emplace_back(ms, std::shared_ptr<ConvEngine>(std::move(e)));
   }
-  const bool legacy_counts = key.search == ConvSearch::both || timed.empty();
+  const bool legacy_counts = legacy_picked && (key.search == ConvSearch::both || timed.empty());
   double best = legacy_counts ? legacy_ms : INFINITY;
   for (const auto& [ms, e] : timed) best = std::min(best, ms);
   // The smallest workspace among the candidates as fast as the fastest (the legacy pick first, on a tie).
@@ -397,7 +404,8 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
     chosen_ms = ms;
   }
   if (print_plans()) {
-    std::fprintf(stderr, "plan %s: legacy algo %d %.3f ms", key.describe().c_str(), p.algo, legacy_ms);
+    std::fprintf(stderr, "plan %s: legacy algo %d %.3f ms", key.describe().c_str(), legacy_picked ? p.algo : -1,
+                 legacy_ms);
     for (const auto& [ms, e] : timed)
       std::fprintf(stderr, "; %s %.3f ms %zu MiB", e->name().c_str(), ms, e->workspace() >> 20);
     std::fprintf(stderr, "%s%s -> %s %.3f ms\n", offer.skipped.empty() ? "" : ";", offer.skipped.c_str(),
@@ -413,14 +421,15 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
 
 // A plan's search. Legacy algorithms: cuDNN's heuristic (LLR_CUDNN_HEURISTIC) or its benchmark (cudnnFind*, which runs
 // every algorithm, the slow non-tensor-core ones included: up to 100 ms each for a WRN-28-10 layer). A bf16 plan that
-// may take a graph-API engine starts from the heuristic's legacy pick, times the engines against it
-// (consider_engines), and runs the benchmark only if no engine won, so its plan is never slower than the legacy search
-// alone would have made it.
+// may take a graph-API engine starts from the heuristic's legacy pick (none if the heuristic offers nothing usable),
+// times the engines against it (consider_engines), and runs the benchmark only if no engine won: an engine is kept
+// only when it ran faster than the heuristic's pick, which for an NHWC bf16 convolution is the tensor-core algorithm
+// the benchmark picks too.
 //   heuristic(perf, &count) and find(perf, &count, workspace, bytes) fill cuDNN's perf results of the direction;
-//   engines() is consider_engines on the planning call's tensors.
+//   engines(legacy_picked) is consider_engines on the planning call's tensors.
 template <class Perf, int Count, class Heuristic, class Find>
 void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, Heuristic heuristic,
-                 const char* find_call, Find find, const std::function<void()>& engines) {
+                 const char* find_call, Find find, const std::function<void(bool)>& engines) {
   auto legacy = [&](bool benchmark) {
     Perf perf[Count];
     int n = 0;
@@ -433,26 +442,40 @@ void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, He
     pick(perf, n, key, p);
   };
   if (!heuristic_only() && key.dtype == DType::bf16 && key.search != ConvSearch::legacy) {
+    bool picked = true;
     try {
       legacy(false);
-      engines();
     } catch (const ConvUnsupported&) {
-      // no legacy heuristic pick to time the engines against: the benchmark decides
+      picked = false;
     }
+    engines(picked);
     if (p.engine) return;
   }
   legacy(!heuristic_only());
 }
 
 // Runs a planned convolution: its engine, or its legacy algorithm (also where the tensors are not aligned as the
-// engine's descriptors promised).
-void run_plan(const ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y,
-              const LegacyRun& legacy, const char* call) {
+// engine's descriptors promised). An engine that refuses to run outside a recording is dropped from the plan, which
+// runs its legacy algorithm from then on (a plan without one is refused as unsupported: bf16 falls back to f32); in a
+// recording the refusal fails the recording (the eager steps decide).
+void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y, const LegacyRun& legacy,
+              const char* call) {
   if (plan.engine && ConvEngine::aligned(x, w, y)) {
     ++plan_stats().engine_calls;
-    Workspace ws(plan.engine->workspace());
-    check_cudnn_runs(plan.engine->run(h, x, w, y, ws.get()), "cudnnBackendExecute", key);
-    return;
+    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+    {
+      Workspace ws(plan.engine->workspace());
+      status = plan.engine->run(h, x, w, y, ws.get());
+    }
+    if (status == CUDNN_STATUS_SUCCESS) return;
+    if (graph::recording()) check_cudnn_runs(status, "cudnnBackendExecute", key);
+    cudaGetLastError();
+    const std::string reason = key.describe() + ": " + plan.engine->name() + " failed: " + cudnnGetErrorString(status);
+    if (plan_stats().engine_failures.size() < 16) plan_stats().engine_failures.push_back(reason);
+    std::fprintf(stderr, "llrtrain: note: %s; the legacy algorithm runs it from now on\n", reason.c_str());
+    plan.engine.reset();
+    --plan_stats().engine_plans;
+    if (!plan.legacy_picked) throw ConvUnsupported(reason);
   }
   Workspace ws(plan.workspace);
   check_cudnn_runs(legacy(plan, ws.get(), ws.bytes()), call, key);
@@ -572,7 +595,7 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
     return cudnnConvolutionForward(h, alpha, *p.x, x.raw_data(), *p.w, w.raw_data(), *p.conv,
                                    cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
   };
-  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -587,7 +610,9 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
           return cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd, y.raw_data(),
                                                         kCount, n, perf, ws, bytes);
         },
-        [&] { consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy); });
+        [&](bool picked) {
+          consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, picked);
+        });
   });
   run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
@@ -605,7 +630,7 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
     return cudnnConvolutionBackwardData(h, alpha, *p.w, w.raw_data(), *p.y, gy.raw_data(), *p.conv,
                                         cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
   };
-  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -620,7 +645,9 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
           return cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
                                                              dx.raw_data(), kCount, n, perf, ws, bytes);
         },
-        [&] { consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy); });
+        [&](bool picked) {
+          consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, picked);
+        });
   });
   run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
@@ -639,7 +666,7 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                                           cudnnConvolutionBwdFilterAlgo_t(p.algo), ws, bytes, beta, *p.w,
                                           dw.raw_data());
   };
-  const ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -654,7 +681,9 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
           return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd, dwd,
                                                                dw.raw_data(), kCount, n, perf, ws, bytes);
         },
-        [&] { consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy); });
+        [&](bool picked) {
+          consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, picked);
+        });
   });
   run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;

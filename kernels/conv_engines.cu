@@ -75,15 +75,17 @@ std::unique_ptr<Desc> tensor(int64_t uid, const std::array<int64_t, 4>& s, DType
   return d;
 }
 
-// The engine's notes of one kind, as ints.
-std::vector<int> notes(const Desc& engine, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
-                       int max) {
+// The engine's notes of one kind, as ints (the note enums are ints in size); false if cuDNN cannot say.
+static_assert(sizeof(cudnnBackendNumericalNote_t) == sizeof(int) && sizeof(cudnnBackendBehaviorNote_t) == sizeof(int),
+              "notes are read into an int array");
+bool notes(const Desc& engine, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int max,
+           std::vector<int>* out) {
   std::vector<int> v(static_cast<size_t>(max), -1);
   int64_t count = 0;
-  // The note enums are ints in size; read into an int array.
-  if (cudnnBackendGetAttribute(engine.get(), name, type, max, &count, v.data()) != CUDNN_STATUS_SUCCESS) return {};
+  if (cudnnBackendGetAttribute(engine.get(), name, type, max, &count, v.data()) != CUDNN_STATUS_SUCCESS) return false;
   v.resize(static_cast<size_t>(std::clamp<int64_t>(count, 0, max)));
-  return v;
+  *out = std::move(v);
+  return true;
 }
 
 bool has(const std::vector<int>& v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
@@ -235,11 +237,13 @@ ConvEngineOffer conv_engines(cudnnHandle_t h, const ConvProblem& p, size_t works
         ++left_out;
         continue;
       }
-      const std::vector<int> numerical =
-          notes(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
-      const std::vector<int> behavior =
-          notes(engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
-      if (has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) ||
+      // An engine whose notes cannot be read is left out: it might be one of those below.
+      std::vector<int> numerical, behavior;
+      if (!notes(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT,
+                 &numerical) ||
+          !notes(engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT,
+                 &behavior) ||
+          has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) ||
           has(behavior, CUDNN_BEHAVIOR_NOTE_CUBLASLT_DEPENDENCY) ||
           has(numerical, CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) ||
           has(numerical, CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)) {
@@ -277,9 +281,11 @@ ConvEngineOffer conv_engines(cudnnHandle_t h, const ConvProblem& p, size_t works
       }
       auto plan = std::make_unique<Desc>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
       cudnnBackendDescriptor_t config_raw = config->get();
-      plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h)
-          .set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &config_raw);
-      if (plan->try_finalize() != CUDNN_STATUS_SUCCESS) {
+      if (cudnnBackendSetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h) !=
+              CUDNN_STATUS_SUCCESS ||
+          cudnnBackendSetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                   1, &config_raw) != CUDNN_STATUS_SUCCESS ||
+          plan->try_finalize() != CUDNN_STATUS_SUCCESS) {
         ++left_out;
         continue;
       }
