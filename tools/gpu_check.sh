@@ -228,11 +228,13 @@ if want 3; then
   # The JAX anchor (opt-in) brings its own two minutes, taken from memcheck's.
   begin_stage 3 "step benchmark" $((210 + 120 * ${LLR_JAX:-0}))
   log=$LOGS/3-bench.log
-  timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
+  # LLR_PRINT_PLANS: the convolution plans the steps run (legacy algorithm or graph-API engine) go to the log.
+  LLR_PRINT_PLANS=1 timeout -k 5 "$(box 50)" "$BIN/llrtrain" bench "${BENCH[@]}" --json "$OUT/bench.jsonl" >"$log" 2>&1
   rc_ours=$?
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
   [ "$rc_ours" = 0 ] && rc_ours=$?
-  grep -vE '^\{' "$log" | tail -16
+  grep -vE '^\{|^plan ' "$log" | tail -16
+  echo "convolution plans of the steps: $(grep -cE '^plan .* -> engine' "$log") graph-API engines, $(grep -cE '^plan .* -> legacy' "$log") legacy"
   # CUDA graphs: whole steps replayed, against the eager runs above (time, replays, and the last step's loss, which
   # should be the eager one up to the GPU's non-deterministic sums: atomics in the batch statistics).
   glog=$LOGS/3-graphs.log
