@@ -27,8 +27,10 @@
 #                       PreAct ResNet-18) again with --cuda-graphs, whole steps replayed (time, replays, last loss
 #                       against the eager run); LLR-2 and LLR-10 with
 #                       --llr-recompute-nominal --tangent-segments 8, GradAlign with --tangent-segments 8 (time and
-#                       peak memory against the default and natural training's); LLR_JAX=1 adds the JAX anchor
-#                       (+120 s, taken from memcheck: XLA compiles each step first)
+#                       peak memory against the default and natural training's); natural, PGD-10 and LLR-2 on
+#                       WRN-28-10 with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0: what the graph-API
+#                       engines bring); LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA compiles each
+#                       step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU;
 #                       each bf16 plan's legacy algorithm against cuDNN's graph-API engines (LLR_PRINT_PLANS lines)
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
@@ -114,6 +116,7 @@ if [ "$DRY" = 1 ]; then
   LOWMEM=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "llr-1")
   GRAPHS=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 1 --iters 2 --methods "natural,pgd-3")
   GRAPHS_SMALL=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 1 --iters 2 --methods "llr-1")
+  LEGACY=(--model wrn-10-1 --batch 8 --precision fp32 --device cpu --warmup 0 --iters 1 --methods "natural")
   ANCHOR=(--quick --methods "natural,pgd-10,llr-2-dbp")
   CONV=(--batch 2 --iters 1)
   TRAIN=(--model wrn-10-1 --steps 2 --batch 16 --precision fp32 --device cpu)
@@ -130,6 +133,8 @@ else
   GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2,llr-10")
   GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
     --methods "natural,pgd-10,trades-10,llr-2,llr-10")
+  # The same steps with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0): what the graph-API engines bring.
+  LEGACY=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2")
   PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
   PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
   ANCHOR=(--models wrn-28-10,preact-rn18 --prec bf16 --methods "natural,pgd-10,trades-10,llr-2-dbp,llr-10-dbp"
@@ -288,6 +293,25 @@ print("; ".join(out) if out else "no low-memory runs to compare")
 PY
 )
   echo "low-memory LLR: $lowmem_line"
+  LLR_CUDNN_ENGINES=0 timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LEGACY[@]}" --json "$WORK/legacy.jsonl" \
+    >"$LOGS/3-legacy-conv.log" 2>&1
+  cp "$WORK/legacy.jsonl" "$LOGS/3-legacy-conv.jsonl" 2>/dev/null
+  engines_line=$(python3 - "$OUT/bench.jsonl" "$WORK/legacy.jsonl" <<'PY' 2>&1
+import json, sys
+def rows(p):
+    try:
+        return {(j["model"], j.get("act"), j["method"]): j for j in map(json.loads, open(p))
+                if j.get("framework") == "llrtrain"}
+    except OSError:
+        return {}
+ours, legacy = rows(sys.argv[1]), rows(sys.argv[2])
+out = ["%s %s %.2f -> %.2f ms (%.2fx), peak %.2f -> %.2f GiB" % (
+    k[0], k[2], l["ms_step_median"], ours[k]["ms_step_median"], ours[k]["ms_step_median"] / l["ms_step_median"],
+    l["peak_gib"], ours[k]["peak_gib"]) for k, l in legacy.items() if k in ours]
+print("; ".join(out) if out else "no legacy runs to compare")
+PY
+)
+  echo "legacy algorithms -> with graph-API engines: $engines_line"
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
     OUT="$OUT" timeout -k 5 "$(box 60)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
@@ -319,6 +343,7 @@ PY
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   verdict 3 cuda-graphs "$(status_word "$rc_graphs"): $graphs_line"
   verdict 3 llr-memory "$lowmem_line"
+  verdict 3 conv-engines "legacy algorithms -> with graph-API engines: $engines_line"
   archive_logs
 fi
 
