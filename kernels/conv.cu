@@ -146,7 +146,8 @@ struct PlanKey {
     std::ostringstream os;
     os << "conv2d " << direction_name(direction) << " x" << shape_str(Shape(x.begin(), x.end())) << " w"
        << shape_str(Shape(w.begin(), w.end())) << " stride " << stride << " pad " << padding << ' '
-       << dtype_name(dtype) << " math " << math;
+       << dtype_name(dtype) << " math " << math
+       << (search == ConvSearch::legacy ? " legacy" : search == ConvSearch::engines ? " engines" : "");
     return os.str();
   }
 };
@@ -278,8 +279,10 @@ ConvSearch initial_search() {
   if (env_flag_set("LLR_CUDNN_HEURISTIC")) return ConvSearch::legacy;
   if (!v || !*v) return ConvSearch::both;
   std::string s(v);
-  if (s == "0") return ConvSearch::legacy;
-  if (s == "only") return ConvSearch::engines;
+  if (s == "0" || s == "legacy") return ConvSearch::legacy;
+  if (s == "only" || s == "engines") return ConvSearch::engines;
+  if (s != "1" && s != "both")
+    std::fprintf(stderr, "llrtrain: note: LLR_CUDNN_ENGINES=%s is not 0, 1 or only; the default (1) applies\n", v);
   return ConvSearch::both;
 }
 
@@ -324,10 +327,8 @@ class EventPair {
       for (int c = 0; c < calls && st == CUDNN_STATUS_SUCCESS; ++c) st = run();
       LLR_CUDA_CHECK(cudaEventRecord(b_, s));
       LLR_CUDA_CHECK(cudaEventSynchronize(b_));  // throws on a sticky error: a fault is not a slow candidate
-      if (st != CUDNN_STATUS_SUCCESS) {
-        cudaGetLastError();
-        return INFINITY;
-      }
+      // A refused run, or a kernel that failed to launch (its error is not sticky: cleared here), is no candidate.
+      if (cudaGetLastError() != cudaSuccess || st != CUDNN_STATUS_SUCCESS) return INFINITY;
       float ms = 0;
       LLR_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
       best = std::min(best, double(ms) / calls);
@@ -361,6 +362,7 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
     offer = conv_engines(h, problem, kWorkspaceLimit, kEngineCandidates);
   } catch (const std::exception& e) {
     cudaGetLastError();
+    ++plan_stats().engine_failure_count;
     if (plan_stats().engine_failures.size() < 16)
       plan_stats().engine_failures.push_back(key.describe() + ": " + e.what());
     if (print_plans()) std::fprintf(stderr, "plan %s: graph API: %s\n", key.describe().c_str(), e.what());
@@ -371,6 +373,8 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
   if (legacy_picked) {
     Workspace ws(p.workspace);
     legacy_ms = timer.fastest_ms([&] { return legacy(p, ws.get(), ws.bytes()); });
+    // A heuristic pick that does not run is no fallback for an engine: the benchmark runs unless an engine wins.
+    if (!std::isfinite(legacy_ms)) legacy_picked = p.legacy_picked = false;
   }
   // Engines far slower than the fastest so far (cuDNN's fallback list holds kernels 100x slower) are timed once only.
   std::vector<std::pair<double, std::shared_ptr<ConvEngine>>> timed;
@@ -460,17 +464,22 @@ void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, He
 // recording the refusal fails the recording (the eager steps decide).
 void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y, const LegacyRun& legacy,
               const char* call) {
+  if (plan.engine && !ConvEngine::aligned(x, w, y) && !plan.legacy_picked)
+    throw ConvUnsupported(key.describe() + ": tensors not 16-byte aligned for the plan's engine, and no legacy pick");
   if (plan.engine && ConvEngine::aligned(x, w, y)) {
-    ++plan_stats().engine_calls;
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     {
       Workspace ws(plan.engine->workspace());
       status = plan.engine->run(h, x, w, y, ws.get());
     }
-    if (status == CUDNN_STATUS_SUCCESS) return;
+    if (status == CUDNN_STATUS_SUCCESS) {
+      ++plan_stats().engine_calls;
+      return;
+    }
     if (graph::recording()) check_cudnn_runs(status, "cudnnBackendExecute", key);
     cudaGetLastError();
     const std::string reason = key.describe() + ": " + plan.engine->name() + " failed: " + cudnnGetErrorString(status);
+    ++plan_stats().engine_failure_count;
     if (plan_stats().engine_failures.size() < 16) plan_stats().engine_failures.push_back(reason);
     std::fprintf(stderr, "llrtrain: note: %s; the legacy algorithm runs it from now on\n", reason.c_str());
     plan.engine.reset();

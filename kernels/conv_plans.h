@@ -16,7 +16,8 @@ namespace llr::cuda {
 //            fastest runs, or, if that is the legacy pick, the legacy benchmark's (the default);
 //   engines: the fastest graph-API engine whenever one runs, the legacy pick only when none does (for the tests of
 //            the engine path).
-// LLR_CUDNN_ENGINES=0 (legacy), 1 (both) or only (engines) sets it at start-up; LLR_CUDNN_HEURISTIC=1 implies legacy.
+// LLR_CUDNN_ENGINES=0 (legacy), 1 (both) or only (engines) sets it at start-up; LLR_CUDNN_HEURISTIC=1 implies legacy
+// whatever the mode (no timing at all).
 // Plans are cached per search, so changing it plans anew.
 enum class ConvSearch { legacy, both, engines };
 ConvSearch conv_search();
@@ -29,7 +30,8 @@ struct ConvPlanStats {
   uint64_t engine_plans = 0;                // plans that run a graph-API engine
   uint64_t legacy_plans = 0;                // plans whose engines were timed and the legacy algorithm kept
   uint64_t engine_calls = 0;                // convolutions run by a graph-API engine
-  std::vector<std::string> engine_failures; // plans whose graph-API search failed, with the reason (first 16)
+  uint64_t engine_failure_count = 0;         // graph-API searches that failed, and engines that refused to run
+  std::vector<std::string> engine_failures; // the first 16 of those, with the reason
 };
 
 ConvPlanStats conv_plan_stats();

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "kernels/context.h"
 #include "kernels/conv_plans.h"
@@ -103,6 +104,10 @@ TEST_CASE("WRN-28-10 convolutions at real channel counts match the CPU: forward 
 // faster, so the case above need not reach an engine at all).
 TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WRN-28-10 channel counts") {
   if (!gpu_ready("CUDA graph-API convolutions")) return;
+  if (const char* h = std::getenv("LLR_CUDNN_HEURISTIC"); h && *h && *h != '0') {
+    std::printf("SKIPPED graph-API convolutions: LLR_CUDNN_HEURISTIC plans by the legacy heuristic alone\n");
+    return;
+  }
   struct RestoreSearch {
     cuda::ConvSearch saved = cuda::conv_search();
     ~RestoreSearch() { cuda::set_conv_search(saved); }
@@ -123,7 +128,7 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
   CHECK(failures == 0);
   CHECK(after.engine_plans > before.engine_plans);
   CHECK(after.engine_calls > before.engine_calls);
-  CHECK(after.engine_failures.size() == before.engine_failures.size());
+  CHECK(after.engine_failure_count == before.engine_failure_count);
   CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
 }
 
