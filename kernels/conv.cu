@@ -276,7 +276,7 @@ void pick(const Perf* perf, int count, const PlanKey& key, ConvPlan& plan) {
 // The search mode (conv_plans.h).
 ConvSearch initial_search() {
   const char* v = std::getenv("LLR_CUDNN_ENGINES");
-  if (env_flag_set("LLR_CUDNN_HEURISTIC")) return ConvSearch::legacy;
+  if (heuristic_only()) return ConvSearch::legacy;
   if (!v || !*v) return ConvSearch::both;
   std::string s(v);
   if (s == "0" || s == "legacy") return ConvSearch::legacy;

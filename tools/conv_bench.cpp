@@ -181,15 +181,15 @@ int main(int argc, char** argv) {
         Tensor gy = gen.normal({batch, out, out, l.cout}, 0, 1, DType::f32, Layout::nhwc).to(Device::cuda).to(dt);
         double flop = 2.0 * batch * out * out * l.cout * l.kernel * l.kernel * l.cin;
         uint64_t fallbacks = cuda::conv_plan_stats().bf16_fallback_calls;
-        // Whether a direction's timed calls ran a graph-API engine.
-        auto engine_ran = [](uint64_t before) { return cuda::conv_plan_stats().engine_calls != before; };
+        // Whether a direction's timed calls ran a graph-API engine: the engine calls before and after each.
         uint64_t e0 = cuda::conv_plan_stats().engine_calls;
         double f = median_ms(iters, calls, [&] { backend::conv2d_forward(x, w, g); });
         uint64_t e1 = cuda::conv_plan_stats().engine_calls;
         double d = median_ms(iters, calls, [&] { backend::conv2d_backward_data(gy, w, x.shape(), g); });
         uint64_t e2 = cuda::conv_plan_stats().engine_calls;
         double k = median_ms(iters, calls, [&] { backend::conv2d_backward_filter(x, gy, w.shape(), g); });
-        const bool engine_f = e1 != e0, engine_d = e2 != e1, engine_k = engine_ran(e2);
+        uint64_t e3 = cuda::conv_plan_stats().engine_calls;
+        const bool engine_f = e1 != e0, engine_d = e2 != e1, engine_k = e3 != e2;
         bool fell_back = cuda::conv_plan_stats().bf16_fallback_calls != fallbacks;
         std::string engines;
         if (engine_f || engine_d || engine_k)

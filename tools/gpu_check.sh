@@ -251,28 +251,7 @@ if want 3; then
   [ "$rc_graphs" = 0 ] && rc_graphs=$?
   grep -iE 'warning|error' "$glog" | head -5
   cp "$WORK/graphs.jsonl" "$LOGS/3-graphs.jsonl" 2>/dev/null
-  graphs_line=$(python3 - "$OUT/bench.jsonl" "$WORK/graphs.jsonl" <<'PY' 2>&1
-import json, sys
-def rows(p):
-    try:
-        return {(j["model"], j.get("act"), j["method"]): j for j in map(json.loads, open(p))
-                if j.get("framework") == "llrtrain"}
-    except OSError:
-        return {}
-eager, graphs = rows(sys.argv[1]), rows(sys.argv[2])
-out = []
-for k, g in graphs.items():
-    e = eager.get(k)
-    if not e or e.get("cuda_graphs"):
-        continue
-    out.append("%s %s %.2f->%.2f ms (%.2fx, %.2g replays and %.2g recordings/step, loss %s)" % (
-        k[0], k[2], e["ms_step_median"], g["ms_step_median"], g["ms_step_median"] / e["ms_step_median"],
-        g.get("graph_replays_per_step", 0), g.get("graph_recordings_per_step", float("nan")),
-        "equal" if g.get("loss_last_step") == e.get("loss_last_step") else
-        "%.6g vs %.6g" % (g.get("loss_last_step", float("nan")), e.get("loss_last_step", float("nan")))))
-print("; ".join(out) if out else "no graph runs to compare")
-PY
-)
+  graphs_line=$(python3 "$CARRY/tools/compare_runs.py" graphs "$OUT/bench.jsonl" "$WORK/graphs.jsonl" 2>&1)
   echo "cuda graphs: $graphs_line"
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LOWMEM[@]}" --llr-recompute-nominal --tangent-segments 8 \
     --json "$OUT/bench.jsonl" >"$LOGS/3-lowmem.log" 2>&1
@@ -297,21 +276,7 @@ PY
   LLR_CUDNN_ENGINES=0 timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LEGACY[@]}" --json "$WORK/legacy.jsonl" \
     >"$LOGS/3-legacy-conv.log" 2>&1
   cp "$WORK/legacy.jsonl" "$LOGS/3-legacy-conv.jsonl" 2>/dev/null
-  engines_line=$(python3 - "$OUT/bench.jsonl" "$WORK/legacy.jsonl" <<'PY' 2>&1
-import json, sys
-def rows(p):
-    try:
-        return {(j["model"], j.get("act"), j["method"]): j for j in map(json.loads, open(p))
-                if j.get("framework") == "llrtrain"}
-    except OSError:
-        return {}
-ours, legacy = rows(sys.argv[1]), rows(sys.argv[2])
-out = ["%s %s %.2f -> %.2f ms (%.2fx), peak %.2f -> %.2f GiB" % (
-    k[0], k[2], l["ms_step_median"], ours[k]["ms_step_median"], ours[k]["ms_step_median"] / l["ms_step_median"],
-    l["peak_gib"], ours[k]["peak_gib"]) for k, l in legacy.items() if k in ours]
-print("; ".join(out) if out else "no legacy runs to compare")
-PY
-)
+  engines_line=$(python3 "$CARRY/tools/compare_runs.py" legacy "$OUT/bench.jsonl" "$WORK/legacy.jsonl" 2>&1)
   echo "legacy algorithms -> with graph-API engines: $engines_line"
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then

@@ -3,7 +3,8 @@
 # tools/gpu_check.sh needs on a lent GPU machine, which cannot build (no Eigen, doctest, CLI11 or nlohmann-json):
 #   carry/bin/       llrtrain, llr_tests, llr_conv_bench (stripped)
 #   carry/anchors/   torch_anchor.py, jax_anchor.py (from ../shared/anchors: the device receives no ../shared)
-#   carry/tools/     compare_bench.py and reference/*.py, the scripts the check runs, pinned with the binaries
+#   carry/tools/     compare_bench.py, compare_runs.py and reference/*.py, the scripts the check runs, pinned with
+#                    the binaries
 #   carry/cifar10/   data_batch_1.bin.xz: 10,000 CIFAR-10 training images for the short trainings
 #   carry/MANIFEST   commit, build settings, each file's size and sha256, the binaries' libraries here
 # Prints the total and fails above 60 MiB: a device call carries at most 64 MiB, the working tree included.
@@ -24,7 +25,7 @@ mkdir -p carry/bin carry/anchors carry/tools/reference carry/cifar10
 cp build-cuda/llrtrain build-cuda/llr_tests build-cuda/llr_conv_bench carry/bin/
 # Symbols are not needed to run, and the CUDA device code lives in a data section that strip keeps.
 strip --strip-unneeded carry/bin/*
-cp tools/compare_bench.py tools/compare_profiles.py carry/tools/
+cp tools/compare_bench.py tools/compare_profiles.py tools/compare_runs.py carry/tools/
 # The newest committed GPU profile (bench/results/<date>-<gpu>/<run>/logs.tar.gz), for gpu_check.sh to compare its
 # own with: what each change since then did, op by op.
 prev=$(ls -1 bench/results/*/*/logs.tar.gz 2>/dev/null | sort | tail -1)
