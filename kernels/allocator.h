@@ -48,6 +48,7 @@ class CachingAllocator final : public DeviceAllocator {
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.
   void set_poison(bool on) { poison_ = on; }
+  bool poison() const { return poison_; }
 
  private:
   mutable std::mutex mutex_;

@@ -229,7 +229,7 @@ void check_cudnn_runs(cudnnStatus_t status, const char* call, const PlanKey& key
 // ConvUnsupported when no algorithm can run it).
 template <class Search>
 ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, const Shape& y, const Conv2dGeometry& g,
-                         Search search) {
+                   const Tensor& out, Search search) {
   auto it = plan_cache().find(key);
   if (it != plan_cache().end()) return it->second;
   // cuDNN's search runs and times kernels, which a graph capture cannot: the step run eagerly before a recording
@@ -242,6 +242,11 @@ ConvPlan& plan_for(const PlanKey& key, const Shape& x, const Shape& w, const Sha
   plan.w = std::make_shared<FilterDesc>(w, key.dtype);
   plan.conv = std::make_shared<ConvDesc>(g, key.dtype);
   search(plan);
+  // The search ran its candidates into the call's output: poisoned again where the tests poison new allocations, so
+  // the plan's own run must write every element of it (no candidate's values stand in for it).
+  if (allocator().poison())
+    LLR_CUDA_CHECK(cudaMemsetAsync(out.raw_data(), 0xFF, size_t(out.numel()) * dtype_size(out.dtype()),
+                                   context().stream()));
   return plan_cache().emplace(key, std::move(plan)).first->second;
 }
 
@@ -604,7 +609,7 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
     return cudnnConvolutionForward(h, alpha, *p.x, x.raw_data(), *p.w, w.raw_data(), *p.conv,
                                    cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
   };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, y, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -639,7 +644,7 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
     return cudnnConvolutionBackwardData(h, alpha, *p.w, w.raw_data(), *p.y, gy.raw_data(), *p.conv,
                                         cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
   };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dx, [&](ConvPlan& p) {
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -675,7 +680,7 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                                           cudnnConvolutionBwdFilterAlgo_t(p.algo), ws, bytes, beta, *p.w,
                                           dw.raw_data());
   };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, [&](ConvPlan& p) {
+  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dw, [&](ConvPlan& p) {
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
     const ConvDesc& cd = *p.conv;
