@@ -57,8 +57,8 @@ void write_replayed(const Tensor& recorded, const Tensor& fresh) {
 }  // namespace dispatch
 
 void copy_into(const Tensor& dst, const Tensor& src) {
-  note_value_write();
   LLR_CHECK(dst.defined() && src.defined(), "copy_into: undefined tensor");
+  dst.note_value_write();
   LLR_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "copy_into: ", src.describe(), " into ",
             dst.describe());
   size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype());

@@ -300,12 +300,15 @@ double Tensor::at(int64_t i) const {
   LLR_FAIL("element access to a bf16 tensor on the CPU");
 }
 
-namespace {
-std::atomic<uint64_t> write_epoch{0};
-}  // namespace
+uint64_t Tensor::value_version() const {
+  check_defined("value_version()");
+  return impl_->storage ? impl_->storage->version() : 0;
+}
 
-uint64_t value_write_epoch() { return write_epoch.load(); }
-void note_value_write() { ++write_epoch; }
+void Tensor::note_value_write() const {
+  check_defined("note_value_write()");
+  if (impl_->storage) impl_->storage->note_write();
+}
 
 void Tensor::set(int64_t i, double value) {
   graph::detail::check_no_host_write("Tensor::set()");

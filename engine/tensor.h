@@ -69,9 +69,13 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  // Writes into the values outside the ops so far (Tensor::note_value_write).
+  uint64_t version() const { return version_; }
+  void note_write() { ++version_; }
 
  private:
   void* data_ = nullptr;
+  uint64_t version_ = 0;
   size_t bytes_ = 0;
   Device device_;
   const char* op_ = nullptr;  // the memory ledger's labels, when it was on at allocation
@@ -134,6 +138,12 @@ class Tensor {
   std::vector<double> to_vector() const;  // any floating or integer dtype, as double
   double at(int64_t flat_index) const;
   void set(int64_t flat_index, double value);  // in-place, outside autograd
+  // Writes into the storage's values outside the ops (a checkpoint load, an optimiser step, set(), copy_into) count
+  // here: a conversion kept of values that have not changed since (a weight cast to the compute dtype once per
+  // update instead of once per forward pass: nets::ComputeCopy) is valid while the count stands still. Views that
+  // share the storage share the count.
+  uint64_t value_version() const;
+  void note_value_write() const;
 
   Tensor to(DType dtype) const;        // converted copy on the same device (not recorded)
   Tensor to(Device device) const;      // copy on another device (not recorded)
@@ -162,12 +172,6 @@ class Tensor {
   void check_defined(const char* what) const;
   std::shared_ptr<TensorImpl> impl_;
 };
-
-// Writes to existing tensors' values outside the ops (a checkpoint load, an optimiser step, Tensor::set, copy_into)
-// advance this counter: a conversion kept for values that have not changed since (weights cast to the compute dtype
-// once per step instead of once per forward pass) is valid while it stands still.
-uint64_t value_write_epoch();
-void note_value_write();
 
 // Calls f(T{}) with T the C++ type of a floating dtype on the CPU (f32 or f64); throws for others.
 template <class F>

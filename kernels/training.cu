@@ -1,6 +1,8 @@
 // The CUDA side of the training loop's kernels (train/training_kernels.def): batch gathering with augmentation (one
 // kernel: gather, reflect-pad, crop, flip, scale to [0, 1]), the fused SGD update, and the accuracy and non-finite
 // counts. Index math comes from train/augment_math.h, shared with the CPU side.
+#include <type_traits>
+
 #include "train/augment_math.h"
 #include "train/sgd_math.h"
 #include "kernels/cuda_backend.h"
@@ -58,21 +60,23 @@ Tensor gather_images_impl(const Tensor& images, const Tensor& order, int64_t beg
   return out;
 }
 
-// Up to kSgdTensors parameters per launch, in the kernel's arguments (about 2 KB: under the 4 KB every CUDA version
-// takes); each element finds its tensor by binary search over the running element counts.
+// Up to kSgdTensors parameters per launch, in the kernel's arguments (about 2.4 KB: under the 4 KB every CUDA version
+// takes); each element finds its tensor by binary search over the running element counts. C: the dtype of the
+// parameters' copies (c[k] null where a parameter has none).
 constexpr int kSgdTensors = 48;
-template <class T>
+template <class T, class C>
 struct SgdTensors {
   T* p[kSgdTensors];
   const T* g[kSgdTensors];
   T* m[kSgdTensors];
+  C* c[kSgdTensors];
   acc_t<T> wd[kSgdTensors];
   int64_t end[kSgdTensors];  // elements of tensors 0..k together
   int count = 0;
 };
 
-template <class T>
-void sgd_launch(const SgdTensors<T>& c, double lr, double momentum, bool nesterov, bool first, double* bad) {
+template <class T, class C>
+void sgd_launch(const SgdTensors<T, C>& c, double lr, double momentum, bool nesterov, bool first, double* bad) {
   using S = acc_t<T>;
   const S lr_ = S(lr), mo = S(momentum);
   for_each(c.end[c.count - 1], [=] __device__(int64_t i) {
@@ -87,22 +91,25 @@ void sgd_launch(const SgdTensors<T>& c, double lr, double momentum, bool nestero
     S updated = sgd_math::update(ld(c.p[lo], j), ld(c.g[lo], j), mj, lr_, mo, c.wd[lo], nesterov, first);
     st(c.m[lo], j, mj);
     st(c.p[lo], j, updated);
+    // Rounded as convert_pair rounds a cast: through the wide value to the copy's accumulation type, then stored.
+    if (c.c[lo]) st(c.c[lo], j, static_cast<acc_t<C>>(static_cast<double>(updated)));
     if (!isfinite(updated)) atomicAdd(bad, 1.0);  // only a diverging run pays for the atomics
   });
 }
 
-template <class T>
-void sgd_impl(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
-             const std::vector<double>& weight_decay, double lr, double momentum, bool nesterov, bool first,
-             Tensor& nonfinite) {
+template <class T, class C>
+void sgd_tensors(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
+                 std::vector<Tensor>& copies, const std::vector<double>& weight_decay, double lr, double momentum,
+                 bool nesterov, bool first, Tensor& nonfinite) {
   double* bad = ptr<double>(nonfinite);
-  SgdTensors<T> c;
+  SgdTensors<T, C> c;
   int64_t total = 0;
   for (size_t k = 0; k < params.size(); ++k) {
     if (params[k].numel() == 0) continue;
     c.p[c.count] = ptr<T>(params[k]);
     c.g[c.count] = ptr<T>(grads[k]);
     c.m[c.count] = ptr<T>(buffers[k]);
+    c.c[c.count] = copies[k].defined() ? ptr<C>(copies[k]) : nullptr;
     c.wd[c.count] = acc_t<T>(weight_decay[k]);
     total += params[k].numel();
     c.end[c.count] = total;
@@ -113,6 +120,25 @@ void sgd_impl(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std
     }
   }
   if (c.count > 0) sgd_launch(c, lr, momentum, nesterov, first, bad);
+}
+
+// The copies' dtype (the checks allow one, narrower than the parameters'): f32 parameters have bf16 copies, f64 ones
+// f32 or bf16 copies.
+template <class T>
+void sgd_impl(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
+              std::vector<Tensor>& copies, const std::vector<double>& weight_decay, double lr, double momentum,
+              bool nesterov, bool first, Tensor& nonfinite) {
+  DType copy = params[0].dtype();
+  for (const Tensor& t : copies)
+    if (t.defined()) copy = t.dtype();
+  if (copy == DType::bf16)
+    return sgd_tensors<T, bf16>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first, nonfinite);
+  if (copy == DType::f32 && !std::is_same_v<T, float>)
+    return sgd_tensors<T, float>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first,
+                                 nonfinite);
+  LLR_CHECK(copy == params[0].dtype(), "sgd_update: no ", dtype_name(copy), " copies of ",
+            dtype_name(params[0].dtype()), " parameters");
+  sgd_tensors<T, T>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first, nonfinite);
 }
 
 }  // namespace
@@ -149,11 +175,12 @@ Tensor CudaTrainingKernels::gather_labels(const Tensor& labels, const Tensor& or
 }
 
 void CudaTrainingKernels::sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads,
-                                     std::vector<Tensor>& buffers, const std::vector<double>& weight_decay, double lr,
-                                     double momentum, bool nesterov, bool first_step, Tensor& nonfinite) {
+                                     std::vector<Tensor>& buffers, std::vector<Tensor>& copies,
+                                     const std::vector<double>& weight_decay, double lr, double momentum,
+                                     bool nesterov, bool first_step, Tensor& nonfinite) {
   if (params.empty()) return;
-  LLR_CUDA_DISPATCH(params[0].dtype(), "sgd_update", sgd_impl, params, grads, buffers, weight_decay, lr, momentum,
-                    nesterov, first_step, nonfinite);
+  LLR_CUDA_DISPATCH(params[0].dtype(), "sgd_update", sgd_impl, params, grads, buffers, copies, weight_decay, lr,
+                    momentum, nesterov, first_step, nonfinite);
 }
 
 }  // namespace llr::cuda

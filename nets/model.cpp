@@ -12,8 +12,14 @@ namespace llr::nets {
 Tensor Registry::add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter) {
   for (const NamedTensor& e : entries_) LLR_CHECK(e.name != name, "duplicate tensor name ", name);
   if (kind != TensorKind::buffer) t.requires_grad_();
-  entries_.push_back({name, t, kind, conv_filter});
+  entries_.push_back({name, t, kind, conv_filter, nullptr});
   return t;
+}
+
+std::shared_ptr<ComputeCopy> Registry::compute_copy_of_last() {
+  LLR_CHECK(!entries_.empty(), "compute_copy_of_last: no tensor added yet");
+  if (!entries_.back().compute) entries_.back().compute = std::make_shared<ComputeCopy>();
+  return entries_.back().compute;
 }
 
 std::vector<Tensor> Registry::parameters() const {
@@ -26,15 +32,34 @@ std::vector<Tensor> Registry::parameters() const {
 Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (master.dtype() == compute) return master;
   const uint64_t here = graph::lasting_recording_id();
-  if (copy_.defined() && copy_.dtype() == compute && epoch_ == value_write_epoch() && made_in_ == here)
-    return cast_reusing(master, copy_);
+  const bool current = copy_.defined() && copy_.dtype() == compute && master.raw_data() == master_ &&
+                       version_ == master.value_version();
+  if (current && (made_in_ == here || (maintained_ && made_in_ == 0))) return cast_reusing(master, copy_);
   Tensor c = cast(master, compute);
   // A cast in a scoped recording has not run yet (and may never, if the recording fails): it is not kept.
   if (graph::recording() && here == 0) return c;
+  if (maintained_) {
+    // The optimiser's target and what recordings read: refreshed in place, never replaced. A lasting recording casts
+    // for itself.
+    if (here != 0 || copy_.dtype() != compute || master.raw_data() != master_) return c;
+    copy_into(copy_, c.detach());
+    version_ = master.value_version();
+    return c;
+  }
   copy_ = c.detach();
-  epoch_ = value_write_epoch();
+  master_ = master.raw_data();
+  version_ = master.value_version();
   made_in_ = here;
   return c;
+}
+
+Tensor ComputeCopy::target() const { return copy_.defined() && made_in_ == 0 ? copy_ : Tensor(); }
+
+void ComputeCopy::written(const Tensor& master) {
+  LLR_CHECK(copy_.defined() && made_in_ == 0 && master.raw_data() == master_,
+            "ComputeCopy::written: no eager copy of ", master.describe(), " to have written");
+  version_ = master.value_version();
+  maintained_ = true;
 }
 
 Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, int kernel, int stride, int padding,
@@ -45,10 +70,11 @@ Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, in
   weight_ = r.add(name + ".weight",
                   init.place(init.gen->normal({out, kernel, kernel, in}, 0.0, sd, init.dtype, Layout::krsc)),
                   TensorKind::weight, true);
+  weight_compute_ = r.compute_copy_of_last();
 }
 
 Tensor Conv2d::forward(const Tensor& x, const ForwardContext& ctx) const {
-  return conv2d(x, weight_compute_.of(weight_, ctx.compute), {}, {stride_, padding_});
+  return conv2d(x, weight_compute_->of(weight_, ctx.compute), {}, {stride_, padding_});
 }
 
 BatchNorm::BatchNorm(Registry& r, const std::string& name, int64_t channels, Init init) {
@@ -105,6 +131,7 @@ Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, In
   double bound = 1.0 / std::sqrt(double(in));
   weight_ = r.add(name + ".weight", init.place(init.gen->uniform({out, in}, -bound, bound, init.dtype)),
                   TensorKind::weight);
+  weight_compute_ = r.compute_copy_of_last();
   bias_ = r.add(name + ".bias", Tensor::full({out}, 0.0, init.dtype, Layout::plain, init.device), TensorKind::no_decay);
 }
 
@@ -112,7 +139,7 @@ Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, In
 // differences of losses, which bf16 logits would round by about 0.03.
 Tensor Linear::forward(const Tensor& x, const ForwardContext& ctx) const {
   DType out = stat_dtype(ctx.compute);
-  return linear(x.dtype() == out ? x : cast(x, out), weight_compute_.of(weight_, out), bias_);
+  return linear(x.dtype() == out ? x : cast(x, out), weight_compute_->of(weight_, out), bias_);
 }
 
 int64_t Model::parameter_count() const {

@@ -32,17 +32,24 @@ struct ForwardContext {
 
 enum class TensorKind { weight, no_decay, buffer };  // weight decay applies to convolution and linear weights only
 
+class ComputeCopy;
+
 struct NamedTensor {
   std::string name;
   Tensor tensor;
   TensorKind kind;
   bool conv_filter;  // stored KRSC here, OIHW in checkpoints
+  // The layer's copy of the tensor in the compute dtype (convolution and linear weights), which the optimiser keeps
+  // current as it updates the tensor.
+  std::shared_ptr<ComputeCopy> compute;
 };
 
 // Ordered registry of a model's tensors (the state dict).
 class Registry {
  public:
   Tensor add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter = false);
+  // The compute-dtype copy of the tensor added last, shared by its layer and the optimiser.
+  std::shared_ptr<ComputeCopy> compute_copy_of_last();
   const std::vector<NamedTensor>& entries() const { return entries_; }
   std::vector<NamedTensor>& entries() { return entries_; }
   std::vector<Tensor> parameters() const;  // weights and no-decay parameters
@@ -61,18 +68,30 @@ struct Init {
   Tensor place(const Tensor& t) const { return device == Device::cpu ? t : t.to(device); }
 };
 
-// The master weight in the compute dtype, converted once while the weights stand still (value_write_epoch()) rather
-// than on every forward pass: a PGD-10 step runs eleven of them between two optimiser steps. Recorded work
-// (engine/graph.h) reads an eager copy only in a scoped recording, whose replays all come before the next update; a
-// lasting recording (a whole training step) casts for itself, once, and its replays cast after each update.
+// The master weight in the compute dtype, converted once while the weight stands still (Tensor::value_version())
+// rather than on every forward pass: a PGD-10 step runs eleven of them between two optimiser steps. Once the optimiser
+// writes the copy as it updates the weight (maintained(): Sgd::step, through sgd_update's copies), no pass converts it
+// at all; the copy's storage then stays the same for good (refreshed in place after any other write to the weight).
+// Recorded work (engine/graph.h): a scoped recording, whose replays all come before the next update, reads an eager
+// copy; a lasting recording (a whole training step, replayed after each update) reads a maintained copy, which the
+// optimiser writes before each replay (TrainingSteps checks that nothing else wrote values in between), and otherwise
+// casts for itself, once, so that its replays cast after each update.
 class ComputeCopy {
  public:
   Tensor of(const Tensor& master, DType compute) const;
+  // The copy for the optimiser to write with the master's updated values: an eager one (undefined while there is
+  // none). Its writer then calls written().
+  Tensor target() const;
+  // target() now holds the master's current values, and will after each update.
+  void written(const Tensor& master);
+  bool maintained() const { return maintained_; }
 
  private:
   mutable Tensor copy_;
-  mutable uint64_t epoch_ = ~uint64_t(0);
+  mutable const void* master_ = nullptr;  // the storage it is a copy of, at the master's value_version() version_
+  mutable uint64_t version_ = 0;
   mutable uint64_t made_in_ = 0;  // the lasting recording the copy was made in, or 0
+  bool maintained_ = false;
 };
 
 class Conv2d {
@@ -84,7 +103,7 @@ class Conv2d {
 
  private:
   Tensor weight_;  // KRSC
-  ComputeCopy weight_compute_;
+  std::shared_ptr<ComputeCopy> weight_compute_;
   int stride_ = 1, padding_ = 0;
 };
 
@@ -113,7 +132,7 @@ class Linear {
 
  private:
   Tensor weight_, bias_;
-  ComputeCopy weight_compute_;
+  std::shared_ptr<ComputeCopy> weight_compute_;
 };
 
 class Model {

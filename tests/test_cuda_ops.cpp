@@ -411,11 +411,12 @@ TEST_CASE("training steps replayed as one CUDA graph each equal eager ones") {
 
 // The multi-tensor SGD update: 100 parameters of assorted sizes (empty, one element, odd, a million) take three
 // launches of up to 48; every value against the CPU's update of the same f32 values (the GPU may contract g + wd p
-// into one rounding), momentum buffers too, and the non-finite count.
+// into one rounding), momentum buffers too, and the non-finite count. Every other parameter has a bf16 copy (a
+// weight's compute copy), which must hold exactly what a cast of the updated parameter gives.
 TEST_CASE("SGD on the GPU updates 100 parameters in chunked launches as the CPU does") {
   if (!gpu_ready("CUDA SGD")) return;
   Generator gen(31);
-  std::vector<Tensor> pc, gc, mc, pg, gg, mg;
+  std::vector<Tensor> pc, gc, mc, pg, gg, mg, cc(100), cg;
   std::vector<double> wd;
   for (int k = 0; k < 100; ++k) {
     int64_t n = k == 0 ? 0 : k == 1 ? 1 : k == 50 ? (1 << 20) + 3 : 1 + (k * 7919) % 5000;
@@ -424,19 +425,24 @@ TEST_CASE("SGD on the GPU updates 100 parameters in chunked launches as the CPU 
     if (k == 70) g.set(0, NAN);
     pc.push_back(p.clone()), gc.push_back(g), mc.push_back(m.clone());
     pg.push_back(p.to(Device::cuda)), gg.push_back(g.to(Device::cuda)), mg.push_back(m.to(Device::cuda));
+    cg.push_back(k % 2 ? Tensor::empty({n}, DType::bf16, Layout::plain, Device::cuda) : Tensor());
     wd.push_back(k % 3 == 0 ? 0.0 : 5e-4);
   }
   for (bool nesterov : {false, true}) {
     Tensor bad_c = Tensor::zeros({}, DType::f64, Layout::plain, Device::cpu);
     Tensor bad_g = Tensor::zeros({}, DType::f64, Layout::plain, Device::cuda);
-    training::sgd_update(pc, gc, mc, wd, 0.1, 0.9, nesterov, false, bad_c);
-    training::sgd_update(pg, gg, mg, wd, 0.1, 0.9, nesterov, false, bad_g);
+    training::sgd_update(pc, gc, mc, cc, wd, 0.1, 0.9, nesterov, false, bad_c);
+    training::sgd_update(pg, gg, mg, cg, wd, 0.1, 0.9, nesterov, false, bad_g);
     Mode m{"f32", DType::f32, false, 1e-5};
     bool ok = true;
     for (size_t k = 0; k < pc.size(); ++k) {
       if (k == 0 || k == 70) continue;  // empty; NaN at its first element (compared by the count below)
       ok &= check_close("sgd_update", "parameter", m, pg[k], pc[k]);
       ok &= check_close("sgd_update", "momentum", m, mg[k], mc[k]);
+      if (cg[k].defined()) {
+        Tensor copy = cg[k].to(DType::f32).to(Device::cpu), cast = pg[k].to(DType::bf16).to(DType::f32).to(Device::cpu);
+        ok &= compare(copy, cast, 0, 0).max_violation == 0;
+      }
     }
     CHECK(ok);
     CHECK(bad_c.item() == 1);

@@ -203,18 +203,22 @@ TEST_CASE("PGD and TRADES and LLR steps with recorded attack or search steps equ
   }
 }
 
-// The run of `steps` training steps of `name` on a small Wide-ResNet, a new batch and learning rate each step and the
-// radius warming up over the first `warmup` steps: through TrainingSteps (graphs on) or training_step (eager).
+// The run of `steps` training steps of `name` on a small Wide-ResNet (or what `make` makes), a new batch and learning
+// rate each step and the radius warming up over the first `warmup` steps: through TrainingSteps (graphs on) or
+// training_step (eager). `before_step` runs before each step.
 struct StepRun {
   std::unique_ptr<nets::Model> model;
   std::unique_ptr<Sgd> sgd;
   std::vector<double> losses, metrics;
   std::vector<bool> recorded;  // per step: whether it was the recording or a replay of it
+  std::vector<int64_t> casts;  // per step: conversions by the cast op
 };
 
-StepRun run_steps(const char* name, int steps, int warmup, bool graphs) {
+StepRun run_steps(const char* name, int steps, int warmup, bool graphs,
+                  const std::function<std::unique_ptr<nets::Model>()>& make = nullptr,
+                  const std::function<void(int, nets::Model&)>& before_step = nullptr) {
   StepRun run;
-  run.model = nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
+  run.model = make ? make() : nets::make_model("wrn-10-1", Act::relu, 10, 5, Device::cpu);
   run.sgd = std::make_unique<Sgd>(*run.model, SgdOptions{0.9, true, 5e-4});
   auto method = method_with(name);
   RobustSettings robust;
@@ -231,8 +235,11 @@ StepRun run_steps(const char* name, int steps, int warmup, bool graphs) {
     ctx.step = static_cast<uint64_t>(s);
     ctx.eps = eps_at(8.0 / 255, warmup, ctx.step);
     const double lr = 0.05 / (1 + s);
+    if (before_step) before_step(s, *run.model);
+    const uint64_t casts = op_counters().casts;
     StepOutput out = graphs ? runner.run(x, y, ctx, lr)
                             : training_step(*run.model, *run.sgd, *method, robust, x, y, ctx, lr);
+    run.casts.push_back(static_cast<int64_t>(op_counters().casts - casts));
     run.recorded.push_back(graphs && runner.last_step_recorded());
     run.losses.push_back(out.loss.item());
     for (const auto& [k, v] : out.metrics) run.metrics.push_back(v.item());
@@ -423,6 +430,85 @@ TEST_CASE("a weight's compute copy is reused eagerly and in scoped recordings an
   Tensor after = copy.of(w, DType::f64);
   CHECK(after.raw_data() != in_lasting.raw_data());
   CHECK(compare(after, w.to(DType::f64), 0, 0).max_violation == 0);
+}
+
+// Convolution weights kept as f64 masters and computed in f32, without batch norm (whose parameters the compute dtype
+// does not convert): on the CPU, the path f32 weights computed in bf16 take on the GPU.
+class F64Masters final : public nets::Model {
+ public:
+  F64Masters() : Model("f64-masters", Act::relu, 10) {
+    Generator gen(6);
+    nets::Init init{&gen, DType::f64, Device::cpu};
+    a_ = nets::Conv2d(registry(), "a", 3, 8, 3, 1, 1, init);
+    b_ = nets::Conv2d(registry(), "b", 8, 10, 1, 1, 0, init);
+  }
+  Tensor forward(const Tensor& x, nets::ForwardContext& ctx) override {
+    return global_avg_pool(b_.forward(relu(a_.forward(x, ctx)), ctx));
+  }
+
+ private:
+  nets::Conv2d a_, b_;
+};
+
+std::unique_ptr<nets::Model> f64_masters() { return std::make_unique<F64Masters>(); }
+
+TEST_CASE("the optimiser writes the weights' compute copies so that only the first step converts them") {
+  for (const char* name : {"natural", "pgd"}) {
+    INFO(name);
+    StepRun eager = run_steps(name, 4, 0, false, f64_masters);
+    // The first step's forward passes convert each weight once (PGD: 1 + 3 attack passes share it); the optimiser then
+    // writes the copies, rounded as the cast rounds.
+    CHECK(eager.casts == std::vector<int64_t>{2, 0, 0, 0});
+    for (const nets::NamedTensor& e : eager.model->registry().entries()) {
+      INFO(e.name);
+      REQUIRE(e.compute);
+      CHECK(e.compute->maintained());
+      CHECK(compare(e.compute->target(), e.tensor.to(DType::f32), 0, 0).max_violation == 0);
+    }
+    // A write from elsewhere (a checkpoint loaded into a weight) makes the next step convert that weight again, into
+    // the same storage, which the optimiser goes on writing.
+    const void* storage = nullptr;
+    StepRun written = run_steps(name, 4, 0, false, f64_masters, [&](int s, nets::Model& m) {
+      if (s != 2) return;
+      const nets::NamedTensor& e = m.registry().entries()[0];
+      storage = e.compute->target().raw_data();
+      copy_into(e.tensor, e.tensor.to(DType::f64));
+    });
+    CHECK(written.casts == std::vector<int64_t>{2, 0, 1, 0});
+    CHECK(written.losses == eager.losses);
+    CHECK(written.model->registry().entries()[0].compute->target().raw_data() == storage);
+  }
+}
+
+TEST_CASE("recorded training steps read the compute copies the optimiser writes and record again after other writes") {
+  for (const char* name : {"natural", "pgd", "llr"}) {
+    INFO(name);
+    // Steps 0-1 eager, step 2 recorded (reading the copies the optimiser wrote), 3-5 replayed; then a weight is
+    // written from elsewhere before step 6, which runs eagerly (converting that weight afresh), and step 7 records
+    // again.
+    auto write = [](int s, nets::Model& m) {
+      if (s != 6) return;
+      Tensor w = m.registry().entries()[1].tensor;
+      copy_into(w, scale(w, 0.5).detach());
+    };
+    StepRun eager = run_steps(name, 8, 1, false, f64_masters, write);
+    const graph::Stats before = graph::stats();
+    StepRun replayed = run_steps(name, 8, 1, true, f64_masters, write);
+    const graph::Stats after = graph::stats();
+    CHECK(after.failures == before.failures);
+    CHECK(replayed.recorded == std::vector<bool>{false, false, true, true, true, true, false, true});
+    CHECK(replayed.casts == std::vector<int64_t>{2, 0, 0, 0, 0, 0, 1, 0});
+    CHECK(replayed.losses == eager.losses);
+    CHECK(replayed.metrics == eager.metrics);
+    CHECK(eager.losses[6] != eager.losses[7]);
+    const auto& a = replayed.model->registry().entries();
+    const auto& b = eager.model->registry().entries();
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].name);
+      CHECK(compare(a[i].tensor, b[i].tensor, 0, 0).max_violation == 0);
+      CHECK(compare(a[i].compute->target(), a[i].tensor.to(DType::f32), 0, 0).max_violation == 0);
+    }
+  }
 }
 
 TEST_SUITE_END();

@@ -13,6 +13,7 @@
 #include "train/trainer.h"
 #include "nets/model.h"
 #include "train/optimizer.h"
+#include "train/training_kernels.h"
 #include "tests/cifar_fixture.h"
 #include "tests/test_util.h"
 
@@ -74,6 +75,46 @@ TEST_CASE("SGD updates every parameter by PyTorch's rule and counts non-finite r
     sgd.step(grads, lr);
     CHECK(sgd.nonfinite_updates().item() == 2);
   }
+}
+
+// The weights' compute copies written by the update itself: each equal to a cast of the updated value; a parameter
+// without a copy updated all the same; copies that are not a narrower tensor of the parameter's shape, or of two
+// dtypes, refused before anything is written.
+TEST_CASE("SGD writes the parameters' narrower copies as a cast rounds them and refuses copies that do not fit") {
+  Generator gen(8);
+  std::vector<Tensor> params, grads, buffers, copies;
+  for (int64_t n : {5, 70000, 3}) {
+    params.push_back(gen.normal({n}, 0, 1, DType::f64));
+    grads.push_back(gen.normal({n}, 0, 1, DType::f64));
+    buffers.push_back(Tensor::zeros({n}, DType::f64));
+    copies.push_back(n == 3 ? Tensor() : Tensor::zeros({n}, DType::f32));
+  }
+  std::vector<double> wd{5e-4, 0.0, 5e-4};
+  Tensor bad = Tensor::zeros({}, DType::f64);
+  std::vector<Tensor> before;
+  for (const Tensor& p : params) before.push_back(p.clone());
+  training::sgd_update(params, grads, buffers, copies, wd, 0.1, 0.9, false, true, bad);
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(k);
+    CHECK(compare(params[k], before[k], 0, 0).max_violation > 0);
+    if (copies[k].defined()) CHECK(compare(copies[k], params[k].to(DType::f32), 0, 0).max_violation == 0);
+  }
+  auto refused = [&](Tensor copy, const char* why) {
+    INFO(why);
+    std::vector<Tensor> c = copies;
+    c[1] = copy;
+    Tensor p1 = params[1].clone();
+    CHECK_THROWS_WITH_AS(training::sgd_update(params, grads, buffers, c, wd, 0.1, 0.9, false, false, bad),
+                         doctest::Contains("must be a narrower floating tensor"), Error);
+    CHECK(compare(params[1], p1, 0, 0).max_violation == 0);
+  };
+  refused(Tensor::zeros({70000}, DType::f64), "not narrower");
+  refused(Tensor::zeros({7}, DType::f32), "another shape");
+  refused(Tensor::zeros({70000}, DType::i32), "not floating");
+  refused(params[1].detach(), "the parameter itself");
+  std::vector<Tensor> short_list(2);
+  CHECK_THROWS_WITH_AS(training::sgd_update(params, grads, buffers, short_list, wd, 0.1, 0.9, false, false, bad),
+                       doctest::Contains("2 copies"), Error);
 }
 
 // CIFAR records: label, then R, G, B planes; pixel value = (record * 7 + plane * 3 + position) mod 256.

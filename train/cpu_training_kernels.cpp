@@ -109,19 +109,23 @@ Tensor CpuTrainingKernels::gather_labels(const Tensor& labels, const Tensor& ord
 }
 
 void CpuTrainingKernels::sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads,
-                                    std::vector<Tensor>& buffers, const std::vector<double>& weight_decay, double lr,
-                                    double momentum, bool nesterov, bool first_step, Tensor& nonfinite) {
+                                    std::vector<Tensor>& buffers, std::vector<Tensor>& copies,
+                                    const std::vector<double>& weight_decay, double lr, double momentum, bool nesterov,
+                                    bool first_step, Tensor& nonfinite) {
   int64_t bad = 0;
   for (size_t k = 0; k < params.size(); ++k) {
     dispatch_floating(params[k].dtype(), "sgd_update", [&](auto tag) {
       using T = decltype(tag);
       T *p = params[k].data<T>(), *m = buffers[k].data<T>();
       const T* g = grads[k].data<T>();
+      // The CPU's only narrower floating dtype: f32 copies of f64 parameters (the checks refuse the rest).
+      float* c = copies[k].defined() ? copies[k].data<float>() : nullptr;
       const T lr_ = T(lr), mo = T(momentum), wd = T(weight_decay[k]);
       const int64_t n_ = params[k].numel();
 #pragma omp parallel for reduction(+ : bad) schedule(static) if (n_ > (1 << 16))
       for (int64_t i = 0; i < n_; ++i) {
         p[i] = sgd_math::update(p[i], g[i], m[i], lr_, mo, wd, nesterov, first_step);
+        if (c) c[i] = static_cast<float>(p[i]);
         bad += !std::isfinite(p[i]);
       }
       return 0;

@@ -1,7 +1,10 @@
 // SGD with momentum (optionally Nesterov) and weight decay on convolution and linear weights only, with PyTorch's
-// update rule; one fused call updates every parameter (a few kernels on the GPU, not one per parameter).
+// update rule; one fused call updates every parameter (a few kernels on the GPU, not one per parameter) and writes
+// the weights' compute-dtype copies (bf16 convolution weights) that a forward pass has made, so that no pass
+// converts them again (nets::ComputeCopy).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "nets/model.h"
@@ -30,6 +33,7 @@ class Sgd {
 
  private:
   std::vector<Tensor> params_;
+  std::vector<std::shared_ptr<nets::ComputeCopy>> compute_;  // the layers' compute-dtype copies (null: none)
   std::vector<bool> decay_;
   std::vector<Tensor> buffers_;
   SgdOptions options_;

@@ -28,6 +28,15 @@ StepOutput objective_step(nets::Model& model, const Method& method, const Robust
   return out;
 }
 
+// The parameters' writes so far (Tensor::value_version): unchanged while only the optimiser writes them, between
+// the step after one update and the next update.
+uint64_t parameter_writes(nets::Model& model) {
+  uint64_t n = 0;
+  for (const nets::NamedTensor& e : model.registry().entries())
+    if (e.kind != nets::TensorKind::buffer) n += e.tensor.value_version();
+  return n;
+}
+
 std::vector<int64_t> counter_values(nets::Model& model) {
   std::vector<int64_t> v;
   for (const auto& [name, counter] : model.registry().counters()) v.push_back(*counter);
@@ -130,7 +139,11 @@ void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& 
 
 StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
   last_recorded_ = false;
-  auto eager = [&] { return training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr); };
+  auto eager = [&] {
+    StepOutput out = training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr);
+    updated_at_ = parameter_writes(model_);
+    return out;
+  };
   const bool graphs = graph::enabled() && !profile::timing() && !graph::recording() && ctx.fixed_delta == nullptr &&
                       !ctx.device_step.defined() && (x.device() != Device::cpu || record_on_cpu());
   if (!graphs) {
@@ -139,12 +152,16 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
     return eager();
   }
   const Key key = key_of(x, y, ctx);
-  if (rec_ && !(rec_->key == key)) rec_.reset();
+  // A recording reads the weights' compute copies that the optimiser writes (nets::ComputeCopy). Values written since
+  // the last update (a checkpoint loaded, a weight set) may have left them stale: this step runs eagerly, which
+  // converts them afresh, and the next one records.
+  const bool untouched = parameter_writes(model_) == updated_at_;
+  if (rec_ && (!(rec_->key == key) || !untouched)) rec_.reset();
   bool ran = false;
   if (!rec_) {
     // Recorded from the second step with the same settings: the first plans the convolutions (cuDNN's algorithm
     // search cannot be recorded), and a radius still warming up would be stale at the next step.
-    const bool settled = previous_ && *previous_ == key;
+    const bool settled = previous_ && *previous_ == key && untouched;
     previous_ = key;
     if (!settled) return eager();
     record(x, y, ctx);
@@ -169,6 +186,7 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
   last_recorded_ = true;
   LLR_PHASE("optimiser", x.device());
   optimizer_.step(rec_->grads, lr);
+  updated_at_ = parameter_writes(model_);
   return rec_->out;
 }
 

@@ -30,9 +30,11 @@ StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& metho
 // replay that recording until one of those changes (eps warm-up runs eagerly, since its radius changes every step).
 // A replay gets its batch copied into the recording's input buffers, its step count written to the device (where
 // the random starts draw from: methods::draw_counter), and the batch-norm step counters counted on, on the host;
-// the SGD update runs after it, outside the recording, with this step's learning rate. If recording or replaying
-// fails, graphs are switched off with a warning and the steps run eagerly. While a recording lives its working set
-// stays reserved (engine/block_cache.h): release() frees it, for work that needs the memory (an evaluation).
+// the SGD update runs after it, outside the recording, with this step's learning rate, and writes the weights'
+// compute copies the recording reads (a write to values from elsewhere between two steps makes it record again,
+// since the copies may be stale then). If recording or replaying fails, graphs are switched off with a warning and
+// the steps run eagerly. While a recording lives its working set stays reserved (engine/block_cache.h): release()
+// frees it, for work that needs the memory (an evaluation).
 //
 // Steps on the CPU are recorded only after set_record_on_cpu(true) (the tests): a CPU recording keeps every tensor
 // the step makes (engine/graph.h), the sum of its allocations where an eager step needs their peak.
@@ -81,6 +83,7 @@ class TrainingSteps {
   std::optional<Key> previous_;
   std::unique_ptr<Recorded> rec_;
   bool last_recorded_ = false;
+  uint64_t updated_at_ = ~uint64_t(0);  // the parameters' writes after the last step's update (step.cpp)
 };
 
 }  // namespace llr

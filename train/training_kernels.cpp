@@ -56,13 +56,16 @@ void gather_labels(const Tensor& labels, const Tensor& order, int64_t begin, int
 }
 
 void sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
-                const std::vector<double>& weight_decay, double lr, double momentum, bool, bool, Tensor& nonfinite) {
+                std::vector<Tensor>& copies, const std::vector<double>& weight_decay, double lr, double momentum, bool,
+                bool, Tensor& nonfinite) {
   LLR_CHECK(nonfinite.defined() && nonfinite.dtype() == DType::f64 && nonfinite.numel() == 1,
             "sgd_update: the non-finite counter must be one f64 element, got ",
             nonfinite.defined() ? nonfinite.describe() : "undefined");
-  LLR_CHECK(grads.size() == params.size() && buffers.size() == params.size() && weight_decay.size() == params.size(),
+  LLR_CHECK(grads.size() == params.size() && buffers.size() == params.size() && copies.size() == params.size() &&
+                weight_decay.size() == params.size(),
             "sgd_update: ", params.size(), " parameters with ", grads.size(), " gradients, ", buffers.size(),
-            " momentum buffers and ", weight_decay.size(), " weight decays");
+            " momentum buffers, ", copies.size(), " copies and ", weight_decay.size(), " weight decays");
+  const Tensor* first_copy = nullptr;
   for (size_t k = 0; k < params.size(); ++k) {
     const Tensor& param = params[k];
     for (const Tensor* t : std::initializer_list<const Tensor*>{&param, &grads[k], &buffers[k]}) {
@@ -74,6 +77,15 @@ void sgd_update(std::vector<Tensor>& params, const std::vector<Tensor>& grads, s
                 device_name(nonfinite.device()), " like the non-finite counter");
     }
     LLR_CHECK(std::isfinite(weight_decay[k]), "sgd_update: non-finite weight decay ", weight_decay[k]);
+    const Tensor& copy = copies[k];
+    if (!copy.defined()) continue;
+    if (!first_copy) first_copy = &copy;
+    LLR_CHECK(is_floating(copy.dtype()) && dtype_size(copy.dtype()) < dtype_size(param.dtype()) &&
+                  copy.dtype() == first_copy->dtype() && copy.shape() == param.shape() &&
+                  copy.layout() == param.layout() && copy.device() == param.device() &&
+                  copy.raw_data() != param.raw_data(),
+              "sgd_update: the copy ", copy.describe(), " of ", param.describe(),
+              " must be a narrower floating tensor of its shape, layout and device (one dtype for all copies)");
   }
   LLR_CHECK(std::isfinite(lr) && std::isfinite(momentum), "sgd_update: non-finite hyperparameters (lr ", lr,
             ", momentum ", momentum, ")");
