@@ -18,13 +18,20 @@ namespace {
 // A random counter's step on the device, or null (perturbation_math::counter_at).
 const double* device_step(const RandomCounter& c) { return c.step.defined() ? ptr<double>(c.step) : nullptr; }
 
+// A length as the kernels read it, with its device radius if it has one (perturbation_math::DeviceLength).
+perturbation_math::DeviceLength device_length(const EpsLength& l) {
+  return {l.value, l.scale, l.eps.defined() ? ptr<double>(l.eps) : nullptr};
+}
+
 // One block per example. Adam's bias corrections come from the counter of steps taken (`steps`), read here and
 // counted on by the launch after.
 template <class T>
 __global__ void perturbation_kernel(int64_t inner, T* delta, const T* x, const T* grad, const T* gx,
-                                    const T* sign_g, T* m, T* v, T step_size, T eps, bool ball, bool adam, T beta1,
+                                    const T* sign_g, T* m, T* v, perturbation_math::DeviceLength step_length,
+                                    perturbation_math::DeviceLength eps_length, bool ball, bool adam, T beta1,
                                     T beta2, T adam_eps, const double* steps, T* dots) {
   int64_t e = blockIdx.x;
+  const T step_size = T(step_length.now()), eps = T(eps_length.now());
   T bias1 = 1, bias2 = 1;
   if (adam) {
     const double t = *steps + 1;
@@ -59,7 +66,7 @@ void perturbation_impl(Tensor& delta, const Tensor& x, const Tensor& grad, const
   double* steps = adam ? ptr<double>(adam_steps) : nullptr;
   perturbation_kernel<T><<<static_cast<unsigned>(n), 256, 0, context().stream()>>>(
       inner, ptr<T>(delta), ptr<T>(x), ptr<T>(grad), llr ? ptr<T>(gx) : nullptr, llr ? ptr<T>(sign_g) : nullptr,
-      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, T(p.step_size), T(p.eps),
+      adam ? ptr<T>(m) : nullptr, adam ? ptr<T>(v) : nullptr, device_length(p.step_size), device_length(p.eps),
       p.projection == Projection::ball_and_box, adam, T(p.beta1), T(p.beta2), T(p.adam_eps), steps,
       llr ? ptr<T>(dots) : nullptr);
   LLR_CUDA_LAUNCH_CHECK();
@@ -133,7 +140,7 @@ GradientAlignment gradient_alignment_impl(const Tensor& g1, const Tensor& g2, do
 }
 
 template <class T>
-ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
+ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, const EpsLength& eps, uint64_t seed,
                                const RandomCounter& c) {
   int64_t n = x.dim(0), numel = x.numel(), inner = n == 0 ? 0 : numel / n;
   Shape s = x.shape();
@@ -147,7 +154,7 @@ ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double ep
   for_each(3 * n, [=] __device__(int64_t k) { y3[k] = y[k % n]; });
   const T* px = ptr<T>(x);
   T *pp = ptr<T>(r.points), *pa = ptr<T>(r.alpha);
-  T e = T(eps);
+  const perturbation_math::DeviceLength radius = device_length(eps);
   uint64_t total = uint64_t(numel);
   const uint64_t base = c.base, per_step = c.per_step;
   const double* step = device_step(c);
@@ -160,7 +167,8 @@ ElleTriplets elle_triplets_impl(const Tensor& x, const Tensor& labels, double ep
     int which = static_cast<int>(k / numel);
     int64_t j = k % numel;
     T alpha = perturbation_math::triplet_weight<T>(seed, counter, total, uint64_t(j / inner));
-    pp[k] = perturbation_math::triplet_point<T>(seed, counter, total, uint64_t(j), px[j], e, which, alpha);
+    pp[k] = perturbation_math::triplet_point<T>(seed, counter, total, uint64_t(j), px[j], T(radius.now()), which,
+                                                alpha);
   });
   return r;
 }
@@ -184,16 +192,18 @@ ElleCoefficients elle_coefficients_impl(const Tensor& losses, const Tensor& alph
 }
 
 template <class T>
-Tensor perturbation_init_impl(const Tensor& x, double eps, double normal_scale, uint64_t seed,
+Tensor perturbation_init_impl(const Tensor& x, const EpsLength& eps, double normal_scale, uint64_t seed,
                               const RandomCounter& c) {
   Tensor d = new_like(x);
   const T* px = ptr<T>(x);
   T* o = ptr<T>(d);
-  T e = T(eps), ns = T(normal_scale);
+  const perturbation_math::DeviceLength radius = device_length(eps);
+  T ns = T(normal_scale);
   const uint64_t base = c.base, per_step = c.per_step;
   const double* step = device_step(c);
   for_each(x.numel(), [=] __device__(int64_t i) {
     uint64_t counter = perturbation_math::counter_at(base, per_step, step);
+    const T e = T(radius.now());
     o[i] = perturbation_math::project<T>(perturbation_math::initial<T>(seed, counter + i, e, ns), px[i], e);
   });
   return d;
@@ -443,8 +453,8 @@ LlrCoefficients CudaRobustKernels::llr_coefficients(const Tensor& l, const Tenso
   return llr_coefficients_impl<float>(l, lp, d, w_nom, lambda, mu);
 }
 
-Tensor CudaRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
-                                            const RandomCounter& counter) {
+Tensor CudaRobustKernels::perturbation_init(const Tensor& x, const EpsLength& eps, double normal_scale,
+                                            uint64_t seed, const RandomCounter& counter) {
   if (x.dtype() == DType::f64) return perturbation_init_impl<double>(x, eps, normal_scale, seed, counter);
   return perturbation_init_impl<float>(x, eps, normal_scale, seed, counter);
 }
@@ -454,8 +464,8 @@ GradientAlignment CudaRobustKernels::gradient_alignment(const Tensor& g1, const 
   return gradient_alignment_impl<float>(g1, g2, guard);
 }
 
-ElleTriplets CudaRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
-                                              const RandomCounter& counter) {
+ElleTriplets CudaRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, const EpsLength& eps,
+                                              uint64_t seed, const RandomCounter& counter) {
   if (x.dtype() == DType::f64) return elle_triplets_impl<double>(x, labels, eps, seed, counter);
   return elle_triplets_impl<float>(x, labels, eps, seed, counter);
 }

@@ -331,8 +331,8 @@ TEST_CASE("recorded attack steps replayed as CUDA graphs equal eager ones") {
 }
 
 // Whole training steps (--cuda-graphs, train/step.h): every method's steps in f32 (natural, PGD and LLR also in bf16)
-// recorded at the second step and replayed for the rest, with a new batch, learning rate and random start each step,
-// against eager steps. The GPU's sums are not deterministic (atomics), so the replayed weights are held to the difference between
+// recorded at the second step and replayed for the rest, with a new batch, learning rate and random start each step
+// and the radius warming up over the first three (the replays read it on the device), against eager steps. The GPU's sums are not deterministic (atomics), so the replayed weights are held to the difference between
 // two eager runs (bit for bit when those agree). The recording's pool is released with its runner.
 TEST_CASE("training steps replayed as one CUDA graph each equal eager ones") {
   if (!gpu_ready("CUDA graphs")) return;
@@ -365,9 +365,9 @@ TEST_CASE("training steps replayed as one CUDA graph each equal eager ones") {
             Tensor y = gen.randint({16}, 0, 10).to(Device::cuda);
             StepContext ctx;
             ctx.compute = compute;
-            ctx.eps = 8.0 / 255;
             ctx.seed = 3;
             ctx.step = static_cast<uint64_t>(s);
+            ctx.eps = eps_at(8.0 / 255, 3, ctx.step);
             StepOutput o = steps.run(x, y, ctx, 0.05 / (1 + s));
             out.losses.push_back(host_value(o.loss));
             out.recorded.push_back(steps.last_step_recorded());
@@ -544,11 +544,28 @@ TEST_CASE("the fast methods' perturbation kernels on the GPU match the CPU") {
     p.step_size = 0.03;
     p.eps = 8.0 / 255.0;
     p.projection = Projection::box;
-    Tensor start = robust::perturbation_init(x.to(d), 2 * p.eps, 0.0, 5, 0);
+    Tensor start = robust::perturbation_init(x.to(d), p.eps.times(2), 0.0, 5, 0);
     Tensor delta_cpu = start.clone(), delta_gpu = start.to(Device::cuda), none, mm, vv, dots, steps;
     robust::perturbation_step(delta_cpu, x.to(d), g1.to(d), none, none, mm, vv, dots, steps, p);
     robust::perturbation_step(delta_gpu, upload(x, d), upload(g1, d), none, none, mm, vv, dots, steps, p);
     check_close("delta", "perturbation_step (box only)", m, delta_gpu, host_f64(delta_cpu));
+
+    // The same start and step with the radius read on the device (a recorded training step's), which holds another
+    // radius than the call's host value: the kernels must take the device's, as the CPU does.
+    Tensor eps_gpu = Tensor::full({}, 6.0 / 255.0, DType::f64, Layout::plain, Device::cuda);
+    Tensor eps_cpu = Tensor::full({}, 6.0 / 255.0, DType::f64);
+    auto start_and_step = [&](const Tensor& device_eps, const Tensor& xs, const Tensor& gs) {
+      PerturbationParams q = p;
+      q.eps = EpsLength(1.0, 8.0 / 255.0, device_eps);
+      q.step_size = EpsLength(1.25, 8.0 / 255.0, device_eps);
+      Tensor delta = robust::perturbation_init(xs, q.eps.times(2), 0.0, 5, 0), no, m1, v1, d1, s1;
+      robust::perturbation_step(delta, xs, gs, no, no, m1, v1, d1, s1, q);
+      return delta;
+    };
+    Tensor on_cpu = start_and_step(eps_cpu, x.to(d), g1.to(d));
+    check_close("delta", "perturbation_init and step (device radius)", m,
+                start_and_step(eps_gpu, upload(x, d), upload(g1, d)), host_f64(on_cpu));
+    CHECK(max_abs(on_cpu) > 0);
 
     // The LLR search's fused step: Adam with its step count on the device (read for the bias correction and counted
     // on by the kernel launch after), the gap direction, projection onto the ball and the box, and d written in

@@ -257,11 +257,11 @@ TEST_CASE("whole training steps replayed from one recording equal the eager step
     const graph::Stats before = graph::stats();
     StepRun replayed = run_steps(name, steps, warmup, true);
     const graph::Stats after = graph::stats();
-    // Steps 0-2 eager (the radius changes at steps 1 and 2), step 3 recorded (run by the recording on the CPU), steps
-    // 4-6 replayed (the eager steps' attacks and searches add recordings of their own). Nothing failed.
+    // Step 0 eager, step 1 recorded (run by the recording on the CPU), steps 2-6 replayed, step 2 with a radius other
+    // than the recording's (the warm-up's last step: the replay reads it on the device). Nothing failed.
     CHECK(after.failures == before.failures);
-    CHECK(replayed.recorded == std::vector<bool>{false, false, false, true, true, true, true});
-    CHECK(after.replays >= before.replays + 3);
+    CHECK(replayed.recorded == std::vector<bool>{false, true, true, true, true, true, true});
+    CHECK(after.replays >= before.replays + 5);
     CHECK(replayed.losses == eager.losses);
     CHECK(replayed.metrics == eager.metrics);
     // Different batches and random starts each step: the losses differ from step to step.
@@ -403,6 +403,41 @@ TEST_CASE("a recorded training step draws its random start from the step count o
   CHECK_THROWS_WITH_AS(robust::perturbation_init(x, 0.1, 0.0, 9, bad), doctest::Contains("one f64 element"), Error);
 }
 
+TEST_CASE("recorded perturbation kernels read their radius and step sizes on the device at each replay") {
+  // A start of 2 eps and an FGSM step of 1.25 eps projected onto the eps-ball, recorded at one radius and replayed at
+  // two others: each replay equals the eager kernels at its radius, as plain numbers give them.
+  Generator gen(5);
+  Tensor x = gen.uniform({3, 4, 4, 3}, 0, 1, DType::f32, Layout::nhwc);
+  Tensor g = gen.normal({3, 4, 4, 3}, 0, 1, DType::f32, Layout::nhwc);
+  Tensor eps = Tensor::zeros({}, DType::f64, Layout::plain, Device::cpu);
+  backend::fill(eps, 4.0 / 255);
+  auto fgsm = [&](const EpsLength& radius, Tensor* start) {
+    *start = robust::perturbation_init(x, radius.times(2.0), 0.0, 9, 0);
+    PerturbationParams p;
+    p.step_size = EpsLength(1.25, radius.value, radius.eps);
+    p.eps = radius;
+    Tensor none, m, v, dots, steps;
+    robust::perturbation_step(*start, x, g, none, none, m, v, dots, steps, p);
+  };
+  Tensor recorded;
+  GraphsOn on;
+  std::unique_ptr<graph::Replay> replay = graph::record(
+      Device::cpu, [&] { fgsm(EpsLength(1.0, 4.0 / 255, eps), &recorded); }, graph::Span::lasting);
+  for (double e : {8.0 / 255, 6.0 / 255}) {
+    backend::fill(eps, e);
+    replay->launch();
+    Tensor expected;
+    fgsm(EpsLength(1.0, e, Tensor()), &expected);
+    CHECK(compare(recorded, expected, 0, 0).max_violation == 0);
+    CHECK(max_abs(recorded) <= e + 1e-7);
+    CHECK(max_abs(recorded) > 0.99 * e);
+  }
+  const EpsLength bad(1.0, 0.1, Tensor::zeros({}, DType::f32, Layout::plain, Device::cpu));
+  CHECK_THROWS_WITH_AS(robust::perturbation_init(x, bad, 0.0, 9, 0), doctest::Contains("one f64 element"), Error);
+  CHECK_THROWS_WITH_AS(robust::perturbation_init(x, EpsLength(-0.1), 0.0, 9, 0), doctest::Contains("non-negative"),
+                       Error);
+}
+
 TEST_CASE("a weight's compute copy is reused eagerly and in scoped recordings and made anew in a lasting one") {
   Generator gen(2);
   Tensor w = gen.uniform({5}, -1, 1, DType::f32);
@@ -483,9 +518,8 @@ TEST_CASE("the optimiser writes the weights' compute copies so that only the fir
 TEST_CASE("recorded training steps read the compute copies the optimiser writes and record again after other writes") {
   for (const char* name : {"natural", "pgd", "llr"}) {
     INFO(name);
-    // Steps 0-1 eager, step 2 recorded (reading the copies the optimiser wrote), 3-5 replayed; then a weight is
-    // written from elsewhere before step 6, which runs eagerly (converting that weight afresh), and step 7 records
-    // again.
+    // Step 0 eager, step 1 recorded (reading the copies the optimiser wrote), 2-5 replayed; then a weight is written
+    // from elsewhere before step 6, which runs eagerly (converting that weight afresh), and step 7 records again.
     auto write = [](int s, nets::Model& m) {
       if (s != 6) return;
       Tensor w = m.registry().entries()[1].tensor;
@@ -496,7 +530,7 @@ TEST_CASE("recorded training steps read the compute copies the optimiser writes 
     StepRun replayed = run_steps(name, 8, 1, true, f64_masters, write);
     const graph::Stats after = graph::stats();
     CHECK(after.failures == before.failures);
-    CHECK(replayed.recorded == std::vector<bool>{false, false, true, true, true, true, false, true});
+    CHECK(replayed.recorded == std::vector<bool>{false, true, true, true, true, true, false, true});
     CHECK(replayed.casts == std::vector<int64_t>{2, 0, 0, 0, 0, 0, 1, 0});
     CHECK(replayed.losses == eager.losses);
     CHECK(replayed.metrics == eager.metrics);

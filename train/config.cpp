@@ -9,8 +9,8 @@ namespace llr {
 
 namespace {
 const char* const kCudaGraphsHelp =
-    "on the GPU, record a training step as a CUDA graph and replay it for the steps after (recorded again when eps "
-    "changes; the attack or search steps of the steps not replayed are)";
+    "on the GPU, record a training step as a CUDA graph and replay it for the steps after (the eps warm-up too: the "
+    "radius is read on the device; the attack or search steps of the steps not replayed are recorded too)";
 }  // namespace
 
 void TrainConfig::visit(SettingVisitor& v) {

@@ -57,7 +57,8 @@ StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& metho
 struct TrainingSteps::Recorded {
   Key key;
   std::unique_ptr<graph::Replay> replay;
-  Tensor x, y, step;  // the inputs the recording reads: the batch, and the step count as one f64 element
+  // The inputs the recording reads: the batch, and the step count and radius as one f64 element each.
+  Tensor x, y, step, eps;
   StepOutput out;
   std::vector<Tensor> grads;
   std::vector<int64_t> counter_increments;  // of the batch-norm step counters, per step
@@ -66,7 +67,7 @@ struct TrainingSteps::Recorded {
 bool TrainingSteps::Key::operator==(const Key& o) const {
   return x_shape == o.x_shape && y_shape == o.y_shape && x_dtype == o.x_dtype && y_dtype == o.y_dtype &&
          x_layout == o.x_layout && y_layout == o.y_layout && device == o.device && compute == o.compute &&
-         seed == o.seed && eps == o.eps && update_running == o.update_running;
+         seed == o.seed && update_running == o.update_running;
 }
 
 namespace {
@@ -85,13 +86,14 @@ void TrainingSteps::release() { rec_.reset(); }
 
 TrainingSteps::Key TrainingSteps::key_of(const Tensor& x, const Tensor& y, const StepContext& ctx) {
   return {x.shape(),  y.shape(),   x.dtype(), y.dtype(), x.layout(),        y.layout(),
-          x.device(), ctx.compute, ctx.seed,  ctx.eps,   ctx.update_running};
+          x.device(), ctx.compute, ctx.seed,  ctx.update_running};
 }
 
 void TrainingSteps::load_inputs(Recorded& r, const Tensor& x, const Tensor& y, const StepContext& ctx) {
   copy_into(r.x, x);
   copy_into(r.y, y);
   backend::fill(r.step, static_cast<double>(ctx.step));
+  backend::fill(r.eps, ctx.eps);
 }
 
 void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& ctx) {
@@ -100,9 +102,11 @@ void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& 
   rec->x = Tensor::empty(x.shape(), x.dtype(), x.layout(), x.device());
   rec->y = Tensor::empty(y.shape(), y.dtype(), y.layout(), y.device());
   rec->step = Tensor::zeros({}, DType::f64, Layout::plain, x.device());
+  rec->eps = Tensor::zeros({}, DType::f64, Layout::plain, x.device());
   load_inputs(*rec, x, y, ctx);
   StepContext rctx = ctx;
   rctx.device_step = rec->step;
+  rctx.device_eps = rec->eps;
   const std::vector<int64_t> before = counter_values(model_);
   // A CPU recording runs the step: if it fails part way, the batch-norm averages it updated are put back (the weights
   // and momentum are the optimiser's, outside the recording). A failed capture on the GPU ran nothing.
@@ -145,7 +149,8 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
     return out;
   };
   const bool graphs = graph::enabled() && !profile::timing() && !graph::recording() && ctx.fixed_delta == nullptr &&
-                      !ctx.device_step.defined() && (x.device() != Device::cpu || record_on_cpu());
+                      !ctx.device_step.defined() && !ctx.device_eps.defined() &&
+                      (x.device() != Device::cpu || record_on_cpu());
   if (!graphs) {
     rec_.reset();
     previous_.reset();
@@ -160,7 +165,7 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
   bool ran = false;
   if (!rec_) {
     // Recorded from the second step with the same settings: the first plans the convolutions (cuDNN's algorithm
-    // search cannot be recorded), and a radius still warming up would be stale at the next step.
+    // search cannot be recorded).
     const bool settled = previous_ && *previous_ == key && untouched;
     previous_ = key;
     if (!settled) return eager();

@@ -26,10 +26,11 @@ StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& metho
 
 // The training steps of one run, each a replay of one recorded step when --cuda-graphs is on (engine/graph.h): a
 // step's hundreds of kernel launches then cost one graph launch. The first step runs eagerly (it plans the
-// convolutions); the next one with the same radius, batch shape and precision is recorded, and the steps after it
-// replay that recording until one of those changes (eps warm-up runs eagerly, since its radius changes every step).
-// A replay gets its batch copied into the recording's input buffers, its step count written to the device (where
-// the random starts draw from: methods::draw_counter), and the batch-norm step counters counted on, on the host;
+// convolutions); the next one with the same batch shape and precision is recorded, and the steps after it replay
+// that recording until one of those changes. A replay gets its batch copied into the recording's input buffers, its
+// step count and radius written to the device (where the random starts draw from, methods::draw_counter, and where
+// the radius and the step sizes on its scale are read, methods::eps_length: the eps warm-up replays too), and the
+// batch-norm step counters counted on, on the host;
 // the SGD update runs after it, outside the recording, with this step's learning rate, and writes the weights'
 // compute copies the recording reads (a write to values from elsewhere between two steps makes it record again,
 // since the copies may be stale then). If recording or replaying fails, graphs are switched off with a warning and
@@ -66,7 +67,6 @@ class TrainingSteps {
     Device device = Device::cpu;
     DType compute = DType::f32;
     uint64_t seed = 0;
-    double eps = 0;
     bool update_running = true;
     bool operator==(const Key& o) const;
   };

@@ -35,6 +35,10 @@ inline void set_loss(ObjectiveResult& r, const Tensor& loss) {
   r.cotangents = {backend::full_like(loss, 1.0)};
 }
 
+// scale times the step's radius, read on the device where a recorded step holds it (ctx.device_eps): a replay then
+// follows the eps warm-up.
+inline EpsLength eps_length(const StepContext& ctx, double scale = 1) { return {scale, ctx.eps, ctx.device_eps}; }
+
 // Where draw k of a step's `draws` random draws (each of at most `numel` counters, a batch's elements) starts, so no
 // two draws of a run overlap. A method with one draw per step draws from PGD's counters. With the step on the device
 // (a recorded step) the kernel counts from there, to the same numbers.

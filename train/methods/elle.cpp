@@ -43,7 +43,7 @@ class Elle final : public Method {
     Tensor ce = methods::adversarial_loss(model, x, delta, y, ctx, &r.adv_logits);
     r.partial_grads = grad({ce}, {backend::full_like(ce, 1.0)}, model.parameters());
 
-    ElleTriplets t = robust::elle_triplets(x, y, ctx.eps, ctx.seed, triplet_counter(ctx, x));
+    ElleTriplets t = robust::elle_triplets(x, y, methods::eps_length(ctx), ctx.seed, triplet_counter(ctx, x));
     auto triplet_pass = methods::forward_context(nets::BnMode::train, ctx.compute);
     Tensor losses = cross_entropy(model.forward(t.points, triplet_pass), t.labels);
     ElleCoefficients c = robust::elle_coefficients(losses.detach(), t.alpha, lambda_);
@@ -69,7 +69,7 @@ class Elle final : public Method {
     const int64_t n = x.dim(0);
     auto adversarial_pass = methods::forward_context(nets::BnMode::train, ctx.compute);
     double ce = host_value(mean(cross_entropy(model.forward(add(x, *ctx.fixed_delta), adversarial_pass), y)));
-    ElleTriplets t = robust::elle_triplets(x, y, ctx.eps, ctx.seed, triplet_counter(ctx, x));
+    ElleTriplets t = robust::elle_triplets(x, y, methods::eps_length(ctx), ctx.seed, triplet_counter(ctx, x));
     auto triplet_pass = methods::forward_context(nets::BnMode::train, ctx.compute);
     Tensor l = cross_entropy(model.forward(t.points, triplet_pass), t.labels).to(Device::cpu);
     Tensor alpha = t.alpha.to(Device::cpu);
@@ -93,8 +93,8 @@ class Elle final : public Method {
     robust::SearchOptions o;
     o.steps = 1;
     o.rule = robust::StepRule::sign;
-    o.step_size = alpha_ * ctx.eps;
-    o.eps = ctx.eps;
+    o.step_size = methods::eps_length(ctx, alpha_);
+    o.eps = methods::eps_length(ctx);
     o.start = start_ == "zero" ? robust::Start::zero : robust::Start::uniform;
     o.seed = ctx.seed;
     o.counter = methods::draw_counter(ctx, x, 4, 0);

@@ -36,8 +36,8 @@ class FgsmRs final : public Method {
     robust::SearchOptions o;
     o.steps = 1;
     o.rule = robust::StepRule::sign;
-    o.step_size = alpha_ * ctx.eps;
-    o.eps = ctx.eps;
+    o.step_size = methods::eps_length(ctx, alpha_);
+    o.eps = methods::eps_length(ctx);
     o.seed = ctx.seed;
     o.counter = methods::draw_counter(ctx, x, 1, 0);
     return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);

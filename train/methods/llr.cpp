@@ -98,7 +98,7 @@ class Llr final : public Method {
       o.steps = static_cast<int>(steps_);
       o.rule = search_ == "sign" ? robust::StepRule::sign : robust::StepRule::adam;
       o.step_size = step_size_;
-      o.eps = ctx.eps;
+      o.eps = methods::eps_length(ctx);
       o.seed = ctx.seed;
       o.counter = methods::draw_counter(ctx, x, 1, 0);
       robust::SearchResult s = robust::search(x, p, o);

@@ -49,6 +49,9 @@ struct StepContext {
   // undefined: they come from `step`.
   Tensor device_step;
   double eps = 0;                       // the radius of this step (after warm-up)
+  // `eps` as one f64 element on the device, where a recorded step reads its radius and the lengths on its scale
+  // (methods::eps_length); undefined: they come from `eps`.
+  Tensor device_eps;
   bool update_running = true;           // the nominal (or, for PGD, adversarial) pass updates running averages
   const Tensor* fixed_delta = nullptr;  // skip the attack or search and use this perturbation (gradient checks)
 };

@@ -39,8 +39,8 @@ class NFgsm final : public Method {
     robust::SearchOptions o;
     o.steps = 1;
     o.rule = robust::StepRule::sign;
-    o.step_size = alpha_ * ctx.eps;
-    o.eps = ctx.eps;
+    o.step_size = methods::eps_length(ctx, alpha_);
+    o.eps = methods::eps_length(ctx);
     o.start_scale = noise_;
     o.projection = Projection::box;
     o.seed = ctx.seed;

@@ -43,7 +43,7 @@ class Pgd final : public Method {
     o.steps = static_cast<int>(robust.attack_steps);
     o.rule = robust::StepRule::sign;
     o.step_size = robust.attack_step;
-    o.eps = ctx.eps;
+    o.eps = methods::eps_length(ctx);
     o.seed = ctx.seed;
     o.counter = methods::draw_counter(ctx, x, 1, 0);
     o.phase = "attack step";

@@ -55,7 +55,7 @@ class Trades final : public Method {
     o.steps = static_cast<int>(robust.attack_steps);
     o.rule = robust::StepRule::sign;
     o.step_size = robust.attack_step;
-    o.eps = ctx.eps;
+    o.eps = methods::eps_length(ctx);
     o.start = robust::Start::normal;
     o.normal_scale = 0.001;
     o.seed = ctx.seed;

@@ -24,6 +24,11 @@ class CpuRobustKernels final : public RobustKernels {
 
 int64_t row_elements(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
 
+// A length with its device radius read now (when the kernel runs: at each replay of a recording).
+double length_now(const EpsLength& l) {
+  return perturbation_math::DeviceLength{l.value, l.scale, l.eps.defined() ? l.eps.data<double>() : nullptr}.now();
+}
+
 // A random counter with its device step read now (when the kernel runs: at each replay of a recording).
 uint64_t counter_now(const RandomCounter& c) {
   return perturbation_math::counter_at(c.base, c.per_step, c.step.defined() ? c.step.data<double>() : nullptr);
@@ -101,7 +106,7 @@ void CpuRobustKernels::perturbation_step(Tensor& delta, const Tensor& x, const T
     T bias1 = perturbation_math::adam_bias_correction(T(p.beta1), t),
       bias2 = perturbation_math::adam_bias_correction(T(p.beta2), t);
     T* pdots = llr ? dots.data<T>() : nullptr;
-    const T step_size = T(p.step_size), eps = T(p.eps), beta1 = T(p.beta1), beta2 = T(p.beta2),
+    const T step_size = T(length_now(p.step_size)), eps = T(length_now(p.eps)), beta1 = T(p.beta1), beta2 = T(p.beta2),
             adam_eps = T(p.adam_eps);
     // The update rule as a compile-time constant, so the sign step's loop has no branch on it and vectorises.
     auto run = [&](auto adam_c) {
@@ -152,9 +157,10 @@ LlrCoefficients CpuRobustKernels::llr_coefficients(const Tensor& l, const Tensor
   });
 }
 
-Tensor CpuRobustKernels::perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t seed,
-                                           const RandomCounter& c) {
+Tensor CpuRobustKernels::perturbation_init(const Tensor& x, const EpsLength& radius, double normal_scale,
+                                           uint64_t seed, const RandomCounter& c) {
   const uint64_t counter = counter_now(c);
+  const double eps = length_now(radius);
   return dispatch_floating(x.dtype(), "perturbation_init", [&](auto tag) {
     using T = decltype(tag);
     Tensor d = Tensor::empty(x.shape(), x.dtype(), x.layout());
@@ -200,9 +206,10 @@ GradientAlignment CpuRobustKernels::gradient_alignment(const Tensor& g1, const T
   });
 }
 
-ElleTriplets CpuRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t seed,
-                                             const RandomCounter& c) {
+ElleTriplets CpuRobustKernels::elle_triplets(const Tensor& x, const Tensor& labels, const EpsLength& radius,
+                                             uint64_t seed, const RandomCounter& c) {
   const uint64_t counter = counter_now(c);
+  const double eps = length_now(radius);
   return dispatch_floating(x.dtype(), "elle_triplets", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = x.dim(0), inner = row_elements(x), numel = x.numel();

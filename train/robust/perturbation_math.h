@@ -16,13 +16,6 @@ enum class PerturbationUpdate : int { sign = 0, adam = 1 };
 // leave the ball).
 enum class Projection : int { ball_and_box = 0, box = 1 };
 
-struct PerturbationParams {
-  PerturbationUpdate update = PerturbationUpdate::sign;
-  double step_size = 0;  // sign: alpha; adam: learning rate
-  double eps = 0;        // l_inf radius
-  Projection projection = Projection::ball_and_box;
-  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
-};
 
 namespace perturbation_math {
 
@@ -65,6 +58,14 @@ LLR_HD T step(T delta, T x, T dir, T* m, T* v, T step_size, T eps, bool ball, bo
   xp = xp > T(1) ? T(1) : (xp < T(0) ? T(0) : xp);
   return xp - x;
 }
+
+// A length on the eps scale as a kernel reads it (robust::EpsLength): `value`, or `scale` times the radius the device
+// holds at `eps` (when not null), read where the kernel runs.
+struct DeviceLength {
+  double value = 0, scale = 0;
+  const double* eps = nullptr;
+  LLR_HD double now() const { return eps ? scale * *eps : value; }
+};
 
 // Where a draw's counters start: `base`, plus `per_step` times the step count the device holds at `step` (when not
 // null), read where the kernel runs (robust::RandomCounter).

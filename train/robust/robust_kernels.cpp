@@ -48,6 +48,16 @@ void random_counter(const char* op, const RandomCounter& c, const Tensor& like) 
             c.step.describe());
 }
 
+// A non-negative length whose device radius, if any, is one f64 element on like's device.
+void length(const char* op, const char* what, const EpsLength& l, const Tensor& like) {
+  LLR_CHECK(l.value >= 0 && l.scale >= 0, op, ": ", what, " ", l.value, " (scale ", l.scale,
+            ") must be non-negative");
+  LLR_CHECK(!l.eps.defined() ||
+                (l.eps.dtype() == DType::f64 && l.eps.numel() == 1 && l.eps.device() == like.device()),
+            op, ": the device radius of the ", what, " must be one f64 element on the ", device_name(like.device()),
+            ", got ", l.eps.describe());
+}
+
 void logits(const char* op, const Tensor& z) {
   LLR_CHECK(z.defined() && is_floating(z.dtype()) && z.rank() == 2 && z.dim(1) >= 2, op,
             ": logits must be floating [N, K] with K >= 2, got ", z.defined() ? z.describe() : "undefined");
@@ -55,11 +65,12 @@ void logits(const char* op, const Tensor& z) {
 
 }  // namespace
 
-void perturbation_init(const Tensor& x, double eps, double normal_scale, uint64_t, const RandomCounter& counter) {
+void perturbation_init(const Tensor& x, const EpsLength& eps, double normal_scale, uint64_t,
+                       const RandomCounter& counter) {
   perturbation_dtype("perturbation_init", {&x});
   random_counter("perturbation_init", counter, x);
-  LLR_CHECK(eps >= 0 && normal_scale >= 0, "perturbation_init: eps ", eps, " and normal scale ", normal_scale,
-            " must be non-negative");
+  length("perturbation_init", "eps", eps, x);
+  LLR_CHECK(normal_scale >= 0, "perturbation_init: the normal scale ", normal_scale, " must be non-negative");
 }
 
 void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weighted, const Tensor& gx,
@@ -83,8 +94,8 @@ void perturbation_step(Tensor& delta, const Tensor& x, const Tensor& grad_weight
               "perturbation_step: Adam steps need a step counter of one f64 element, got ",
               adam_steps.defined() ? adam_steps.describe() : "undefined");
   }
-  LLR_CHECK(p.eps >= 0 && p.step_size >= 0, "perturbation_step: eps ", p.eps, " and step size ", p.step_size,
-            " must be non-negative");
+  length("perturbation_step", "eps", p.eps, delta);
+  length("perturbation_step", "step size", p.step_size, delta);
 }
 
 void llr_coefficients(const Tensor& l, const Tensor& lp, const Tensor& d, double, double, double) {
@@ -101,12 +112,13 @@ void gradient_alignment(const Tensor& g1, const Tensor& g2, double guard) {
   LLR_CHECK(guard > 0, "gradient_alignment: the norm guard ", guard, " must be positive");
 }
 
-void elle_triplets(const Tensor& x, const Tensor& labels, double eps, uint64_t, const RandomCounter& counter) {
+void elle_triplets(const Tensor& x, const Tensor& labels, const EpsLength& eps, uint64_t,
+                   const RandomCounter& counter) {
   perturbation_dtype("elle_triplets", {&x});
   random_counter("elle_triplets", counter, x);
   batch("elle_triplets", x);
   indices("elle_triplets", "labels", labels, x.dim(0));
-  LLR_CHECK(eps >= 0, "elle_triplets: eps ", eps, " must be non-negative");
+  length("elle_triplets", "eps", eps, x);
 }
 
 void elle_coefficients(const Tensor& losses, const Tensor& alpha, double lambda) {

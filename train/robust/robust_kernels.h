@@ -23,6 +23,37 @@ struct RandomCounter {
   Tensor step;
 };
 
+// A length on the eps scale (a radius, a step size) as the kernels take it: `value`, or, with `eps` defined (one f64
+// element on the device: a training step's radius, written there before each replay of a recorded step, so that its
+// replays follow the eps warm-up), `scale` times the radius the device holds, read where the kernel runs. `value`
+// is then the same product with the radius of the call (the host's checks read it), and both sides compute it as
+// the same product of two doubles, so an eager step and a replay step alike. A plain number converts to a length
+// without a device radius.
+struct EpsLength {
+  EpsLength(double v = 0) : value(v) {}  // NOLINT(google-explicit-constructor): a plain length
+  // scale * eps, with eps also on the device where device_eps is defined.
+  EpsLength(double s, double eps, Tensor device_eps) : value(s * eps), scale(s), eps(std::move(device_eps)) {}
+  // k times this length (k * value and k * scale: for a scale of 1, the product an eager call forms).
+  EpsLength times(double k) const {
+    EpsLength l(k * value);
+    l.scale = k * scale;
+    l.eps = eps;
+    return l;
+  }
+
+  double value = 0, scale = 0;
+  Tensor eps;
+};
+
+// The fused perturbation step's settings (robust::perturbation_step).
+struct PerturbationParams {
+  PerturbationUpdate update = PerturbationUpdate::sign;
+  EpsLength step_size;  // sign: alpha; adam: learning rate
+  EpsLength eps;        // l_inf radius
+  Projection projection = Projection::ball_and_box;
+  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
+};
+
 // LLR per-example coefficients (robust::llr_coefficients).
 struct LlrCoefficients {
   Tensor nominal_weight;    // w_nom - lambda sign(g_i): weight of l_i(x)

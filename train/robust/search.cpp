@@ -76,7 +76,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
                      ? backend::full_like(x, 0.0)
                      : o.start == Start::normal
                            ? robust::perturbation_init(x, o.eps, o.normal_scale, o.seed, counter)
-                           : robust::perturbation_init(x, o.start_scale * o.eps, 0.0, o.seed, counter);
+                           : robust::perturbation_init(x, o.eps.times(o.start_scale), 0.0, o.seed, counter);
   Tensor d = gap ? backend::per_example_dot(delta, rows.gap_gradient) : Tensor();
   if (o.track_max) r.max_value = per_example_full(n, -INFINITY, x);
   if (o.early_stop) {
@@ -102,7 +102,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
   int last_cp = 0;
   if (apgd) {
     delta_prev = delta.clone();
-    eta = per_example_full(n, o.step_size * o.eps, x);
+    eta = per_example_full(n, o.step_size.value * o.eps.value, x);
     best = per_example_full(n, -INFINITY, x);
     last = per_example_full(n, -INFINITY, x);
     successes = per_example_full(n, 0.0, x);
@@ -158,7 +158,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
         last_cp = t;
         ++next_cp;
       }
-      robust::apgd_step(delta, delta_prev, x, g, eta, t == 0 ? 1.0 : 0.75, o.eps);
+      robust::apgd_step(delta, delta_prev, x, g, eta, t == 0 ? 1.0 : 0.75, o.eps.value);
     } else {
       Tensor none;
       robust::perturbation_step(delta, x, g, gap ? rows.gap_gradient : none, gap ? weights : none, m, v, d,
@@ -185,11 +185,14 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
 SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchOptions& o, const Tensor& active) {
   LLR_CHECK(x.defined() && (x.dtype() == DType::f32 || x.dtype() == DType::f64) && x.rank() >= 1,
             "perturbation search: images must be f32 or f64 with a batch axis, got ", x.describe());
-  LLR_CHECK(o.steps >= 0 && o.restarts >= 1 && o.eps >= 0 && o.step_size >= 0, "perturbation search: steps ",
-            o.steps, ", restarts ", o.restarts, ", eps ", o.eps, " and step size ", o.step_size, " must be valid");
+  LLR_CHECK(o.steps >= 0 && o.restarts >= 1 && o.eps.value >= 0 && o.step_size.value >= 0,
+            "perturbation search: steps ", o.steps, ", restarts ", o.restarts, ", eps ", o.eps.value, " and step size ",
+            o.step_size.value, " must be valid");
   LLR_CHECK(o.start_scale >= 0, "perturbation search: the start scale ", o.start_scale, " must be non-negative");
   LLR_CHECK(o.projection == Projection::ball_and_box || o.rule != StepRule::apgd,
             "perturbation search: APGD steps always project onto the eps-ball");
+  LLR_CHECK(o.rule != StepRule::apgd || (!o.eps.eps.defined() && !o.step_size.eps.defined()),
+            "perturbation search: APGD takes its radius from the host");
   LLR_CHECK(!o.early_stop || problem.labels.defined(), "perturbation search: early stopping needs labels");
   LLR_CHECK(!active.defined() || o.early_stop, "perturbation search: an active mask needs early stopping");
   const int64_t n = x.dim(0);

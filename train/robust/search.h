@@ -22,8 +22,9 @@ struct SearchOptions {
   int steps = 10;
   StepRule rule = StepRule::sign;
   // sign: the step (alpha); adam: the learning rate; apgd: the initial step as a multiple of eps (2 in Croce & Hein).
-  double step_size = 0;
-  double eps = 0;
+  // A length on the eps scale may take the radius from the device (EpsLength: a recorded training step's radius).
+  EpsLength step_size;
+  EpsLength eps;
   Start start = Start::uniform;
   double normal_scale = 0;  // Start::normal: the standard deviation
   // Start::uniform: the start's radius as a multiple of eps (N-FGSM draws its noise from 2 eps).
