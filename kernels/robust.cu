@@ -20,7 +20,7 @@ const double* device_step(const RandomCounter& c) { return c.step.defined() ? pt
 
 // A length as the kernels read it, with its device radius if it has one (perturbation_math::DeviceLength).
 perturbation_math::DeviceLength device_length(const EpsLength& l) {
-  return {l.value, l.scale, l.eps.defined() ? ptr<double>(l.eps) : nullptr};
+  return {l.value(), l.scale, l.eps.defined() ? ptr<double>(l.eps) : nullptr};
 }
 
 // One block per example. Adam's bias corrections come from the counter of steps taken (`steps`), read here and

@@ -32,8 +32,7 @@ std::vector<Tensor> Registry::parameters() const {
 Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (master.dtype() == compute) return master;
   const uint64_t here = graph::lasting_recording_id();
-  const bool current = copy_.defined() && copy_.dtype() == compute && master.raw_data() == master_ &&
-                       version_ == master.value_version();
+  const bool current = copy_.defined() && copy_.dtype() == compute && current_for(master);
   if (current && (made_in_ == here || (maintained_ && made_in_ == 0))) return cast_reusing(master, copy_);
   Tensor c = cast(master, compute);
   // A cast in a scoped recording has not run yet (and may never, if the recording fails): it is not kept.
@@ -41,22 +40,31 @@ Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (maintained_) {
     // The optimiser's target and what recordings read: refreshed in place, never replaced. A lasting recording casts
     // for itself.
-    if (here != 0 || copy_.dtype() != compute || master.raw_data() != master_) return c;
+    if (here != 0 || copy_.dtype() != compute || !copy_of(master)) return c;
     copy_into(copy_, c.detach());
     version_ = master.value_version();
     return c;
   }
   copy_ = c.detach();
-  master_ = master.raw_data();
+  master_ = master.impl()->storage;
   version_ = master.value_version();
   made_in_ = here;
   return c;
 }
 
+bool ComputeCopy::copy_of(const Tensor& master) const {
+  const std::shared_ptr<Storage> s = master_.lock();
+  return s && s == master.impl()->storage;
+}
+
+bool ComputeCopy::current_for(const Tensor& master) const {
+  return copy_.defined() && copy_of(master) && version_ == master.value_version();
+}
+
 Tensor ComputeCopy::target() const { return copy_.defined() && made_in_ == 0 ? copy_ : Tensor(); }
 
 void ComputeCopy::written(const Tensor& master) {
-  LLR_CHECK(copy_.defined() && made_in_ == 0 && master.raw_data() == master_,
+  LLR_CHECK(copy_.defined() && made_in_ == 0 && copy_of(master),
             "ComputeCopy::written: no eager copy of ", master.describe(), " to have written");
   version_ = master.value_version();
   maintained_ = true;

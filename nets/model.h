@@ -85,10 +85,13 @@ class ComputeCopy {
   // target() now holds the master's current values, and will after each update.
   void written(const Tensor& master);
   bool maintained() const { return maintained_; }
+  // Whether the copy holds master's current values (false while there is none).
+  bool current_for(const Tensor& master) const;
 
  private:
+  bool copy_of(const Tensor& master) const;  // of master's storage (whatever its version)
   mutable Tensor copy_;
-  mutable const void* master_ = nullptr;  // the storage it is a copy of, at the master's value_version() version_
+  mutable std::weak_ptr<Storage> master_;  // the storage it is a copy of, at the master's value_version() version_
   mutable uint64_t version_ = 0;
   mutable uint64_t made_in_ = 0;  // the lasting recording the copy was made in, or 0
   bool maintained_ = false;

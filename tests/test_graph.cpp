@@ -414,7 +414,7 @@ TEST_CASE("recorded perturbation kernels read their radius and step sizes on the
   auto fgsm = [&](const EpsLength& radius, Tensor* start) {
     *start = robust::perturbation_init(x, radius.times(2.0), 0.0, 9, 0);
     PerturbationParams p;
-    p.step_size = EpsLength(1.25, radius.value, radius.eps);
+    p.step_size = EpsLength(1.25, radius.radius, radius.eps);
     p.eps = radius;
     Tensor none, m, v, dots, steps;
     robust::perturbation_step(*start, x, g, none, none, m, v, dots, steps, p);

@@ -208,9 +208,9 @@ TEST_CASE("the fused perturbation step matches an unfused reference and stays in
         if (u == PerturbationUpdate::adam) {
           rm[i] = p.beta1 * rm[i] + (1 - p.beta1) * dir;
           rv[i] = p.beta2 * rv[i] + (1 - p.beta2) * dir * dir;
-          upd = p.step_size.value * (rm[i] / b1) / (std::sqrt(rv[i] / b2) + p.adam_eps);
+          upd = p.step_size.value() * (rm[i] / b1) / (std::sqrt(rv[i] / b2) + p.adam_eps);
         } else {
-          upd = p.step_size.value * (dir > 0 ? 1 : dir < 0 ? -1 : 0);
+          upd = p.step_size.value() * (dir > 0 ? 1 : dir < 0 ? -1 : 0);
         }
         double nd = std::clamp(ref.at(i) + upd, -eps, eps);
         nd = std::clamp(x.at(i) + nd, 0.0, 1.0) - x.at(i);

@@ -112,6 +112,12 @@ TEST_CASE("SGD writes the parameters' narrower copies as a cast rounds them and 
   refused(Tensor::zeros({7}, DType::f32), "another shape");
   refused(Tensor::zeros({70000}, DType::i32), "not floating");
   refused(params[1].detach(), "the parameter itself");
+  // A bf16 copy is narrower, but the CPU has no bf16 arithmetic: refused before the first parameter is written.
+  std::vector<Tensor> c{Tensor(), Tensor::empty({70000}, DType::bf16), Tensor()};
+  Tensor p0 = params[0].clone();
+  CHECK_THROWS_WITH_AS(training::sgd_update(params, grads, buffers, c, wd, 0.1, 0.9, false, false, bad),
+                       doctest::Contains("f32 copies only"), Error);
+  CHECK(compare(params[0], p0, 0, 0).max_violation == 0);
   std::vector<Tensor> short_list(2);
   CHECK_THROWS_WITH_AS(training::sgd_update(params, grads, buffers, short_list, wd, 0.1, 0.9, false, false, bad),
                        doctest::Contains("2 copies"), Error);

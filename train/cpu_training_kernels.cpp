@@ -112,13 +112,16 @@ void CpuTrainingKernels::sgd_update(std::vector<Tensor>& params, const std::vect
                                     std::vector<Tensor>& buffers, std::vector<Tensor>& copies,
                                     const std::vector<double>& weight_decay, double lr, double momentum, bool nesterov,
                                     bool first_step, Tensor& nonfinite) {
+  // The CPU's only narrower floating dtype: f32 copies of f64 parameters (refused before anything is written).
+  for (const Tensor& c : copies)
+    LLR_CHECK(!c.defined() || c.dtype() == DType::f32, "sgd_update: the CPU writes f32 copies only, got ",
+              c.describe());
   int64_t bad = 0;
   for (size_t k = 0; k < params.size(); ++k) {
     dispatch_floating(params[k].dtype(), "sgd_update", [&](auto tag) {
       using T = decltype(tag);
       T *p = params[k].data<T>(), *m = buffers[k].data<T>();
       const T* g = grads[k].data<T>();
-      // The CPU's only narrower floating dtype: f32 copies of f64 parameters (the checks refuse the rest).
       float* c = copies[k].defined() ? copies[k].data<float>() : nullptr;
       const T lr_ = T(lr), mo = T(momentum), wd = T(weight_decay[k]);
       const int64_t n_ = params[k].numel();

@@ -37,6 +37,14 @@ uint64_t parameter_writes(nets::Model& model) {
   return n;
 }
 
+// Whether every compute copy the optimiser keeps holds its weight's current values (the optimiser wrote it at the
+// last update), as a recording that reads it needs.
+bool copies_current(nets::Model& model) {
+  for (const nets::NamedTensor& e : model.registry().entries())
+    if (e.compute && e.compute->maintained() && !e.compute->current_for(e.tensor)) return false;
+  return true;
+}
+
 std::vector<int64_t> counter_values(nets::Model& model) {
   std::vector<int64_t> v;
   for (const auto& [name, counter] : model.registry().counters()) v.push_back(*counter);
@@ -160,7 +168,7 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
   // A recording reads the weights' compute copies that the optimiser writes (nets::ComputeCopy). Values written since
   // the last update (a checkpoint loaded, a weight set) may have left them stale: this step runs eagerly, which
   // converts them afresh, and the next one records.
-  const bool untouched = parameter_writes(model_) == updated_at_;
+  const bool untouched = parameter_writes(model_) == updated_at_ && copies_current(model_);
   if (rec_ && (!(rec_->key == key) || !untouched)) rec_.reset();
   bool ran = false;
   if (!rec_) {

@@ -26,7 +26,7 @@ int64_t row_elements(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t
 
 // A length with its device radius read now (when the kernel runs: at each replay of a recording).
 double length_now(const EpsLength& l) {
-  return perturbation_math::DeviceLength{l.value, l.scale, l.eps.defined() ? l.eps.data<double>() : nullptr}.now();
+  return perturbation_math::DeviceLength{l.value(), l.scale, l.eps.defined() ? l.eps.data<double>() : nullptr}.now();
 }
 
 // A random counter with its device step read now (when the kernel runs: at each replay of a recording).

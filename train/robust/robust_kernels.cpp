@@ -50,8 +50,8 @@ void random_counter(const char* op, const RandomCounter& c, const Tensor& like) 
 
 // A non-negative length whose device radius, if any, is one f64 element on like's device.
 void length(const char* op, const char* what, const EpsLength& l, const Tensor& like) {
-  LLR_CHECK(l.value >= 0 && l.scale >= 0, op, ": ", what, " ", l.value, " (scale ", l.scale,
-            ") must be non-negative");
+  LLR_CHECK(l.value() >= 0 && l.scale >= 0 && l.radius >= 0, op, ": ", what, " ", l.value(), " (", l.scale,
+            " times ", l.radius, ") must be non-negative");
   LLR_CHECK(!l.eps.defined() ||
                 (l.eps.dtype() == DType::f64 && l.eps.numel() == 1 && l.eps.device() == like.device()),
             op, ": the device radius of the ", what, " must be one f64 element on the ", device_name(like.device()),

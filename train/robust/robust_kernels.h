@@ -23,25 +23,19 @@ struct RandomCounter {
   Tensor step;
 };
 
-// A length on the eps scale (a radius, a step size) as the kernels take it: `value`, or, with `eps` defined (one f64
-// element on the device: a training step's radius, written there before each replay of a recorded step, so that its
-// replays follow the eps warm-up), `scale` times the radius the device holds, read where the kernel runs. `value`
-// is then the same product with the radius of the call (the host's checks read it), and both sides compute it as
-// the same product of two doubles, so an eager step and a replay step alike. A plain number converts to a length
-// without a device radius.
+// A length on the eps scale (a radius, a step size) as the kernels take it: `scale` times a radius, the host's
+// `radius` or, with `eps` defined (one f64 element on the device: a training step's radius, written there before each
+// replay of a recorded step, so that its replays follow the eps warm-up), the radius the device holds, read where the
+// kernel runs. Both sides form the same product of two doubles, scale * radius, so an eager step and a replayed one
+// compute alike; value() is the host's (its checks read it). A plain number v converts to v times a radius of 1.
 struct EpsLength {
-  EpsLength(double v = 0) : value(v) {}  // NOLINT(google-explicit-constructor): a plain length
-  // scale * eps, with eps also on the device where device_eps is defined.
-  EpsLength(double s, double eps, Tensor device_eps) : value(s * eps), scale(s), eps(std::move(device_eps)) {}
-  // k times this length (k * value and k * scale: for a scale of 1, the product an eager call forms).
-  EpsLength times(double k) const {
-    EpsLength l(k * value);
-    l.scale = k * scale;
-    l.eps = eps;
-    return l;
-  }
+  EpsLength(double v = 0) : scale(v) {}  // NOLINT(google-explicit-constructor): a plain length
+  EpsLength(double s, double r, Tensor device_eps) : scale(s), radius(r), eps(std::move(device_eps)) {}
+  double value() const { return scale * radius; }
+  // k times this length: (k scale) times the same radius.
+  EpsLength times(double k) const { return {k * scale, radius, eps}; }
 
-  double value = 0, scale = 0;
+  double scale = 0, radius = 1;
   Tensor eps;
 };
 

@@ -102,7 +102,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
   int last_cp = 0;
   if (apgd) {
     delta_prev = delta.clone();
-    eta = per_example_full(n, o.step_size.value * o.eps.value, x);
+    eta = per_example_full(n, o.step_size.value() * o.eps.value(), x);
     best = per_example_full(n, -INFINITY, x);
     last = per_example_full(n, -INFINITY, x);
     successes = per_example_full(n, 0.0, x);
@@ -158,7 +158,7 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
         last_cp = t;
         ++next_cp;
       }
-      robust::apgd_step(delta, delta_prev, x, g, eta, t == 0 ? 1.0 : 0.75, o.eps.value);
+      robust::apgd_step(delta, delta_prev, x, g, eta, t == 0 ? 1.0 : 0.75, o.eps.value());
     } else {
       Tensor none;
       robust::perturbation_step(delta, x, g, gap ? rows.gap_gradient : none, gap ? weights : none, m, v, d,
@@ -185,9 +185,9 @@ Run run_once(const Rows& rows, const SearchProblem& p, const SearchOptions& o, c
 SearchResult search(const Tensor& x, const SearchProblem& problem, const SearchOptions& o, const Tensor& active) {
   LLR_CHECK(x.defined() && (x.dtype() == DType::f32 || x.dtype() == DType::f64) && x.rank() >= 1,
             "perturbation search: images must be f32 or f64 with a batch axis, got ", x.describe());
-  LLR_CHECK(o.steps >= 0 && o.restarts >= 1 && o.eps.value >= 0 && o.step_size.value >= 0,
-            "perturbation search: steps ", o.steps, ", restarts ", o.restarts, ", eps ", o.eps.value, " and step size ",
-            o.step_size.value, " must be valid");
+  LLR_CHECK(o.steps >= 0 && o.restarts >= 1 && o.eps.value() >= 0 && o.step_size.value() >= 0,
+            "perturbation search: steps ", o.steps, ", restarts ", o.restarts, ", eps ", o.eps.value(),
+            " and step size ", o.step_size.value(), " must be valid");
   LLR_CHECK(o.start_scale >= 0, "perturbation search: the start scale ", o.start_scale, " must be non-negative");
   LLR_CHECK(o.projection == Projection::ball_and_box || o.rule != StepRule::apgd,
             "perturbation search: APGD steps always project onto the eps-ball");
