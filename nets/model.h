@@ -74,8 +74,8 @@ struct Init {
 // at all; the copy's storage then stays the same for good (refreshed in place after any other write to the weight).
 // Recorded work (engine/graph.h): a scoped recording, whose replays all come before the next update, reads an eager
 // copy; a lasting recording (a whole training step, replayed after each update) reads a maintained copy, which the
-// optimiser writes before each replay (TrainingSteps checks that nothing else wrote values in between), and otherwise
-// casts for itself, once, so that its replays cast after each update.
+// optimiser writes before each replay (TrainingSteps checks current_for() before each), and otherwise casts for
+// itself, once, so that its replays cast after each update.
 class ComputeCopy {
  public:
   Tensor of(const Tensor& master, DType compute) const;

@@ -28,17 +28,9 @@ StepOutput objective_step(nets::Model& model, const Method& method, const Robust
   return out;
 }
 
-// The parameters' writes so far (Tensor::value_version): unchanged while only the optimiser writes them, between
-// the step after one update and the next update.
-uint64_t parameter_writes(nets::Model& model) {
-  uint64_t n = 0;
-  for (const nets::NamedTensor& e : model.registry().entries())
-    if (e.kind != nets::TensorKind::buffer) n += e.tensor.value_version();
-  return n;
-}
-
 // Whether every compute copy the optimiser keeps holds its weight's current values (the optimiser wrote it at the
-// last update), as a recording that reads it needs.
+// last update), as a recording that reads it needs: a write from elsewhere (a checkpoint loaded, a weight set) leaves
+// its copy stale. Everything else a recording reads of the model, it reads on the device.
 bool copies_current(nets::Model& model) {
   for (const nets::NamedTensor& e : model.registry().entries())
     if (e.compute && e.compute->maintained() && !e.compute->current_for(e.tensor)) return false;
@@ -151,11 +143,7 @@ void TrainingSteps::record(const Tensor& x, const Tensor& y, const StepContext& 
 
 StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContext& ctx, double lr) {
   last_recorded_ = false;
-  auto eager = [&] {
-    StepOutput out = training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr);
-    updated_at_ = parameter_writes(model_);
-    return out;
-  };
+  auto eager = [&] { return training_step(model_, optimizer_, method_, robust_, x, y, ctx, lr); };
   const bool graphs = graph::enabled() && !profile::timing() && !graph::recording() && ctx.fixed_delta == nullptr &&
                       !ctx.device_step.defined() && !ctx.device_eps.defined() &&
                       (x.device() != Device::cpu || record_on_cpu());
@@ -165,10 +153,9 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
     return eager();
   }
   const Key key = key_of(x, y, ctx);
-  // A recording reads the weights' compute copies that the optimiser writes (nets::ComputeCopy). Values written since
-  // the last update (a checkpoint loaded, a weight set) may have left them stale: this step runs eagerly, which
-  // converts them afresh, and the next one records.
-  const bool untouched = parameter_writes(model_) == updated_at_ && copies_current(model_);
+  // A recording reads the weights' compute copies that the optimiser writes (nets::ComputeCopy). If one is stale, this
+  // step runs eagerly, which converts it afresh in place, and the next one records.
+  const bool untouched = copies_current(model_);
   if (rec_ && (!(rec_->key == key) || !untouched)) rec_.reset();
   bool ran = false;
   if (!rec_) {
@@ -199,7 +186,6 @@ StepOutput TrainingSteps::run(const Tensor& x, const Tensor& y, const StepContex
   last_recorded_ = true;
   LLR_PHASE("optimiser", x.device());
   optimizer_.step(rec_->grads, lr);
-  updated_at_ = parameter_writes(model_);
   return rec_->out;
 }
 

@@ -30,11 +30,10 @@ StepOutput training_step(nets::Model& model, Sgd& optimizer, const Method& metho
 // that recording until one of those changes. A replay gets its batch copied into the recording's input buffers, its
 // step count and radius written to the device (where the random starts draw from, methods::draw_counter, and where
 // the radius and the step sizes on its scale are read, methods::eps_length: the eps warm-up replays too), and the
-// batch-norm step counters counted on, on the host;
-// the SGD update runs after it, outside the recording, with this step's learning rate, and writes the weights'
-// compute copies the recording reads (a write to values from elsewhere between two steps makes it record again,
-// since the copies may be stale then). If recording or replaying fails, graphs are switched off with a warning and
-// the steps run eagerly. While a recording lives its working set stays reserved (engine/block_cache.h): release()
+// batch-norm step counters counted on, on the host; the SGD update runs after it, outside the recording, with this
+// step's learning rate, and writes the weights' compute copies the recording reads (a copy left stale by a write to
+// its weight from elsewhere makes the step run eagerly and the next one record again). If recording or replaying
+// fails, graphs are switched off with a warning and the steps run eagerly. While a recording lives its working set stays reserved (engine/block_cache.h): release()
 // frees it, for work that needs the memory (an evaluation).
 //
 // Steps on the CPU are recorded only after set_record_on_cpu(true) (the tests): a CPU recording keeps every tensor
@@ -83,7 +82,6 @@ class TrainingSteps {
   std::optional<Key> previous_;
   std::unique_ptr<Recorded> rec_;
   bool last_recorded_ = false;
-  uint64_t updated_at_ = ~uint64_t(0);  // the parameters' writes after the last step's update (step.cpp)
 };
 
 }  // namespace llr
