@@ -94,13 +94,9 @@ class Llr final : public Method {
       };
       p.gap_base = l_const;
       p.gap_gradient = gx;
-      robust::SearchOptions o;
-      o.steps = static_cast<int>(steps_);
-      o.rule = search_ == "sign" ? robust::StepRule::sign : robust::StepRule::adam;
-      o.step_size = step_size_;
-      o.eps = methods::eps_length(ctx);
-      o.seed = ctx.seed;
-      o.counter = methods::draw_counter(ctx, x, 1, 0);
+      robust::SearchOptions o =
+          methods::sign_search(ctx, static_cast<int>(steps_), step_size_, methods::draw_counter(ctx, x, 1, 0));
+      if (search_ != "sign") o.rule = robust::StepRule::adam;
       robust::SearchResult s = robust::search(x, p, o);
       delta = s.delta;
       d = s.d;

@@ -36,15 +36,10 @@ class NFgsm final : public Method {
  private:
   Tensor attack(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                 const StepContext& ctx) const {
-    robust::SearchOptions o;
-    o.steps = 1;
-    o.rule = robust::StepRule::sign;
-    o.step_size = methods::eps_length(ctx, alpha_);
-    o.eps = methods::eps_length(ctx);
+    robust::SearchOptions o =
+        methods::sign_search(ctx, 1, methods::eps_length(ctx, alpha_), methods::draw_counter(ctx, x, 1, 0));
     o.start_scale = noise_;
     o.projection = Projection::box;
-    o.seed = ctx.seed;
-    o.counter = methods::draw_counter(ctx, x, 1, 0);
     return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);
   }
 

@@ -32,22 +32,10 @@ class Pgd final : public Method {
  private:
   static Tensor attack(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                        const StepContext& ctx) {
-    robust::SearchProblem p;
-    p.per_example = {y};
-    nets::BnMode bn = robust.attack_bn_mode();
-    p.loss = [&model, bn, &ctx](const Tensor& xa, const std::vector<Tensor>& rows, Tensor*) {
-      auto fc = methods::forward_context(bn, ctx.compute);
-      return cross_entropy(model.forward(xa, fc), rows[0]);
-    };
-    robust::SearchOptions o;
-    o.steps = static_cast<int>(robust.attack_steps);
-    o.rule = robust::StepRule::sign;
-    o.step_size = robust.attack_step;
-    o.eps = methods::eps_length(ctx);
-    o.seed = ctx.seed;
-    o.counter = methods::draw_counter(ctx, x, 1, 0);
+    robust::SearchOptions o = methods::sign_search(ctx, static_cast<int>(robust.attack_steps), robust.attack_step,
+                                                   methods::draw_counter(ctx, x, 1, 0));
     o.phase = "attack step";
-    return robust::search(x, p, o).delta;
+    return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);
   }
 };
 

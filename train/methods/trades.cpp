@@ -51,15 +51,10 @@ class Trades final : public Method {
       auto fc = methods::forward_context(bn, ctx.compute);
       return kl_div(rows[0], model.forward(xa, fc));
     };
-    robust::SearchOptions o;
-    o.steps = static_cast<int>(robust.attack_steps);
-    o.rule = robust::StepRule::sign;
-    o.step_size = robust.attack_step;
-    o.eps = methods::eps_length(ctx);
+    robust::SearchOptions o = methods::sign_search(ctx, static_cast<int>(robust.attack_steps), robust.attack_step,
+                                                   methods::draw_counter(ctx, x, 1, 0));
     o.start = robust::Start::normal;
     o.normal_scale = 0.001;
-    o.seed = ctx.seed;
-    o.counter = methods::draw_counter(ctx, x, 1, 0);
     o.phase = "attack step";
     return robust::search(x, p, o).delta;
   }
