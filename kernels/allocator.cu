@@ -127,6 +127,12 @@ size_t CachingAllocator::live_pools() const {
   return cache_.live_pools();
 }
 
+void CachingAllocator::count_library_memory(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.bytes_in_use += bytes;
+  stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use + cache_.reserved_bytes());
+}
+
 AllocatorStats CachingAllocator::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   AllocatorStats s = stats_;

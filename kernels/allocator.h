@@ -17,7 +17,7 @@
 namespace llr::cuda {
 
 struct AllocatorStats {
-  size_t bytes_in_use = 0;    // held by tensors
+  size_t bytes_in_use = 0;    // held by tensors (and cuBLAS's workspace: count_library_memory)
   size_t bytes_cached = 0;    // free for any request
   size_t bytes_reserved = 0;  // free but kept for a recording's replays (engine/block_cache.h)
   // The peak of bytes in use and reserved: a recording's working set counts while it lives, though its replays
@@ -45,6 +45,9 @@ class CachingAllocator final : public DeviceAllocator {
   void close_pool(int id);
   void release_pool(int id);
   size_t live_pools() const;
+  // Device memory a library holds for the process outside this allocator (cuBLAS's workspace): counted in bytes in
+  // use and in every peak from now on, so the peaks compare with a framework whose allocator serves that workspace.
+  void count_library_memory(size_t bytes);
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.
   void set_poison(bool on) { poison_ = on; }

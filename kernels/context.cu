@@ -41,6 +41,7 @@ Context::Context() {
   LLR_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   cublas_workspace_bytes_ = size_t(major >= 9 ? 32 : 4) << 20;
   LLR_CUDA_CHECK(cudaMalloc(&cublas_workspace_, cublas_workspace_bytes_));
+  allocator().count_library_memory(cublas_workspace_bytes_);  // as PyTorch's peaks count theirs
   LLR_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, cublas_workspace_bytes_));
   LLR_CUDNN_CHECK(cudnnCreate(&cudnn_));
   LLR_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
