@@ -17,8 +17,8 @@
 #   2 CUDA tests   150  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
 #                       convolutions and >1M-element kernels vs CPU, WRN-28-10 bf16 vs f32, bf16 fallback counter, PGD
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block;
-#                       if the graph-API engine test fails, stages 3-6 run with LLR_CUDNN_ENGINES=0 (verdict
-#                       engines-off), so the call still measures the rest
+#                       first of all (2e), the graph-API engine test alone: if it fails or crashes, 2a-6 run with
+#                       LLR_CUDNN_ENGINES=0 (verdict engines-off), so the call still tests and measures the rest
 #   2c bf16 ref     40  PyTorch's autocast bf16 against its f32 on the same net and measure as the bf16 test
 #                       (tools/reference/bf16_gradient_reference.py): the reference for that test's bounds
 #   3 step bench   210  llrtrain bench (bf16, batch 128: WRN-28-10 with every method, PreAct ResNet-18 with
@@ -205,6 +205,22 @@ engine_test_failed() {
 
 if want 2; then
   begin_stage 2 "CUDA tests" 150
+  # The graph-API engine test first, in a process of its own: its engines have never run on a GPU (and the device's
+  # cuDNN may be older than the headers we built with), and a fault inside one is sticky, so it would take down every
+  # later case of its process. If it fails or crashes, every later stage (2a and 2b included) plans its convolutions
+  # with cuDNN's legacy algorithms (LLR_CUDNN_ENGINES=0, verdict engines-off), so the call still tests and measures the
+  # rest.
+  engine_case='bf16 convolutions through cuDNN graph-API engines*'
+  log=$LOGS/2e-tests-engines.log
+  timeout -k 5 "$(box 30)" "$BIN/llr_tests" -tc="$engine_case" --duration=true >"$log" 2>&1
+  rc_eng=$?
+  report_tests "$log"
+  verdict 2e engines "$(status_word "$rc_eng"): $(cases_line "$log"); $(grep -E '^graph-API engines: ' "$log" | cut -d';' -f1 || echo 'graph-API engines: not run')"
+  if { [ "$rc_eng" != 0 ] || engine_test_failed "$log"; } && [ -z "${LLR_CUDNN_ENGINES:-}" ]; then
+    export LLR_CUDNN_ENGINES=0
+    verdict 2e engines-off "the graph-API engine test failed (rc $rc_eng): stages 2a-6 run with LLR_CUDNN_ENGINES=0"
+  fi
+  archive_logs
   small=$(box 50)
   log=$LOGS/2a-tests-cuda.log
   timeout -k 5 "$small" "$BIN/llr_tests" -ts=cuda --duration=true >"$log" 2>&1
@@ -215,17 +231,11 @@ if want 2; then
   archive_logs
   large=$(box 150)
   log=$LOGS/2b-tests-cuda-large.log
-  timeout -k 5 "$large" "$BIN/llr_tests" -ts=cuda-large --duration=true >"$log" 2>&1
+  timeout -k 5 "$large" "$BIN/llr_tests" -ts=cuda-large -tce="$engine_case" --duration=true >"$log" 2>&1
   rc_large=$?
   report_tests "$log"
   [ "$rc_large" = 124 ] && { echo "-- timed out after $large s; the log ends with:"; tail -15 "$log"; }
-  verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured'); $(grep -E '^graph-API engines: ' "$log" | cut -d';' -f1 || echo 'graph-API engines: not run')"
-  # The graph-API engine test failed or crashed: the later stages run on the legacy algorithms, so that the rest of
-  # this call still measures what it can (the conv-engines comparison then compares legacy with legacy).
-  if engine_test_failed "$log" && [ -z "${LLR_CUDNN_ENGINES:-}" ]; then
-    export LLR_CUDNN_ENGINES=0
-    verdict 2b engines-off "the graph-API engine test failed: stages 3-6 run with LLR_CUDNN_ENGINES=0"
-  fi
+  verdict 2b cuda-large "$(status_word "$rc_large"): $(cases_line "$log"); $(grep -cE 'MISMATCH' "$log") mismatch lines; fallbacks: $(grep -E '^cuda WRN-28-10 bf16 forward' "$log" | grep -oE '[0-9]+ convolutions computed in f32' || echo 'not measured')"
   archive_logs
   begin_stage 2c "PyTorch bf16 reference" 40
   log=$LOGS/2c-bf16-reference.log
