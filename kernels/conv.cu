@@ -1,9 +1,10 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
 // For each convolution shape and direction, cuDNN's legacy algorithms are benchmarked once (cudnnFind*AlgorithmEx);
 // for bf16 the execution plans of cuDNN's graph API (conv_engines.h) are then timed against the legacy pick on the
-// same tensors, and the fastest that fits the workspace limit is cached for the run as the shape's plan; workspaces
-// come from the caching allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution
-// (conv_plans.h counts them).
+// same tensors, and the fastest that fits the workspace limit is cached for the run as the shape's plan; a 1x1
+// convolution with padding 0 is then also timed as cuBLAS matrix products (engine/conv_gemm.h), which replace the
+// pick when faster. Workspaces come from the caching allocator. A bf16 convolution cuDNN cannot run is planned, once,
+// as an f32 convolution (conv_plans.h counts them).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <string>
 
 #include "engine/autograd.h"
+#include "engine/conv_gemm.h"
 #include "engine/graph.h"
 #include "kernels/allocator.h"
 #include "kernels/conv_engines.h"
@@ -137,9 +139,10 @@ struct PlanKey {
   DType dtype;
   int math;
   ConvSearch search;
+  ConvGemm gemm;
   bool operator<(const PlanKey& o) const {
-    return std::tie(direction, x, w, stride, padding, dtype, math, search) <
-           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math, o.search);
+    return std::tie(direction, x, w, stride, padding, dtype, math, search, gemm) <
+           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math, o.search, o.gemm);
   }
   // Readable, because it names the convolution in the fallback note and in conv_plan_stats().
   std::string describe() const {
@@ -147,20 +150,22 @@ struct PlanKey {
     os << "conv2d " << direction_name(direction) << " x" << shape_str(Shape(x.begin(), x.end())) << " w"
        << shape_str(Shape(w.begin(), w.end())) << " stride " << stride << " pad " << padding << ' '
        << dtype_name(dtype) << " math " << math
-       << (search == ConvSearch::legacy ? " legacy" : search == ConvSearch::engines ? " engines" : "");
+       << (search == ConvSearch::legacy ? " legacy" : search == ConvSearch::engines ? " engines" : "")
+       << (gemm == ConvGemm::off ? " no-products" : gemm == ConvGemm::only ? " products" : "");
     return os.str();
   }
 };
 
 PlanKey plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
   return {d, {x[0], x[1], x[2], x[3]}, {w[0], w[1], w[2], w[3]}, g.stride, g.padding, t, int(cudnn_math(t)),
-          conv_search()};
+          conv_search(), conv_gemm()};
 }
 
 // What a convolution runs with: its cuDNN descriptors (built once) and legacy algorithm and workspace, or a graph-API
-// engine that ran faster on the planning call (the legacy algorithm stays as its fallback), or (bf16 only) f32
-// because cuDNN has no bf16 algorithm for it. Decided once per key, including the fallback: retrying a refused bf16
-// search on every call would cost a full algorithm search per step.
+// engine that ran faster on the planning call (the legacy algorithm stays as its fallback), or cuBLAS matrix products
+// (1x1, padding 0: engine/conv_gemm.h), or (bf16 only) f32 because cuDNN has no bf16 algorithm for it. Decided once
+// per key, including the fallback: retrying a refused bf16 search on every call would cost a full algorithm search
+// per step.
 struct ConvPlan {
   bool f32_fallback = false;
   int algo = 0;
@@ -170,6 +175,7 @@ struct ConvPlan {
   std::shared_ptr<ConvDesc> conv;
   std::shared_ptr<ConvEngine> engine;
   bool legacy_picked = false;  // whether algo and workspace hold a legacy pick
+  bool gemm = false;           // runs as matrix products (the descriptors and picks then go unused)
 };
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
@@ -293,6 +299,23 @@ ConvSearch initial_search() {
 
 ConvSearch& search_mode() {
   static ConvSearch mode = initial_search();
+  return mode;
+}
+
+// The 1x1 products' mode (conv_plans.h).
+ConvGemm initial_gemm() {
+  const char* v = std::getenv("LLR_CONV_GEMM");
+  if (!v || !*v) return ConvGemm::timed;
+  std::string s(v);
+  if (s == "0" || s == "off") return ConvGemm::off;
+  if (s == "only") return ConvGemm::only;
+  if (s != "1" && s != "timed")
+    std::fprintf(stderr, "llrtrain: note: LLR_CONV_GEMM=%s is not 0, 1 or only; the default (1) applies\n", v);
+  return ConvGemm::timed;
+}
+
+ConvGemm& gemm_mode() {
+  static ConvGemm mode = initial_gemm();
   return mode;
 }
 
@@ -538,6 +561,149 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Ten
                                 cublas_compute(c.dtype()), CUBLAS_GEMM_DEFAULT));
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// 1x1 convolutions with padding 0 as matrix products over the pixels they read (engine/conv_gemm.h): cuBLAS products
+// with the operands, shapes and transposes of matmul_nt, matmul_nn and matmul_tn (below; the CPU test of the
+// decomposition uses those), and for strides above 1 the two copies, 16 bytes at a time where a row is whole packs.
+// ---------------------------------------------------------------------------------------------------------------
+struct conv_subsample_k {};
+struct conv_upsample_k {};
+
+template <class T>
+Tensor subsample_as(const Tensor& x, int64_t P, int64_t Q, int64_t s) {
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  Tensor xs = Tensor::empty({N, P, Q, C}, x.dtype(), Layout::nhwc, Device::cuda);
+  const T* px = ptr<T>(x);
+  T* po = ptr<T>(xs);
+  const bool whole_packs = C % kPack == 0;  // every pack then lies in one row
+  for_each_pack<conv_subsample_k>(xs.numel(), [=] __device__(int64_t i, int count) {
+    if (whole_packs) {
+      store_pack(po, i, load_pack(px, conv_gemm::source_row(i / C, P, Q, H, W, s) * C + i % C, count), count);
+      return;
+    }
+    for (int k = 0; k < count; ++k) {
+      const int64_t e = i + k;
+      st(po, e, ld(px, conv_gemm::source_row(e / C, P, Q, H, W, s) * C + e % C));
+    }
+  });
+  return xs;
+}
+
+template <class T>
+Tensor upsample_as(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q, int64_t s) {
+  const int64_t H = x_shape[1], W = x_shape[2], C = x_shape[3];
+  Tensor dx = Tensor::empty(x_shape, t.dtype(), Layout::nhwc, Device::cuda);
+  const T* pt = ptr<T>(t);
+  T* po = ptr<T>(dx);
+  const bool whole_packs = C % kPack == 0;
+  for_each_pack<conv_upsample_k>(dx.numel(), [=] __device__(int64_t i, int count) {
+    if (whole_packs) {
+      const int64_t m = conv_gemm::product_row(i / C, P, Q, H, W, s);
+      Pack<T> v{};
+      if (m >= 0) v = load_pack(pt, m * C + i % C, count);
+      store_pack(po, i, v, count);
+      return;
+    }
+    for (int k = 0; k < count; ++k) {
+      const int64_t e = i + k;
+      const int64_t m = conv_gemm::product_row(e / C, P, Q, H, W, s);
+      st(po, e, m < 0 ? acc_t<T>(0) : ld(pt, m * C + e % C));
+    }
+  });
+  return dx;
+}
+
+// x's rows at the pixels the convolution reads ([N, P, Q, C]); x itself at stride 1.
+Tensor subsample(const Tensor& x, int64_t P, int64_t Q, int s) {
+  if (s == 1) return x;
+  return LLR_CUDA_DISPATCH(x.dtype(), "conv2d subsample", subsample_as, x, P, Q, s);
+}
+
+Tensor gemm_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+  const int64_t P = conv2d_output_size(x.dim(1), 1, g), Q = conv2d_output_size(x.dim(2), 1, g);
+  const int64_t M = x.dim(0) * P * Q, C = x.dim(3), K = w.dim(0);
+  Tensor xs = subsample(x, P, Q, g.stride);
+  Tensor y = Tensor::empty({x.dim(0), P, Q, K}, x.dtype(), Layout::nhwc, Device::cuda);
+  gemm(true, false, K, M, C, w, C, xs, C, y, K);  // y[M, K] = xs[M, C] w[K, C]^T: matmul_nt(xs, w)
+  return y;
+}
+
+Tensor gemm_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+  const int64_t P = gy.dim(1), Q = gy.dim(2), M = gy.dim(0) * P * Q, C = x_shape[3], K = w.dim(0);
+  Tensor t = Tensor::empty({gy.dim(0), P, Q, C}, gy.dtype(), Layout::nhwc, Device::cuda);
+  gemm(false, false, C, M, K, w, C, gy, K, t, C);  // t[M, C] = gy[M, K] w[K, C]: matmul_nn(gy, w)
+  if (g.stride == 1) return t;
+  return LLR_CUDA_DISPATCH(t.dtype(), "conv2d upsample", upsample_as, t, x_shape, P, Q, g.stride);
+}
+
+Tensor gemm_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
+  const int64_t P = gy.dim(1), Q = gy.dim(2), M = x.dim(0) * P * Q, C = x.dim(3), K = w_shape[0];
+  Tensor xs = subsample(x, P, Q, g.stride);
+  Tensor dw = Tensor::empty(w_shape, x.dtype(), Layout::krsc, Device::cuda);
+  gemm(false, true, C, K, M, xs, C, gy, K, dw, C);  // dw[K, C] = gy[M, K]^T xs[M, C]: matmul_tn(gy, xs)
+  return dw;
+}
+
+// Whether a plan may run as the products: a 1x1 filter, padding 0, and dimensions cuBLAS takes as int.
+bool gemm_candidate(const PlanKey& key) {
+  return key.gemm != ConvGemm::off && conv_gemm::applies(key.w[1], key.w[2], key.padding) &&
+         key.x[0] * key.x[1] * key.x[2] < int64_t(INT32_MAX) && key.x[3] < int64_t(INT32_MAX) &&
+         key.w[0] < int64_t(INT32_MAX);
+}
+
+// The plan of a candidate in the "only" mode: the products, without a cuDNN search.
+bool gemm_without_search(const PlanKey& key, ConvPlan& p) {
+  if (key.gemm != ConvGemm::only || !gemm_candidate(key)) return false;
+  p.gemm = true;
+  ++plan_stats().gemm_plans;
+  return true;
+}
+
+// After a candidate's cuDNN search: the products timed against the plan's pick (its engine or legacy algorithm,
+// run_pick(workspace)) on the planning call's tensors; the plan runs them when faster (an engine it drops).
+void consider_gemm(const PlanKey& key, ConvPlan& p, const std::function<cudnnStatus_t(void*)>& run_pick,
+                   const std::function<void()>& run_gemm) {
+  if (!gemm_candidate(key) || heuristic_only()) return;
+  EventPair timer;
+  double pick_ms = INFINITY;
+  {
+    Workspace ws(p.engine ? p.engine->workspace() : p.workspace);
+    pick_ms = timer.fastest_ms([&] { return run_pick(ws.get()); });
+  }
+  const double gemm_ms = timer.fastest_ms(
+      [&] {
+        try {
+          run_gemm();
+          return CUDNN_STATUS_SUCCESS;
+        } catch (const Error&) {  // cuBLAS refused, or no memory for the copies now: not a candidate
+          return CUDNN_STATUS_EXECUTION_FAILED;
+        }
+      },
+      3 * pick_ms);
+  const bool products = gemm_ms * kTimeTie < pick_ms;
+  if (print_plans())
+    std::fprintf(stderr, "plan %s: %s %.3f ms, cuBLAS products %.3f ms -> %s\n", key.describe().c_str(),
+                 p.engine ? p.engine->name().c_str() : "legacy", pick_ms, gemm_ms, products ? "products" : "cuDNN");
+  if (!products) return;
+  p.gemm = true;
+  ++plan_stats().gemm_plans;
+  if (p.engine) {
+    p.engine.reset();
+    --plan_stats().engine_plans;
+  }
+}
+
+// Whether key's cached plan runs as the products: then no cuDNN output is allocated for the call.
+bool planned_as_gemm(const PlanKey& key) {
+  auto it = plan_cache().find(key);
+  return it != plan_cache().end() && it->second.gemm;
+}
+
+Tensor gemm_call(Tensor out) {
+  ++plan_stats().gemm_calls;
+  return out;
+}
+
 }  // namespace
 
 Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g);
@@ -574,6 +740,8 @@ Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Con
 ConvPlanStats conv_plan_stats() { return plan_stats(); }
 ConvSearch conv_search() { return search_mode(); }
 void set_conv_search(ConvSearch s) { search_mode() = s; }
+ConvGemm conv_gemm() { return gemm_mode(); }
+void set_conv_gemm(ConvGemm m) { gemm_mode() = m; }
 
 Tensor CudaBackend::conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Conv2dGeometry& g) {
   return with_bf16_fallback(Direction::forward, x_in.shape(), w_in.shape(), g, x_in.dtype(), [&](DType t) {
@@ -600,9 +768,10 @@ Tensor CudaBackend::conv2d_backward_filter(const Tensor& x_in, const Tensor& gy_
 Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
+  PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
+  if (planned_as_gemm(key)) return gemm_call(gemm_forward(x, w, g));
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
-  PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
   const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
@@ -610,6 +779,7 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
                                    cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, y, [&](ConvPlan& p) {
+    if (gemm_without_search(key, p)) return;
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -627,7 +797,14 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
         [&](bool picked) {
           consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, picked);
         });
+    consider_gemm(
+        key, p,
+        [&](void* ws) {
+          return p.engine ? p.engine->run(h, x.raw_data(), w.raw_data(), y.raw_data(), ws) : legacy(p, ws, p.workspace);
+        },
+        [&] { gemm_forward(x, w, g); });
   });
+  if (plan.gemm) return gemm_call(gemm_forward(x, w, g));
   run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
 }
@@ -635,9 +812,10 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
 Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
+  PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  if (planned_as_gemm(key)) return gemm_call(gemm_backward_data(gy, w, x_shape, g));
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
-  PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
   const void *alpha, *beta;
   alpha_beta(gy.dtype(), alpha, beta);
   const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
@@ -645,6 +823,7 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
                                         cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dx, [&](ConvPlan& p) {
+    if (gemm_without_search(key, p)) return;
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -662,7 +841,15 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
         [&](bool picked) {
           consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, picked);
         });
+    consider_gemm(
+        key, p,
+        [&](void* ws) {
+          return p.engine ? p.engine->run(h, dx.raw_data(), w.raw_data(), gy.raw_data(), ws)
+                          : legacy(p, ws, p.workspace);
+        },
+        [&] { gemm_backward_data(gy, w, x_shape, g); });
   });
+  if (plan.gemm) return gemm_call(gemm_backward_data(gy, w, x_shape, g));
   run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
 }
@@ -670,9 +857,10 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
 Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
   ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
+  PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
+  if (planned_as_gemm(key)) return gemm_call(gemm_backward_filter(x, gy, w_shape, g));
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
-  PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
   const void *alpha, *beta;
   alpha_beta(x.dtype(), alpha, beta);
   const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
@@ -681,6 +869,7 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                                           dw.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dw, [&](ConvPlan& p) {
+    if (gemm_without_search(key, p)) return;
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -698,7 +887,15 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
         [&](bool picked) {
           consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, picked);
         });
+    consider_gemm(
+        key, p,
+        [&](void* ws) {
+          return p.engine ? p.engine->run(h, x.raw_data(), dw.raw_data(), gy.raw_data(), ws)
+                          : legacy(p, ws, p.workspace);
+        },
+        [&] { gemm_backward_filter(x, gy, w_shape, g); });
   });
+  if (plan.gemm) return gemm_call(gemm_backward_filter(x, gy, w_shape, g));
   run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;
 }

@@ -10,6 +10,7 @@
 #endif
 
 #include "engine/backend.h"
+#include "engine/conv_gemm.h"
 #include "engine/cpu/cpu_common.h"
 #include "tests/test_util.h"
 
@@ -152,6 +153,70 @@ TEST_CASE("CPU convolutions: the direct backward-filter does not depend on the t
   CHECK(compare(three, one, 0, 0).max_violation == 0);
 }
 #endif
+
+// The decomposition the CUDA backend times against cuDNN for 1x1 convolutions with padding 0 (engine/conv_gemm.h):
+// the subsample and upsample copies by the shared index maps, and the three products with the operands, shapes and
+// transposes the CUDA path passes to cuBLAS (as the matmul functions do), equal the convolutions in f64. Strides 1 to
+// 4, sizes that the stride does not divide, channel counts that are not multiples of 8.
+Tensor subsample_rows(const Tensor& x, int64_t P, int64_t Q, int64_t s) {
+  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  Tensor xs = Tensor::empty({N * P * Q, C}, DType::f64);
+  for (int64_t r = 0; r < N * P * Q; ++r) {
+    const int64_t from = conv_gemm::source_row(r, P, Q, H, W, s);
+    for (int64_t c = 0; c < C; ++c) xs.data<double>()[r * C + c] = x.data<double>()[from * C + c];
+  }
+  return xs;
+}
+
+Tensor upsample_rows(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q, int64_t s) {
+  const int64_t N = x_shape[0], H = x_shape[1], W = x_shape[2], C = x_shape[3];
+  Tensor dx = Tensor::empty(x_shape, DType::f64, Layout::nhwc);
+  for (int64_t r = 0; r < N * H * W; ++r) {
+    const int64_t from = conv_gemm::product_row(r, P, Q, H, W, s);
+    for (int64_t c = 0; c < C; ++c) dx.data<double>()[r * C + c] = from < 0 ? 0.0 : t.data<double>()[from * C + c];
+  }
+  return dx;
+}
+
+TEST_CASE("1x1 convolutions as matrix products over the pixels they read equal the convolutions") {
+  struct Case {
+    int64_t n, h, w, c, k;
+    int stride;
+  };
+  const Case cases[] = {{2, 8, 8, 16, 24, 1}, {2, 8, 8, 16, 24, 2}, {3, 7, 5, 3, 5, 2},
+                        {2, 9, 10, 4, 6, 3},  {1, 6, 6, 8, 8, 4},   {2, 1, 3, 5, 7, 2}};
+  Backend& be = backend_for(Device::cpu);
+  Generator gen = seeded(31);
+  for (const Case& cc : cases) {
+    INFO("n " << cc.n << ", " << cc.h << "x" << cc.w << ", " << cc.c << "->" << cc.k << ", stride " << cc.stride);
+    Conv2dGeometry g{cc.stride, 0};
+    REQUIRE(conv_gemm::applies(1, 1, g.padding));
+    const int64_t P = conv2d_output_size(cc.h, 1, g), Q = conv2d_output_size(cc.w, 1, g), M = cc.n * P * Q;
+    Tensor x = gen.uniform({cc.n, cc.h, cc.w, cc.c}, -1, 1, DType::f64, Layout::nhwc);
+    Tensor w = gen.uniform({cc.k, 1, 1, cc.c}, -1, 1, DType::f64, Layout::krsc);
+    Tensor gy = gen.uniform({cc.n, P, Q, cc.k}, -1, 1, DType::f64, Layout::nhwc);
+    Tensor xs = subsample_rows(x, P, Q, cc.stride);
+    Tensor w2 = w.reshaped({cc.k, cc.c}), g2 = gy.reshaped({M, cc.k});
+    Tensor y = be.matmul_nt(xs, w2).reshaped(gy.shape(), Layout::nhwc);
+    Tensor dx = upsample_rows(be.matmul_nn(g2, w2), x.shape(), P, Q, cc.stride);
+    Tensor dw = be.matmul_tn(g2, xs).reshaped(w.shape(), Layout::krsc);
+    Comparison fy = compare(y, be.conv2d_forward(x, w, g), 1e-13, 1e-13);
+    Comparison fdx = compare(dx, be.conv2d_backward_data(gy, w, x.shape(), g), 1e-13, 1e-13);
+    Comparison fdw = compare(dw, be.conv2d_backward_filter(x, gy, w.shape(), g), 1e-13, 1e-13);
+    CHECK_MESSAGE(fy.max_violation <= 1, "forward ", fy.worst);
+    CHECK_MESSAGE(fdx.max_violation <= 1, "backward-data ", fdx.worst);
+    CHECK_MESSAGE(fdw.max_violation <= 1, "backward-filter ", fdw.worst);
+    // Every pixel the convolution reads is some row's source, once; product_row inverts source_row.
+    int64_t read = 0;
+    for (int64_t r = 0; r < cc.n * cc.h * cc.w; ++r) {
+      const int64_t m = conv_gemm::product_row(r, P, Q, cc.h, cc.w, cc.stride);
+      if (m < 0) continue;
+      ++read;
+      CHECK(conv_gemm::source_row(m, P, Q, cc.h, cc.w, cc.stride) == r);
+    }
+    CHECK(read == M);
+  }
+}
 
 }  // namespace
 }  // namespace llr::test

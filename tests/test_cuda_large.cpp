@@ -113,6 +113,12 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
     ~RestoreSearch() { cuda::set_conv_search(saved); }
   } restore;
   cuda::set_conv_search(cuda::ConvSearch::engines);
+  // The 1x1 layers through engines too, not as the cuBLAS products (their own case below).
+  struct RestoreGemm {
+    cuda::ConvGemm saved = cuda::conv_gemm();
+    ~RestoreGemm() { cuda::set_conv_gemm(saved); }
+  } restore_gemm;
+  cuda::set_conv_gemm(cuda::ConvGemm::off);
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
   // Batch 2 (its own plans, apart from the case above's at batch 4) keeps the CPU reference to a few seconds.
@@ -130,6 +136,35 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
   CHECK(after.engine_calls > before.engine_calls);
   CHECK(after.engine_failure_count == before.engine_failure_count);
   CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
+}
+
+// The 1x1 convolutions as cuBLAS matrix products over the pixels they read (engine/conv_gemm.h), whatever cuDNN's
+// timing would pick: WRN-28-10's three shortcuts, and odd sizes (a stride that does not divide the image, channel
+// counts that are not whole 16-byte packs, which the copies take element by element).
+TEST_CASE("1x1 convolutions as cuBLAS matrix products match the CPU: WRN-28-10 shortcuts and odd sizes") {
+  if (!gpu_ready("CUDA 1x1 convolutions as matrix products")) return;
+  struct RestoreGemm {
+    cuda::ConvGemm saved = cuda::conv_gemm();
+    ~RestoreGemm() { cuda::set_conv_gemm(saved); }
+  } restore;
+  cuda::set_conv_gemm(cuda::ConvGemm::only);
+  const ConvLayer layers[] = {kWrnConvs[2], kWrnConvs[5], kWrnConvs[8], {"1x1 24->40 s2 on 7x7", 7, 24, 40, 1, 2},
+                              {"1x1 3->5 s2 on 9x9", 9, 3, 5, 1, 2},     {"1x1 5->7 on 6x6", 6, 5, 7, 1, 1},
+                              {"1x1 16->8 s3 on 8x8", 8, 16, 8, 1, 3}};
+  const cuda::ConvPlanStats before = cuda::conv_plan_stats();
+  int failures = 0;
+  for (const Mode& m : {kF32Conv, kTf32, kBf16})
+    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 4), m, failures);
+  cuda::context().set_tf32(true);
+  const cuda::ConvPlanStats after = cuda::conv_plan_stats();
+  std::printf("1x1 convolutions as products: %llu plans, %llu calls\n",
+              static_cast<unsigned long long>(after.gemm_plans - before.gemm_plans),
+              static_cast<unsigned long long>(after.gemm_calls - before.gemm_calls));
+  CHECK(failures == 0);
+  // Every plan made here is the products (no cuDNN search ran), at least one per layer and direction.
+  CHECK(after.searches - before.searches == after.gemm_plans - before.gemm_plans);
+  CHECK(after.gemm_plans - before.gemm_plans >= 21);
+  CHECK(after.gemm_calls - before.gemm_calls >= after.gemm_plans - before.gemm_plans);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
