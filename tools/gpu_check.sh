@@ -42,7 +42,8 @@
 #   6 memcheck     rest compute-sanitizer --tool memcheck on the "cuda" suite without the 4 TiB out-of-memory test
 #                       and the whole-step graph test (its kernels are the other cases'), cuDNN algorithms by
 #                       heuristic; boxed by what is left of the 460 s (skipped under 20 s); then, with 60 s or more
-#                       left, the graph-API engine test with LLR_CUDNN_ENGINES=only (verdict memcheck-eng)
+#                       left, the graph-API engine test with LLR_CUDNN_ENGINES=only and the 1x1 cuBLAS products test
+#                       (verdict memcheck-eng)
 #
 # $OUT (the device sets it; default /tmp/llr_gpu_check/out) receives at most 6 files: summary.txt (the verdicts),
 # bench.jsonl, torch_anchor.jsonl, conv_bench.jsonl, [jax_anchor.jsonl], logs.tar.gz (every stage's full log,
@@ -468,12 +469,14 @@ if want 6; then
       text="$errors ERRORS; first: $(grep -m1 -E '^========= (Invalid|Program hit)' "$log")"
     fi
     verdict 6 memcheck "$text"
-    # The bf16 convolutions through cuDNN's graph-API engines (the run above plans by the legacy heuristic), if the
-    # time allows: workspaces and pointers as the engine path hands them to cuDNN.
+    # The bf16 convolutions through cuDNN's graph-API engines and the 1x1 convolutions as cuBLAS products with their
+    # copies (the run above plans by the legacy heuristic, which times neither), if the time allows: workspaces and
+    # pointers as the engine path hands them to cuDNN, and the copies' reads and writes.
     b2=$((TOTAL - $(elapsed)))
     if [ "$b2" -ge 60 ]; then
       LLR_CUDNN_ENGINES=only timeout -k 5 "$b2" compute-sanitizer --tool memcheck --error-exitcode 1 --leak-check no \
-        --print-limit 20 "$BIN/llr_tests" -tc='*graph-API engines*' >"$LOGS/6-memcheck-engines.log" 2>&1
+        --print-limit 20 "$BIN/llr_tests" -tc='*graph-API engines*,*cuBLAS matrix products*' \
+        >"$LOGS/6-memcheck-engines.log" 2>&1
       rc=$?
       errors=$(grep -E 'ERROR SUMMARY' "$LOGS/6-memcheck-engines.log" | tail -1 | grep -oE '[0-9]+ error' |
         grep -oE '[0-9]+')
