@@ -1,10 +1,11 @@
 // CUDA backend: convolutions through cuDNN (NHWC activations, KRSC filters) and matrix products through cuBLAS.
 // For each convolution shape and direction, cuDNN's legacy algorithms are benchmarked once (cudnnFind*AlgorithmEx);
 // for bf16 the execution plans of cuDNN's graph API (conv_engines.h) are then timed against the legacy pick on the
-// same tensors, and the fastest that fits the workspace limit is cached for the run as the shape's plan; a 1x1
-// convolution with padding 0 is then also timed as cuBLAS matrix products (engine/conv_gemm.h), which replace the
-// pick when faster. Workspaces come from the caching allocator. A bf16 convolution cuDNN cannot run is planned, once,
-// as an f32 convolution (conv_plans.h counts them).
+// same tensors, and the fastest that fits the workspace limit is cached for the run as the shape's plan; where one
+// of engine/conv_rewrites.h applies (1x1 convolutions as cuBLAS matrix products, a stride-1 forward as the
+// backward-data of its transpose), it is then timed too and replaces the pick when faster. Workspaces come from the
+// caching allocator. A bf16 convolution cuDNN cannot run is planned, once, as an f32 convolution (conv_plans.h counts
+// them).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,7 +18,7 @@
 #include <string>
 
 #include "engine/autograd.h"
-#include "engine/conv_gemm.h"
+#include "engine/conv_rewrites.h"
 #include "engine/graph.h"
 #include "kernels/allocator.h"
 #include "kernels/conv_engines.h"
@@ -26,6 +27,9 @@
 #include "kernels/cuda_common.cuh"
 
 namespace llr::cuda {
+
+// The backward-data through its plan, without the op counter (the transposed forward runs one).
+Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g);
 
 namespace {
 
@@ -139,10 +143,10 @@ struct PlanKey {
   DType dtype;
   int math;
   ConvSearch search;
-  ConvGemm gemm;
+  ConvRewrites rewrites;
   bool operator<(const PlanKey& o) const {
-    return std::tie(direction, x, w, stride, padding, dtype, math, search, gemm) <
-           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math, o.search, o.gemm);
+    return std::tie(direction, x, w, stride, padding, dtype, math, search, rewrites) <
+           std::tie(o.direction, o.x, o.w, o.stride, o.padding, o.dtype, o.math, o.search, o.rewrites);
   }
   // Readable, because it names the convolution in the fallback note and in conv_plan_stats().
   std::string describe() const {
@@ -151,19 +155,19 @@ struct PlanKey {
        << shape_str(Shape(w.begin(), w.end())) << " stride " << stride << " pad " << padding << ' '
        << dtype_name(dtype) << " math " << math
        << (search == ConvSearch::legacy ? " legacy" : search == ConvSearch::engines ? " engines" : "")
-       << (gemm == ConvGemm::off ? " no-products" : gemm == ConvGemm::only ? " products" : "");
+       << (rewrites == ConvRewrites::off ? " no-rewrites" : rewrites == ConvRewrites::only ? " rewritten" : "");
     return os.str();
   }
 };
 
 PlanKey plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeometry& g, DType t) {
   return {d, {x[0], x[1], x[2], x[3]}, {w[0], w[1], w[2], w[3]}, g.stride, g.padding, t, int(cudnn_math(t)),
-          conv_search(), conv_gemm()};
+          conv_search(), conv_rewrites()};
 }
 
 // What a convolution runs with: its cuDNN descriptors (built once) and legacy algorithm and workspace, or a graph-API
-// engine that ran faster on the planning call (the legacy algorithm stays as its fallback), or cuBLAS matrix products
-// (1x1, padding 0: engine/conv_gemm.h), or (bf16 only) f32 because cuDNN has no bf16 algorithm for it. Decided once
+// engine that ran faster on the planning call (the legacy algorithm stays as its fallback), or one of the rewrites of
+// engine/conv_rewrites.h, or (bf16 only) f32 because cuDNN has no bf16 algorithm for it. Decided once
 // per key, including the fallback: retrying a refused bf16 search on every call would cost a full algorithm search
 // per step.
 struct ConvPlan {
@@ -175,7 +179,8 @@ struct ConvPlan {
   std::shared_ptr<ConvDesc> conv;
   std::shared_ptr<ConvEngine> engine;
   bool legacy_picked = false;  // whether algo and workspace hold a legacy pick
-  bool gemm = false;           // runs as matrix products (the descriptors and picks then go unused)
+  bool products = false;       // runs as matrix products (the descriptors and picks then go unused)
+  bool transposed = false;     // a forward run as the backward-data of the transpose (its own plan)
 };
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
@@ -302,20 +307,20 @@ ConvSearch& search_mode() {
   return mode;
 }
 
-// The 1x1 products' mode (conv_plans.h).
-ConvGemm initial_gemm() {
-  const char* v = std::getenv("LLR_CONV_GEMM");
-  if (!v || !*v) return ConvGemm::timed;
+// The rewrites' mode (conv_plans.h).
+ConvRewrites initial_rewrites() {
+  const char* v = std::getenv("LLR_CONV_REWRITES");
+  if (!v || !*v) return ConvRewrites::timed;
   std::string s(v);
-  if (s == "0" || s == "off") return ConvGemm::off;
-  if (s == "only") return ConvGemm::only;
+  if (s == "0" || s == "off") return ConvRewrites::off;
+  if (s == "only") return ConvRewrites::only;
   if (s != "1" && s != "timed")
-    std::fprintf(stderr, "llrtrain: note: LLR_CONV_GEMM=%s is not 0, 1 or only; the default (1) applies\n", v);
-  return ConvGemm::timed;
+    std::fprintf(stderr, "llrtrain: note: LLR_CONV_REWRITES=%s is not 0, 1 or only; the default (1) applies\n", v);
+  return ConvRewrites::timed;
 }
 
-ConvGemm& gemm_mode() {
-  static ConvGemm mode = initial_gemm();
+ConvRewrites& rewrites_mode() {
+  static ConvRewrites mode = initial_rewrites();
   return mode;
 }
 
@@ -562,9 +567,12 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Ten
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 1x1 convolutions with padding 0 as matrix products over the pixels they read (engine/conv_gemm.h): cuBLAS products
-// with the operands, shapes and transposes of matmul_nt, matmul_nn and matmul_tn (below; the CPU test of the
-// decomposition uses those), and for strides above 1 the two copies, 16 bytes at a time where a row is whole packs.
+// The rewrites of engine/conv_rewrites.h.
+//   Products: cuBLAS products with the operands, shapes and transposes of matmul_nt, matmul_nn and matmul_tn (below;
+//   the CPU test of the decomposition uses those), and for strides above 1 the two copies, 16 bytes at a time where a
+//   row is whole packs.
+//   Transposed: the filter's transpose (a small copy per call: a recording replays it after every weight update), then
+//   the backward-data with its own plan.
 // ---------------------------------------------------------------------------------------------------------------
 struct conv_subsample_k {};
 struct conv_upsample_k {};
@@ -578,12 +586,12 @@ Tensor subsample_as(const Tensor& x, int64_t P, int64_t Q, int64_t s) {
   const bool whole_packs = C % kPack == 0;  // every pack then lies in one row
   for_each_pack<conv_subsample_k>(xs.numel(), [=] __device__(int64_t i, int count) {
     if (whole_packs) {
-      store_pack(po, i, load_pack(px, conv_gemm::source_row(i / C, P, Q, H, W, s) * C + i % C, count), count);
+      store_pack(po, i, load_pack(px, conv_rewrites::source_row(i / C, P, Q, H, W, s) * C + i % C, count), count);
       return;
     }
     for (int k = 0; k < count; ++k) {
       const int64_t e = i + k;
-      st(po, e, ld(px, conv_gemm::source_row(e / C, P, Q, H, W, s) * C + e % C));
+      st(po, e, ld(px, conv_rewrites::source_row(e / C, P, Q, H, W, s) * C + e % C));
     }
   });
   return xs;
@@ -598,7 +606,7 @@ Tensor upsample_as(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q, 
   const bool whole_packs = C % kPack == 0;
   for_each_pack<conv_upsample_k>(dx.numel(), [=] __device__(int64_t i, int count) {
     if (whole_packs) {
-      const int64_t m = conv_gemm::product_row(i / C, P, Q, H, W, s);
+      const int64_t m = conv_rewrites::product_row(i / C, P, Q, H, W, s);
       Pack<T> v{};
       if (m >= 0) v = load_pack(pt, m * C + i % C, count);
       store_pack(po, i, v, count);
@@ -606,11 +614,22 @@ Tensor upsample_as(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q, 
     }
     for (int k = 0; k < count; ++k) {
       const int64_t e = i + k;
-      const int64_t m = conv_gemm::product_row(e / C, P, Q, H, W, s);
+      const int64_t m = conv_rewrites::product_row(e / C, P, Q, H, W, s);
       st(po, e, m < 0 ? acc_t<T>(0) : ld(pt, m * C + e % C));
     }
   });
   return dx;
+}
+
+template <class T>
+Tensor transposed_filter_as(const Tensor& w) {
+  const int64_t K = w.dim(0), R = w.dim(1), S = w.dim(2), C = w.dim(3);
+  Tensor out = Tensor::empty({C, R, S, K}, w.dtype(), Layout::krsc, Device::cuda);
+  const T* pw = ptr<T>(w);
+  T* po = ptr<T>(out);
+  for_each(out.numel(),
+           [=] __device__(int64_t i) { po[i] = pw[conv_rewrites::transposed_filter_source(i, K, R, S, C)]; });
+  return out;
 }
 
 // x's rows at the pixels the convolution reads ([N, P, Q, C]); x itself at stride 1.
@@ -619,7 +638,7 @@ Tensor subsample(const Tensor& x, int64_t P, int64_t Q, int s) {
   return LLR_CUDA_DISPATCH(x.dtype(), "conv2d subsample", subsample_as, x, P, Q, s);
 }
 
-Tensor gemm_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+Tensor products_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   const int64_t P = conv2d_output_size(x.dim(1), 1, g), Q = conv2d_output_size(x.dim(2), 1, g);
   const int64_t M = x.dim(0) * P * Q, C = x.dim(3), K = w.dim(0);
   Tensor xs = subsample(x, P, Q, g.stride);
@@ -628,7 +647,7 @@ Tensor gemm_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
   return y;
 }
 
-Tensor gemm_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+Tensor products_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   const int64_t P = gy.dim(1), Q = gy.dim(2), M = gy.dim(0) * P * Q, C = x_shape[3], K = w.dim(0);
   Tensor t = Tensor::empty({gy.dim(0), P, Q, C}, gy.dtype(), Layout::nhwc, Device::cuda);
   gemm(false, false, C, M, K, w, C, gy, K, t, C);  // t[M, C] = gy[M, K] w[K, C]: matmul_nn(gy, w)
@@ -636,7 +655,7 @@ Tensor gemm_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shap
   return LLR_CUDA_DISPATCH(t.dtype(), "conv2d upsample", upsample_as, t, x_shape, P, Q, g.stride);
 }
 
-Tensor gemm_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
+Tensor products_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
   const int64_t P = gy.dim(1), Q = gy.dim(2), M = x.dim(0) * P * Q, C = x.dim(3), K = w_shape[0];
   Tensor xs = subsample(x, P, Q, g.stride);
   Tensor dw = Tensor::empty(w_shape, x.dtype(), Layout::krsc, Device::cuda);
@@ -644,63 +663,92 @@ Tensor gemm_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_sh
   return dw;
 }
 
+Tensor transposed_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
+  Tensor wt = LLR_CUDA_DISPATCH(w.dtype(), "conv2d transposed filter", transposed_filter_as, w);
+  return conv2d_backward_data_planned(x, wt, {x.dim(0), x.dim(1), x.dim(2), w.dim(0)}, g);
+}
+
 // Whether a plan may run as the products: a 1x1 filter, padding 0, and dimensions cuBLAS takes as int.
-bool gemm_candidate(const PlanKey& key) {
-  return key.gemm != ConvGemm::off && conv_gemm::applies(key.w[1], key.w[2], key.padding) &&
+bool products_candidate(const PlanKey& key) {
+  return key.rewrites != ConvRewrites::off && conv_rewrites::products_apply(key.w[1], key.w[2], key.padding) &&
          key.x[0] * key.x[1] * key.x[2] < int64_t(INT32_MAX) && key.x[3] < int64_t(INT32_MAX) &&
          key.w[0] < int64_t(INT32_MAX);
 }
 
-// The plan of a candidate in the "only" mode: the products, without a cuDNN search.
-bool gemm_without_search(const PlanKey& key, ConvPlan& p) {
-  if (key.gemm != ConvGemm::only || !gemm_candidate(key)) return false;
-  p.gemm = true;
-  ++plan_stats().gemm_plans;
-  return true;
+bool transposed_candidate(const PlanKey& key) {
+  return key.rewrites != ConvRewrites::off && key.direction == Direction::forward &&
+         conv_rewrites::transposed_applies(key.w[1], key.w[2], key.stride, key.padding);
 }
 
-// After a candidate's cuDNN search: the products timed against the plan's pick (its engine or legacy algorithm,
-// run_pick(workspace)) on the planning call's tensors; the plan runs them when faster (an engine it drops).
-void consider_gemm(const PlanKey& key, ConvPlan& p, const std::function<cudnnStatus_t(void*)>& run_pick,
-                   const std::function<void()>& run_gemm) {
-  if (!gemm_candidate(key) || heuristic_only()) return;
-  EventPair timer;
-  double pick_ms = INFINITY;
-  {
-    Workspace ws(p.engine ? p.engine->workspace() : p.workspace);
-    pick_ms = timer.fastest_ms([&] { return run_pick(ws.get()); });
-  }
-  const double gemm_ms = timer.fastest_ms(
-      [&] {
-        try {
-          run_gemm();
-          return CUDNN_STATUS_SUCCESS;
-        } catch (const Error&) {  // cuBLAS refused, or no memory for the copies now: not a candidate
-          return CUDNN_STATUS_EXECUTION_FAILED;
-        }
-      },
-      3 * pick_ms);
-  const bool products = gemm_ms * kTimeTie < pick_ms;
-  if (print_plans())
-    std::fprintf(stderr, "plan %s: %s %.3f ms, cuBLAS products %.3f ms -> %s\n", key.describe().c_str(),
-                 p.engine ? p.engine->name().c_str() : "legacy", pick_ms, gemm_ms, products ? "products" : "cuDNN");
-  if (!products) return;
-  p.gemm = true;
-  ++plan_stats().gemm_plans;
+// A plan runs a rewrite: the plan's engine, if any, goes.
+void adopt(ConvPlan& p, bool ConvPlan::*rewrite, uint64_t ConvPlanStats::*plans) {
+  p.*rewrite = true;
+  ++(plan_stats().*plans);
   if (p.engine) {
     p.engine.reset();
     --plan_stats().engine_plans;
   }
 }
 
-// Whether key's cached plan runs as the products: then no cuDNN output is allocated for the call.
-bool planned_as_gemm(const PlanKey& key) {
-  auto it = plan_cache().find(key);
-  return it != plan_cache().end() && it->second.gemm;
+// The "only" mode: a rewrite that applies, without a cuDNN search.
+bool rewritten_without_search(const PlanKey& key, ConvPlan& p) {
+  if (key.rewrites != ConvRewrites::only) return false;
+  if (products_candidate(key)) {
+    adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans);
+    return true;
+  }
+  if (transposed_candidate(key)) {
+    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans);
+    return true;
+  }
+  return false;
 }
 
-Tensor gemm_call(Tensor out) {
-  ++plan_stats().gemm_calls;
+// After a cuDNN search, where a rewrite applies: the rewrite (products, or transposed for a forward) timed against the
+// plan's pick (its engine or legacy algorithm: run_pick(workspace)) on the planning call's tensors; the plan runs it
+// when faster.
+void consider_rewrites(const PlanKey& key, ConvPlan& p, const std::function<cudnnStatus_t(void*)>& run_pick,
+                       const std::function<void()>& products, const std::function<void()>& transposed = nullptr) {
+  const bool as_products = products_candidate(key), as_transposed = transposed && transposed_candidate(key);
+  if ((!as_products && !as_transposed) || heuristic_only()) return;
+  EventPair timer;
+  double pick_ms = INFINITY;
+  {
+    Workspace ws(p.engine ? p.engine->workspace() : p.workspace);
+    pick_ms = timer.fastest_ms([&] { return run_pick(ws.get()); });
+  }
+  const std::function<void()>& run = as_products ? products : transposed;
+  const double ms = timer.fastest_ms(
+      [&] {
+        try {
+          run();
+          return CUDNN_STATUS_SUCCESS;
+        } catch (const Error&) {  // cuBLAS refused, no memory for the copies now, or no plan for the transpose
+          return CUDNN_STATUS_EXECUTION_FAILED;
+        }
+      },
+      3 * pick_ms);
+  const bool wins = ms * kTimeTie < pick_ms;
+  const char* name = as_products ? "cuBLAS products" : "transposed backward-data";
+  if (print_plans())
+    std::fprintf(stderr, "plan %s: %s %.3f ms, %s %.3f ms -> %s\n", key.describe().c_str(),
+                 p.engine ? p.engine->name().c_str() : "legacy", pick_ms, name, ms,
+                 wins ? (as_products ? "products" : "transposed") : "cuDNN");
+  if (!wins) return;
+  if (as_products)
+    adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans);
+  else
+    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans);
+}
+
+// key's cached plan if it runs a rewrite (then no cuDNN output is allocated for the call), else null.
+const ConvPlan* rewritten_plan(const PlanKey& key) {
+  auto it = plan_cache().find(key);
+  return it != plan_cache().end() && (it->second.products || it->second.transposed) ? &it->second : nullptr;
+}
+
+Tensor counted(Tensor out, uint64_t ConvPlanStats::*calls) {
+  ++(plan_stats().*calls);
   return out;
 }
 
@@ -740,8 +788,8 @@ Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Con
 ConvPlanStats conv_plan_stats() { return plan_stats(); }
 ConvSearch conv_search() { return search_mode(); }
 void set_conv_search(ConvSearch s) { search_mode() = s; }
-ConvGemm conv_gemm() { return gemm_mode(); }
-void set_conv_gemm(ConvGemm m) { gemm_mode() = m; }
+ConvRewrites conv_rewrites() { return rewrites_mode(); }
+void set_conv_rewrites(ConvRewrites m) { rewrites_mode() = m; }
 
 Tensor CudaBackend::conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Conv2dGeometry& g) {
   return with_bf16_fallback(Direction::forward, x_in.shape(), w_in.shape(), g, x_in.dtype(), [&](DType t) {
@@ -769,7 +817,11 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
-  if (planned_as_gemm(key)) return gemm_call(gemm_forward(x, w, g));
+  auto rewritten = [&](const ConvPlan& p) {
+    return p.products ? counted(products_forward(x, w, g), &ConvPlanStats::product_calls)
+                      : counted(transposed_forward(x, w, g), &ConvPlanStats::transposed_calls);
+  };
+  if (const ConvPlan* p = rewritten_plan(key)) return rewritten(*p);
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -779,7 +831,7 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
                                    cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, y, [&](ConvPlan& p) {
-    if (gemm_without_search(key, p)) return;
+    if (rewritten_without_search(key, p)) return;
     const TensorDesc &xd = *p.x, &yd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -797,23 +849,28 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
         [&](bool picked) {
           consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, picked);
         });
-    consider_gemm(
+    consider_rewrites(
         key, p,
         [&](void* ws) {
           return p.engine ? p.engine->run(h, x.raw_data(), w.raw_data(), y.raw_data(), ws) : legacy(p, ws, p.workspace);
         },
-        [&] { gemm_forward(x, w, g); });
+        [&] { products_forward(x, w, g); }, [&] { transposed_forward(x, w, g); });
   });
-  if (plan.gemm) return gemm_call(gemm_forward(x, w, g));
+  if (plan.products || plan.transposed) return rewritten(plan);
   run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
 }
 
 Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
-  ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   ++op_counters().conv2d_backward_data;
+  return conv2d_backward_data_planned(gy, w, x_shape, g);
+}
+
+Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
+  ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
-  if (planned_as_gemm(key)) return gemm_call(gemm_backward_data(gy, w, x_shape, g));
+  if (rewritten_plan(key))
+    return counted(products_backward_data(gy, w, x_shape, g), &ConvPlanStats::product_calls);
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -823,7 +880,7 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
                                         cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dx, [&](ConvPlan& p) {
-    if (gemm_without_search(key, p)) return;
+    if (rewritten_without_search(key, p)) return;
     const TensorDesc &dxd = *p.x, &dyd = *p.y;
     const FilterDesc& wd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -841,15 +898,15 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
         [&](bool picked) {
           consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, picked);
         });
-    consider_gemm(
+    consider_rewrites(
         key, p,
         [&](void* ws) {
           return p.engine ? p.engine->run(h, dx.raw_data(), w.raw_data(), gy.raw_data(), ws)
                           : legacy(p, ws, p.workspace);
         },
-        [&] { gemm_backward_data(gy, w, x_shape, g); });
+        [&] { products_backward_data(gy, w, x_shape, g); });
   });
-  if (plan.gemm) return gemm_call(gemm_backward_data(gy, w, x_shape, g));
+  if (plan.products) return counted(products_backward_data(gy, w, x_shape, g), &ConvPlanStats::product_calls);
   run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
 }
@@ -858,7 +915,8 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
   ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
-  if (planned_as_gemm(key)) return gemm_call(gemm_backward_filter(x, gy, w_shape, g));
+  if (rewritten_plan(key))
+    return counted(products_backward_filter(x, gy, w_shape, g), &ConvPlanStats::product_calls);
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -869,7 +927,7 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
                                           dw.raw_data());
   };
   ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dw, [&](ConvPlan& p) {
-    if (gemm_without_search(key, p)) return;
+    if (rewritten_without_search(key, p)) return;
     const TensorDesc &xd = *p.x, &dyd = *p.y;
     const FilterDesc& dwd = *p.w;
     const ConvDesc& cd = *p.conv;
@@ -887,15 +945,15 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
         [&](bool picked) {
           consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, picked);
         });
-    consider_gemm(
+    consider_rewrites(
         key, p,
         [&](void* ws) {
           return p.engine ? p.engine->run(h, x.raw_data(), dw.raw_data(), gy.raw_data(), ws)
                           : legacy(p, ws, p.workspace);
         },
-        [&] { gemm_backward_filter(x, gy, w_shape, g); });
+        [&] { products_backward_filter(x, gy, w_shape, g); });
   });
-  if (plan.gemm) return gemm_call(gemm_backward_filter(x, gy, w_shape, g));
+  if (plan.products) return counted(products_backward_filter(x, gy, w_shape, g), &ConvPlanStats::product_calls);
   run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;
 }

@@ -2,7 +2,7 @@
 // and search, searched once and cached for the run. A bf16 convolution that cuDNN cannot run is computed in f32
 // instead; these counters make that visible to tests and benchmarks, since the results stay correct and nothing else
 // shows it. They also say which bf16 plans run a graph-API engine (conv_engines.h) rather than a legacy algorithm, and
-// which 1x1 convolutions run as matrix products.
+// which convolutions run as one of the rewrites of engine/conv_rewrites.h.
 #pragma once
 
 #include <cstdint>
@@ -24,15 +24,17 @@ enum class ConvSearch { legacy, both, engines };
 ConvSearch conv_search();
 void set_conv_search(ConvSearch s);
 
-// Whether a 1x1 convolution with padding 0 may run as cuBLAS matrix products over the pixels it reads
-// (engine/conv_gemm.h), in any dtype:
+// Whether a convolution may run as one of the rewrites of engine/conv_rewrites.h, in any dtype: a 1x1 convolution
+// with padding 0 as cuBLAS matrix products over the pixels it reads, the forward of a stride-1 "same" convolution as
+// the backward-data of its transpose:
 //   off:   never;
 //   timed: when that ran faster than the cuDNN plan's pick on the planning call's tensors (the default);
-//   only:  always, without timing (for the tests of that path).
-// LLR_CONV_GEMM=0 (off), 1 (timed) or only sets it at start-up. Plans are cached per mode, so changing it plans anew.
-enum class ConvGemm { off, timed, only };
-ConvGemm conv_gemm();
-void set_conv_gemm(ConvGemm m);
+//   only:  always where one applies, without timing (for the tests of those paths).
+// LLR_CONV_REWRITES=0 (off), 1 (timed) or only sets it at start-up. Plans are cached per mode, so changing it plans
+// anew.
+enum class ConvRewrites { off, timed, only };
+ConvRewrites conv_rewrites();
+void set_conv_rewrites(ConvRewrites m);
 
 struct ConvPlanStats {
   uint64_t searches = 0;                    // algorithm searches run (one per plan key)
@@ -43,8 +45,10 @@ struct ConvPlanStats {
   uint64_t engine_calls = 0;                // convolutions run by a graph-API engine
   uint64_t engine_failure_count = 0;         // graph-API searches that failed, and engines that refused to run
   std::vector<std::string> engine_failures; // the first 16 of those, with the reason
-  uint64_t gemm_plans = 0;                  // plans that run as cuBLAS matrix products (1x1, padding 0)
-  uint64_t gemm_calls = 0;                  // convolutions run that way
+  uint64_t product_plans = 0;               // plans that run as cuBLAS matrix products (1x1, padding 0)
+  uint64_t product_calls = 0;               // convolutions run that way
+  uint64_t transposed_plans = 0;            // forward plans that run as the backward-data of the transpose
+  uint64_t transposed_calls = 0;            // convolutions run that way
 };
 
 ConvPlanStats conv_plan_stats();

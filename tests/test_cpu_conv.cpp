@@ -10,7 +10,7 @@
 #endif
 
 #include "engine/backend.h"
-#include "engine/conv_gemm.h"
+#include "engine/conv_rewrites.h"
 #include "engine/cpu/cpu_common.h"
 #include "tests/test_util.h"
 
@@ -154,7 +154,7 @@ TEST_CASE("CPU convolutions: the direct backward-filter does not depend on the t
 }
 #endif
 
-// The decomposition the CUDA backend times against cuDNN for 1x1 convolutions with padding 0 (engine/conv_gemm.h):
+// The decomposition the CUDA backend times against cuDNN for 1x1 convolutions with padding 0 (engine/conv_rewrites.h):
 // the subsample and upsample copies by the shared index maps, and the three products with the operands, shapes and
 // transposes the CUDA path passes to cuBLAS (as the matmul functions do), equal the convolutions in f64. Strides 1 to
 // 4, sizes that the stride does not divide, channel counts that are not multiples of 8.
@@ -162,7 +162,7 @@ Tensor subsample_rows(const Tensor& x, int64_t P, int64_t Q, int64_t s) {
   const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
   Tensor xs = Tensor::empty({N * P * Q, C}, DType::f64);
   for (int64_t r = 0; r < N * P * Q; ++r) {
-    const int64_t from = conv_gemm::source_row(r, P, Q, H, W, s);
+    const int64_t from = conv_rewrites::source_row(r, P, Q, H, W, s);
     for (int64_t c = 0; c < C; ++c) xs.data<double>()[r * C + c] = x.data<double>()[from * C + c];
   }
   return xs;
@@ -172,7 +172,7 @@ Tensor upsample_rows(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q
   const int64_t N = x_shape[0], H = x_shape[1], W = x_shape[2], C = x_shape[3];
   Tensor dx = Tensor::empty(x_shape, DType::f64, Layout::nhwc);
   for (int64_t r = 0; r < N * H * W; ++r) {
-    const int64_t from = conv_gemm::product_row(r, P, Q, H, W, s);
+    const int64_t from = conv_rewrites::product_row(r, P, Q, H, W, s);
     for (int64_t c = 0; c < C; ++c) dx.data<double>()[r * C + c] = from < 0 ? 0.0 : t.data<double>()[from * C + c];
   }
   return dx;
@@ -190,7 +190,7 @@ TEST_CASE("1x1 convolutions as matrix products over the pixels they read equal t
   for (const Case& cc : cases) {
     INFO("n " << cc.n << ", " << cc.h << "x" << cc.w << ", " << cc.c << "->" << cc.k << ", stride " << cc.stride);
     Conv2dGeometry g{cc.stride, 0};
-    REQUIRE(conv_gemm::applies(1, 1, g.padding));
+    REQUIRE(conv_rewrites::products_apply(1, 1, g.padding));
     const int64_t P = conv2d_output_size(cc.h, 1, g), Q = conv2d_output_size(cc.w, 1, g), M = cc.n * P * Q;
     Tensor x = gen.uniform({cc.n, cc.h, cc.w, cc.c}, -1, 1, DType::f64, Layout::nhwc);
     Tensor w = gen.uniform({cc.k, 1, 1, cc.c}, -1, 1, DType::f64, Layout::krsc);
@@ -209,13 +209,42 @@ TEST_CASE("1x1 convolutions as matrix products over the pixels they read equal t
     // Every pixel the convolution reads is some row's source, once; product_row inverts source_row.
     int64_t read = 0;
     for (int64_t r = 0; r < cc.n * cc.h * cc.w; ++r) {
-      const int64_t m = conv_gemm::product_row(r, P, Q, cc.h, cc.w, cc.stride);
+      const int64_t m = conv_rewrites::product_row(r, P, Q, cc.h, cc.w, cc.stride);
       if (m < 0) continue;
       ++read;
-      CHECK(conv_gemm::source_row(m, P, Q, cc.h, cc.w, cc.stride) == r);
+      CHECK(conv_rewrites::source_row(m, P, Q, cc.h, cc.w, cc.stride) == r);
     }
     CHECK(read == M);
   }
+}
+
+// The other rewrite of engine/conv_rewrites.h: a stride-1 "same" forward equals the backward-data of the filter's
+// transpose (built by the shared index map) taking x as its output gradient, in f64; 3x3 and 5x5 filters, channel
+// counts that differ either way, an image that is not square.
+TEST_CASE("stride-1 convolution forwards equal the backward-data of the transposed filter") {
+  struct Case {
+    int64_t n, h, w, c, k, kernel;
+  };
+  const Case cases[] = {{2, 8, 8, 16, 24, 3}, {1, 7, 5, 3, 5, 3}, {2, 6, 9, 9, 4, 5}, {3, 4, 4, 8, 8, 3}};
+  Backend& be = backend_for(Device::cpu);
+  Generator gen = seeded(37);
+  for (const Case& cc : cases) {
+    INFO("n " << cc.n << ", " << cc.h << "x" << cc.w << ", " << cc.c << "->" << cc.k << ", kernel " << cc.kernel);
+    Conv2dGeometry g{1, static_cast<int>(cc.kernel / 2)};
+    REQUIRE(conv_rewrites::transposed_applies(cc.kernel, cc.kernel, g.stride, g.padding));
+    Tensor x = gen.uniform({cc.n, cc.h, cc.w, cc.c}, -1, 1, DType::f64, Layout::nhwc);
+    Tensor w = gen.uniform({cc.k, cc.kernel, cc.kernel, cc.c}, -1, 1, DType::f64, Layout::krsc);
+    Tensor wt = Tensor::empty({cc.c, cc.kernel, cc.kernel, cc.k}, DType::f64, Layout::krsc);
+    for (int64_t i = 0; i < wt.numel(); ++i)
+      wt.data<double>()[i] =
+          w.data<double>()[conv_rewrites::transposed_filter_source(i, cc.k, cc.kernel, cc.kernel, cc.c)];
+    Tensor y = be.conv2d_forward(x, w, g);
+    Comparison c = compare(be.conv2d_backward_data(x, wt, y.shape(), g), y, 1e-13, 1e-13);
+    CHECK_MESSAGE(c.max_violation <= 1, c.worst);
+  }
+  CHECK_FALSE(conv_rewrites::transposed_applies(3, 3, 2, 1));
+  CHECK_FALSE(conv_rewrites::transposed_applies(3, 3, 1, 0));
+  CHECK_FALSE(conv_rewrites::transposed_applies(1, 1, 1, 0));
 }
 
 }  // namespace

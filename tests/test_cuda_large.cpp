@@ -78,6 +78,12 @@ OpCase conv_layer_case(const ConvLayer& l, int64_t batch) {
           [=](const Tensors& in) { return conv2d(in[0], in[1], {}, o); }};
 }
 
+// Puts the rewrites' mode (kernels/conv_plans.h) back as it was.
+struct RestoreRewrites {
+  cuda::ConvRewrites saved = cuda::conv_rewrites();
+  ~RestoreRewrites() { cuda::set_conv_rewrites(saved); }
+};
+
 TEST_CASE("WRN-28-10 convolutions at real channel counts match the CPU: forward and backward-data and backward-filter") {
   if (!gpu_ready("CUDA WRN-size convolutions")) return;
   int failures = 0, runs = 0;
@@ -113,12 +119,9 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
     ~RestoreSearch() { cuda::set_conv_search(saved); }
   } restore;
   cuda::set_conv_search(cuda::ConvSearch::engines);
-  // The 1x1 layers through engines too, not as the cuBLAS products (their own case below).
-  struct RestoreGemm {
-    cuda::ConvGemm saved = cuda::conv_gemm();
-    ~RestoreGemm() { cuda::set_conv_gemm(saved); }
-  } restore_gemm;
-  cuda::set_conv_gemm(cuda::ConvGemm::off);
+  // Every layer through engines, none rewritten (the rewrites have their own cases below).
+  RestoreRewrites restore_rewrites;
+  cuda::set_conv_rewrites(cuda::ConvRewrites::off);
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
   // Batch 2 (its own plans, apart from the case above's at batch 4) keeps the CPU reference to a few seconds.
@@ -138,16 +141,13 @@ TEST_CASE("bf16 convolutions through cuDNN graph-API engines match the CPU at WR
   CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
 }
 
-// The 1x1 convolutions as cuBLAS matrix products over the pixels they read (engine/conv_gemm.h), whatever cuDNN's
-// timing would pick: WRN-28-10's three shortcuts, and odd sizes (a stride that does not divide the image, channel
-// counts that are not whole 16-byte packs, which the copies take element by element).
-TEST_CASE("1x1 convolutions as cuBLAS matrix products match the CPU: WRN-28-10 shortcuts and odd sizes") {
+// The rewrites of engine/conv_rewrites.h whatever cuDNN's timing would pick (ConvRewrites::only).
+TEST_CASE("1x1 convolutions rewritten as cuBLAS matrix products match the CPU: WRN-28-10 shortcuts and odd sizes") {
   if (!gpu_ready("CUDA 1x1 convolutions as matrix products")) return;
-  struct RestoreGemm {
-    cuda::ConvGemm saved = cuda::conv_gemm();
-    ~RestoreGemm() { cuda::set_conv_gemm(saved); }
-  } restore;
-  cuda::set_conv_gemm(cuda::ConvGemm::only);
+  RestoreRewrites restore;
+  cuda::set_conv_rewrites(cuda::ConvRewrites::only);
+  // WRN-28-10's three shortcuts, a stride that does not divide the image, channel counts that are not whole 16-byte
+  // packs (the copies then go element by element).
   const ConvLayer layers[] = {kWrnConvs[2], kWrnConvs[5], kWrnConvs[8], {"1x1 24->40 s2 on 7x7", 7, 24, 40, 1, 2},
                               {"1x1 3->5 s2 on 9x9", 9, 3, 5, 1, 2},     {"1x1 5->7 on 6x6", 6, 5, 7, 1, 1},
                               {"1x1 16->8 s3 on 8x8", 8, 16, 8, 1, 3}};
@@ -157,14 +157,37 @@ TEST_CASE("1x1 convolutions as cuBLAS matrix products match the CPU: WRN-28-10 s
     for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 4), m, failures);
   cuda::context().set_tf32(true);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
-  std::printf("1x1 convolutions as products: %llu plans, %llu calls\n",
-              static_cast<unsigned long long>(after.gemm_plans - before.gemm_plans),
-              static_cast<unsigned long long>(after.gemm_calls - before.gemm_calls));
+  const uint64_t plans = after.product_plans - before.product_plans;
+  std::printf("1x1 convolutions as products: %llu plans, %llu calls\n", static_cast<unsigned long long>(plans),
+              static_cast<unsigned long long>(after.product_calls - before.product_calls));
   CHECK(failures == 0);
   // Every plan made here is the products (no cuDNN search ran), at least one per layer and direction.
-  CHECK(after.searches - before.searches == after.gemm_plans - before.gemm_plans);
-  CHECK(after.gemm_plans - before.gemm_plans >= 21);
-  CHECK(after.gemm_calls - before.gemm_calls >= after.gemm_plans - before.gemm_plans);
+  CHECK(after.searches - before.searches == plans);
+  CHECK(plans >= 21);
+  CHECK(after.product_calls - before.product_calls >= plans);
+}
+
+TEST_CASE("stride-1 forwards rewritten as the transpose's backward-data match the CPU: WRN-28-10 layers and 5x5") {
+  if (!gpu_ready("CUDA forwards as the transpose's backward-data")) return;
+  RestoreRewrites restore;
+  cuda::set_conv_rewrites(cuda::ConvRewrites::only);
+  // WRN-28-10's stride-1 3x3 layers, and a 5x5 filter (padding 2) on an odd image size.
+  const ConvLayer layers[] = {kWrnConvs[1], kWrnConvs[3], kWrnConvs[6], kWrnConvs[9],
+                              {"5x5 8->24 on 7x7", 7, 8, 24, 5, 1}};
+  const cuda::ConvPlanStats before = cuda::conv_plan_stats();
+  int failures = 0;
+  for (const Mode& m : {kF32Conv, kTf32, kBf16})
+    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 4), m, failures);
+  cuda::context().set_tf32(true);
+  const cuda::ConvPlanStats after = cuda::conv_plan_stats();
+  const uint64_t plans = after.transposed_plans - before.transposed_plans;
+  std::printf("forwards as the transpose's backward-data: %llu plans, %llu calls\n",
+              static_cast<unsigned long long>(plans),
+              static_cast<unsigned long long>(after.transposed_calls - before.transposed_calls));
+  CHECK(failures == 0);
+  CHECK(plans >= 15);  // each layer's forward in each mode
+  CHECK(after.transposed_calls - before.transposed_calls >= plans);
+  CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

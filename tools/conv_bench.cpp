@@ -29,6 +29,12 @@ namespace {
 
 using namespace llr;
 
+// Convolutions run as a rewrite so far (either kind).
+uint64_t rewrite_calls() {
+  const cuda::ConvPlanStats s = cuda::conv_plan_stats();
+  return s.product_calls + s.transposed_calls;
+}
+
 struct Layer {
   const char* name;
   int64_t hw, cin, cout, kernel, stride, count;  // count: how many such layers WRN-28-10 has
@@ -182,14 +188,14 @@ int main(int argc, char** argv) {
         double flop = 2.0 * batch * out * out * l.cout * l.kernel * l.kernel * l.cin;
         uint64_t fallbacks = cuda::conv_plan_stats().bf16_fallback_calls;
         // Whether a direction's timed calls ran a graph-API engine: the engine calls before and after each.
-        // And whether they ran as cuBLAS matrix products (1x1 layers).
-        uint64_t e0 = cuda::conv_plan_stats().engine_calls, p0 = cuda::conv_plan_stats().gemm_calls;
+        // And whether they ran as a rewrite (kernels/conv_plans.h: 1x1 products, a transposed forward).
+        uint64_t e0 = cuda::conv_plan_stats().engine_calls, p0 = rewrite_calls();
         double f = median_ms(iters, calls, [&] { backend::conv2d_forward(x, w, g); });
-        uint64_t e1 = cuda::conv_plan_stats().engine_calls, p1 = cuda::conv_plan_stats().gemm_calls;
+        uint64_t e1 = cuda::conv_plan_stats().engine_calls, p1 = rewrite_calls();
         double d = median_ms(iters, calls, [&] { backend::conv2d_backward_data(gy, w, x.shape(), g); });
-        uint64_t e2 = cuda::conv_plan_stats().engine_calls, p2 = cuda::conv_plan_stats().gemm_calls;
+        uint64_t e2 = cuda::conv_plan_stats().engine_calls, p2 = rewrite_calls();
         double k = median_ms(iters, calls, [&] { backend::conv2d_backward_filter(x, gy, w.shape(), g); });
-        uint64_t e3 = cuda::conv_plan_stats().engine_calls, p3 = cuda::conv_plan_stats().gemm_calls;
+        uint64_t e3 = cuda::conv_plan_stats().engine_calls, p3 = rewrite_calls();
         const bool engine_f = e1 != e0, engine_d = e2 != e1, engine_k = e3 != e2;
         const bool gemm_f = p1 != p0, gemm_d = p2 != p1, gemm_k = p3 != p2;
         bool fell_back = cuda::conv_plan_stats().bf16_fallback_calls != fallbacks;
@@ -198,7 +204,7 @@ int main(int argc, char** argv) {
           engines = std::string(" (engine:") + (engine_f ? " fwd" : "") + (engine_d ? " bwd-d" : "") +
                     (engine_k ? " bwd-f" : "") + ")";
         if (gemm_f || gemm_d || gemm_k)
-          engines += std::string(" (products:") + (gemm_f ? " fwd" : "") + (gemm_d ? " bwd-d" : "") +
+          engines += std::string(" (rewritten:") + (gemm_f ? " fwd" : "") + (gemm_d ? " bwd-d" : "") +
                      (gemm_k ? " bwd-f" : "") + ")";
 
         // The timed computations once more, against the CPU in f64 on the same (rounded) values.
@@ -231,8 +237,8 @@ int main(int argc, char** argv) {
                        "\"bwd_data_ms\": %.4f, \"bwd_filter_ms\": %.4f, \"fwd_tflops\": %.2f, \"bwd_data_tflops\": "
                        "%.2f, \"bwd_filter_tflops\": %.2f, \"max_err_fwd\": %s, \"max_err_bwd_data\": %s, "
                        "\"max_err_bwd_filter\": %s, \"values_ok\": %s, \"bf16_fell_back\": %s, \"engine_fwd\": %s, "
-                       "\"engine_bwd_data\": %s, \"engine_bwd_filter\": %s, \"gemm_fwd\": %s, \"gemm_bwd_data\": %s, "
-                       "\"gemm_bwd_filter\": %s, \"search\": \"%s\", \"calls\": %d}\n",
+                       "\"engine_bwd_data\": %s, \"engine_bwd_filter\": %s, \"rewritten_fwd\": %s, "
+                       "\"rewritten_bwd_data\": %s, \"rewritten_bwd_filter\": %s, \"search\": \"%s\", \"calls\": %d}\n",
                        l.name, prec, static_cast<long long>(batch), static_cast<long long>(l.count), f, d, k, tf(f),
                        tf(d), tf(k), json_number(cf.max_error).c_str(), json_number(cd.max_error).c_str(),
                        json_number(ck.max_error).c_str(), ok ? "true" : "false", fell_back ? "true" : "false",
@@ -249,12 +255,14 @@ int main(int argc, char** argv) {
     }
     cuda::ConvPlanStats plans = cuda::conv_plan_stats();
     std::printf("cuDNN plans: %llu searched, %llu bf16 convolutions computed in f32; bf16 plans with a graph-API "
-                "engine %llu, with the legacy algorithm kept after timing %llu; 1x1 plans as cuBLAS products %llu\n",
+                "engine %llu, with the legacy algorithm kept after timing %llu; rewritten: %llu as cuBLAS products, "
+                "%llu forwards as the transpose's backward-data\n",
                 static_cast<unsigned long long>(plans.searches),
                 static_cast<unsigned long long>(plans.bf16_fallback_calls),
                 static_cast<unsigned long long>(plans.engine_plans),
                 static_cast<unsigned long long>(plans.legacy_plans),
-                static_cast<unsigned long long>(plans.gemm_plans));
+                static_cast<unsigned long long>(plans.product_plans),
+                static_cast<unsigned long long>(plans.transposed_plans));
     for (const std::string& f : plans.engine_failures) std::printf("graph API failed: %s\n", f.c_str());
     for (const std::string& f : plans.bf16_fallbacks) std::printf("bf16 fallback: %s\n", f.c_str());
     std::printf("values: %s (CPU f64 reference on %lld examples / %lld output channels; rtol tf32 %.0e, bf16 %.0e)\n",

@@ -30,20 +30,20 @@
 #                       against the eager run); LLR-2 and LLR-10 with
 #                       --llr-recompute-nominal --tangent-segments 8, GradAlign with --tangent-segments 8 (time and
 #                       peak memory against the default and natural training's); natural, PGD-10 and LLR-2 on
-#                       WRN-28-10 with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0 LLR_CONV_GEMM=0: what the
-#                       graph-API engines and the 1x1 cuBLAS products bring); LLR_JAX=1 adds the JAX anchor (+120 s, taken from memcheck: XLA compiles each
-#                       step first)
+#                       WRN-28-10 with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0 LLR_CONV_REWRITES=0: what the
+#                       graph-API engines and the rewrites of engine/conv_rewrites.h bring); LLR_JAX=1 adds the JAX
+#                       anchor (+120 s, taken from memcheck: XLA compiles each step first)
 #   4 conv bench    90  llr_conv_bench: every WRN-28-10 convolution, TF32 and bf16, timed and checked against the CPU;
-#                       each bf16 plan's legacy algorithm against cuDNN's graph-API engines, and each 1x1 plan's
-#                       pick against cuBLAS products (LLR_PRINT_PLANS lines)
+#                       each bf16 plan's legacy algorithm against cuDNN's graph-API engines, and the pick against
+#                       a rewrite where one applies (LLR_PRINT_PLANS lines)
 #   5 trainings    100  short bf16 LLR-2 and PGD-7 trainings of WRN-16-4 on the carried CIFAR-10 batch, evaluated
 #                       (PGD-20 from delta = 0, APGD-CE, APGD-T, gamma), and PyTorch's PGD-20 on the same images: the
 #                       robust accuracies must be equal (both in full f32: LLR_NO_TF32=1 for ours)
 #   6 memcheck     rest compute-sanitizer --tool memcheck on the "cuda" suite without the 4 TiB out-of-memory test
 #                       and the whole-step graph test (its kernels are the other cases'), cuDNN algorithms by
 #                       heuristic; boxed by what is left of the 460 s (skipped under 20 s); then, with 60 s or more
-#                       left, the graph-API engine test with LLR_CUDNN_ENGINES=only and the 1x1 cuBLAS products test
-#                       (verdict memcheck-eng)
+#                       left, the graph-API engine test with LLR_CUDNN_ENGINES=only and the tests of the rewritten
+#                       convolutions (verdict memcheck-eng)
 #
 # $OUT (the device sets it; default /tmp/llr_gpu_check/out) receives at most 6 files: summary.txt (the verdicts),
 # bench.jsonl, torch_anchor.jsonl, conv_bench.jsonl, [jax_anchor.jsonl], logs.tar.gz (every stage's full log,
@@ -138,8 +138,8 @@ else
   GRAPHS=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2,llr-10")
   GRAPHS_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 3 --iters 10
     --methods "natural,pgd-10,trades-10,llr-2,llr-10")
-  # The same steps with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0 LLR_CONV_GEMM=0): what the graph-API
-  # engines and the 1x1 convolutions as cuBLAS products bring.
+  # The same steps with cuDNN's legacy algorithms only (LLR_CUDNN_ENGINES=0 LLR_CONV_REWRITES=0): what the graph-API
+  # engines and the rewritten convolutions bring.
   LEGACY=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 2 --iters 5 --methods "natural,pgd-10,llr-2")
   PROFILE=(--model wrn-28-10 --batch 128 --precision bf16 --warmup 1 --iters 2 --methods "natural,pgd-10,llr-2,llr-10")
   PROFILE_SMALL=(--model preact-rn18 --batch 128 --precision bf16 --warmup 1 --iters 3 --methods "llr-2")
@@ -267,7 +267,7 @@ if want 3; then
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
   [ "$rc_ours" = 0 ] && rc_ours=$?
   grep -vE '^\{|^plan ' "$log" | tail -16
-  echo "convolution plans of the steps: $(grep -cE '^plan .* -> engine' "$log") graph-API engines, $(grep -cE '^plan .* -> legacy' "$log") legacy; 1x1 as cuBLAS products: $(grep -cE '^plan .* -> products' "$log") of $(grep -cE '^plan .*cuBLAS products' "$log")"
+  echo "convolution plans of the steps: $(grep -cE '^plan .* -> engine' "$log") graph-API engines, $(grep -cE '^plan .* -> legacy' "$log") legacy; rewritten: $(grep -cE '^plan .* -> products' "$log") of $(grep -cE '^plan .*cuBLAS products' "$log") 1x1 as cuBLAS products, $(grep -cE '^plan .* -> transposed' "$log") of $(grep -cE '^plan .*transposed backward-data' "$log") forwards as the transpose's backward-data"
   # CUDA graphs: whole steps replayed, against the eager runs above (time, replays, and the last step's loss, which
   # should be the eager one up to the GPU's non-deterministic sums: atomics in the batch statistics).
   glog=$LOGS/3-graphs.log
@@ -300,11 +300,11 @@ print("; ".join(out) if out else "no low-memory runs to compare")
 PY
 )
   echo "low-memory LLR: $lowmem_line"
-  LLR_CUDNN_ENGINES=0 LLR_CONV_GEMM=0 timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LEGACY[@]}" \
+  LLR_CUDNN_ENGINES=0 LLR_CONV_REWRITES=0 timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${LEGACY[@]}" \
     --json "$WORK/legacy.jsonl" >"$LOGS/3-legacy-conv.log" 2>&1
   cp "$WORK/legacy.jsonl" "$LOGS/3-legacy-conv.jsonl" 2>/dev/null
   engines_line=$(python3 "$CARRY/tools/compare_runs.py" legacy "$OUT/bench.jsonl" "$WORK/legacy.jsonl" 2>&1)
-  echo "legacy algorithms -> with graph-API engines and 1x1 products: $engines_line"
+  echo "legacy algorithms -> with graph-API engines and rewrites: $engines_line"
   anchor=$CARRY/anchors/torch_anchor.py
   if [ -f "$anchor" ] && python3 -c "import torch" 2>/dev/null; then
     OUT="$OUT" timeout -k 5 "$(box 60)" python3 "$anchor" "${ANCHOR[@]}" >"$LOGS/3-torch-anchor.log" 2>&1
@@ -336,7 +336,7 @@ PY
   verdict 3 step-bench "ours $(status_word "$rc_ours"), torch $(status_word "$rc_torch"): $(grep '^summary: ' "$LOGS/3-compare.log" | sed 's/^summary: //')"
   verdict 3 cuda-graphs "$(status_word "$rc_graphs"): $graphs_line"
   verdict 3 llr-memory "$lowmem_line"
-  verdict 3 conv-engines "legacy algorithms -> with graph-API engines and 1x1 products: $engines_line"
+  verdict 3 conv-engines "legacy algorithms -> with graph-API engines and rewrites: $engines_line"
   archive_logs
 fi
 
@@ -346,12 +346,12 @@ if want 4; then
   b=$(box 90)
   log=$LOGS/4-conv-bench.log
   # LLR_PRINT_PLANS: each bf16 plan's candidates (the legacy pick and the graph-API engines) with their times, and
-  # each 1x1 plan's pick against the cuBLAS products.
+  # the pick against a rewrite where one applies.
   LLR_PRINT_PLANS=1 timeout -k 5 "$b" "$BIN/llr_conv_bench" "${CONV[@]}" --json "$OUT/conv_bench.jsonl" >"$log" 2>&1
   rc=$?
   grep -v '^plan ' "$log"
   grep -E '^plan .*legacy algo .* -> ' "$log" | sed -E 's/^plan conv2d ([a-z-]+) x\[([0-9,]+)\] w\[([0-9,]+)\].*legacy algo ([0-9]+) ([0-9.]+) ms.* -> (.*)$/\1 x[\2] w[\3]: legacy \5 ms -> \6/'
-  grep -E '^plan .*cuBLAS products .* -> ' "$log" | sed -E 's/^plan conv2d ([a-z-]+) x\[([0-9,]+)\] w\[([0-9,]+)\][^:]*: (.*)$/\1 x[\2] w[\3]: \4/'
+  grep -E '^plan .*(cuBLAS products|transposed backward-data) .* -> ' "$log" | sed -E 's/^plan conv2d ([a-z-]+) x\[([0-9,]+)\] w\[([0-9,]+)\][^:]*: (.*)$/\1 x[\2] w[\3]: \4/'
   if [ "$rc" = 0 ] || grep -q '^values: ' "$log"; then
     verdict 4 conv-bench "$(status_word "$rc"): values $(grep -E '^values: ' "$log" | cut -d' ' -f2- | cut -d'(' -f1)$(grep -c 'fell back' "$log") layers fell back to f32; $(grep -E '^cuDNN plans' "$log" | sed 's/^cuDNN plans: //'); totals $(grep -E '^total' "$log" | awk '{print $2 " " $(NF-3) " ms"}' | tr '\n' ' ')"
   else
@@ -469,13 +469,13 @@ if want 6; then
       text="$errors ERRORS; first: $(grep -m1 -E '^========= (Invalid|Program hit)' "$log")"
     fi
     verdict 6 memcheck "$text"
-    # The bf16 convolutions through cuDNN's graph-API engines and the 1x1 convolutions as cuBLAS products with their
-    # copies (the run above plans by the legacy heuristic, which times neither), if the time allows: workspaces and
-    # pointers as the engine path hands them to cuDNN, and the copies' reads and writes.
+    # The bf16 convolutions through cuDNN's graph-API engines and the rewritten convolutions (1x1 as cuBLAS products,
+    # forwards as the transpose's backward-data; the run above plans by the legacy heuristic, which times neither), if
+    # the time allows: workspaces and pointers as the engine path hands them to cuDNN, and the copies' reads and writes.
     b2=$((TOTAL - $(elapsed)))
     if [ "$b2" -ge 60 ]; then
       LLR_CUDNN_ENGINES=only timeout -k 5 "$b2" compute-sanitizer --tool memcheck --error-exitcode 1 --leak-check no \
-        --print-limit 20 "$BIN/llr_tests" -tc='*graph-API engines*,*cuBLAS matrix products*' \
+        --print-limit 20 "$BIN/llr_tests" -tc='*graph-API engines*,*rewritten as*' \
         >"$LOGS/6-memcheck-engines.log" 2>&1
       rc=$?
       errors=$(grep -E 'ERROR SUMMARY' "$LOGS/6-memcheck-engines.log" | tail -1 | grep -oE '[0-9]+ error' |
