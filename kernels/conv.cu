@@ -179,7 +179,8 @@ struct ConvPlan {
   std::shared_ptr<ConvDesc> conv;
   std::shared_ptr<ConvEngine> engine;
   bool legacy_picked = false;  // whether algo and workspace hold a legacy pick
-  bool products = false;       // runs as matrix products (the descriptors and picks then go unused)
+  bool legacy_kept = false;    // counted in legacy_plans (its engines were timed and lost)
+  bool products = false;       // runs as matrix products (the cuDNN pick, if any, stays as the fallback)
   bool transposed = false;     // a forward run as the backward-data of the transpose (its own plan)
 };
 
@@ -453,6 +454,7 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
     ++plan_stats().engine_plans;
   } else {
     ++plan_stats().legacy_plans;
+    p.legacy_kept = true;
   }
 }
 
@@ -497,6 +499,7 @@ void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, He
 // recording the refusal fails the recording (the eager steps decide).
 void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y, const LegacyRun& legacy,
               const char* call) {
+  if (!plan.conv) throw ConvUnsupported(key.describe() + ": no cuDNN plan (computed in f32)");
   if (plan.engine && !ConvEngine::aligned(x, w, y) && !plan.legacy_picked)
     throw ConvUnsupported(key.describe() + ": tensors not 16-byte aligned for the plan's engine, and no legacy pick");
   if (plan.engine && ConvEngine::aligned(x, w, y)) {
@@ -680,14 +683,14 @@ bool transposed_candidate(const PlanKey& key) {
          conv_rewrites::transposed_applies(key.w[1], key.w[2], key.stride, key.padding);
 }
 
-// A plan runs a rewrite: the plan's engine, if any, goes.
-void adopt(ConvPlan& p, bool ConvPlan::*rewrite, uint64_t ConvPlanStats::*plans) {
-  p.*rewrite = true;
-  ++(plan_stats().*plans);
-  if (p.engine) {
-    p.engine.reset();
-    --plan_stats().engine_plans;
-  }
+// A plan runs a rewrite (or, when `on` is false, no longer does: its cuDNN pick runs again). The pick stays in the
+// plan as the fallback; the counters say what runs.
+void adopt(ConvPlan& p, bool ConvPlan::*rewrite, uint64_t ConvPlanStats::*plans, bool on = true) {
+  const int64_t step = on ? 1 : -1;
+  p.*rewrite = on;
+  plan_stats().*plans += step;
+  if (p.engine) plan_stats().engine_plans -= step;
+  if (p.legacy_kept) plan_stats().legacy_plans -= step;
 }
 
 // The "only" mode: a rewrite that applies, without a cuDNN search.
@@ -742,7 +745,7 @@ void consider_rewrites(const PlanKey& key, ConvPlan& p, const std::function<cudn
 }
 
 // key's cached plan if it runs a rewrite (then no cuDNN output is allocated for the call), else null.
-const ConvPlan* rewritten_plan(const PlanKey& key) {
+ConvPlan* rewritten_plan(const PlanKey& key) {
   auto it = plan_cache().find(key);
   return it != plan_cache().end() && (it->second.products || it->second.transposed) ? &it->second : nullptr;
 }
@@ -750,6 +753,22 @@ const ConvPlan* rewritten_plan(const PlanKey& key) {
 Tensor counted(Tensor out, uint64_t ConvPlanStats::*calls) {
   ++(plan_stats().*calls);
   return out;
+}
+
+// A transposed forward, or an undefined tensor when the transpose's backward-data cannot run in this dtype (its plan
+// fell back to f32) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the "only"
+// mode), or inside a recording, the refusal goes on to the bf16 fallback as any other.
+Tensor transposed_or_undefined(ConvPlan& p, const PlanKey& key, const Tensor& x, const Tensor& w,
+                               const Conv2dGeometry& g) {
+  try {
+    return counted(transposed_forward(x, w, g), &ConvPlanStats::transposed_calls);
+  } catch (const ConvUnsupported& e) {
+    if (graph::recording() || (!p.legacy_picked && !p.engine)) throw;
+    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans, false);
+    std::fprintf(stderr, "llrtrain: note: %s: the transpose's backward-data cannot run (%s); cuDNN's pick runs it\n",
+                 key.describe().c_str(), e.what());
+    return Tensor();
+  }
 }
 
 }  // namespace
@@ -817,11 +836,12 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
   PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
-  auto rewritten = [&](const ConvPlan& p) {
+  auto rewritten = [&](ConvPlan& p) {
     return p.products ? counted(products_forward(x, w, g), &ConvPlanStats::product_calls)
-                      : counted(transposed_forward(x, w, g), &ConvPlanStats::transposed_calls);
+                      : transposed_or_undefined(p, key, x, w, g);
   };
-  if (const ConvPlan* p = rewritten_plan(key)) return rewritten(*p);
+  if (ConvPlan* p = rewritten_plan(key))
+    if (Tensor out = rewritten(*p); out.defined()) return out;
   Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -856,7 +876,8 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
         },
         [&] { products_forward(x, w, g); }, [&] { transposed_forward(x, w, g); });
   });
-  if (plan.products || plan.transposed) return rewritten(plan);
+  if (plan.products || plan.transposed)
+    if (Tensor out = rewritten(plan); out.defined()) return out;
   run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
   return y;
 }
@@ -869,6 +890,10 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
 Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
   ConvShapes s = conv_shapes(x_shape, w.shape(), g);
   PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
+  // A plan that fell back to f32 has no cuDNN descriptors: refused as unsupported, as when it was planned (the
+  // transposed forward calls this directly, not through with_bf16_fallback).
+  if (auto it = plan_cache().find(key); it != plan_cache().end() && it->second.f32_fallback)
+    throw ConvUnsupported(key.describe() + ": computed in f32 (no bf16 algorithm)");
   if (rewritten_plan(key))
     return counted(products_backward_data(gy, w, x_shape, g), &ConvPlanStats::product_calls);
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);

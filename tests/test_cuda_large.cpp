@@ -185,7 +185,7 @@ TEST_CASE("stride-1 forwards rewritten as the transpose's backward-data match th
               static_cast<unsigned long long>(plans),
               static_cast<unsigned long long>(after.transposed_calls - before.transposed_calls));
   CHECK(failures == 0);
-  CHECK(plans >= 15);  // each layer's forward in each mode
+  CHECK(plans >= 5);  // each layer's forward (f32 and TF32 share their keys under LLR_NO_TF32)
   CHECK(after.transposed_calls - before.transposed_calls >= plans);
   CHECK(after.bf16_fallback_calls == before.bf16_fallback_calls);
 }
