@@ -154,7 +154,7 @@ TEST_CASE("1x1 convolutions rewritten as cuBLAS matrix products match the CPU: W
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
   for (const Mode& m : {kF32Conv, kTf32, kBf16})
-    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 4), m, failures);
+    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 2), m, failures);
   cuda::context().set_tf32(true);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
   const uint64_t plans = after.product_plans - before.product_plans;
@@ -177,7 +177,7 @@ TEST_CASE("stride-1 forwards rewritten as the transpose's backward-data match th
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
   for (const Mode& m : {kF32Conv, kTf32, kBf16})
-    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 4), m, failures);
+    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 2), m, failures);
   cuda::context().set_tf32(true);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
   const uint64_t plans = after.transposed_plans - before.transposed_plans;

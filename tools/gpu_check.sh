@@ -14,7 +14,7 @@
 #   1 environment   20  nvidia-smi; ldd of each binary (a library "not found" is searched for under the CUDA and
 #                       Python folders and added to LD_LIBRARY_PATH); llrtrain --version; the CUDA device query test
 #                       (CUDA runtime and driver, cuDNN and cuBLAS versions, built-with cuDNN)
-#   2 CUDA tests   150  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
+#   2 CUDA tests   180  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
 #                       convolutions and >1M-element kernels vs CPU, WRN-28-10 bf16 vs f32, bf16 fallback counter, PGD
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block;
 #                       first of all (2e), the graph-API engine test alone: if it fails or crashes, 2a-6 run with
@@ -207,7 +207,7 @@ engine_test_failed() {
 }
 
 if want 2; then
-  begin_stage 2 "CUDA tests" 150
+  begin_stage 2 "CUDA tests" 180
   # The graph-API engine test first, in a process of its own: its engines have never run on a GPU (and the device's
   # cuDNN may be older than the headers we built with), and a fault inside one is sticky, so it would take down every
   # later case of its process. If it fails or crashes, every later stage (2a and 2b included) plans its convolutions
@@ -232,7 +232,7 @@ if want 2; then
   [ "$rc_small" = 124 ] && { echo "-- timed out after $small s; the log ends with:"; tail -15 "$log"; }
   verdict 2a cuda-tests "$(status_word "$rc_small"): $(cases_line "$log"); $(grep -E '^cuda vs cpu: ' "$log" | sed 's/^cuda vs cpu: //')"
   archive_logs
-  large=$(box 150)
+  large=$(box 180)
   log=$LOGS/2b-tests-cuda-large.log
   timeout -k 5 "$large" "$BIN/llr_tests" -ts=cuda-large -tce="$engine_case" --duration=true >"$log" 2>&1
   rc_large=$?
