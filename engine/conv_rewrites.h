@@ -4,11 +4,15 @@
 // per-element math of their copies, shared by the CUDA kernels and the CPU tests that check both rewrites against the
 // convolutions (tests/test_cpu_conv.cpp). NHWC activations, KRSC filters.
 //
-// Products: a 1x1 convolution with padding 0 is a matrix product over the pixels it reads. With stride s,
-// P = (H - 1) / s + 1 and Q = (W - 1) / s + 1 output rows and columns, and M = N P Q output pixels:
-//   forward:          y[M, K]  = xs[M, C] w[K, C]^T        xs = x[n, p s, q s, :], the pixels it reads (subsample)
-//   backward-data:    dx       = upsample(g[M, K] w[K, C])  g's rows put back at those pixels, zeros elsewhere
-//   backward-filter:  dw[K, C] = g[M, K]^T xs[M, C]
+// Products: a convolution is a matrix product over its unfolded input. With stride s, padding p, an R x S filter,
+// P x Q output pixels per image, M = N P Q of them and J = R S C:
+//   cols[m, (r S + t) C + c] = x[n, p_ s - p + r, q s - p + t, c]  (0 in the padding)   m = (n P + p_) Q + q
+//   forward:          y[M, K]  = cols[M, J] w[K, J]^T        (w as [K, J]: the KRSC layout flattened)
+//   backward-data:    dx       = fold(g[M, K] w[K, J])        each input element sums the columns that hold it
+//   backward-filter:  dw[K, J] = g[M, K]^T cols[M, J]
+// A 1x1 filter with padding 0 needs no copy at stride 1 (cols is x) and only the pixels it reads at stride 2; for
+// other filters the unfolded input costs J / C times the input's bytes, so it is offered where J is small (the
+// 3-channel stem: J = 27, where cuDNN's algorithms ran at 1-2 TFLOP/s).
 //
 // Transposed: the forward of a stride-1 convolution with an odd square R x R filter and "same" padding (R - 1) / 2 is
 // the backward-data of the convolution whose filter is w's transpose, w'[c, r, s, k] = w[k, R-1-r, R-1-s, c], taking
@@ -22,29 +26,49 @@
 
 namespace llr::conv_rewrites {
 
-// Whether a convolution with a (kh x kw) filter and this padding is such a product.
-inline bool products_apply(int64_t kh, int64_t kw, int64_t padding) { return kh == 1 && kw == 1 && padding == 0; }
+// The geometry of a product rewrite (NHWC input N x H x W x C, filter R x S, output P x Q).
+struct Unfold {
+  int64_t N, H, W, C, R, S, P, Q, stride, pad;
+};
 
-// Whether a forward with this filter and geometry is such a backward-data (1x1 filters are left to the products).
+// Columns of the unfolded input up to which a filter other than 1x1 with padding 0 is offered as products.
+constexpr int64_t kUnfoldMaxColumns = 256;
+
+// Whether a convolution with an (R x S) filter over C channels and this padding is offered as products.
+inline bool products_apply(int64_t R, int64_t S, int64_t C, int64_t padding) {
+  return (R == 1 && S == 1 && padding == 0) || R * S * C <= kUnfoldMaxColumns;
+}
+
+// Whether the unfolded input is x itself (a 1x1 filter, padding 0, stride 1).
+inline bool unfold_is_identity(const Unfold& u) { return u.R == 1 && u.S == 1 && u.pad == 0 && u.stride == 1; }
+
+// Row m and column j of the unfolded input [M, J]: the element of x it holds, or -1 in the padding.
+LLR_HD int64_t unfold_source(int64_t m, int64_t j, const Unfold& u) {
+  const int64_t q = m % u.Q, a = m / u.Q;
+  const int64_t p = a % u.P, n = a / u.P;
+  const int64_t c = j % u.C, b = j / u.C;
+  const int64_t t = b % u.S, r = b / u.S;
+  const int64_t h = p * u.stride - u.pad + r, w = q * u.stride - u.pad + t;
+  if (h < 0 || h >= u.H || w < 0 || w >= u.W) return -1;
+  return ((n * u.H + h) * u.W + w) * u.C + c;
+}
+
+// Pixel row (n, h, w) of x [N H W, C] and filter tap (r, t): the unfolded row holding that pixel at that tap, or -1.
+// The fold of the backward-data sums, for each of x's elements, the columns (r S + t) C + c of these rows.
+LLR_HD int64_t fold_row(int64_t row, int64_t r, int64_t t, const Unfold& u) {
+  const int64_t w = row % u.W, a = row / u.W;
+  const int64_t h = a % u.H, n = a / u.H;
+  const int64_t hp = h + u.pad - r, wp = w + u.pad - t;
+  if (hp < 0 || wp < 0 || hp % u.stride != 0 || wp % u.stride != 0) return -1;
+  const int64_t p = hp / u.stride, q = wp / u.stride;
+  if (p >= u.P || q >= u.Q) return -1;
+  return (n * u.P + p) * u.Q + q;
+}
+
+// Whether a forward with this filter and geometry is the backward-data of the transpose (1x1 filters are left to the
+// products).
 inline bool transposed_applies(int64_t kh, int64_t kw, int64_t stride, int64_t padding) {
   return kh == kw && kh % 2 == 1 && kh > 1 && stride == 1 && padding == (kh - 1) / 2;
-}
-
-// Row r of the product's [M, *] operands (output pixel (n, p, q), r = (n P + p) Q + q): the row of x [N H W, C] it
-// reads.
-LLR_HD int64_t source_row(int64_t r, int64_t P, int64_t Q, int64_t H, int64_t W, int64_t s) {
-  const int64_t q = r % Q, t = r / Q;
-  const int64_t p = t % P, n = t / P;
-  return (n * H + p * s) * W + q * s;
-}
-
-// Row r of x [N H W, C] (pixel (n, h, w)): the product's row at that pixel, or -1 where the convolution reads none
-// (the input gradient is zero there).
-LLR_HD int64_t product_row(int64_t r, int64_t P, int64_t Q, int64_t H, int64_t W, int64_t s) {
-  const int64_t w = r % W, t = r / W;
-  const int64_t h = t % H, n = t / H;
-  if (h % s != 0 || w % s != 0 || h / s >= P || w / s >= Q) return -1;
-  return (n * P + h / s) * Q + w / s;
 }
 
 // Element i of the transposed filter w' [C, R, S, K]: its element of w [K, R, S, C].

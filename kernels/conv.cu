@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <array>
 #include <functional>
+#include <iomanip>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -155,7 +156,10 @@ struct PlanKey {
        << shape_str(Shape(w.begin(), w.end())) << " stride " << stride << " pad " << padding << ' '
        << dtype_name(dtype) << " math " << math
        << (search == ConvSearch::legacy ? " legacy" : search == ConvSearch::engines ? " engines" : "")
-       << (rewrites == ConvRewrites::off ? " no-rewrites" : rewrites == ConvRewrites::only ? " rewritten" : "");
+       << (rewrites == ConvRewrites::off          ? " no-rewrites"
+           : rewrites == ConvRewrites::products   ? " as-products"
+           : rewrites == ConvRewrites::transposed ? " as-transposed"
+                                                  : "");
     return os.str();
   }
 };
@@ -314,9 +318,12 @@ ConvRewrites initial_rewrites() {
   if (!v || !*v) return ConvRewrites::timed;
   std::string s(v);
   if (s == "0" || s == "off") return ConvRewrites::off;
-  if (s == "only") return ConvRewrites::only;
+  if (s == "products") return ConvRewrites::products;
+  if (s == "transposed") return ConvRewrites::transposed;
   if (s != "1" && s != "timed")
-    std::fprintf(stderr, "llrtrain: note: LLR_CONV_REWRITES=%s is not 0, 1 or only; the default (1) applies\n", v);
+    std::fprintf(stderr,
+                 "llrtrain: note: LLR_CONV_REWRITES=%s is not 0, 1, products or transposed; the default (1) applies\n",
+                 v);
   return ConvRewrites::timed;
 }
 
@@ -577,48 +584,66 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Ten
 //   Transposed: the filter's transpose (a small copy per call: a recording replays it after every weight update), then
 //   the backward-data with its own plan.
 // ---------------------------------------------------------------------------------------------------------------
-struct conv_subsample_k {};
-struct conv_upsample_k {};
+struct conv_unfold_k {};
+struct conv_fold_k {};
 
+// The unfolded input [M, J] (engine/conv_rewrites.h). With C a multiple of kPack, a pack lies in one tap of one row:
+// kPack consecutive channels of one pixel, or padding.
 template <class T>
-Tensor subsample_as(const Tensor& x, int64_t P, int64_t Q, int64_t s) {
-  const int64_t N = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
-  Tensor xs = Tensor::empty({N, P, Q, C}, x.dtype(), Layout::nhwc, Device::cuda);
+Tensor unfold_as(const Tensor& x, const conv_rewrites::Unfold u) {
+  const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C;
+  Tensor cols = Tensor::empty({M, J}, x.dtype(), Layout::plain, Device::cuda);
   const T* px = ptr<T>(x);
-  T* po = ptr<T>(xs);
-  const bool whole_packs = C % kPack == 0;  // every pack then lies in one row
-  for_each_pack<conv_subsample_k>(xs.numel(), [=] __device__(int64_t i, int count) {
+  T* po = ptr<T>(cols);
+  const bool whole_packs = u.C % kPack == 0;
+  for_each_pack<conv_unfold_k>(cols.numel(), [=] __device__(int64_t i, int count) {
     if (whole_packs) {
-      store_pack(po, i, load_pack(px, conv_rewrites::source_row(i / C, P, Q, H, W, s) * C + i % C, count), count);
-      return;
-    }
-    for (int k = 0; k < count; ++k) {
-      const int64_t e = i + k;
-      st(po, e, ld(px, conv_rewrites::source_row(e / C, P, Q, H, W, s) * C + e % C));
-    }
-  });
-  return xs;
-}
-
-template <class T>
-Tensor upsample_as(const Tensor& t, const Shape& x_shape, int64_t P, int64_t Q, int64_t s) {
-  const int64_t H = x_shape[1], W = x_shape[2], C = x_shape[3];
-  Tensor dx = Tensor::empty(x_shape, t.dtype(), Layout::nhwc, Device::cuda);
-  const T* pt = ptr<T>(t);
-  T* po = ptr<T>(dx);
-  const bool whole_packs = C % kPack == 0;
-  for_each_pack<conv_upsample_k>(dx.numel(), [=] __device__(int64_t i, int count) {
-    if (whole_packs) {
-      const int64_t m = conv_rewrites::product_row(i / C, P, Q, H, W, s);
+      const int64_t from = conv_rewrites::unfold_source(i / J, i % J, u);
       Pack<T> v{};
-      if (m >= 0) v = load_pack(pt, m * C + i % C, count);
+      if (from >= 0) v = load_pack(px, from, count);
       store_pack(po, i, v, count);
       return;
     }
     for (int k = 0; k < count; ++k) {
-      const int64_t e = i + k;
-      const int64_t m = conv_rewrites::product_row(e / C, P, Q, H, W, s);
-      st(po, e, m < 0 ? acc_t<T>(0) : ld(pt, m * C + e % C));
+      const int64_t e = i + k, from = conv_rewrites::unfold_source(e / J, e % J, u);
+      st(po, e, from < 0 ? acc_t<T>(0) : ld(px, from));
+    }
+  });
+  return cols;
+}
+
+// The backward-data's fold: each element of x's shape sums, over the filter's taps, the column that holds it.
+template <class T>
+Tensor fold_as(const Tensor& t, const Shape& x_shape, const conv_rewrites::Unfold u) {
+  const int64_t J = u.R * u.S * u.C, C = u.C;
+  Tensor dx = Tensor::empty(x_shape, t.dtype(), Layout::nhwc, Device::cuda);
+  const T* pt = ptr<T>(t);
+  T* po = ptr<T>(dx);
+  const bool whole_packs = C % kPack == 0;
+  for_each_pack<conv_fold_k>(dx.numel(), [=] __device__(int64_t i, int count) {
+    if (whole_packs) {
+      const int64_t row = i / C, c = i % C;
+      Pack<T> sum{};
+      for (int64_t r = 0; r < u.R; ++r)
+        for (int64_t s = 0; s < u.S; ++s) {
+          const int64_t m = conv_rewrites::fold_row(row, r, s, u);
+          if (m < 0) continue;
+          const Pack<T> v = load_pack(pt, m * J + (r * u.S + s) * C + c, count);
+#pragma unroll
+          for (int k = 0; k < kPack; ++k) sum[k] += v[k];
+        }
+      store_pack(po, i, sum, count);
+      return;
+    }
+    for (int k = 0; k < count; ++k) {
+      const int64_t e = i + k, row = e / C, c = e % C;
+      acc_t<T> sum = 0;
+      for (int64_t r = 0; r < u.R; ++r)
+        for (int64_t s = 0; s < u.S; ++s) {
+          const int64_t m = conv_rewrites::fold_row(row, r, s, u);
+          if (m >= 0) sum += ld(pt, m * J + (r * u.S + s) * C + c);
+        }
+      st(po, e, sum);
     }
   });
   return dx;
@@ -635,34 +660,43 @@ Tensor transposed_filter_as(const Tensor& w) {
   return out;
 }
 
-// x's rows at the pixels the convolution reads ([N, P, Q, C]); x itself at stride 1.
-Tensor subsample(const Tensor& x, int64_t P, int64_t Q, int s) {
-  if (s == 1) return x;
-  return LLR_CUDA_DISPATCH(x.dtype(), "conv2d subsample", subsample_as, x, P, Q, s);
+conv_rewrites::Unfold unfold_geometry(const Shape& x, const Shape& w, const Conv2dGeometry& g) {
+  return {x[0], x[1], x[2], x[3], w[1], w[2], conv2d_output_size(x[1], w[1], g), conv2d_output_size(x[2], w[2], g),
+          g.stride, g.padding};
+}
+
+// x's unfolded input [M, J]; x itself for a 1x1 filter with padding 0 at stride 1.
+Tensor unfolded(const Tensor& x, const conv_rewrites::Unfold& u) {
+  if (conv_rewrites::unfold_is_identity(u)) return x;
+  return LLR_CUDA_DISPATCH(x.dtype(), "conv2d unfold", unfold_as, x, u);
 }
 
 Tensor products_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
-  const int64_t P = conv2d_output_size(x.dim(1), 1, g), Q = conv2d_output_size(x.dim(2), 1, g);
-  const int64_t M = x.dim(0) * P * Q, C = x.dim(3), K = w.dim(0);
-  Tensor xs = subsample(x, P, Q, g.stride);
-  Tensor y = Tensor::empty({x.dim(0), P, Q, K}, x.dtype(), Layout::nhwc, Device::cuda);
-  gemm(true, false, K, M, C, w, C, xs, C, y, K);  // y[M, K] = xs[M, C] w[K, C]^T: matmul_nt(xs, w)
+  const conv_rewrites::Unfold u = unfold_geometry(x.shape(), w.shape(), g);
+  const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C, K = w.dim(0);
+  Tensor cols = unfolded(x, u);
+  Tensor y = Tensor::empty({u.N, u.P, u.Q, K}, x.dtype(), Layout::nhwc, Device::cuda);
+  gemm(true, false, K, M, J, w, J, cols, J, y, K);  // y[M, K] = cols[M, J] w[K, J]^T: matmul_nt(cols, w)
   return y;
 }
 
 Tensor products_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
-  const int64_t P = gy.dim(1), Q = gy.dim(2), M = gy.dim(0) * P * Q, C = x_shape[3], K = w.dim(0);
-  Tensor t = Tensor::empty({gy.dim(0), P, Q, C}, gy.dtype(), Layout::nhwc, Device::cuda);
-  gemm(false, false, C, M, K, w, C, gy, K, t, C);  // t[M, C] = gy[M, K] w[K, C]: matmul_nn(gy, w)
-  if (g.stride == 1) return t;
-  return LLR_CUDA_DISPATCH(t.dtype(), "conv2d upsample", upsample_as, t, x_shape, P, Q, g.stride);
+  const conv_rewrites::Unfold u = unfold_geometry(x_shape, w.shape(), g);
+  const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C, K = w.dim(0);
+  const bool identity = conv_rewrites::unfold_is_identity(u);
+  Tensor t = identity ? Tensor::empty(x_shape, gy.dtype(), Layout::nhwc, Device::cuda)
+                      : Tensor::empty({M, J}, gy.dtype(), Layout::plain, Device::cuda);
+  gemm(false, false, J, M, K, w, J, gy, K, t, J);  // t[M, J] = gy[M, K] w[K, J]: matmul_nn(gy, w)
+  if (identity) return t;
+  return LLR_CUDA_DISPATCH(t.dtype(), "conv2d fold", fold_as, t, x_shape, u);
 }
 
 Tensor products_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
-  const int64_t P = gy.dim(1), Q = gy.dim(2), M = x.dim(0) * P * Q, C = x.dim(3), K = w_shape[0];
-  Tensor xs = subsample(x, P, Q, g.stride);
+  const conv_rewrites::Unfold u = unfold_geometry(x.shape(), w_shape, g);
+  const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C, K = w_shape[0];
+  Tensor cols = unfolded(x, u);
   Tensor dw = Tensor::empty(w_shape, x.dtype(), Layout::krsc, Device::cuda);
-  gemm(false, true, C, K, M, xs, C, gy, K, dw, C);  // dw[K, C] = gy[M, K]^T xs[M, C]: matmul_tn(gy, xs)
+  gemm(false, true, J, K, M, cols, J, gy, K, dw, J);  // dw[K, J] = gy[M, K]^T cols[M, J]: matmul_tn(gy, cols)
   return dw;
 }
 
@@ -671,15 +705,26 @@ Tensor transposed_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry
   return conv2d_backward_data_planned(x, wt, {x.dim(0), x.dim(1), x.dim(2), w.dim(0)}, g);
 }
 
-// Whether a plan may run as the products: a 1x1 filter, padding 0, and dimensions cuBLAS takes as int.
+// Elements of an unfolded input (J > C) up to which a plan may run as products: 128 MiB in bf16.
+constexpr int64_t kUnfoldMaxElements = int64_t(1) << 26;
+
+// Whether a plan may run as the products: a filter engine/conv_rewrites.h offers, dimensions cuBLAS takes as int, and
+// an unfolded input of bounded size.
 bool products_candidate(const PlanKey& key) {
-  return key.rewrites != ConvRewrites::off && conv_rewrites::products_apply(key.w[1], key.w[2], key.padding) &&
-         key.x[0] * key.x[1] * key.x[2] < int64_t(INT32_MAX) && key.x[3] < int64_t(INT32_MAX) &&
-         key.w[0] < int64_t(INT32_MAX);
+  if (key.rewrites != ConvRewrites::timed && key.rewrites != ConvRewrites::products) return false;
+  const int64_t R = key.w[1], S = key.w[2], C = key.x[3];
+  if (!conv_rewrites::products_apply(R, S, C, key.padding)) return false;
+  const Conv2dGeometry g{key.stride, key.padding};
+  const int64_t rows = key.x[0] * std::max(key.x[1] * key.x[2], conv2d_output_size(key.x[1], R, g) *
+                                                                   conv2d_output_size(key.x[2], S, g));
+  const int64_t J = R * S * C;
+  return rows < int64_t(INT32_MAX) && J < int64_t(INT32_MAX) && key.w[0] < int64_t(INT32_MAX) &&
+         (J == C || rows * J <= kUnfoldMaxElements);
 }
 
 bool transposed_candidate(const PlanKey& key) {
-  return key.rewrites != ConvRewrites::off && key.direction == Direction::forward &&
+  return (key.rewrites == ConvRewrites::timed || key.rewrites == ConvRewrites::transposed) &&
+         key.direction == Direction::forward &&
          conv_rewrites::transposed_applies(key.w[1], key.w[2], key.stride, key.padding);
 }
 
@@ -693,55 +738,71 @@ void adopt(ConvPlan& p, bool ConvPlan::*rewrite, uint64_t ConvPlanStats::*plans,
   if (p.legacy_kept) plan_stats().legacy_plans -= step;
 }
 
-// The "only" mode: a rewrite that applies, without a cuDNN search.
+// The "products" and "transposed" modes: that rewrite where it applies, without a cuDNN search.
 bool rewritten_without_search(const PlanKey& key, ConvPlan& p) {
-  if (key.rewrites != ConvRewrites::only) return false;
-  if (products_candidate(key)) {
+  if (key.rewrites == ConvRewrites::products && products_candidate(key)) {
     adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans);
     return true;
   }
-  if (transposed_candidate(key)) {
+  if (key.rewrites == ConvRewrites::transposed && transposed_candidate(key)) {
     adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans);
     return true;
   }
   return false;
 }
 
-// After a cuDNN search, where a rewrite applies: the rewrite (products, or transposed for a forward) timed against the
-// plan's pick (its engine or legacy algorithm: run_pick(workspace)) on the planning call's tensors; the plan runs it
-// when faster.
+// After a cuDNN search, where rewrites apply: each (products; transposed for a forward) timed against the plan's pick
+// (its engine or legacy algorithm: run_pick(workspace)) on the planning call's tensors; the plan runs the fastest if
+// it beats the pick.
 void consider_rewrites(const PlanKey& key, ConvPlan& p, const std::function<cudnnStatus_t(void*)>& run_pick,
                        const std::function<void()>& products, const std::function<void()>& transposed = nullptr) {
-  const bool as_products = products_candidate(key), as_transposed = transposed && transposed_candidate(key);
-  if ((!as_products && !as_transposed) || heuristic_only()) return;
+  using Flag = bool ConvPlan::*;
+  using Counter = uint64_t ConvPlanStats::*;
+  struct Candidate {
+    const char* name;
+    const char* short_name;
+    Flag flag;
+    Counter plans;
+    const std::function<void()>* run;
+  };
+  std::vector<Candidate> candidates;
+  if (products_candidate(key))
+    candidates.push_back(
+        {"cuBLAS products", "products", &ConvPlan::products, &ConvPlanStats::product_plans, &products});
+  if (transposed && transposed_candidate(key))
+    candidates.push_back({"transposed backward-data", "transposed", &ConvPlan::transposed,
+                          &ConvPlanStats::transposed_plans, &transposed});
+  if (candidates.empty() || heuristic_only()) return;
   EventPair timer;
   double pick_ms = INFINITY;
   {
     Workspace ws(p.engine ? p.engine->workspace() : p.workspace);
     pick_ms = timer.fastest_ms([&] { return run_pick(ws.get()); });
   }
-  const std::function<void()>& run = as_products ? products : transposed;
-  const double ms = timer.fastest_ms(
-      [&] {
-        try {
-          run();
-          return CUDNN_STATUS_SUCCESS;
-        } catch (const Error&) {  // cuBLAS refused, no memory for the copies now, or no plan for the transpose
-          return CUDNN_STATUS_EXECUTION_FAILED;
-        }
-      },
-      3 * pick_ms);
-  const bool wins = ms * kTimeTie < pick_ms;
-  const char* name = as_products ? "cuBLAS products" : "transposed backward-data";
-  if (print_plans())
-    std::fprintf(stderr, "plan %s: %s %.3f ms, %s %.3f ms -> %s\n", key.describe().c_str(),
-                 p.engine ? p.engine->name().c_str() : "legacy", pick_ms, name, ms,
-                 wins ? (as_products ? "products" : "transposed") : "cuDNN");
-  if (!wins) return;
-  if (as_products)
-    adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans);
-  else
-    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans);
+  double best = pick_ms;
+  const Candidate* chosen = nullptr;
+  std::ostringstream line;
+  line << "plan " << key.describe() << ": " << (p.engine ? p.engine->name() : std::string("legacy")) << ' '
+       << std::fixed << std::setprecision(3) << pick_ms << " ms";
+  for (const Candidate& c : candidates) {
+    const double ms = timer.fastest_ms(
+        [&] {
+          try {
+            (*c.run)();
+            return CUDNN_STATUS_SUCCESS;
+          } catch (const Error&) {  // cuBLAS refused, no memory for the copies now, or no plan for the transpose
+            return CUDNN_STATUS_EXECUTION_FAILED;
+          }
+        },
+        3 * best);
+    line << "; " << c.name << ' ' << ms << " ms";
+    if (ms * kTimeTie < best) {
+      best = ms;
+      chosen = &c;
+    }
+  }
+  if (print_plans()) std::fprintf(stderr, "%s -> %s\n", line.str().c_str(), chosen ? chosen->short_name : "cuDNN");
+  if (chosen) adopt(p, chosen->flag, chosen->plans);
 }
 
 // key's cached plan if it runs a rewrite (then no cuDNN output is allocated for the call), else null.

@@ -24,15 +24,16 @@ enum class ConvSearch { legacy, both, engines };
 ConvSearch conv_search();
 void set_conv_search(ConvSearch s);
 
-// Whether a convolution may run as one of the rewrites of engine/conv_rewrites.h, in any dtype: a 1x1 convolution
-// with padding 0 as cuBLAS matrix products over the pixels it reads, the forward of a stride-1 "same" convolution as
-// the backward-data of its transpose:
-//   off:   never;
-//   timed: when that ran faster than the cuDNN plan's pick on the planning call's tensors (the default);
-//   only:  always where one applies, without timing (for the tests of those paths).
-// LLR_CONV_REWRITES=0 (off), 1 (timed) or only sets it at start-up. Plans are cached per mode, so changing it plans
-// anew.
-enum class ConvRewrites { off, timed, only };
+// Whether a convolution may run as one of the rewrites of engine/conv_rewrites.h, in any dtype: as cuBLAS matrix
+// products over its unfolded input (1x1 filters with padding 0, and filters over few channels such as the stem's),
+// or, for the forward of a stride-1 "same" convolution, as the backward-data of its transpose:
+//   off:        never;
+//   timed:      when one ran faster than the cuDNN plan's pick on the planning call's tensors (the default);
+//   products:   as products wherever they apply, without timing (for the tests of that path; cuDNN elsewhere);
+//   transposed: forwards as the transpose's backward-data wherever that applies, likewise.
+// LLR_CONV_REWRITES=0 (off), 1 (timed), products or transposed sets it at start-up. Plans are cached per mode, so
+// changing it plans anew.
+enum class ConvRewrites { off, timed, products, transposed };
 ConvRewrites conv_rewrites();
 void set_conv_rewrites(ConvRewrites m);
 
@@ -45,7 +46,7 @@ struct ConvPlanStats {
   uint64_t engine_calls = 0;                // convolutions run by a graph-API engine
   uint64_t engine_failure_count = 0;         // graph-API searches that failed, and engines that refused to run
   std::vector<std::string> engine_failures; // the first 16 of those, with the reason
-  uint64_t product_plans = 0;               // plans that run as cuBLAS matrix products (1x1, padding 0)
+  uint64_t product_plans = 0;               // plans that run as cuBLAS matrix products
   uint64_t product_calls = 0;               // convolutions run that way
   uint64_t transposed_plans = 0;            // forward plans that run as the backward-data of the transpose
   uint64_t transposed_calls = 0;            // convolutions run that way

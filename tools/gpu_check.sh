@@ -267,7 +267,7 @@ if want 3; then
   timeout -k 5 "$(box 20)" "$BIN/llrtrain" bench "${BENCH_SMALL[@]}" --json "$OUT/bench.jsonl" >>"$log" 2>&1
   [ "$rc_ours" = 0 ] && rc_ours=$?
   grep -vE '^\{|^plan ' "$log" | tail -16
-  echo "convolution plans of the steps: $(grep -cE '^plan .* -> engine' "$log") graph-API engines, $(grep -cE '^plan .* -> legacy' "$log") legacy; rewritten: $(grep -cE '^plan .* -> products' "$log") of $(grep -cE '^plan .*cuBLAS products' "$log") 1x1 as cuBLAS products, $(grep -cE '^plan .* -> transposed' "$log") of $(grep -cE '^plan .*transposed backward-data' "$log") forwards as the transpose's backward-data"
+  echo "convolution plans of the steps: $(grep -cE '^plan .* -> engine' "$log") graph-API engines, $(grep -cE '^plan .* -> legacy' "$log") legacy; rewritten: $(grep -cE '^plan .* -> products' "$log") of $(grep -cE '^plan .*cuBLAS products' "$log") as cuBLAS products, $(grep -cE '^plan .* -> transposed' "$log") of $(grep -cE '^plan .*transposed backward-data' "$log") forwards as the transpose's backward-data"
   # CUDA graphs: whole steps replayed, against the eager runs above (time, replays, and the last step's loss, which
   # should be the eager one up to the GPU's non-deterministic sums: atomics in the batch statistics).
   glog=$LOGS/3-graphs.log
@@ -469,7 +469,7 @@ if want 6; then
       text="$errors ERRORS; first: $(grep -m1 -E '^========= (Invalid|Program hit)' "$log")"
     fi
     verdict 6 memcheck "$text"
-    # The bf16 convolutions through cuDNN's graph-API engines and the rewritten convolutions (1x1 as cuBLAS products,
+    # The bf16 convolutions through cuDNN's graph-API engines and the rewritten convolutions (as cuBLAS products,
     # forwards as the transpose's backward-data; the run above plans by the legacy heuristic, which times neither), if
     # the time allows: workspaces and pointers as the engine path hands them to cuDNN, and the copies' reads and writes.
     b2=$((TOTAL - $(elapsed)))
