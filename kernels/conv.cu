@@ -564,23 +564,24 @@ cudaDataType_t cuda_dtype(DType t) {
   LLR_FAIL("cuBLAS: unsupported dtype ", dtype_name(t));
 }
 
-// Column-major GEMM C = op(A) op(B) (m x n, inner k) on row-major tensors; see the callers for the mapping.
+// Column-major GEMM C = op(A) op(B) (m x n, inner k) on row-major tensors; see the callers for the mapping. A and B
+// share a dtype, whose compute type the product takes; C is in it too, or (bf16 operands) in f32.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const Tensor& a, int64_t lda, const Tensor& b,
           int64_t ldb, Tensor& c, int64_t ldc) {
   const void *alpha, *beta;
-  alpha_beta(c.dtype(), alpha, beta);
-  cudaDataType_t t = cuda_dtype(c.dtype());
+  alpha_beta(a.dtype(), alpha, beta);
+  cudaDataType_t t = cuda_dtype(a.dtype());
   LLR_CUBLAS_CHECK(cublasGemmEx(context().cublas(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                 trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, int(m), int(n), int(k), alpha, a.raw_data(), t,
-                                int(lda), b.raw_data(), t, int(ldb), beta, c.raw_data(), t, int(ldc),
-                                cublas_compute(c.dtype()), CUBLAS_GEMM_DEFAULT));
+                                int(lda), b.raw_data(), t, int(ldb), beta, c.raw_data(), cuda_dtype(c.dtype()),
+                                int(ldc), cublas_compute(a.dtype()), CUBLAS_GEMM_DEFAULT));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // The rewrites of engine/conv_rewrites.h.
 //   Products: cuBLAS products with the operands, shapes and transposes of matmul_nt, matmul_nn and matmul_tn (below;
-//   the CPU test of the decomposition uses those), and for strides above 1 the two copies, 16 bytes at a time where a
-//   row is whole packs.
+//   the CPU test of the decomposition uses those), and unless the filter is 1x1 with padding 0 at stride 1 the two
+//   copies (unfold, and fold for the backward-data), 16 bytes at a time where the channels are whole packs.
 //   Transposed: the filter's transpose (a small copy per call: a recording replays it after every weight update), then
 //   the backward-data with its own plan.
 // ---------------------------------------------------------------------------------------------------------------
@@ -612,12 +613,13 @@ Tensor unfold_as(const Tensor& x, const conv_rewrites::Unfold u) {
   return cols;
 }
 
-// The backward-data's fold: each element of x's shape sums, over the filter's taps, the column that holds it.
+// The backward-data's fold: each element of x's shape sums, over the filter's taps, the column that holds it. The
+// columns come in T's accumulation type (f32 for bf16), so a bf16 sum is rounded once, as cuDNN's.
 template <class T>
 Tensor fold_as(const Tensor& t, const Shape& x_shape, const conv_rewrites::Unfold u) {
   const int64_t J = u.R * u.S * u.C, C = u.C;
-  Tensor dx = Tensor::empty(x_shape, t.dtype(), Layout::nhwc, Device::cuda);
-  const T* pt = ptr<T>(t);
+  Tensor dx = Tensor::empty(x_shape, dtype_of_storage<T>(), Layout::nhwc, Device::cuda);
+  const acc_t<T>* pt = ptr<acc_t<T>>(t);
   T* po = ptr<T>(dx);
   const bool whole_packs = C % kPack == 0;
   for_each_pack<conv_fold_k>(dx.numel(), [=] __device__(int64_t i, int count) {
@@ -628,7 +630,7 @@ Tensor fold_as(const Tensor& t, const Shape& x_shape, const conv_rewrites::Unfol
         for (int64_t s = 0; s < u.S; ++s) {
           const int64_t m = conv_rewrites::fold_row(row, r, s, u);
           if (m < 0) continue;
-          const Pack<T> v = load_pack(pt, m * J + (r * u.S + s) * C + c, count);
+          const Pack<acc_t<T>> v = load_pack(pt, m * J + (r * u.S + s) * C + c, count);
 #pragma unroll
           for (int k = 0; k < kPack; ++k) sum[k] += v[k];
         }
@@ -684,11 +686,13 @@ Tensor products_backward_data(const Tensor& gy, const Tensor& w, const Shape& x_
   const conv_rewrites::Unfold u = unfold_geometry(x_shape, w.shape(), g);
   const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C, K = w.dim(0);
   const bool identity = conv_rewrites::unfold_is_identity(u);
+  // The columns to fold in the accumulation type (f32 for bf16), so that the fold rounds once.
   Tensor t = identity ? Tensor::empty(x_shape, gy.dtype(), Layout::nhwc, Device::cuda)
-                      : Tensor::empty({M, J}, gy.dtype(), Layout::plain, Device::cuda);
+                      : Tensor::empty({M, J}, gy.dtype() == DType::bf16 ? DType::f32 : gy.dtype(), Layout::plain,
+                                      Device::cuda);
   gemm(false, false, J, M, K, w, J, gy, K, t, J);  // t[M, J] = gy[M, K] w[K, J]: matmul_nn(gy, w)
   if (identity) return t;
-  return LLR_CUDA_DISPATCH(t.dtype(), "conv2d fold", fold_as, t, x_shape, u);
+  return LLR_CUDA_DISPATCH(gy.dtype(), "conv2d fold", fold_as, t, x_shape, u);
 }
 
 Tensor products_backward_filter(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
@@ -705,7 +709,8 @@ Tensor transposed_forward(const Tensor& x, const Tensor& w, const Conv2dGeometry
   return conv2d_backward_data_planned(x, wt, {x.dim(0), x.dim(1), x.dim(2), w.dim(0)}, g);
 }
 
-// Elements of an unfolded input (J > C) up to which a plan may run as products: 128 MiB in bf16.
+// Elements of an unfolded input up to which a plan may run as products (128 MiB in bf16), unless the filter is 1x1
+// with padding 0 (no copy, or a copy smaller than the input).
 constexpr int64_t kUnfoldMaxElements = int64_t(1) << 26;
 
 // Whether a plan may run as the products: a filter engine/conv_rewrites.h offers, dimensions cuBLAS takes as int, and
@@ -719,7 +724,7 @@ bool products_candidate(const PlanKey& key) {
                                                                    conv2d_output_size(key.x[2], S, g));
   const int64_t J = R * S * C;
   return rows < int64_t(INT32_MAX) && J < int64_t(INT32_MAX) && key.w[0] < int64_t(INT32_MAX) &&
-         (J == C || rows * J <= kUnfoldMaxElements);
+         ((R == 1 && S == 1 && key.padding == 0) || rows * J <= kUnfoldMaxElements);
 }
 
 bool transposed_candidate(const PlanKey& key) {
@@ -817,8 +822,8 @@ Tensor counted(Tensor out, uint64_t ConvPlanStats::*calls) {
 }
 
 // A transposed forward, or an undefined tensor when the transpose's backward-data cannot run in this dtype (its plan
-// fell back to f32) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the "only"
-// mode), or inside a recording, the refusal goes on to the bf16 fallback as any other.
+// fell back to f32) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the
+// "transposed" mode), or inside a recording, the refusal goes on to the bf16 fallback as any other.
 Tensor transposed_or_undefined(ConvPlan& p, const PlanKey& key, const Tensor& x, const Tensor& w,
                                const Conv2dGeometry& g) {
   try {

@@ -157,8 +157,8 @@ TEST_CASE("CPU convolutions: the direct backward-filter does not depend on the t
 // The decomposition the CUDA backend times against cuDNN (engine/conv_rewrites.h, products): the unfold and fold
 // copies by the shared index maps, and the three products with the operands, shapes and transposes the CUDA path
 // passes to cuBLAS (as the matmul functions do), equal the convolutions in f64. 1x1 filters with padding 0 at strides
-// 1 to 4 (sizes the stride does not divide), 3x3 and 5x5 filters with padding 0 to 2 and strides 1 and 2, channel
-// counts that are not multiples of 8.
+// 1 to 4 (sizes the stride does not divide), 3x3 and 5x5 filters with padding 0 to 2 and strides 1 and 2, 1x1
+// filters with padding 1, channel counts that are not multiples of 8.
 Tensor unfold(const Tensor& x, const conv_rewrites::Unfold& u) {
   const int64_t M = u.N * u.P * u.Q, J = u.R * u.S * u.C;
   Tensor cols = Tensor::empty({M, J}, DType::f64);
@@ -194,7 +194,8 @@ TEST_CASE("convolutions as matrix products over their unfolded input equal the c
   const Case cases[] = {{2, 8, 8, 16, 24, 1, 1, 0}, {2, 8, 8, 16, 24, 1, 2, 0}, {3, 7, 5, 3, 5, 1, 2, 0},
                         {2, 9, 10, 4, 6, 1, 3, 0},  {1, 6, 6, 8, 8, 1, 4, 0},   {2, 1, 3, 5, 7, 1, 2, 0},
                         {2, 8, 8, 3, 16, 3, 1, 1},  {1, 7, 9, 3, 5, 3, 2, 1},   {2, 6, 6, 2, 4, 5, 1, 2},
-                        {1, 9, 7, 4, 3, 3, 2, 0},   {2, 5, 5, 8, 8, 3, 1, 1}};
+                        {1, 9, 7, 4, 3, 3, 2, 0},   {2, 5, 5, 8, 8, 3, 1, 1},   {2, 5, 6, 4, 3, 1, 1, 1},
+                        {1, 7, 7, 5, 6, 1, 2, 1}};
   Backend& be = backend_for(Device::cpu);
   Generator gen = seeded(31);
   for (const Case& cc : cases) {

@@ -148,7 +148,7 @@ TEST_CASE("convolutions rewritten as cuBLAS matrix products match the CPU: WRN-2
   cuda::set_conv_rewrites(cuda::ConvRewrites::products);
   // WRN-28-10's three shortcuts, its stem and first 3x3 layer (unfolded: 27 and 144 columns), a stride that does not
   // divide the image, channel counts that are not whole 16-byte packs (the copies then go element by element), a
-  // strided 3x3 filter on an odd image size.
+  // strided 3x3 filter on an odd image size, with whole packs and without.
   const ConvLayer layers[] = {kWrnConvs[2],
                               kWrnConvs[5],
                               kWrnConvs[8],
@@ -158,7 +158,8 @@ TEST_CASE("convolutions rewritten as cuBLAS matrix products match the CPU: WRN-2
                               {"1x1 3->5 s2 on 9x9", 9, 3, 5, 1, 2},
                               {"1x1 5->7 on 6x6", 6, 5, 7, 1, 1},
                               {"1x1 16->8 s3 on 8x8", 8, 16, 8, 1, 3},
-                              {"3x3 8->16 s2 on 9x9", 9, 8, 16, 3, 2}};
+                              {"3x3 8->16 s2 on 9x9", 9, 8, 16, 3, 2},
+                              {"3x3 3->5 s2 on 9x9", 9, 3, 5, 3, 2}};
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
   int failures = 0;
   for (const Mode& m : {kF32Conv, kTf32, kBf16})
@@ -171,7 +172,7 @@ TEST_CASE("convolutions rewritten as cuBLAS matrix products match the CPU: WRN-2
   CHECK(failures == 0);
   // Every plan made here is the products (no cuDNN search ran), at least one per layer and direction.
   CHECK(after.searches - before.searches == plans);
-  CHECK(plans >= 30);
+  CHECK(plans >= 66);  // 11 layers, 3 directions, f32 (TF32 may share its keys) and bf16
   CHECK(after.product_calls - before.product_calls >= plans);
 }
 
