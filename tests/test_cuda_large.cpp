@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/context.h"
 #include "kernels/conv_plans.h"
@@ -76,6 +77,15 @@ OpCase conv_layer_case(const ConvLayer& l, int64_t batch) {
           [=](Generator& g) { return Tensors{normal(g, x, Layout::nhwc), normal(g, w, Layout::krsc, sd)}; },
           {true, true},
           [=](const Tensors& in) { return conv2d(in[0], in[1], {}, o); }};
+}
+
+// run_case of each layer at this batch in f32, TF32 and bf16 (TF32 on again after): the number of failing runs.
+int run_in_every_mode(const std::vector<ConvLayer>& layers, int64_t batch) {
+  int failures = 0;
+  for (const Mode& m : {kF32Conv, kTf32, kBf16})
+    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, batch), m, failures);
+  cuda::context().set_tf32(true);
+  return failures;
 }
 
 // Puts the rewrites' mode (kernels/conv_plans.h) back as it was.
@@ -149,22 +159,19 @@ TEST_CASE("convolutions rewritten as cuBLAS matrix products match the CPU: WRN-2
   // WRN-28-10's three shortcuts, its stem and first 3x3 layer (unfolded: 27 and 144 columns), a stride that does not
   // divide the image, channel counts that are not whole 16-byte packs (the copies then go element by element), a
   // strided 3x3 filter on an odd image size, with whole packs and without.
-  const ConvLayer layers[] = {kWrnConvs[2],
-                              kWrnConvs[5],
-                              kWrnConvs[8],
-                              kWrnConvs[0],
-                              kWrnConvs[1],
-                              {"1x1 24->40 s2 on 7x7", 7, 24, 40, 1, 2},
-                              {"1x1 3->5 s2 on 9x9", 9, 3, 5, 1, 2},
-                              {"1x1 5->7 on 6x6", 6, 5, 7, 1, 1},
-                              {"1x1 16->8 s3 on 8x8", 8, 16, 8, 1, 3},
-                              {"3x3 8->16 s2 on 9x9", 9, 8, 16, 3, 2},
-                              {"3x3 3->5 s2 on 9x9", 9, 3, 5, 3, 2}};
+  const std::vector<ConvLayer> layers = {kWrnConvs[2],
+                                         kWrnConvs[5],
+                                         kWrnConvs[8],
+                                         kWrnConvs[0],
+                                         kWrnConvs[1],
+                                         {"1x1 24->40 s2 on 7x7", 7, 24, 40, 1, 2},
+                                         {"1x1 3->5 s2 on 9x9", 9, 3, 5, 1, 2},
+                                         {"1x1 5->7 on 6x6", 6, 5, 7, 1, 1},
+                                         {"1x1 16->8 s3 on 8x8", 8, 16, 8, 1, 3},
+                                         {"3x3 8->16 s2 on 9x9", 9, 8, 16, 3, 2},
+                                         {"3x3 3->5 s2 on 9x9", 9, 3, 5, 3, 2}};
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
-  int failures = 0;
-  for (const Mode& m : {kF32Conv, kTf32, kBf16})
-    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 2), m, failures);
-  cuda::context().set_tf32(true);
+  const int failures = run_in_every_mode(layers, 2);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
   const uint64_t plans = after.product_plans - before.product_plans;
   std::printf("convolutions as products: %llu plans, %llu calls\n", static_cast<unsigned long long>(plans),
@@ -181,13 +188,10 @@ TEST_CASE("stride-1 forwards rewritten as the transpose's backward-data match th
   RestoreRewrites restore;
   cuda::set_conv_rewrites(cuda::ConvRewrites::transposed);
   // WRN-28-10's stride-1 3x3 layers, and a 5x5 filter (padding 2) on an odd image size.
-  const ConvLayer layers[] = {kWrnConvs[1], kWrnConvs[3], kWrnConvs[6], kWrnConvs[9],
-                              {"5x5 8->24 on 7x7", 7, 8, 24, 5, 1}};
+  const std::vector<ConvLayer> layers = {kWrnConvs[1], kWrnConvs[3], kWrnConvs[6], kWrnConvs[9],
+                                         {"5x5 8->24 on 7x7", 7, 8, 24, 5, 1}};
   const cuda::ConvPlanStats before = cuda::conv_plan_stats();
-  int failures = 0;
-  for (const Mode& m : {kF32Conv, kTf32, kBf16})
-    for (const ConvLayer& l : layers) run_case(conv_layer_case(l, 2), m, failures);
-  cuda::context().set_tf32(true);
+  const int failures = run_in_every_mode(layers, 2);
   const cuda::ConvPlanStats after = cuda::conv_plan_stats();
   const uint64_t plans = after.transposed_plans - before.transposed_plans;
   std::printf("forwards as the transpose's backward-data: %llu plans, %llu calls\n",
