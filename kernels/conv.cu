@@ -821,18 +821,23 @@ Tensor counted(Tensor out, uint64_t ConvPlanStats::*calls) {
   return out;
 }
 
-// A transposed forward, or an undefined tensor when the transpose's backward-data cannot run in this dtype (its plan
-// fell back to f32) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the
-// "transposed" mode), or inside a recording, the refusal goes on to the bf16 fallback as any other.
-Tensor transposed_or_undefined(ConvPlan& p, const PlanKey& key, const Tensor& x, const Tensor& w,
-                               const Conv2dGeometry& g) {
+// A rewritten plan's run (`run`: the products or the transposed forward), or an undefined tensor when the rewrite
+// fails outside a recording (the transpose's backward-data has fallen back to f32, no memory for the copies now,
+// cuBLAS refused) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the "products"
+// and "transposed" modes), or inside a recording, the failure goes on (a refusal to the bf16 fallback, as any other).
+Tensor rewrite_or_undefined(ConvPlan& p, const PlanKey& key, const std::function<Tensor()>& run) {
+  const bool products = p.products;
   try {
-    return counted(transposed_forward(x, w, g), &ConvPlanStats::transposed_calls);
-  } catch (const ConvUnsupported& e) {
+    return counted(run(), products ? &ConvPlanStats::product_calls : &ConvPlanStats::transposed_calls);
+  } catch (const Error& e) {
     if (graph::recording() || (!p.legacy_picked && !p.engine)) throw;
-    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans, false);
-    std::fprintf(stderr, "llrtrain: note: %s: the transpose's backward-data cannot run (%s); cuDNN's pick runs it\n",
-                 key.describe().c_str(), e.what());
+    cudaGetLastError();  // a failed launch or allocation is not sticky (a sticky error stays, and the pick reports it)
+    if (products)
+      adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans, false);
+    else
+      adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans, false);
+    std::fprintf(stderr, "llrtrain: note: %s: the %s failed (%s); cuDNN's pick runs it from now on\n",
+                 key.describe().c_str(), products ? "cuBLAS products" : "transpose's backward-data", e.what());
     return Tensor();
   }
 }
@@ -903,8 +908,8 @@ Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry&
   ++op_counters().conv2d_forward;
   PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
   auto rewritten = [&](ConvPlan& p) {
-    return p.products ? counted(products_forward(x, w, g), &ConvPlanStats::product_calls)
-                      : transposed_or_undefined(p, key, x, w, g);
+    return rewrite_or_undefined(
+        p, key, [&] { return p.products ? products_forward(x, w, g) : transposed_forward(x, w, g); });
   };
   if (ConvPlan* p = rewritten_plan(key))
     if (Tensor out = rewritten(*p); out.defined()) return out;
@@ -960,8 +965,9 @@ Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Sha
   // transposed forward calls this directly, not through with_bf16_fallback).
   if (auto it = plan_cache().find(key); it != plan_cache().end() && it->second.f32_fallback)
     throw ConvUnsupported(key.describe() + ": computed in f32 (no bf16 algorithm)");
-  if (rewritten_plan(key))
-    return counted(products_backward_data(gy, w, x_shape, g), &ConvPlanStats::product_calls);
+  auto products = [&] { return products_backward_data(gy, w, x_shape, g); };
+  if (ConvPlan* p = rewritten_plan(key))
+    if (Tensor dx = rewrite_or_undefined(*p, key, products); dx.defined()) return dx;
   Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -995,9 +1001,10 @@ Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Sha
           return p.engine ? p.engine->run(h, dx.raw_data(), w.raw_data(), gy.raw_data(), ws)
                           : legacy(p, ws, p.workspace);
         },
-        [&] { products_backward_data(gy, w, x_shape, g); });
+        [&] { products(); });
   });
-  if (plan.products) return counted(products_backward_data(gy, w, x_shape, g), &ConvPlanStats::product_calls);
+  if (plan.products)
+    if (Tensor out = rewrite_or_undefined(plan, key, products); out.defined()) return out;
   run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
   return dx;
 }
@@ -1006,8 +1013,9 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
   ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
   PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
-  if (rewritten_plan(key))
-    return counted(products_backward_filter(x, gy, w_shape, g), &ConvPlanStats::product_calls);
+  auto products = [&] { return products_backward_filter(x, gy, w_shape, g); };
+  if (ConvPlan* p = rewritten_plan(key))
+    if (Tensor dw = rewrite_or_undefined(*p, key, products); dw.defined()) return dw;
   Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
   cudnnHandle_t h = context().cudnn();
   const void *alpha, *beta;
@@ -1042,9 +1050,10 @@ Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape&
           return p.engine ? p.engine->run(h, x.raw_data(), dw.raw_data(), gy.raw_data(), ws)
                           : legacy(p, ws, p.workspace);
         },
-        [&] { products_backward_filter(x, gy, w_shape, g); });
+        [&] { products(); });
   });
-  if (plan.products) return counted(products_backward_filter(x, gy, w_shape, g), &ConvPlanStats::product_calls);
+  if (plan.products)
+    if (Tensor out = rewrite_or_undefined(plan, key, products); out.defined()) return out;
   run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
   return dw;
 }
