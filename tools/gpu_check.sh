@@ -3,18 +3,18 @@
 # soon as it ends (and appending it to $OUT/summary.txt), so a run cut short still says what it learned. Never builds:
 # the lent machine has no Eigen, doctest, CLI11 or nlohmann-json. It runs the binaries, scripts and data that
 # tools/prepare_gpu_carry.sh put into carry/ on the build machine. Every step is boxed inside LLR_TOTAL_BUDGET
-# (440 s), so the whole run ends within 8 minutes on an H100.
+# (500 s), so the whole run ends within 9 minutes on an H100.
 #
 # The device call, from the repository root of the checkout the session was started in (the device tool sends that
 # checkout, not another worktree), after `bash tools/prepare_gpu_carry.sh` there:
 #
-#   run(command="bash tools/gpu_check.sh", carry=["carry"], timeout_s=480)
+#   run(command="bash tools/gpu_check.sh", carry=["carry"], timeout_s=540)
 #
 # Stages and their time boxes (seconds, H100):
 #   1 environment   20  nvidia-smi; ldd of each binary (a library "not found" is searched for under the CUDA and
 #                       Python folders and added to LD_LIBRARY_PATH); llrtrain --version; the CUDA device query test
 #                       (CUDA runtime and driver, cuDNN and cuBLAS versions, built-with cuDNN)
-#   2 CUDA tests   180  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
+#   2 CUDA tests   200  llr_tests -ts=cuda (op table vs CPU, objectives, allocator), then -ts=cuda-large (WRN-size
 #                       convolutions and >1M-element kernels vs CPU, WRN-28-10 bf16 vs f32, bf16 fallback counter, PGD
 #                       and LLR objective gradients bf16 vs f32); every mismatch line and every failing case's block;
 #                       first of all (2e), the graph-API engine test alone: if it fails or crashes, 2a-6 run with
@@ -41,7 +41,7 @@
 #                       robust accuracies must be equal (both in full f32: LLR_NO_TF32=1 for ours)
 #   6 memcheck     rest compute-sanitizer --tool memcheck on the "cuda" suite without the 4 TiB out-of-memory test
 #                       and the whole-step graph test (its kernels are the other cases'), cuDNN algorithms by
-#                       heuristic; boxed by what is left of the 460 s (skipped under 20 s); then, with 60 s or more
+#                       heuristic; boxed by what is left of the 500 s (skipped under 20 s); then, with 60 s or more
 #                       left, the graph-API engine test with LLR_CUDNN_ENGINES=only and the tests of the rewritten
 #                       convolutions (verdict memcheck-eng)
 #
@@ -55,7 +55,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
 T0=$(date +%s)
-TOTAL=${LLR_TOTAL_BUDGET:-440}
+TOTAL=${LLR_TOTAL_BUDGET:-500}
 CARRY=${LLR_CARRY:-carry}
 BIN=$CARRY/bin
 STAGES=${LLR_STAGES:-1 2 3 4 5 6}
@@ -207,7 +207,7 @@ engine_test_failed() {
 }
 
 if want 2; then
-  begin_stage 2 "CUDA tests" 180
+  begin_stage 2 "CUDA tests" 200
   # The graph-API engine test first, in a process of its own: its engines have never run on a GPU (and the device's
   # cuDNN may be older than the headers we built with), and a fault inside one is sticky, so it would take down every
   # later case of its process. If it fails or crashes, every later stage (2a and 2b included) plans its convolutions
@@ -215,7 +215,7 @@ if want 2; then
   # rest.
   engine_case='bf16 convolutions through cuDNN graph-API engines*'
   log=$LOGS/2e-tests-engines.log
-  timeout -k 5 "$(box 30)" "$BIN/llr_tests" -tc="$engine_case" --duration=true >"$log" 2>&1
+  timeout -k 5 "$(box 60)" "$BIN/llr_tests" -tc="$engine_case" --duration=true >"$log" 2>&1
   rc_eng=$?
   report_tests "$log"
   verdict 2e engines "$(status_word "$rc_eng"): $(cases_line "$log"); $(grep -E '^graph-API engines: ' "$log" | cut -d';' -f1 || echo 'graph-API engines: not run')"
@@ -232,7 +232,7 @@ if want 2; then
   [ "$rc_small" = 124 ] && { echo "-- timed out after $small s; the log ends with:"; tail -15 "$log"; }
   verdict 2a cuda-tests "$(status_word "$rc_small"): $(cases_line "$log"); $(grep -E '^cuda vs cpu: ' "$log" | sed 's/^cuda vs cpu: //')"
   archive_logs
-  large=$(box 180)
+  large=$(box 200)
   log=$LOGS/2b-tests-cuda-large.log
   timeout -k 5 "$large" "$BIN/llr_tests" -ts=cuda-large -tce="$engine_case" --duration=true >"$log" 2>&1
   rc_large=$?
