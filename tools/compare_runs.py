@@ -1,7 +1,8 @@
-"""One line comparing two sets of `llrtrain bench` JSON lines of the same steps, for tools/gpu_check.sh's verdicts:
+"""One line comparing `llrtrain bench` JSON lines of the same steps, for tools/gpu_check.sh's verdicts:
 
     python3 tools/compare_runs.py graphs OUT/bench.jsonl graphs.jsonl   # eager -> --cuda-graphs (replays, loss)
-    python3 tools/compare_runs.py legacy OUT/bench.jsonl legacy.jsonl   # LLR_CUDNN_ENGINES=0 -> default plans
+    python3 tools/compare_runs.py legacy OUT/bench.jsonl legacy.jsonl   # legacy cuDNN only -> default plans
+    python3 tools/compare_runs.py lowmem OUT/bench.jsonl                # LLR's memory options -> time and peak
 
 Rows pair by (model, activation, method); a missing or unreadable file pairs nothing.
 """
@@ -38,6 +39,21 @@ def legacy(ours, old):
     return out or ["no legacy runs to compare"]
 
 
+def lowmem(runs, _=None):
+    out = []
+    for (model, act, method), j in runs.items():
+        suffix = next((x for x in ("-seg8-renom", "-seg8") if method.endswith(x)), None)
+        if suffix is None:
+            continue
+        base, nat = runs.get((model, act, method[: -len(suffix)])), runs.get((model, act, "natural"))
+        if base and nat:
+            out.append("%s %s %.1f -> %.1f ms, peak %.2f -> %.2f GiB (natural %.2f: %.2fx -> %.2fx)" % (
+                model, method[: -len(suffix)], base["ms_step_median"], j["ms_step_median"], base["peak_gib"],
+                j["peak_gib"], nat["peak_gib"], base["peak_gib"] / nat["peak_gib"], j["peak_gib"] / nat["peak_gib"]))
+    return out or ["no low-memory runs to compare"]
+
+
 if __name__ == "__main__":
-    mode, base, other = sys.argv[1:4]
-    print("; ".join({"graphs": graphs, "legacy": legacy}[mode](rows(base), rows(other))))
+    mode, base = sys.argv[1:3]
+    other = rows(sys.argv[3]) if len(sys.argv) > 3 else None
+    print("; ".join({"graphs": graphs, "legacy": legacy, "lowmem": lowmem}[mode](rows(base), other)))
