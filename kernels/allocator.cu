@@ -84,11 +84,7 @@ void* CachingAllocator::allocate(size_t bytes) {
     cache_.adopt(ptr);
     ++stats_.cuda_malloc_calls;
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.bytes_in_use += cls;
-    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use + cache_.reserved_bytes());
-  }
+  count_in_use(cls);
   if (poison_) {
     cudaError_t status = cudaMemsetAsync(ptr, 0xFF, cls, context().stream());
     if (status != cudaSuccess) {
@@ -127,7 +123,7 @@ size_t CachingAllocator::live_pools() const {
   return cache_.live_pools();
 }
 
-void CachingAllocator::count_library_memory(size_t bytes) {
+void CachingAllocator::count_in_use(size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   stats_.bytes_in_use += bytes;
   stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use + cache_.reserved_bytes());

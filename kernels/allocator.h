@@ -47,13 +47,15 @@ class CachingAllocator final : public DeviceAllocator {
   size_t live_pools() const;
   // Device memory a library holds for the process outside this allocator (cuBLAS's workspace): counted in bytes in
   // use and in every peak from now on, so the peaks compare with a framework whose allocator serves that workspace.
-  void count_library_memory(size_t bytes);
+  void count_library_memory(size_t bytes) { count_in_use(bytes); }
   // Fill every new allocation with 0xFF bytes (NaN for f32/bf16), so a kernel that leaves an element unwritten
   // fails the CUDA-vs-CPU tests.
   void set_poison(bool on) { poison_ = on; }
   bool poison() const { return poison_; }
 
  private:
+  void count_in_use(size_t bytes);  // bytes in use and the peak grow by `bytes`
+
   mutable std::mutex mutex_;
   BlockCache cache_;
   AllocatorStats stats_;

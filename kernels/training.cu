@@ -1,6 +1,7 @@
 // The CUDA side of the training loop's kernels (train/training_kernels.def): batch gathering with augmentation (one
 // kernel: gather, reflect-pad, crop, flip, scale to [0, 1]), the fused SGD update, and the accuracy and non-finite
 // counts. Index math comes from train/augment_math.h, shared with the CPU side.
+#include <algorithm>
 #include <type_traits>
 
 #include "train/augment_math.h"
@@ -122,22 +123,19 @@ void sgd_tensors(std::vector<Tensor>& params, const std::vector<Tensor>& grads, 
   if (c.count > 0) sgd_launch(c, lr, momentum, nesterov, first, bad);
 }
 
-// The copies' dtype (the checks allow one, narrower than the parameters'): f32 parameters have bf16 copies, f64 ones
-// f32 or bf16 copies.
+// The copies' dtype (the checks in training_kernels.cpp allow one, narrower than the parameters'): bf16 copies of f32
+// or f64 parameters, or f32 copies of f64 ones; none (then C = T, never written).
 template <class T>
 void sgd_impl(std::vector<Tensor>& params, const std::vector<Tensor>& grads, std::vector<Tensor>& buffers,
               std::vector<Tensor>& copies, const std::vector<double>& weight_decay, double lr, double momentum,
               bool nesterov, bool first, Tensor& nonfinite) {
-  DType copy = params[0].dtype();
-  for (const Tensor& t : copies)
-    if (t.defined()) copy = t.dtype();
-  if (copy == DType::bf16)
+  auto copy = std::find_if(copies.begin(), copies.end(), [](const Tensor& t) { return t.defined(); });
+  if (copy != copies.end() && copy->dtype() == DType::bf16)
     return sgd_tensors<T, bf16>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first, nonfinite);
-  if (copy == DType::f32 && !std::is_same_v<T, float>)
-    return sgd_tensors<T, float>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first,
-                                 nonfinite);
-  LLR_CHECK(copy == params[0].dtype(), "sgd_update: no ", dtype_name(copy), " copies of ",
-            dtype_name(params[0].dtype()), " parameters");
+  if constexpr (!std::is_same_v<T, float>)
+    if (copy != copies.end())
+      return sgd_tensors<T, float>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first,
+                                   nonfinite);
   sgd_tensors<T, T>(params, grads, buffers, copies, weight_decay, lr, momentum, nesterov, first, nonfinite);
 }
 

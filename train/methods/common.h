@@ -48,13 +48,13 @@ inline RandomCounter draw_counter(const StepContext& ctx, const Tensor& x, uint6
   return (ctx.step * draws + k) * numel;
 }
 
-// A sign-gradient search of `steps` steps of `step_size` inside the step's eps-ball (read where a replay holds it),
-// from a uniform start drawn from `counter`, projected onto the ball and [0, 1]: PGD's attack; the other methods'
-// searches set what they change (rule, start, projection) after.
-inline robust::SearchOptions sign_search(const StepContext& ctx, int steps, EpsLength step_size, RandomCounter counter) {
+// The options of a search of `steps` steps of `step_size` inside the step's eps-ball (read where a replay holds it),
+// drawing its start from `counter`, with SearchOptions' defaults otherwise (sign steps from a uniform start, projected
+// onto the ball and [0, 1]: PGD's attack); the methods set what they change (rule, start, projection) after.
+inline robust::SearchOptions search_options(const StepContext& ctx, int steps, EpsLength step_size,
+                                            RandomCounter counter) {
   robust::SearchOptions o;
   o.steps = steps;
-  o.rule = robust::StepRule::sign;
   o.step_size = std::move(step_size);
   o.eps = eps_length(ctx);
   o.seed = ctx.seed;

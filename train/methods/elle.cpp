@@ -91,7 +91,7 @@ class Elle final : public Method {
   Tensor attack(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                 const StepContext& ctx) const {
     robust::SearchOptions o =
-        methods::sign_search(ctx, 1, methods::eps_length(ctx, alpha_), methods::draw_counter(ctx, x, 4, 0));
+        methods::search_options(ctx, 1, methods::eps_length(ctx, alpha_), methods::draw_counter(ctx, x, 4, 0));
     o.start = start_ == "zero" ? robust::Start::zero : robust::Start::uniform;
     return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);
   }

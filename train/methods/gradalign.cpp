@@ -77,7 +77,8 @@ class GradAlign final : public Method {
     r.partial_grads = grad({ce}, {backend::full_like(ce, 1.0)}, model.parameters());
 
     // 4. The pass at x + eta (recorded, kept) and g2.
-    Tensor eta = robust::perturbation_init(x, methods::eps_length(ctx), 0.0, ctx.seed, methods::draw_counter(ctx, x, 1, 0));
+    Tensor eta =
+        robust::perturbation_init(x, methods::eps_length(ctx), 0.0, ctx.seed, methods::draw_counter(ctx, x, 1, 0));
     Tensor XE = add(x, eta).detach().requires_grad_();
     auto eta_pass = methods::forward_context(nets::BnMode::train, ctx.compute);
     Tensor SE = sum(cross_entropy(model.forward(XE, eta_pass), y));
@@ -116,7 +117,8 @@ class GradAlign final : public Method {
       Tensor s = mean(cross_entropy(model.forward(P, own), y));
       return grad({s}, {backend::full_like(s, 1.0)}, {P})[0].to(Device::cpu);
     };
-    Tensor eta = robust::perturbation_init(x, methods::eps_length(ctx), 0.0, ctx.seed, methods::draw_counter(ctx, x, 1, 0));
+    Tensor eta =
+        robust::perturbation_init(x, methods::eps_length(ctx), 0.0, ctx.seed, methods::draw_counter(ctx, x, 1, 0));
     Tensor g1 = input_gradient(x), g2 = input_gradient(add(x, eta));
     NoGradGuard no_grad;
     auto own = methods::forward_context(nets::BnMode::train, ctx.compute);

@@ -95,7 +95,7 @@ class Llr final : public Method {
       p.gap_base = l_const;
       p.gap_gradient = gx;
       robust::SearchOptions o =
-          methods::sign_search(ctx, static_cast<int>(steps_), step_size_, methods::draw_counter(ctx, x, 1, 0));
+          methods::search_options(ctx, static_cast<int>(steps_), step_size_, methods::draw_counter(ctx, x, 1, 0));
       if (search_ != "sign") o.rule = robust::StepRule::adam;
       robust::SearchResult s = robust::search(x, p, o);
       delta = s.delta;

@@ -37,7 +37,7 @@ class NFgsm final : public Method {
   Tensor attack(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                 const StepContext& ctx) const {
     robust::SearchOptions o =
-        methods::sign_search(ctx, 1, methods::eps_length(ctx, alpha_), methods::draw_counter(ctx, x, 1, 0));
+        methods::search_options(ctx, 1, methods::eps_length(ctx, alpha_), methods::draw_counter(ctx, x, 1, 0));
     o.start_scale = noise_;
     o.projection = Projection::box;
     return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);

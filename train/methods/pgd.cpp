@@ -32,8 +32,8 @@ class Pgd final : public Method {
  private:
   static Tensor attack(nets::Model& model, const Tensor& x, const Tensor& y, const RobustSettings& robust,
                        const StepContext& ctx) {
-    robust::SearchOptions o = methods::sign_search(ctx, static_cast<int>(robust.attack_steps), robust.attack_step,
-                                                   methods::draw_counter(ctx, x, 1, 0));
+    robust::SearchOptions o = methods::search_options(ctx, static_cast<int>(robust.attack_steps),
+                                                      robust.attack_step, methods::draw_counter(ctx, x, 1, 0));
     o.phase = "attack step";
     return methods::cross_entropy_attack(model, x, y, robust.attack_bn_mode(), ctx, o);
   }

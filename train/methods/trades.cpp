@@ -51,8 +51,8 @@ class Trades final : public Method {
       auto fc = methods::forward_context(bn, ctx.compute);
       return kl_div(rows[0], model.forward(xa, fc));
     };
-    robust::SearchOptions o = methods::sign_search(ctx, static_cast<int>(robust.attack_steps), robust.attack_step,
-                                                   methods::draw_counter(ctx, x, 1, 0));
+    robust::SearchOptions o = methods::search_options(ctx, static_cast<int>(robust.attack_steps),
+                                                      robust.attack_step, methods::draw_counter(ctx, x, 1, 0));
     o.start = robust::Start::normal;
     o.normal_scale = 0.001;
     o.phase = "attack step";

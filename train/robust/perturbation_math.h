@@ -16,7 +16,6 @@ enum class PerturbationUpdate : int { sign = 0, adam = 1 };
 // leave the ball).
 enum class Projection : int { ball_and_box = 0, box = 1 };
 
-
 namespace perturbation_math {
 
 // Ascent direction for one element: the gradient of |g_i| for LLR (s_i (dl_p/dx - gx)), or of the attack loss for
