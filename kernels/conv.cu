@@ -21,6 +21,7 @@
 #include "engine/autograd.h"
 #include "engine/conv_rewrites.h"
 #include "engine/graph.h"
+#include "engine/profile.h"
 #include "kernels/allocator.h"
 #include "kernels/conv_engines.h"
 #include "kernels/conv_plans.h"
@@ -35,16 +36,6 @@ Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Sha
 namespace {
 
 constexpr size_t kWorkspaceLimit = size_t(1) << 30;  // bytes a convolution algorithm may use
-
-cudnnDataType_t cudnn_dtype(DType t) {
-  switch (t) {
-    case DType::f32: return CUDNN_DATA_FLOAT;
-    case DType::f64: return CUDNN_DATA_DOUBLE;
-    case DType::bf16: return CUDNN_DATA_BFLOAT16;
-    default: break;
-  }
-  LLR_FAIL("cuDNN convolution: unsupported dtype ", dtype_name(t));
-}
 
 bool env_flag_set(const char* name) {
   const char* v = std::getenv(name);
@@ -174,6 +165,8 @@ PlanKey plan_key(Direction d, const Shape& x, const Shape& w, const Conv2dGeomet
 // engine/conv_rewrites.h, or (bf16 only) f32 because cuDNN has no bf16 algorithm for it. Decided once
 // per key, including the fallback: retrying a refused bf16 search on every call would cost a full algorithm search
 // per step.
+enum class Rewrite { none, products, transposed };  // engine/conv_rewrites.h
+
 struct ConvPlan {
   bool f32_fallback = false;
   int algo = 0;
@@ -183,9 +176,9 @@ struct ConvPlan {
   std::shared_ptr<ConvDesc> conv;
   std::shared_ptr<ConvEngine> engine;
   bool legacy_picked = false;  // whether algo and workspace hold a legacy pick
-  bool legacy_kept = false;    // counted in legacy_plans (its engines were timed and lost)
-  bool products = false;       // runs as matrix products (the cuDNN pick, if any, stays as the fallback)
-  bool transposed = false;     // a forward run as the backward-data of the transpose (its own plan)
+  bool engines_timed = false;  // graph-API engines were timed against the legacy pick
+  // A rewrite that runs instead of the cuDNN pick (which, if any, stays as its fallback).
+  Rewrite rewrite = Rewrite::none;
 };
 
 // LLR_CUDNN_HEURISTIC=1 takes cuDNN's heuristic first choice instead of benchmarking every algorithm (much faster
@@ -337,49 +330,32 @@ constexpr int kEngineCandidates = 10;
 // Candidates within this factor of the fastest count as equally fast; the one with the smallest workspace wins.
 constexpr double kTimeTie = 1.03;
 
-// Events on the context's stream, destroyed on scope exit.
-class EventPair {
- public:
-  EventPair() {
-    LLR_CUDA_CHECK(cudaEventCreate(&a_));
-    LLR_CUDA_CHECK(cudaEventCreate(&b_));
+// The fastest of three timings of `run` after one untimed run (which loads its kernels), in ms per run, on the
+// profiler's CUDA clock; infinity when a run reports a failure. Each timing queues three runs back to back, so the
+// host's time to issue a run (building the variant pack, say) hides behind the device's work as it does in a training
+// step. A candidate whose first timing exceeds `cutoff` ms per run is not timed again.
+template <class Run>
+double fastest_ms(const Run& run, double cutoff = INFINITY) {
+  constexpr int kTimings = 3, kCalls = 3;
+  if (run() != CUDNN_STATUS_SUCCESS) {
+    cudaGetLastError();  // a launch error of a refused configuration is not sticky (a sticky one stays)
+    return INFINITY;
   }
-  ~EventPair() {
-    cudaEventDestroy(a_);
-    cudaEventDestroy(b_);
+  std::unique_ptr<profile::Clock> clock = profile::make_clock(Device::cuda);
+  double best = INFINITY;
+  for (int i = 0; i < kTimings && (i == 0 || best <= cutoff); ++i) {
+    clock->reset();
+    const int from = clock->stamp();
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    for (int c = 0; c < kCalls && st == CUDNN_STATUS_SUCCESS; ++c) st = run();
+    const int to = clock->stamp();
+    const double ms = clock->elapsed_ms(from, to);  // synchronizes: throws on a sticky error (a fault is not slow)
+    // A refused run, or a kernel that failed to launch (its error is not sticky: cleared here), is no candidate.
+    if (cudaGetLastError() != cudaSuccess || st != CUDNN_STATUS_SUCCESS) return INFINITY;
+    best = std::min(best, ms / kCalls);
   }
-  EventPair(const EventPair&) = delete;
-  EventPair& operator=(const EventPair&) = delete;
-  // The fastest of `runs` timings of `run` after one untimed run (which loads its kernels), in ms per run; infinity
-  // when a run reports a failure. Each timing queues `calls` runs back to back between its two events, so the host's
-  // time to issue a run (building the variant pack, say) hides behind the device's work as it does in a training
-  // step. A candidate whose first timing exceeds `cutoff` ms per run is not timed again.
-  double fastest_ms(const std::function<cudnnStatus_t()>& run, double cutoff = INFINITY, int runs = 3,
-                    int calls = 3) {
-    cudaStream_t s = context().stream();
-    if (run() != CUDNN_STATUS_SUCCESS) {
-      cudaGetLastError();  // a launch error of a refused configuration is not sticky (a sticky one stays)
-      return INFINITY;
-    }
-    double best = INFINITY;
-    for (int i = 0; i < runs && (i == 0 || best <= cutoff); ++i) {
-      LLR_CUDA_CHECK(cudaEventRecord(a_, s));
-      cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
-      for (int c = 0; c < calls && st == CUDNN_STATUS_SUCCESS; ++c) st = run();
-      LLR_CUDA_CHECK(cudaEventRecord(b_, s));
-      LLR_CUDA_CHECK(cudaEventSynchronize(b_));  // throws on a sticky error: a fault is not a slow candidate
-      // A refused run, or a kernel that failed to launch (its error is not sticky: cleared here), is no candidate.
-      if (cudaGetLastError() != cudaSuccess || st != CUDNN_STATUS_SUCCESS) return INFINITY;
-      float ms = 0;
-      LLR_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-      best = std::min(best, double(ms) / calls);
-    }
-    return best;
-  }
-
- private:
-  cudaEvent_t a_ = nullptr, b_ = nullptr;
-};
+  return best;
+}
 
 // A legacy algorithm's run of a plan: the cuDNN call with the plan's algorithm, into the given workspace.
 using LegacyRun = std::function<cudnnStatus_t(const ConvPlan&, void* workspace, size_t bytes)>;
@@ -409,11 +385,10 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
     if (print_plans()) std::fprintf(stderr, "plan %s: graph API: %s\n", key.describe().c_str(), e.what());
     return;
   }
-  EventPair timer;
   double legacy_ms = INFINITY;
   if (legacy_picked) {
     Workspace ws(p.workspace);
-    legacy_ms = timer.fastest_ms([&] { return legacy(p, ws.get(), ws.bytes()); });
+    legacy_ms = fastest_ms([&] { return legacy(p, ws.get(), ws.bytes()); });
     // A heuristic pick that does not run is no fallback for an engine: the benchmark runs unless an engine wins.
     if (!std::isfinite(legacy_ms)) legacy_picked = p.legacy_picked = false;
   }
@@ -429,7 +404,7 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
       continue;
     }
     ConvEngine* engine = e.get();
-    const double ms = timer.fastest_ms([&] { return engine->run(h, x, w, y, ws->get()); }, 3 * fastest);
+    const double ms = fastest_ms([&] { return engine->run(h, x, w, y, ws->get()); }, 3 * fastest);
     if (!std::isfinite(ms)) continue;
     fastest = std::min(fastest, ms);
     timed.emplace_back(ms, std::shared_ptr<ConvEngine>(std::move(e)));
@@ -456,13 +431,8 @@ void consider_engines(const PlanKey& key, const Shape& y_shape, ConvPlan& p, cud
     std::fprintf(stderr, "%s%s -> %s %.3f ms\n", offer.skipped.empty() ? "" : ";", offer.skipped.c_str(),
                  chosen ? chosen->name().c_str() : "legacy", chosen_ms);
   }
-  if (chosen) {
-    p.engine = chosen;
-    ++plan_stats().engine_plans;
-  } else {
-    ++plan_stats().legacy_plans;
-    p.legacy_kept = true;
-  }
+  p.engines_timed = true;
+  p.engine = chosen;
 }
 
 // A plan's search. Legacy algorithms: cuDNN's heuristic (LLR_CUDNN_HEURISTIC) or its benchmark (cudnnFind*, which runs
@@ -504,12 +474,14 @@ void search_plan(const PlanKey& key, ConvPlan& p, const char* heuristic_call, He
 // engine's descriptors promised). An engine that refuses to run outside a recording is dropped from the plan, which
 // runs its legacy algorithm from then on (a plan without one is refused as unsupported: bf16 falls back to f32); in a
 // recording the refusal fails the recording (the eager steps decide).
-void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y, const LegacyRun& legacy,
+template <class Legacy>
+void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void* w, void* y, const Legacy& legacy,
               const char* call) {
   if (!plan.conv) throw ConvUnsupported(key.describe() + ": no cuDNN plan (computed in f32)");
-  if (plan.engine && !ConvEngine::aligned(x, w, y) && !plan.legacy_picked)
+  const bool engine = plan.engine && ConvEngine::aligned(x, w, y);
+  if (plan.engine && !engine && !plan.legacy_picked)
     throw ConvUnsupported(key.describe() + ": tensors not 16-byte aligned for the plan's engine, and no legacy pick");
-  if (plan.engine && ConvEngine::aligned(x, w, y)) {
+  if (engine) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     {
       Workspace ws(plan.engine->workspace());
@@ -526,7 +498,6 @@ void run_plan(ConvPlan& plan, const PlanKey& key, cudnnHandle_t h, void* x, void
     if (plan_stats().engine_failures.size() < 16) plan_stats().engine_failures.push_back(reason);
     std::fprintf(stderr, "llrtrain: note: %s; the legacy algorithm runs it from now on\n", reason.c_str());
     plan.engine.reset();
-    --plan_stats().engine_plans;
     if (!plan.legacy_picked) throw ConvUnsupported(reason);
   }
   Workspace ws(plan.workspace);
@@ -733,113 +704,187 @@ bool transposed_candidate(const PlanKey& key) {
          conv_rewrites::transposed_applies(key.w[1], key.w[2], key.stride, key.padding);
 }
 
-// A plan runs a rewrite (or, when `on` is false, no longer does: its cuDNN pick runs again). The pick stays in the
-// plan as the fallback; the counters say what runs.
-void adopt(ConvPlan& p, bool ConvPlan::*rewrite, uint64_t ConvPlanStats::*plans, bool on = true) {
-  const int64_t step = on ? 1 : -1;
-  p.*rewrite = on;
-  plan_stats().*plans += step;
-  if (p.engine) plan_stats().engine_plans -= step;
-  if (p.legacy_kept) plan_stats().legacy_plans -= step;
-}
-
 // The "products" and "transposed" modes: that rewrite where it applies, without a cuDNN search.
 bool rewritten_without_search(const PlanKey& key, ConvPlan& p) {
-  if (key.rewrites == ConvRewrites::products && products_candidate(key)) {
-    adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans);
-    return true;
-  }
-  if (key.rewrites == ConvRewrites::transposed && transposed_candidate(key)) {
-    adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans);
-    return true;
-  }
-  return false;
+  if (key.rewrites == ConvRewrites::products && products_candidate(key))
+    p.rewrite = Rewrite::products;
+  else if (key.rewrites == ConvRewrites::transposed && transposed_candidate(key))
+    p.rewrite = Rewrite::transposed;
+  return p.rewrite != Rewrite::none;
 }
 
-// After a cuDNN search, where rewrites apply: each (products; transposed for a forward) timed against the plan's pick
-// (its engine or legacy algorithm: run_pick(workspace)) on the planning call's tensors; the plan runs the fastest if
-// it beats the pick.
-void consider_rewrites(const PlanKey& key, ConvPlan& p, const std::function<cudnnStatus_t(void*)>& run_pick,
-                       const std::function<void()>& products, const std::function<void()>& transposed = nullptr) {
-  using Flag = bool ConvPlan::*;
-  using Counter = uint64_t ConvPlanStats::*;
-  struct Candidate {
-    const char* name;
-    const char* short_name;
-    Flag flag;
-    Counter plans;
-    const std::function<void()>* run;
-  };
-  std::vector<Candidate> candidates;
-  if (products_candidate(key))
-    candidates.push_back(
-        {"cuBLAS products", "products", &ConvPlan::products, &ConvPlanStats::product_plans, &products});
-  if (transposed && transposed_candidate(key))
-    candidates.push_back({"transposed backward-data", "transposed", &ConvPlan::transposed,
-                          &ConvPlanStats::transposed_plans, &transposed});
+// After a cuDNN search, where rewrites apply: each (products; transposed for a forward) run by run_rewrite and timed
+// against the plan's pick (its engine or legacy algorithm: run_pick(workspace)) on the planning call's tensors; the
+// plan runs the fastest if it beats the pick.
+template <class RunPick, class RunRewrite>
+void consider_rewrites(const PlanKey& key, ConvPlan& p, const RunPick& run_pick, const RunRewrite& run_rewrite) {
+  std::vector<std::pair<Rewrite, const char*>> candidates;
+  if (products_candidate(key)) candidates.emplace_back(Rewrite::products, "cuBLAS products");
+  if (transposed_candidate(key)) candidates.emplace_back(Rewrite::transposed, "transposed backward-data");
   if (candidates.empty() || heuristic_only()) return;
-  EventPair timer;
   double pick_ms = INFINITY;
   {
     Workspace ws(p.engine ? p.engine->workspace() : p.workspace);
-    pick_ms = timer.fastest_ms([&] { return run_pick(ws.get()); });
+    pick_ms = fastest_ms([&] { return run_pick(ws.get()); });
   }
   double best = pick_ms;
-  const Candidate* chosen = nullptr;
+  Rewrite chosen = Rewrite::none;
   std::ostringstream line;
   line << "plan " << key.describe() << ": " << (p.engine ? p.engine->name() : std::string("legacy")) << ' '
        << std::fixed << std::setprecision(3) << pick_ms << " ms";
-  for (const Candidate& c : candidates) {
-    const double ms = timer.fastest_ms(
-        [&] {
+  for (const auto& [rewrite, name] : candidates) {
+    const double ms = fastest_ms(
+        [&, rewrite = rewrite] {
           try {
-            (*c.run)();
+            run_rewrite(rewrite);
             return CUDNN_STATUS_SUCCESS;
           } catch (const Error&) {  // cuBLAS refused, no memory for the copies now, or no plan for the transpose
             return CUDNN_STATUS_EXECUTION_FAILED;
           }
         },
         3 * best);
-    line << "; " << c.name << ' ' << ms << " ms";
+    line << "; " << name << ' ' << ms << " ms";
     if (ms * kTimeTie < best) {
       best = ms;
-      chosen = &c;
+      chosen = rewrite;
     }
   }
-  if (print_plans()) std::fprintf(stderr, "%s -> %s\n", line.str().c_str(), chosen ? chosen->short_name : "cuDNN");
-  if (chosen) adopt(p, chosen->flag, chosen->plans);
+  if (print_plans())
+    std::fprintf(stderr, "%s -> %s\n", line.str().c_str(),
+                 chosen == Rewrite::products ? "products" : chosen == Rewrite::transposed ? "transposed" : "cuDNN");
+  p.rewrite = chosen;
 }
 
-// key's cached plan if it runs a rewrite (then no cuDNN output is allocated for the call), else null.
-ConvPlan* rewritten_plan(const PlanKey& key) {
-  auto it = plan_cache().find(key);
-  return it != plan_cache().end() && (it->second.products || it->second.transposed) ? &it->second : nullptr;
-}
-
-Tensor counted(Tensor out, uint64_t ConvPlanStats::*calls) {
-  ++(plan_stats().*calls);
-  return out;
-}
-
-// A rewritten plan's run (`run`: the products or the transposed forward), or an undefined tensor when the rewrite
-// fails outside a recording (the transpose's backward-data has fallen back to f32, no memory for the copies now,
-// cuBLAS refused) and the plan has a cuDNN pick of its own, which then runs from now on. Without one (the "products"
-// and "transposed" modes), or inside a recording, the failure goes on (a refusal to the bf16 fallback, as any other).
-Tensor rewrite_or_undefined(ConvPlan& p, const PlanKey& key, const std::function<Tensor()>& run) {
-  const bool products = p.products;
+// A rewritten plan's run (run_rewrite(p.rewrite)), or an undefined tensor when the rewrite fails outside a recording
+// (the transpose's backward-data has fallen back to f32, no memory for the copies now, cuBLAS refused) and the plan
+// has a cuDNN pick of its own, which then runs from now on. Without one (the "products" and "transposed" modes), or
+// inside a recording, the failure goes on (a refusal to the bf16 fallback, as any other).
+template <class RunRewrite>
+Tensor rewrite_or_undefined(ConvPlan& p, const PlanKey& key, const RunRewrite& run_rewrite) {
+  const bool products = p.rewrite == Rewrite::products;
   try {
-    return counted(run(), products ? &ConvPlanStats::product_calls : &ConvPlanStats::transposed_calls);
+    Tensor out = run_rewrite(p.rewrite);
+    ++(products ? plan_stats().product_calls : plan_stats().transposed_calls);
+    return out;
   } catch (const Error& e) {
     if (graph::recording() || (!p.legacy_picked && !p.engine)) throw;
     cudaGetLastError();  // a failed launch or allocation is not sticky (a sticky error stays, and the pick reports it)
-    if (products)
-      adopt(p, &ConvPlan::products, &ConvPlanStats::product_plans, false);
-    else
-      adopt(p, &ConvPlan::transposed, &ConvPlanStats::transposed_plans, false);
+    p.rewrite = Rewrite::none;
     std::fprintf(stderr, "llrtrain: note: %s: the %s failed (%s); cuDNN's pick runs it from now on\n",
                  key.describe().c_str(), products ? "cuBLAS products" : "transpose's backward-data", e.what());
     return Tensor();
   }
+}
+
+// What differs between the three directions of a convolution: cuDNN's calls and their perf type, and which of the
+// tensors (x, w, y in ConvEngine::run's order: x or dx, w or dw, y or dy) the call writes.
+struct ForwardApi {
+  using Perf = cudnnConvolutionFwdAlgoPerf_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+  static constexpr int kOut = 2;
+  static constexpr const char* kHeuristic = "cudnnGetConvolutionForwardAlgorithm_v7";
+  static constexpr const char* kFind = "cudnnFindConvolutionForwardAlgorithmEx";
+  static constexpr const char* kRun = "cudnnConvolutionForward";
+  static cudnnStatus_t heuristic(cudnnHandle_t h, const ConvPlan& p, Perf* perf, int* n) {
+    return cudnnGetConvolutionForwardAlgorithm_v7(h, *p.x, *p.w, *p.conv, *p.y, kCount, n, perf);
+  }
+  static cudnnStatus_t find(cudnnHandle_t h, const ConvPlan& p, void* const* io, Perf* perf, int* n, void* ws,
+                            size_t bytes) {
+    return cudnnFindConvolutionForwardAlgorithmEx(h, *p.x, io[0], *p.w, io[1], *p.conv, *p.y, io[2], kCount, n, perf,
+                                                  ws, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const ConvPlan& p, void* const* io, void* ws, size_t bytes,
+                           const void* alpha, const void* beta) {
+    return cudnnConvolutionForward(h, alpha, *p.x, io[0], *p.w, io[1], *p.conv, cudnnConvolutionFwdAlgo_t(p.algo), ws,
+                                   bytes, beta, *p.y, io[2]);
+  }
+};
+
+struct BackwardDataApi {
+  using Perf = cudnnConvolutionBwdDataAlgoPerf_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+  static constexpr int kOut = 0;
+  static constexpr const char* kHeuristic = "cudnnGetConvolutionBackwardDataAlgorithm_v7";
+  static constexpr const char* kFind = "cudnnFindConvolutionBackwardDataAlgorithmEx";
+  static constexpr const char* kRun = "cudnnConvolutionBackwardData";
+  static cudnnStatus_t heuristic(cudnnHandle_t h, const ConvPlan& p, Perf* perf, int* n) {
+    return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, *p.w, *p.y, *p.conv, *p.x, kCount, n, perf);
+  }
+  static cudnnStatus_t find(cudnnHandle_t h, const ConvPlan& p, void* const* io, Perf* perf, int* n, void* ws,
+                            size_t bytes) {
+    return cudnnFindConvolutionBackwardDataAlgorithmEx(h, *p.w, io[1], *p.y, io[2], *p.conv, *p.x, io[0], kCount, n,
+                                                       perf, ws, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const ConvPlan& p, void* const* io, void* ws, size_t bytes,
+                           const void* alpha, const void* beta) {
+    return cudnnConvolutionBackwardData(h, alpha, *p.w, io[1], *p.y, io[2], *p.conv,
+                                        cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, io[0]);
+  }
+};
+
+struct BackwardFilterApi {
+  using Perf = cudnnConvolutionBwdFilterAlgoPerf_t;
+  static constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+  static constexpr int kOut = 1;
+  static constexpr const char* kHeuristic = "cudnnGetConvolutionBackwardFilterAlgorithm_v7";
+  static constexpr const char* kFind = "cudnnFindConvolutionBackwardFilterAlgorithmEx";
+  static constexpr const char* kRun = "cudnnConvolutionBackwardFilter";
+  static cudnnStatus_t heuristic(cudnnHandle_t h, const ConvPlan& p, Perf* perf, int* n) {
+    return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, *p.x, *p.y, *p.conv, *p.w, kCount, n, perf);
+  }
+  static cudnnStatus_t find(cudnnHandle_t h, const ConvPlan& p, void* const* io, Perf* perf, int* n, void* ws,
+                            size_t bytes) {
+    return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, *p.x, io[0], *p.y, io[2], *p.conv, *p.w, io[1], kCount, n,
+                                                         perf, ws, bytes);
+  }
+  static cudnnStatus_t run(cudnnHandle_t h, const ConvPlan& p, void* const* io, void* ws, size_t bytes,
+                           const void* alpha, const void* beta) {
+    return cudnnConvolutionBackwardFilter(h, alpha, *p.x, io[0], *p.y, io[2], *p.conv,
+                                          cudnnConvolutionBwdFilterAlgo_t(p.algo), ws, bytes, beta, *p.w, io[1]);
+  }
+};
+
+// One convolution of the direction Api, with the inputs `in` (x, w, y in ConvEngine::run's order; null in the output's
+// slot): its plan looked up once, made on a first call (cuDNN's search, the graph-API engines, the rewrites), and
+// run. run_rewrite(r) computes the convolution by the rewrite r (for a rewritten plan, and to time the rewrites).
+template <class Api, class RunRewrite>
+Tensor convolve(Direction d, const ConvShapes& s, const Conv2dGeometry& g, DType dtype,
+                const std::array<const Tensor*, 3>& in, const RunRewrite& run_rewrite) {
+  const PlanKey key = plan_key(d, s.x, s.w, g, dtype);
+  auto it = plan_cache().find(key);
+  ConvPlan* cached = it == plan_cache().end() ? nullptr : &it->second;
+  if (cached && cached->rewrite != Rewrite::none)
+    if (Tensor out = rewrite_or_undefined(*cached, key, run_rewrite); out.defined()) return out;
+  const Shape& out_shape = Api::kOut == 0 ? s.x : Api::kOut == 1 ? s.w : s.y;
+  Tensor out = Tensor::empty(out_shape, dtype, Api::kOut == 1 ? Layout::krsc : Layout::nhwc, Device::cuda);
+  void* io[3];
+  for (int k = 0; k < 3; ++k) io[k] = k == Api::kOut ? out.raw_data() : const_cast<void*>(in[k]->raw_data());
+  cudnnHandle_t h = context().cudnn();
+  const void *alpha, *beta;
+  alpha_beta(dtype, alpha, beta);
+  auto legacy = [&](const ConvPlan& p, void* ws, size_t bytes) { return Api::run(h, p, io, ws, bytes, alpha, beta); };
+  if (!cached) {
+    cached = &plan_for(key, s.x, s.w, s.y, g, out, [&](ConvPlan& p) {
+      if (rewritten_without_search(key, p)) return;
+      search_plan<typename Api::Perf, Api::kCount>(
+          key, p, Api::kHeuristic,
+          [&](typename Api::Perf* perf, int* n) { return Api::heuristic(h, p, perf, n); }, Api::kFind,
+          [&](typename Api::Perf* perf, int* n, void* ws, size_t bytes) {
+            return Api::find(h, p, io, perf, n, ws, bytes);
+          },
+          [&](bool picked) { consider_engines(key, s.y, p, h, io[0], io[1], io[2], legacy, picked); });
+      consider_rewrites(
+          key, p,
+          [&](void* ws) {
+            return p.engine ? p.engine->run(h, io[0], io[1], io[2], ws) : legacy(p, ws, p.workspace);
+          },
+          [&](Rewrite r) { run_rewrite(r); });
+    });
+    if (cached->rewrite != Rewrite::none)
+      if (Tensor rewritten = rewrite_or_undefined(*cached, key, run_rewrite); rewritten.defined()) return rewritten;
+  }
+  run_plan(*cached, key, h, io[0], io[1], io[2], legacy, Api::kRun);
+  return out;
 }
 
 }  // namespace
@@ -875,7 +920,16 @@ Tensor with_bf16_fallback(Direction d, const Shape& x, const Shape& w, const Con
 }
 }  // namespace
 
-ConvPlanStats conv_plan_stats() { return plan_stats(); }
+// The plan counts from the cached plans (what each runs now); the call and failure counts as kept.
+ConvPlanStats conv_plan_stats() {
+  ConvPlanStats s = plan_stats();
+  for (const auto& [key, p] : plan_cache()) {
+    s.product_plans += p.rewrite == Rewrite::products;
+    s.transposed_plans += p.rewrite == Rewrite::transposed;
+    if (p.rewrite == Rewrite::none && p.engines_timed) ++(p.engine ? s.engine_plans : s.legacy_plans);
+  }
+  return s;
+}
 ConvSearch conv_search() { return search_mode(); }
 void set_conv_search(ConvSearch s) { search_mode() = s; }
 ConvRewrites conv_rewrites() { return rewrites_mode(); }
@@ -904,53 +958,11 @@ Tensor CudaBackend::conv2d_backward_filter(const Tensor& x_in, const Tensor& gy_
 }
 
 Tensor conv2d_forward_as(const Tensor& x, const Tensor& w, const Conv2dGeometry& g) {
-  ConvShapes s = conv_shapes(x.shape(), w.shape(), g);
   ++op_counters().conv2d_forward;
-  PlanKey key = plan_key(Direction::forward, s.x, s.w, g, x.dtype());
-  auto rewritten = [&](ConvPlan& p) {
-    return rewrite_or_undefined(
-        p, key, [&] { return p.products ? products_forward(x, w, g) : transposed_forward(x, w, g); });
-  };
-  if (ConvPlan* p = rewritten_plan(key))
-    if (Tensor out = rewritten(*p); out.defined()) return out;
-  Tensor y = Tensor::empty(s.y, x.dtype(), Layout::nhwc, Device::cuda);
-  cudnnHandle_t h = context().cudnn();
-  const void *alpha, *beta;
-  alpha_beta(x.dtype(), alpha, beta);
-  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
-    return cudnnConvolutionForward(h, alpha, *p.x, x.raw_data(), *p.w, w.raw_data(), *p.conv,
-                                   cudnnConvolutionFwdAlgo_t(p.algo), ws, bytes, beta, *p.y, y.raw_data());
-  };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, y, [&](ConvPlan& p) {
-    if (rewritten_without_search(key, p)) return;
-    const TensorDesc &xd = *p.x, &yd = *p.y;
-    const FilterDesc& wd = *p.w;
-    const ConvDesc& cd = *p.conv;
-    constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-    search_plan<cudnnConvolutionFwdAlgoPerf_t, kCount>(
-        key, p, "cudnnGetConvolutionForwardAlgorithm_v7",
-        [&](cudnnConvolutionFwdAlgoPerf_t* perf, int* n) {
-          return cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, kCount, n, perf);
-        },
-        "cudnnFindConvolutionForwardAlgorithmEx",
-        [&](cudnnConvolutionFwdAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
-          return cudnnFindConvolutionForwardAlgorithmEx(h, xd, x.raw_data(), wd, w.raw_data(), cd, yd, y.raw_data(),
-                                                        kCount, n, perf, ws, bytes);
-        },
-        [&](bool picked) {
-          consider_engines(key, s.y, p, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, picked);
-        });
-    consider_rewrites(
-        key, p,
-        [&](void* ws) {
-          return p.engine ? p.engine->run(h, x.raw_data(), w.raw_data(), y.raw_data(), ws) : legacy(p, ws, p.workspace);
-        },
-        [&] { products_forward(x, w, g); }, [&] { transposed_forward(x, w, g); });
-  });
-  if (plan.products || plan.transposed)
-    if (Tensor out = rewritten(plan); out.defined()) return out;
-  run_plan(plan, key, h, x.raw_data(), w.raw_data(), y.raw_data(), legacy, "cudnnConvolutionForward");
-  return y;
+  return convolve<ForwardApi>(Direction::forward, conv_shapes(x.shape(), w.shape(), g), g, x.dtype(), {&x, &w, nullptr},
+                              [&](Rewrite r) {
+                                return r == Rewrite::products ? products_forward(x, w, g) : transposed_forward(x, w, g);
+                              });
 }
 
 Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
@@ -959,103 +971,16 @@ Tensor conv2d_backward_data_as(const Tensor& gy, const Tensor& w, const Shape& x
 }
 
 Tensor conv2d_backward_data_planned(const Tensor& gy, const Tensor& w, const Shape& x_shape, const Conv2dGeometry& g) {
-  ConvShapes s = conv_shapes(x_shape, w.shape(), g);
-  PlanKey key = plan_key(Direction::backward_data, s.x, s.w, g, gy.dtype());
-  // A plan that fell back to f32 has no cuDNN descriptors: refused as unsupported, as when it was planned (the
-  // transposed forward calls this directly, not through with_bf16_fallback).
-  if (auto it = plan_cache().find(key); it != plan_cache().end() && it->second.f32_fallback)
-    throw ConvUnsupported(key.describe() + ": computed in f32 (no bf16 algorithm)");
-  auto products = [&] { return products_backward_data(gy, w, x_shape, g); };
-  if (ConvPlan* p = rewritten_plan(key))
-    if (Tensor dx = rewrite_or_undefined(*p, key, products); dx.defined()) return dx;
-  Tensor dx = Tensor::empty(s.x, gy.dtype(), Layout::nhwc, Device::cuda);
-  cudnnHandle_t h = context().cudnn();
-  const void *alpha, *beta;
-  alpha_beta(gy.dtype(), alpha, beta);
-  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
-    return cudnnConvolutionBackwardData(h, alpha, *p.w, w.raw_data(), *p.y, gy.raw_data(), *p.conv,
-                                        cudnnConvolutionBwdDataAlgo_t(p.algo), ws, bytes, beta, *p.x, dx.raw_data());
-  };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dx, [&](ConvPlan& p) {
-    if (rewritten_without_search(key, p)) return;
-    const TensorDesc &dxd = *p.x, &dyd = *p.y;
-    const FilterDesc& wd = *p.w;
-    const ConvDesc& cd = *p.conv;
-    constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
-    search_plan<cudnnConvolutionBwdDataAlgoPerf_t, kCount>(
-        key, p, "cudnnGetConvolutionBackwardDataAlgorithm_v7",
-        [&](cudnnConvolutionBwdDataAlgoPerf_t* perf, int* n) {
-          return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd, kCount, n, perf);
-        },
-        "cudnnFindConvolutionBackwardDataAlgorithmEx",
-        [&](cudnnConvolutionBwdDataAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
-          return cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w.raw_data(), dyd, gy.raw_data(), cd, dxd,
-                                                             dx.raw_data(), kCount, n, perf, ws, bytes);
-        },
-        [&](bool picked) {
-          consider_engines(key, s.y, p, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, picked);
-        });
-    consider_rewrites(
-        key, p,
-        [&](void* ws) {
-          return p.engine ? p.engine->run(h, dx.raw_data(), w.raw_data(), gy.raw_data(), ws)
-                          : legacy(p, ws, p.workspace);
-        },
-        [&] { products(); });
-  });
-  if (plan.products)
-    if (Tensor out = rewrite_or_undefined(plan, key, products); out.defined()) return out;
-  run_plan(plan, key, h, dx.raw_data(), w.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardData");
-  return dx;
+  return convolve<BackwardDataApi>(Direction::backward_data, conv_shapes(x_shape, w.shape(), g), g, gy.dtype(),
+                                   {nullptr, &w, &gy},
+                                   [&](Rewrite) { return products_backward_data(gy, w, x_shape, g); });
 }
 
 Tensor conv2d_backward_filter_as(const Tensor& x, const Tensor& gy, const Shape& w_shape, const Conv2dGeometry& g) {
-  ConvShapes s = conv_shapes(x.shape(), w_shape, g);
   ++op_counters().conv2d_backward_filter;
-  PlanKey key = plan_key(Direction::backward_filter, s.x, s.w, g, x.dtype());
-  auto products = [&] { return products_backward_filter(x, gy, w_shape, g); };
-  if (ConvPlan* p = rewritten_plan(key))
-    if (Tensor dw = rewrite_or_undefined(*p, key, products); dw.defined()) return dw;
-  Tensor dw = Tensor::empty(s.w, x.dtype(), Layout::krsc, Device::cuda);
-  cudnnHandle_t h = context().cudnn();
-  const void *alpha, *beta;
-  alpha_beta(x.dtype(), alpha, beta);
-  const LegacyRun legacy = [&](const ConvPlan& p, void* ws, size_t bytes) {
-    return cudnnConvolutionBackwardFilter(h, alpha, *p.x, x.raw_data(), *p.y, gy.raw_data(), *p.conv,
-                                          cudnnConvolutionBwdFilterAlgo_t(p.algo), ws, bytes, beta, *p.w,
-                                          dw.raw_data());
-  };
-  ConvPlan& plan = plan_for(key, s.x, s.w, s.y, g, dw, [&](ConvPlan& p) {
-    if (rewritten_without_search(key, p)) return;
-    const TensorDesc &xd = *p.x, &dyd = *p.y;
-    const FilterDesc& dwd = *p.w;
-    const ConvDesc& cd = *p.conv;
-    constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
-    search_plan<cudnnConvolutionBwdFilterAlgoPerf_t, kCount>(
-        key, p, "cudnnGetConvolutionBackwardFilterAlgorithm_v7",
-        [&](cudnnConvolutionBwdFilterAlgoPerf_t* perf, int* n) {
-          return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd, kCount, n, perf);
-        },
-        "cudnnFindConvolutionBackwardFilterAlgorithmEx",
-        [&](cudnnConvolutionBwdFilterAlgoPerf_t* perf, int* n, void* ws, size_t bytes) {
-          return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x.raw_data(), dyd, gy.raw_data(), cd, dwd,
-                                                               dw.raw_data(), kCount, n, perf, ws, bytes);
-        },
-        [&](bool picked) {
-          consider_engines(key, s.y, p, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, picked);
-        });
-    consider_rewrites(
-        key, p,
-        [&](void* ws) {
-          return p.engine ? p.engine->run(h, x.raw_data(), dw.raw_data(), gy.raw_data(), ws)
-                          : legacy(p, ws, p.workspace);
-        },
-        [&] { products(); });
-  });
-  if (plan.products)
-    if (Tensor out = rewrite_or_undefined(plan, key, products); out.defined()) return out;
-  run_plan(plan, key, h, x.raw_data(), dw.raw_data(), gy.raw_data(), legacy, "cudnnConvolutionBackwardFilter");
-  return dw;
+  return convolve<BackwardFilterApi>(Direction::backward_filter, conv_shapes(x.shape(), w_shape, g), g, x.dtype(),
+                                     {&x, nullptr, &gy},
+                                     [&](Rewrite) { return products_backward_filter(x, gy, w_shape, g); });
 }
 
 // Row-major C[M,N] = A[M,K] B[N,K]^T  <=>  column-major C^T = B A^T: gemm(T, N, N, M, K, B, K, A, K, C, N).

@@ -10,6 +10,16 @@
 
 namespace llr::cuda {
 
+cudnnDataType_t cudnn_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return CUDNN_DATA_FLOAT;
+    case DType::f64: return CUDNN_DATA_DOUBLE;
+    case DType::bf16: return CUDNN_DATA_BFLOAT16;
+    default: break;
+  }
+  LLR_FAIL("cuDNN: unsupported dtype ", dtype_name(t));
+}
+
 namespace {
 
 // A backend descriptor, owned.
@@ -46,16 +56,6 @@ class Desc {
   cudnnBackendDescriptor_t d_ = nullptr;
 };
 
-cudnnDataType_t data_type(DType t) {
-  switch (t) {
-    case DType::f32: return CUDNN_DATA_FLOAT;
-    case DType::f64: return CUDNN_DATA_DOUBLE;
-    case DType::bf16: return CUDNN_DATA_BFLOAT16;
-    default: break;
-  }
-  LLR_FAIL("cuDNN graph API: unsupported dtype ", dtype_name(t));
-}
-
 // The tensors' unique ids in the variant pack.
 constexpr int64_t kUidX = 1, kUidW = 2, kUidY = 3;
 constexpr int64_t kAlignment = 16;
@@ -64,7 +64,7 @@ constexpr int64_t kAlignment = 16;
 // strides of the memory layout.
 std::unique_ptr<Desc> tensor(int64_t uid, const std::array<int64_t, 4>& s, DType t) {
   auto d = std::make_unique<Desc>(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
-  cudnnDataType_t dt = data_type(t);
+  cudnnDataType_t dt = cudnn_dtype(t);
   int64_t align = kAlignment;
   d->set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt)
       .set_int64(CUDNN_ATTR_TENSOR_DIMENSIONS, {s[0], s[3], s[1], s[2]})

@@ -18,6 +18,9 @@ namespace llr::cuda {
 
 enum class ConvDirection { forward, backward_data, backward_filter };
 
+// cuDNN's data type of a tensor dtype (f32, f64, bf16), for the legacy descriptors and the graph API alike.
+cudnnDataType_t cudnn_dtype(DType t);
+
 // One convolution: NHWC x and y, KRSC w, symmetric padding, no dilation; f32 accumulation.
 struct ConvProblem {
   ConvDirection direction = ConvDirection::forward;

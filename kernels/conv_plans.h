@@ -37,12 +37,14 @@ enum class ConvRewrites { off, timed, products, transposed };
 ConvRewrites conv_rewrites();
 void set_conv_rewrites(ConvRewrites m);
 
+// The *_plans counts say what the cached plans run now (a plan whose engine or rewrite failed counts as what replaced
+// it); the others count events.
 struct ConvPlanStats {
   uint64_t searches = 0;                    // algorithm searches run (one per plan key)
   uint64_t bf16_fallback_calls = 0;         // bf16 convolutions computed in f32
   std::vector<std::string> bf16_fallbacks;  // each convolution that falls back, with cuDNN's reason
   uint64_t engine_plans = 0;                // plans that run a graph-API engine
-  uint64_t legacy_plans = 0;                // plans whose engines were timed and the legacy algorithm kept
+  uint64_t legacy_plans = 0;                // plans whose engines were timed and that run the legacy algorithm
   uint64_t engine_calls = 0;                // convolutions run by a graph-API engine
   uint64_t engine_failure_count = 0;         // graph-API searches that failed, and engines that refused to run
   std::vector<std::string> engine_failures; // the first 16 of those, with the reason
