@@ -12,14 +12,9 @@ namespace llr::nets {
 Tensor Registry::add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter) {
   for (const NamedTensor& e : entries_) LLR_CHECK(e.name != name, "duplicate tensor name ", name);
   if (kind != TensorKind::buffer) t.requires_grad_();
-  entries_.push_back({name, t, kind, conv_filter, nullptr});
+  entries_.push_back(
+      {name, t, kind, conv_filter, kind == TensorKind::weight ? std::make_shared<ComputeCopy>() : nullptr});
   return t;
-}
-
-std::shared_ptr<ComputeCopy> Registry::compute_copy_of_last() {
-  LLR_CHECK(!entries_.empty(), "compute_copy_of_last: no tensor added yet");
-  if (!entries_.back().compute) entries_.back().compute = std::make_shared<ComputeCopy>();
-  return entries_.back().compute;
 }
 
 std::vector<Tensor> Registry::parameters() const {
@@ -32,8 +27,9 @@ std::vector<Tensor> Registry::parameters() const {
 Tensor ComputeCopy::of(const Tensor& master, DType compute) const {
   if (master.dtype() == compute) return master;
   const uint64_t here = graph::lasting_recording_id();
-  const bool current = copy_.defined() && copy_.dtype() == compute && current_for(master);
-  if (current && (made_in_ == here || (maintained_ && made_in_ == 0))) return cast_reusing(master, copy_);
+  const bool current = current_for(master) && copy_.dtype() == compute;
+  // (A maintained copy was made eagerly: written() requires it, and refreshing keeps made_in_.)
+  if (current && (made_in_ == here || maintained_)) return cast_reusing(master, copy_);
   Tensor c = cast(master, compute);
   // A cast in a scoped recording has not run yet (and may never, if the recording fails): it is not kept.
   if (graph::recording() && here == 0) return c;
@@ -78,7 +74,7 @@ Conv2d::Conv2d(Registry& r, const std::string& name, int64_t in, int64_t out, in
   weight_ = r.add(name + ".weight",
                   init.place(init.gen->normal({out, kernel, kernel, in}, 0.0, sd, init.dtype, Layout::krsc)),
                   TensorKind::weight, true);
-  weight_compute_ = r.compute_copy_of_last();
+  weight_compute_ = r.entries().back().compute;
 }
 
 Tensor Conv2d::forward(const Tensor& x, const ForwardContext& ctx) const {
@@ -139,7 +135,7 @@ Linear::Linear(Registry& r, const std::string& name, int64_t in, int64_t out, In
   double bound = 1.0 / std::sqrt(double(in));
   weight_ = r.add(name + ".weight", init.place(init.gen->uniform({out, in}, -bound, bound, init.dtype)),
                   TensorKind::weight);
-  weight_compute_ = r.compute_copy_of_last();
+  weight_compute_ = r.entries().back().compute;
   bias_ = r.add(name + ".bias", Tensor::full({out}, 0.0, init.dtype, Layout::plain, init.device), TensorKind::no_decay);
 }
 

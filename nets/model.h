@@ -39,8 +39,8 @@ struct NamedTensor {
   Tensor tensor;
   TensorKind kind;
   bool conv_filter;  // stored KRSC here, OIHW in checkpoints
-  // The layer's copy of the tensor in the compute dtype (convolution and linear weights), which the optimiser keeps
-  // current as it updates the tensor.
+  // The copy of a weight (TensorKind::weight: convolution and linear weights) in the compute dtype, made by add(),
+  // shared by its layer and the optimiser, which keeps it current as it updates the tensor.
   std::shared_ptr<ComputeCopy> compute;
 };
 
@@ -48,8 +48,6 @@ struct NamedTensor {
 class Registry {
  public:
   Tensor add(const std::string& name, Tensor t, TensorKind kind, bool conv_filter = false);
-  // The compute-dtype copy of the tensor added last, shared by its layer and the optimiser.
-  std::shared_ptr<ComputeCopy> compute_copy_of_last();
   const std::vector<NamedTensor>& entries() const { return entries_; }
   std::vector<NamedTensor>& entries() { return entries_; }
   std::vector<Tensor> parameters() const;  // weights and no-decay parameters
